@@ -1,0 +1,51 @@
+"""The RMB benchmark as pytest tests.
+
+Every scenario collects this module (see collection.py); ``pytest_generate_tests`` below gives each
+test one parameter per sample of that scenario's data file.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_rmb.collection import BadData, ScenarioModule
+from pytest_rmb.data import BON, PAIRWISE
+from pytest_rmb.engine import ScoringError
+from pytest_rmb.results import OUTCOME_KEY, item_record
+from pytest_rmb.state import ENGINE
+
+_KIND_OF_TEST = {"test_pairwise": PAIRWISE, "test_bon": BON}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    module = metafunc.definition.getparent(ScenarioModule)
+    values, ids, marks = module.parameters(_KIND_OF_TEST[metafunc.function.__name__])
+    if marks:
+        values = [pytest.param(v, id=i, marks=marks) for v, i in zip(values, ids)]
+        metafunc.parametrize("rmb_sample", values)
+    else:
+        metafunc.parametrize("rmb_sample", values, ids=ids)
+
+
+def _judge(sample, request: pytest.FixtureRequest) -> None:
+    if isinstance(sample, BadData):
+        pytest.fail(sample.message, pytrace=False)
+    # Resolving a session fixture costs as much as a trivial test; 18,000 items ask for the
+    # engine, so look it up once per process and resolve the fixture only the first time.
+    engine = request.config.stash.get(ENGINE, None) or request.getfixturevalue("rmb_engine")
+    try:
+        scores = engine.scores(sample)
+    except ScoringError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    # A miss is turned into a compact failed report by the plugin's makereport hook.
+    request.node.stash[OUTCOME_KEY] = item_record(sample, scores)
+
+
+@pytest.mark.pairwise
+def test_pairwise(rmb_sample, request):
+    _judge(rmb_sample, request)
+
+
+@pytest.mark.bon
+def test_bon(rmb_sample, request):
+    _judge(rmb_sample, request)

@@ -1,0 +1,261 @@
+"""RMB data files -> immutable samples.
+
+Reads RMB's upstream JSON arrays (or JSON Lines with the same records) and validates every record,
+so that a bad file is reported once, with file, record index and field, instead of failing deep
+inside scoring.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import NamedTuple, Union
+
+PAIRWISE = "pairwise"
+BON = "bon"
+KINDS = (PAIRWISE, BON)
+
+# Reporting every problem of a badly broken file would drown the one that matters.
+MAX_PROBLEMS_SHOWN = 10
+
+
+class Message(NamedTuple):
+    role: str
+    content: str
+    language: str | None = None
+
+
+Conversation = tuple[Message, ...]
+
+
+class Response(NamedTuple):
+    model: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class PairSample:
+    scenario: str
+    uid: str
+    conversation: Conversation
+    chosen: Response
+    rejected: Response
+
+    kind = PAIRWISE
+
+    @property
+    def responses(self) -> tuple[Response, ...]:
+        """Chosen first, then rejected: the order scores are reported in."""
+        return (self.chosen, self.rejected)
+
+
+@dataclass(frozen=True, slots=True)
+class BonSample:
+    scenario: str
+    uid: str
+    conversation: Conversation
+    best: Response
+    losers: tuple[Response, ...]
+
+    kind = BON
+
+    @property
+    def responses(self) -> tuple[Response, ...]:
+        """Best first, then the losers in upstream order."""
+        return (self.best, *self.losers)
+
+
+Sample = Union[PairSample, BonSample]
+
+
+class DataFileError(Exception):
+    """A data file that cannot be used; ``problems`` name record index and field."""
+
+    def __init__(self, path: Path, problems: list[str]):
+        self.path = path
+        self.problems = problems
+        shown = problems[:MAX_PROBLEMS_SHOWN]
+        more = len(problems) - len(shown)
+        lines = [f"{path}: {p}" for p in shown]
+        if more:
+            lines.append(f"{path}: ... and {more} more problems")
+        super().__init__("\n".join(lines))
+
+
+def sample_dataset() -> Path:
+    """The small dataset we wrote ourselves, shipped in the wheel, in RMB's layout."""
+    return Path(str(files("pytest_rmb.scenario_files").joinpath("sample")))
+
+
+def data_file(root: Path, relative: str) -> Path | None:
+    """The file for an upstream relative path, accepting a ``.jsonl`` twin; None when absent."""
+    path = root / relative
+    if path.is_file():
+        return path
+    twin = path.with_suffix(".jsonl")
+    return twin if twin.is_file() else None
+
+
+def load_samples(path: Path, kind: str, scenario: str) -> list[Sample]:
+    """All samples of one file, sorted by uid; raises DataFileError naming every bad record."""
+    records = _read_records(path)
+    parse = _parse_pair if kind == PAIRWISE else _parse_bon
+    samples: list[Sample] = []
+    problems: list[str] = []
+    first_index: dict[str, int] = {}
+    for index, record in enumerate(records):
+        try:
+            sample = parse(record, scenario)
+        except _Invalid as bad:
+            problems.append(f"record {index}: {bad}")
+            continue
+        if sample.uid in first_index:
+            problems.append(
+                f"record {index}: field '{_UID[kind]}': duplicate uid {sample.uid!r} "
+                f"(first at record {first_index[sample.uid]})"
+            )
+            continue
+        first_index[sample.uid] = index
+        samples.append(sample)
+    if problems:
+        raise DataFileError(path, problems)
+    samples.sort(key=lambda s: uid_sort_key(s.uid))
+    return samples
+
+
+def uid_sort_key(uid: str) -> tuple[int, int, str]:
+    """Numeric uids in numeric order, then any others: RMB uids are decimal strings."""
+    return (0, int(uid), "") if uid.isdigit() else (1, 0, uid)
+
+
+_UID = {PAIRWISE: "pair_uid", BON: "bon_uid"}
+
+
+class _Invalid(Exception):
+    pass
+
+
+def _read_records(path: Path) -> list:
+    raw = path.read_bytes()
+    try:
+        return _parse_records(raw, path)
+    except UnicodeDecodeError as exc:
+        raise DataFileError(path, [f"not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
+
+
+def _parse_records(raw: bytes, path: Path) -> list:
+    if path.suffix == ".jsonl":
+        text = raw.decode("utf-8")
+        records = []
+        for line_number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise DataFileError(path, [f"line {line_number}: invalid JSON: {exc.msg}"]) from None
+        return records
+    try:
+        # Parsing the bytes is a third faster than parsing the decoded text.
+        records = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise DataFileError(
+            path, [f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"]
+        ) from None
+    if not isinstance(records, list):
+        raise DataFileError(path, [f"expected a JSON array of records, got {_type(records)}"])
+    return records
+
+
+def _type(value: object) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _field(record: dict, name: str, expected: type, where: str = ""):
+    label = f"{where}{name}"
+    if name not in record:
+        raise _Invalid(f"field '{label}': missing")
+    value = record[name]
+    if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+        wanted = {str: "a string", list: "an array", dict: "an object"}[expected]
+        raise _Invalid(f"field '{label}': expected {wanted}, got {_type(value)}")
+    return value
+
+
+def _conversation(record: dict) -> Conversation:
+    turns = _field(record, "conversation_input", list)
+    if not turns:
+        raise _Invalid("field 'conversation_input': empty")
+    messages = []
+    for i, turn in enumerate(turns):
+        where = f"conversation_input[{i}]."
+        if not isinstance(turn, dict):
+            raise _Invalid(f"field 'conversation_input[{i}]': expected an object, got {_type(turn)}")
+        language = turn.get("language")
+        if language is not None and not isinstance(language, str):
+            raise _Invalid(f"field '{where}language': expected a string, got {_type(language)}")
+        messages.append(
+            Message(_field(turn, "role", str, where), _field(turn, "content", str, where), language)
+        )
+    if messages[-1].role != "user":
+        raise _Invalid(
+            f"field 'conversation_input[{len(messages) - 1}].role': the last message must come "
+            f"from the user, got {messages[-1].role!r}"
+        )
+    return tuple(messages)
+
+
+def _response(value: object, label: str) -> Response:
+    if not isinstance(value, dict):
+        raise _Invalid(f"field '{label}': expected an object, got {_type(value)}")
+    where = f"{label}."
+    # An empty answer is real RMB data (Harmlessness S5 pairs 13586, 13587): valid, scored as is.
+    text = _field(value, "answer", str, where)
+    model = value.get("llm_name", "")
+    if not isinstance(model, str):
+        raise _Invalid(f"field '{where}llm_name': expected a string, got {_type(model)}")
+    return Response(model, text)
+
+
+def _record(record: object) -> dict:
+    if not isinstance(record, dict):
+        raise _Invalid(f"expected an object, got {_type(record)}")
+    return record
+
+
+def _parse_pair(record: object, scenario: str) -> PairSample:
+    record = _record(record)
+    uid = _field(record, "pair_uid", str)
+    conversation = _conversation(record)
+    if "chosen" not in record:
+        raise _Invalid("field 'chosen': missing")
+    if "reject" not in record:
+        raise _Invalid("field 'reject': missing")
+    return PairSample(
+        scenario,
+        uid,
+        conversation,
+        _response(record["chosen"], "chosen"),
+        _response(record["reject"], "reject"),
+    )
+
+
+def _parse_bon(record: object, scenario: str) -> BonSample:
+    record = _record(record)
+    uid = _field(record, "bon_uid", str)
+    conversation = _conversation(record)
+    if "bon_best" not in record:
+        raise _Invalid("field 'bon_best': missing")
+    losers = _field(record, "loser_list", list)
+    if not losers:
+        raise _Invalid("field 'loser_list': empty (a Best-of-N list needs at least one loser)")
+    return BonSample(
+        scenario,
+        uid,
+        conversation,
+        _response(record["bon_best"], "bon_best"),
+        tuple(_response(loser, f"loser_list[{i}]") for i, loser in enumerate(losers)),
+    )

@@ -1,0 +1,36 @@
+"""Session fixtures: the model under test and the engine that scores with it.
+
+Both are session scoped, so a process loads the model once. ``rmb_model`` is the extension point:
+a ``conftest.py`` fixture of the same name replaces it (see README.md).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_rmb.engine import Engine
+from pytest_rmb.scorers import ScorerLoadError, load_scorer
+from pytest_rmb.state import ENGINE, PLAN, SETTINGS
+
+
+@pytest.fixture(scope="session")
+def rmb_model(pytestconfig: pytest.Config):
+    """The reward model named by --rmb-model, as a scorer (anything with ``score(batch)``)."""
+    try:
+        return load_scorer(pytestconfig.stash[SETTINGS].scorer)
+    except ScorerLoadError as exc:
+        # Every item needs the model: stop the run with one message instead of one error per item.
+        pytest.exit(f"pytest-rmb: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
+
+
+@pytest.fixture(scope="session")
+def rmb_engine(rmb_model, pytestconfig: pytest.Config) -> Engine:
+    """Scores each scenario's selected samples in batches on first use; items read the results."""
+    settings = pytestconfig.stash[SETTINGS]
+    engine = Engine(
+        rmb_model,
+        pytestconfig.stash.get(PLAN, {}),
+        max_batch_size=settings.batch_size,
+    )
+    pytestconfig.stash[ENGINE] = engine
+    return engine

@@ -1,0 +1,168 @@
+"""The ``--rmb-*`` options: declaration, parse-time validation, and resolution into RunSettings."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pytest_rmb.data import sample_dataset
+from pytest_rmb.scorers import ScorerSettings
+
+DATA_ENV = "RMB_DATA"
+SAMPLE = "sample"
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("rmb", "reward-model benchmark (RMB)")
+    group.addoption(
+        "--rmb-model",
+        metavar="NAME",
+        help="run the RMB benchmark on this reward model: a built-in baseline (length, random) "
+        "or python:package.module:factory. Without it the plugin does nothing.",
+    )
+    group.addoption(
+        "--rmb-data",
+        metavar="PATH",
+        help=f"RMB_dataset folder in the upstream layout, or 'sample' for the bundled sample "
+        f"(also env {DATA_ENV}, ini rmb_data)",
+    )
+    group.addoption("--rmb-json", metavar="PATH", help="write the summary (sections, tasks, scenarios) as JSON")
+    group.addoption("--rmb-jsonl", metavar="PATH", help="write one JSON line per sample: scores and outcome")
+    group.addoption(
+        "--rmb-seed",
+        type=non_negative_int,
+        default=None,
+        metavar="N",
+        help="seed for the random baseline and the bootstrap intervals (default 0; ini rmb_seed)",
+    )
+    group.addoption(
+        "--rmb-batch-size",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="most texts sent to the scorer in one call (default 64; ini rmb_batch_size)",
+    )
+    group.addoption(
+        "--rmb-bootstrap",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="bootstrap resamples for the 95%% intervals (default 1000; ini rmb_bootstrap)",
+    )
+    group.addoption(
+        "--rmb-show-scenarios",
+        action="store_true",
+        default=False,
+        help="print the per-scenario table (also shown with -v)",
+    )
+    group.addoption(
+        "--rmb-show-misses",
+        type=non_negative_int,
+        default=10,
+        metavar="N",
+        help="list at most N missed samples, one line each (default 10; all are in --rmb-jsonl)",
+    )
+    parser.addini("rmb_data", "RMB_dataset folder (relative to the ini file) or 'sample'")
+    parser.addini("rmb_seed", "seed for the random baseline and bootstrap intervals", default="0")
+    parser.addini("rmb_batch_size", "most texts per scorer call", default="64")
+    parser.addini("rmb_bootstrap", "bootstrap resamples for the 95% intervals", default="1000")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    scorer: ScorerSettings
+    dataset: Path
+    dataset_label: str
+    json_path: Path | None
+    jsonl_path: Path | None
+    batch_size: int
+    bootstrap: int
+    show_scenarios: bool
+    show_misses: int
+
+
+def resolve(config: pytest.Config) -> RunSettings | None:
+    """The run's settings, or None when no --rmb-model was given (the plugin stays idle)."""
+    model = config.getoption("rmb_model")
+    if not model:
+        return None
+    dataset, label = _dataset(config)
+    invocation = config.invocation_params.dir
+    json_path = config.getoption("rmb_json")
+    jsonl_path = config.getoption("rmb_jsonl")
+    seed = _int_setting(config, "rmb_seed", non_negative_int)
+    return RunSettings(
+        scorer=ScorerSettings(model=model, seed=seed),
+        dataset=dataset,
+        dataset_label=label,
+        json_path=invocation / json_path if json_path else None,
+        jsonl_path=invocation / jsonl_path if jsonl_path else None,
+        batch_size=_int_setting(config, "rmb_batch_size", positive_int),
+        bootstrap=_int_setting(config, "rmb_bootstrap", positive_int),
+        show_scenarios=config.getoption("rmb_show_scenarios") or config.getoption("verbose") > 0,
+        show_misses=config.getoption("rmb_show_misses"),
+    )
+
+
+def _int_setting(config: pytest.Config, name: str, parse) -> int:
+    value = config.getoption(name)
+    if value is not None:
+        return value
+    try:
+        return parse(config.getini(name))
+    except argparse.ArgumentTypeError as exc:
+        raise pytest.UsageError(f"ini option {name}: {exc}") from None
+
+
+def _dataset(config: pytest.Config) -> tuple[Path, str]:
+    given = config.getoption("rmb_data")
+    base, source = config.invocation_params.dir, "--rmb-data"
+    if not given and os.environ.get(DATA_ENV):
+        given, source = os.environ[DATA_ENV], f"${DATA_ENV}"
+    if not given and config.getini("rmb_data"):
+        given, source = config.getini("rmb_data"), "ini option rmb_data"
+        base = config.inipath.parent if config.inipath else config.rootpath
+    if not given:
+        raise pytest.UsageError(
+            "pytest-rmb: no RMB data configured. Point at a checkout of the RMB repository's "
+            f"RMB_dataset folder with --rmb-data PATH (or env {DATA_ENV}, or ini rmb_data), "
+            "or try the bundled sample with --rmb-data sample."
+        )
+    if given == SAMPLE:
+        return sample_dataset(), SAMPLE
+    path = (base / given).resolve()
+    if not path.is_dir():
+        raise pytest.UsageError(f"pytest-rmb: {source} {given}: no such directory ({path})")
+    # Accept the repository root as well as its RMB_dataset folder.
+    if (path / "RMB_dataset").is_dir() and not (path / "Pairwise_set").is_dir():
+        path = path / "RMB_dataset"
+    if not (path / "Pairwise_set").is_dir() and not (path / "BoN_set").is_dir():
+        raise pytest.UsageError(
+            f"pytest-rmb: {source} {given}: {path} has neither Pairwise_set/ nor BoN_set/; "
+            "expected RMB's upstream layout (RMB_dataset/Pairwise_set/..., RMB_dataset/BoN_set/...)"
+        )
+    return path, str(path)

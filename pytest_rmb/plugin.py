@@ -1,0 +1,170 @@
+"""pytest hooks of pytest-rmb. Hooks and options only: the work is done in the modules they call."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pytest_rmb.collection import (
+    NODE_ROOT,
+    matches_node_prefix,
+    scenario_modules,
+    selection_plan,
+    split_node_args,
+)
+from pytest_rmb.fixtures import rmb_engine, rmb_model  # noqa: F401 (registered as plugin fixtures)
+from pytest_rmb.options import add_options, resolve
+from pytest_rmb.report import TableRenderer, write_json, write_jsonl
+from pytest_rmb.results import MISSING, RunResults, finish_call_report, miss_record, sorted_records, summary_document
+from pytest_rmb.scenarios import all_markers, join_spaced_words, registry
+from pytest_rmb.state import ENGINE, NODE_PREFIXES, PLAN, RESULTS, SETTINGS, SUMMARY
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    add_options(parser)
+
+
+def _active(config: pytest.Config) -> bool:
+    return SETTINGS in config.stash
+
+
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    for name, description in all_markers().items():
+        config.addinivalue_line("markers", f"{name}: {description}")
+    settings = resolve(config)
+    if settings is None:
+        return
+    config.stash[SETTINGS] = settings
+    config.stash[RESULTS] = RunResults()
+    if config.option.keyword:
+        config.option.keyword = join_spaced_words(config.option.keyword)
+    paths, prefixes = split_node_args(list(config.args))
+    config.stash[NODE_PREFIXES] = prefixes
+    # With --rmb-model the benchmark is the run: the user's own tests join only when named.
+    config.args = paths if config.args_source == pytest.Config.ArgsSource.ARGS else []
+    if _xdist_dist_unchosen(config):
+        config.option.dist = "loadgroup"
+
+
+def _xdist_dist_unchosen(config: pytest.Config) -> bool:
+    """-n was given but --dist was not, so xdist would spread a scenario over workers."""
+    if not getattr(config.option, "numprocesses", None) or config.option.dist != "load":
+        return False
+    given = [*config.invocation_params.args, *os.environ.get("PYTEST_ADDOPTS", "").split()]
+    return not any(str(arg).startswith(("--dist", "-d")) for arg in given)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
+    if not _active(config):
+        return None
+    settings = config.stash[SETTINGS]
+    lines = [f"rmb: model {settings.scorer.model}, data {settings.dataset_label}, {len(registry())} scenarios"]
+    if getattr(config.option, "dist", "no") == "loadgroup":
+        lines.append("rmb: each scenario runs on one xdist worker (--dist loadgroup)")
+    return lines
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector):
+    report = yield
+    config = collector.config
+    if isinstance(collector, pytest.Session) and _active(config) and report.passed:
+        report.result.extend(scenario_modules(collector, registry(), config.stash[SETTINGS].dataset))
+    return report
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    prefixes = config.stash.get(NODE_PREFIXES, ())
+    if not prefixes:
+        return
+    kept, dropped = [], []
+    for item in items:
+        rmb_item = item.nodeid.startswith(f"{NODE_ROOT}/")
+        (kept if not rmb_item or matches_node_prefix(item.nodeid, prefixes) else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if not _active(session.config):
+        return
+    plan, missing = selection_plan(session.items)
+    session.config.stash[PLAN] = plan
+    for item, missing_data in missing:
+        item.user_properties.append(
+            (MISSING, {"scenario": missing_data.scenario, "kind": missing_data.kind, "file": missing_data.file})
+        )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    if call.when == "call" and _active(item.config):
+        finish_call_report(item, report, item.config.stash.get(ENGINE, None))
+    return report
+
+
+def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config):
+    # A miss is a failed item (pass rate = accuracy) but not a broken test: its own category keeps
+    # thousands of them out of pytest's failure listings (see the "RMB misses" section instead).
+    if _active(config) and miss_record(report) is not None:
+        return "missed", "m", "MISSED"
+    return None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    config = session.config
+    if _active(config) and not _is_worker(config):
+        config.pluginmanager.register(_ResultListener(config.stash[RESULTS]), "rmb-results")
+
+
+class _ResultListener:
+    """Registered only on the process that aggregates, so idle runs and workers pay nothing."""
+
+    def __init__(self, results: RunResults):
+        self.pytest_runtest_logreport = results.add
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    if not _active(config) or _is_worker(config):
+        return
+    settings = config.stash[SETTINGS]
+    results = config.stash[RESULTS]
+    partial = exitstatus == pytest.ExitCode.INTERRUPTED
+    summary = summary_document(results, settings, {s.id: s for s in registry()}, partial)
+    config.stash[SUMMARY] = summary
+    if settings.json_path:
+        write_json(settings.json_path, summary)
+    if settings.jsonl_path:
+        write_jsonl(settings.jsonl_path, sorted_records(results))
+    # Misses are the measurement, not a malfunction: they alone never fail the run.
+    if exitstatus == pytest.ExitCode.TESTS_FAILED and results.other_failures == 0:
+        session.exitstatus = pytest.ExitCode.OK
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    summary = config.stash.get(SUMMARY, None)
+    if summary is None:
+        return
+    settings = config.stash[SETTINGS]
+    renderer = TableRenderer(terminalreporter, config.get_terminal_writer().fullwidth)
+    renderer.render(
+        summary,
+        show_scenarios=settings.show_scenarios,
+        misses=config.stash[RESULTS].misses,
+        misses_shown=settings.show_misses,
+    )
+    if settings.json_path:
+        terminalreporter.write_line(f"rmb: summary written to {settings.json_path}")
+    if settings.jsonl_path:
+        terminalreporter.write_line(f"rmb: per-sample results written to {settings.jsonl_path}")
