@@ -10,12 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+
+import numpy as np
 
 from pytest_rmb.scenarios import Scenario
-
-if TYPE_CHECKING:
-    import numpy as np
 
 SECTIONS = (
     ("helpfulness", "pairwise"),
@@ -65,8 +63,6 @@ def bootstrap_draws(tally: Tally, rng: np.random.Generator, resamples: int) -> n
 
 
 def percentile_interval(draws: np.ndarray) -> list[float]:
-    import numpy as np
-
     low, high = np.percentile(draws, [2.5, 97.5])
     return [float(low), float(high)]
 
@@ -109,10 +105,6 @@ def summarize(
              **{k: Tally() for k in KINDS}},
         )
         row[kind] = tally
-
-    # numpy is imported here, not at module level: the plugin loads in every pytest run, and
-    # only a run that reports needs it.
-    import numpy as np
 
     rng = np.random.default_rng(seed)
     section_out: dict[str, dict] = {}

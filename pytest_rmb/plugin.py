@@ -154,7 +154,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     summary = config.stash.get(SUMMARY, None)
-    if summary is None:
+    if summary is None or config.option.collectonly:
         return
     settings = config.stash[SETTINGS]
     renderer = TableRenderer(terminalreporter, config.get_terminal_writer().fullwidth)

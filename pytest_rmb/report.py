@@ -8,12 +8,15 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import jsonlines
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from pytest_rmb.metrics import KINDS, SECTIONS, section_key
 
 KIND_TITLES = {"pairwise": "Pairwise", "bon": "BoN"}
+# Pointing at a partial copy of RMB should not print a line for each of 98 files.
+MISSING_SHOWN = 10
 
 
 def fmt_accuracy(value: float | None) -> str:
@@ -31,34 +34,33 @@ def fmt_tally(tally: dict) -> str:
 
 
 def headline_table(summary: dict) -> Table:
-    table = Table(title="RMB accuracy", title_justify="left")
-    for column in ("Section", "Correct", "Total", "Accuracy", "95% CI", "Macro"):
-        table.add_column(column, justify="left" if column == "Section" else "right")
+    table = Table(title="RMB accuracy", title_justify="left", box=box.SIMPLE_HEAD)
+    for column in ("Section", "Accuracy", "95% CI", "Correct", "Macro"):
+        table.add_column(column, justify="left" if column == "Section" else "right", no_wrap=True)
     for goal, kind in SECTIONS:
         entry = summary["sections"][section_key(goal, kind)]
         table.add_row(
             f"{goal.capitalize()} {KIND_TITLES[kind]}",
-            str(entry["correct"]),
-            str(entry["total"]),
             fmt_accuracy(entry["accuracy"]),
             fmt_interval(entry["ci95"]),
+            f"{entry['correct']}/{entry['total']}",
             fmt_accuracy(entry["macro"]),
         )
     sections = summary["overall_sections"]
-    label = "Overall" if sections == len(SECTIONS) else f"Overall ({sections} of {len(SECTIONS)} sections)"
+    label = "Overall" if sections == len(SECTIONS) else f"Overall ({sections}/{len(SECTIONS)} sections)"
     table.add_row(
-        label, "", "", fmt_accuracy(summary["overall"]), fmt_interval(summary["overall_ci95"]), "",
+        label, fmt_accuracy(summary["overall"]), fmt_interval(summary["overall_ci95"]), "", "",
         style="bold",
     )
     return table
 
 
 def grouped_table(title: str, first_column: str, rows: dict, name_key: str) -> Table:
-    table = Table(title=title, title_justify="left")
-    table.add_column(first_column)
-    table.add_column("Goal")
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column(first_column, overflow="fold")
+    table.add_column("Goal", no_wrap=True)
     for kind in KINDS:
-        table.add_column(KIND_TITLES[kind], justify="right")
+        table.add_column(KIND_TITLES[kind], justify="right", no_wrap=True)
     for row_id, row in rows.items():
         label = row[name_key] if name_key else row_id
         table.add_row(label, row["goal"], *(fmt_tally(row[kind]) for kind in KINDS))
@@ -103,9 +105,15 @@ class TableRenderer:
             f"response slots in {engine['batches']} batches, {engine['scoring_seconds']:.2f} s"
             + (f", {engine['oom_retries']} out-of-memory retries" if engine.get("oom_retries") else "")
         )
-        for missing in summary["missing"]:
+        missing = summary["missing"]
+        for entry in missing[:MISSING_SHOWN]:
             self._tr.write_line(
-                f"missing data: {missing['scenario']} {missing['kind']}: {missing['file']}", yellow=True
+                f"missing data: {entry['scenario']} {entry['kind']}: {entry['file']}", yellow=True
+            )
+        if len(missing) > MISSING_SHOWN:
+            self._tr.write_line(
+                f"missing data: ... and {len(missing) - MISSING_SHOWN} more (listed in --rmb-json under 'missing')",
+                yellow=True,
             )
         for error in summary["errors"]:
             first = error["message"].splitlines()[0] if error["message"] else ""

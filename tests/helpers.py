@@ -1,0 +1,62 @@
+"""Builders for RMB-format files, written independently of pytest_rmb's loader."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "RMB_dataset"
+SAMPLE_DATA = Path(__file__).resolve().parents[1] / "scenarios" / "sample"
+
+
+def turn(role: str, content: str, language: str | None = "English") -> dict:
+    message = {"role": role, "content": content}
+    if language is not None:
+        message["language"] = language
+    return message
+
+
+def pair(uid: str, prompt: str, chosen: str, rejected: str, path: str = "") -> dict:
+    return {
+        "pair_uid": uid,
+        "category_path": path,
+        "conversation_input": [turn("user", prompt)],
+        "chosen": {"llm_name": "model-a", "answer": chosen},
+        "reject": {"llm_name": "model-b", "answer": rejected},
+    }
+
+
+def bon(uid: str, prompt: str, best: str, losers: list[str], path: str = "") -> dict:
+    return {
+        "bon_uid": uid,
+        "category_path": path,
+        "conversation_input": [turn("user", prompt)],
+        "bon_best": {"llm_name": "model-a", "answer": best},
+        "loser_list": [{"llm_name": f"model-{i}", "answer": text} for i, text in enumerate(losers)],
+    }
+
+
+def write_dataset(root: Path, files: dict[str, object]) -> Path:
+    """Write ``{relative path: records}`` under root; a str value is written verbatim."""
+    for relative, content in files.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content if isinstance(content, str) else json.dumps(content), encoding="utf-8")
+    return root
+
+
+def all_files(root: Path) -> dict[str, list]:
+    """Every data file under root, parsed with the json module alone."""
+    return {
+        str(path.relative_to(root)): json.loads(path.read_text(encoding="utf-8"))
+        for path in sorted(root.glob("*_set/**/*.json"))
+    }
+
+
+def expected_correct(record: dict) -> tuple[bool, list[float]]:
+    """Length-baseline outcome of one raw record, computed here without pytest_rmb."""
+    if "pair_uid" in record:
+        scores = [len(record["chosen"]["answer"]), len(record["reject"]["answer"])]
+    else:
+        scores = [len(record["bon_best"]["answer"])] + [len(x["answer"]) for x in record["loser_list"]]
+    return all(scores[0] > s for s in scores[1:]), [float(s) for s in scores]

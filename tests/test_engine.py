@@ -1,0 +1,144 @@
+import math
+
+import pytest
+
+from pytest_rmb.data import BonSample, Message, PairSample, Response
+from pytest_rmb.engine import Engine, ScoringError, pack_batches
+
+
+def conv(text):
+    return (Message("user", text),)
+
+
+def pair_sample(uid, prompt, chosen, rejected, scenario="s/a"):
+    return PairSample(scenario, uid, conv(prompt), Response("m", chosen), Response("m", rejected))
+
+
+def bon_sample(uid, prompt, best, losers, scenario="s/a"):
+    return BonSample(scenario, uid, conv(prompt), Response("m", best), tuple(Response("m", x) for x in losers))
+
+
+class RecordingScorer:
+    """Length scorer that remembers every batch it was sent."""
+
+    def __init__(self):
+        self.batches = []
+
+    def score(self, batch):
+        self.batches.append([r.response for r in batch])
+        return [float(len(r.response)) for r in batch]
+
+
+def test_first_request_scores_the_whole_scenario_once_with_identical_texts_deduped():
+    samples = [
+        pair_sample("1", "q", "aaa", "b"),
+        pair_sample("2", "q", "aaa", "cc"),  # "aaa" for prompt q again
+        bon_sample("3", "q", "b", ["aaa", "dddd"]),  # BoN shares texts with the pairs
+        pair_sample("4", "other prompt", "aaa", "b"),  # same text, other conversation: scored again
+    ]
+    scorer = RecordingScorer()
+    engine = Engine(scorer, {"s/a": samples}, max_batch_size=100)
+    assert engine.scores(samples[0]) == (3.0, 1.0)
+    sent = [text for batch in scorer.batches for text in batch]
+    assert sorted(sent) == sorted(["aaa", "b", "cc", "dddd", "aaa", "b"])
+    assert engine.totals.texts_scored == 6 and engine.totals.response_slots == 9
+    # Later items only read.
+    assert engine.scores(samples[2]) == (1.0, 3.0, 4.0)
+    assert engine.scores(samples[3]) == (3.0, 1.0)
+    assert len(scorer.batches) == 1
+
+
+def test_batches_are_sorted_longest_first_and_capped_in_size():
+    texts = ["x" * n for n in (5, 1, 9, 3, 7, 2)]
+    samples = [pair_sample(str(i), "q", t, "") for i, t in enumerate(texts)]
+    scorer = RecordingScorer()
+    Engine(scorer, {"s/a": samples}, max_batch_size=3).scores(samples[0])
+    lengths = [[len(t) for t in batch] for batch in scorer.batches]
+    assert lengths == [[9, 7, 5], [3, 2, 1], [0]]
+
+
+def test_pack_batches_respects_the_padded_cost_budget():
+    # Budget 20 padded units: longest cost times batch size.
+    batches = pack_batches([10, 4, 4, 4, 4, 30, 1], max_batch_size=100, max_batch_cost=20)
+    assert batches == [[5], [0, 1], [2, 3, 4, 6]]
+
+
+def test_engine_stats_travel_once():
+    samples = [pair_sample("1", "q", "a", "b")]
+    engine = Engine(RecordingScorer(), {"s/a": samples})
+    engine.scores(samples[0])
+    delta = engine.take_unreported()
+    assert delta["texts_scored"] == 2 and delta["response_slots"] == 2 and delta["batches"] == 1
+    assert engine.take_unreported() is None
+
+
+def test_a_sample_outside_the_plan_is_scored_on_demand():
+    scorer = RecordingScorer()
+    engine = Engine(scorer, {})
+    assert engine.scores(pair_sample("1", "q", "ab", "c")) == (2.0, 1.0)
+
+
+class OutOfMemoryError(RuntimeError):
+    """Same name as torch.cuda.OutOfMemoryError, which the engine recognises."""
+
+
+class SmallMemoryScorer(RecordingScorer):
+    def __init__(self, fits):
+        super().__init__()
+        self.fits = fits
+        self.attempts = []
+
+    def score(self, batch):
+        self.attempts.append(len(batch))
+        if len(batch) > self.fits:
+            raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().score(batch)
+
+
+def test_out_of_memory_halves_the_batch_and_retries():
+    samples = [pair_sample(str(i), "q", "x" * (i + 1), "") for i in range(8)]
+    scorer = SmallMemoryScorer(fits=2)
+    engine = Engine(scorer, {"s/a": samples}, max_batch_size=100)
+    assert engine.scores(samples[7]) == (8.0, 0.0)
+    assert scorer.attempts[:3] == [9, 4, 2]
+    assert all(len(b) <= 2 for b in scorer.batches)
+    assert sum(len(b) for b in scorer.batches) == 9
+    assert engine.totals.oom_retries > 0
+
+
+def test_out_of_memory_on_a_single_text_is_raised():
+    samples = [pair_sample("1", "q", "a", "b")]
+    engine = Engine(SmallMemoryScorer(fits=0), {"s/a": samples})
+    with pytest.raises(OutOfMemoryError):
+        engine.scores(samples[0])
+
+
+@pytest.mark.parametrize(
+    ("returned", "message"),
+    [
+        (lambda n: [1.0] * (n - 1), "returned 3 scores for a batch of 4"),
+        (lambda n: [1.0] * (n - 1) + [math.nan], "non-finite score"),
+    ],
+)
+def test_bad_scorer_output_is_an_error_and_the_scenario_stays_failed(returned, message):
+    class Bad:
+        def score(self, batch):
+            return returned(len(batch))
+
+    samples = [pair_sample("1", "q", "a", "b"), pair_sample("2", "q", "c", "d")]
+    engine = Engine(Bad(), {"s/a": samples})
+    with pytest.raises(ScoringError, match=message):
+        engine.scores(samples[0])
+    with pytest.raises(ScoringError, match=r"scenario s/a could not be scored: ScoringError"):
+        engine.scores(samples[1])
+
+
+def test_scorer_cost_method_orders_batches():
+    class TokenScorer(RecordingScorer):
+        def cost(self, requests):
+            return [-len(r.response) for r in requests]  # shortest first, to see it is used
+
+    samples = [pair_sample(str(i), "q", "x" * n, "") for i, n in enumerate((3, 1, 2))]
+    scorer = TokenScorer()
+    Engine(scorer, {"s/a": samples}, max_batch_size=1).scores(samples[0])
+    assert [len(b[0]) for b in scorer.batches] == [0, 1, 2, 3]

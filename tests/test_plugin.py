@@ -1,0 +1,381 @@
+"""The plugin as users run it: pytester sessions over the bundled sample and hand-made datasets."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from collections import Counter
+
+import pytest
+
+from tests.helpers import SAMPLE_DATA, all_files, bon, expected_correct, pair, write_dataset
+
+SECTION_OF = {
+    ("Pairwise_set", "Helpfulness"): "helpfulness.pairwise",
+    ("Pairwise_set", "Harmlessness"): "harmlessness.pairwise",
+    ("BoN_set", "Helpfulness"): "helpfulness.bon",
+    ("BoN_set", "Harmlessness"): "harmlessness.bon",
+}
+
+
+def length_expectation(root):
+    """Per-section (correct, total) of the length baseline, from the raw files."""
+    correct, total = Counter(), Counter()
+    for relative, records in all_files(root).items():
+        kind_dir, goal_dir = relative.split("/")[:2]
+        section = SECTION_OF[kind_dir, goal_dir]
+        for record in records:
+            total[section] += 1
+            correct[section] += expected_correct(record)[0]
+    return correct, total
+
+
+def run(pytester, *args):
+    return pytester.runpytest("-p", "no:cacheprovider", *args)
+
+
+@pytest.fixture
+def sample_expectation():
+    return length_expectation(SAMPLE_DATA)
+
+
+def test_sample_run_prints_rmb_tables_and_exits_0_despite_misses(pytester, sample_expectation):
+    correct, total = sample_expectation
+    result = run(pytester, "--rmb-model", "length", "--rmb-data", "sample")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("passed", 0) == sum(correct.values())
+    assert outcomes.get("missed", 0) == sum(total.values()) - sum(correct.values())
+    assert result.ret == 0
+    accuracies = {k: correct[k] / total[k] for k in total}
+    result.stdout.fnmatch_lines(
+        [
+            "*RMB: length on sample*",
+            f"*Helpfulness Pairwise*{accuracies['helpfulness.pairwise']:.4f}*"
+            f"{correct['helpfulness.pairwise']}/{total['helpfulness.pairwise']}*",
+            f"*Harmlessness BoN*{accuracies['harmlessness.bon']:.4f}*"
+            f"{correct['harmlessness.bon']}/{total['harmlessness.bon']}*",
+            f"*Overall*{sum(accuracies.values()) / 4:.4f}*",
+            "*Per task*",
+            "*Closed QA*",
+            "*RMB misses*",
+        ]
+    )
+    # Misses never come as tracebacks or as pytest's failure listings.
+    assert "FAILURES" not in result.stdout.str()
+    assert "short test summary" not in result.stdout.str()
+    miss_lines = [line for line in result.outlines if line.startswith("rmb/") and "margin" in line]
+    assert 0 < len(miss_lines) <= 10
+
+
+def test_json_and_jsonl_outputs(pytester, sample_expectation):
+    correct, total = sample_expectation
+    result = run(
+        pytester, "--rmb-model", "length", "--rmb-data", "sample",
+        "--rmb-json", "out/summary.json", "--rmb-jsonl", "out/samples.jsonl",
+    )
+    assert result.ret == 0
+    summary = json.loads((pytester.path / "out/summary.json").read_text())
+    assert summary["model"] == "length" and summary["dataset"] == "sample"
+    for section in total:
+        entry = summary["sections"][section]
+        assert (entry["correct"], entry["total"]) == (correct[section], total[section])
+        assert entry["accuracy"] == pytest.approx(correct[section] / total[section])
+        low, high = entry["ci95"]
+        assert low <= entry["accuracy"] <= high
+    assert summary["overall"] == pytest.approx(sum(correct[k] / total[k] for k in total) / 4)
+    assert summary["tasks"]["closed_qa"]["pairwise"]["total"] == 4
+    assert summary["scenarios"]["code/data_management"]["bon"]["total"] == 1
+    assert summary["missing"] == [] and summary["errors"] == []
+    assert summary["engine"]["response_slots"] == sum(
+        len(r["loser_list"]) + 1 if "bon_uid" in r else 2
+        for records in all_files(SAMPLE_DATA).values() for r in records
+    )
+    assert 0 < summary["engine"]["texts_scored"] < summary["engine"]["response_slots"]
+
+    lines = [json.loads(x) for x in (pytester.path / "out/samples.jsonl").read_text().splitlines()]
+    assert len(lines) == sum(total.values())
+    raw = {
+        (("pairwise" if "pair_uid" in r else "bon"), r.get("pair_uid") or r.get("bon_uid")): r
+        for records in all_files(SAMPLE_DATA).values() for r in records
+    }
+    for line in lines:
+        assert set(line) >= {"scenario", "kind", "uid", "scores", "correct"}
+        expected, scores = expected_correct(raw[line["kind"], line["uid"]])
+        assert line["scores"] == scores and line["correct"] == expected
+
+
+def test_no_data_configured_stops_with_how_to(pytester, monkeypatch):
+    monkeypatch.delenv("RMB_DATA", raising=False)
+    result = run(pytester, "--rmb-model", "length")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*no RMB data configured*--rmb-data PATH*RMB_DATA*--rmb-data sample*"])
+
+
+def test_data_from_env_and_from_ini_relative_to_the_ini_file(pytester, monkeypatch):
+    write_dataset(pytester.path / "data", {"Pairwise_set/Helpfulness/Code/Documentation.json": [pair("1", "q", "long", "s")]})
+    monkeypatch.setenv("RMB_DATA", str(pytester.path / "data"))
+    result = run(pytester, "--rmb-model", "length", "-m", "code and pairwise")
+    assert result.parseoutcomes()["passed"] == 1
+    monkeypatch.delenv("RMB_DATA")
+    pytester.makeini("[pytest]\nrmb_data = data\n")
+    sub = pytester.mkdir("sub")
+    monkeypatch.chdir(sub)
+    result = run(pytester, "--rmb-model", "length", "-m", "code and pairwise")
+    assert result.parseoutcomes()["passed"] == 1
+
+
+def test_data_path_that_is_not_rmb_layout_is_rejected(pytester):
+    pytester.mkdir("empty")
+    result = run(pytester, "--rmb-model", "length", "--rmb-data", "empty")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--rmb-data empty*neither Pairwise_set/ nor BoN_set/*"])
+    result = run(pytester, "--rmb-model", "length", "--rmb-data", "nowhere")
+    result.stderr.fnmatch_lines(["*--rmb-data nowhere: no such directory*"])
+
+
+def test_without_rmb_model_the_plugin_is_idle(pytester):
+    pytester.makepyfile("def test_mine(): pass")
+    result = run(pytester)
+    result.assert_outcomes(passed=1)
+    assert "RMB" not in result.stdout.str()
+
+
+def test_p_no_rmb_turns_the_plugin_off(pytester):
+    result = run(pytester, "-p", "no:rmb", "--rmb-model", "length")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*unrecognized arguments: --rmb-model*"])
+
+
+def test_with_rmb_model_only_the_benchmark_runs_unless_paths_are_named(pytester):
+    pytester.makepyfile(test_mine="def test_mine(): pass")
+    result = run(pytester, "--rmb-model", "length", "--rmb-data", "sample", "-m", "code and bon")
+    assert "test_mine" not in result.stdout.str()
+    assert sum(result.parseoutcomes().get(k, 0) for k in ("passed", "missed")) == 4
+    result = run(
+        pytester, "--rmb-model", "length", "--rmb-data", "sample", "-k", "test_mine or documentation", "test_mine.py", "-v"
+    )
+    result.stdout.fnmatch_lines(["*test_mine.py::test_mine PASSED*"])
+    assert sum(result.parseoutcomes().get(k, 0) for k in ("passed", "missed")) == 1 + 3
+
+
+def test_markers_and_k_select_as_pytest_users_expect(pytester):
+    result = run(
+        pytester, "--rmb-model", "length", "--rmb-data", "sample",
+        "-m", "helpfulness and bon", "-k", "Data Management", "--collect-only", "-q",
+    )
+    result.stdout.fnmatch_lines(["rmb/code/data_management::test_bon[[]10]", "*1/147 tests collected (146 deselected)*"])
+    result = run(pytester, "--rmb-model", "length", "--rmb-data", "sample", "-m", "harmlessness", "--collect-only", "-q")
+    result.stdout.fnmatch_lines(["*36/147 tests collected (111 deselected)*"])
+    result = run(pytester, "--rmb-model", "length", "--rmb-data", "sample", "-m", "closed_qa and pairwise", "--collect-only", "-q")
+    result.stdout.fnmatch_lines(["*4/147 tests collected*"])
+
+
+def test_node_ids_can_be_passed_as_arguments(pytester):
+    result = run(
+        pytester, "--rmb-model", "length", "--rmb-data", "sample", "--collect-only", "-q",
+        "rmb/chat", "rmb/code/documentation::test_pairwise",
+    )
+    lines = [line for line in result.outlines if line.startswith("rmb/")]
+    assert len(lines) == 9 + 2
+    assert all(line.startswith(("rmb/chat/", "rmb/code/documentation::test_pairwise[")) for line in lines)
+
+
+def test_x_stops_at_the_first_miss(pytester):
+    result = run(pytester, "--rmb-model", "length", "--rmb-data", "sample", "-x")
+    outcomes = result.parseoutcomes()
+    assert outcomes["missed"] == 1
+    assert outcomes["passed"] < 146
+
+
+def test_verbose_shows_missed_items_and_the_scenario_table(pytester):
+    result = run(pytester, "--rmb-model", "length", "--rmb-data", "sample", "-v", "-m", "closed_qa")
+    result.stdout.fnmatch_lines(
+        ["rmb/closed_qa/contextbased::test_bon[[]8] MISSED*", "*Per scenario*", "*closed_qa/contextbased*"]
+    )
+    result = run(pytester, "--rmb-model", "length", "--rmb-data", "sample", "-m", "closed_qa", "--rmb-show-scenarios")
+    result.stdout.fnmatch_lines(["*Per scenario*"])
+
+
+def test_junitxml_has_one_testcase_per_sample_and_misses_as_failures(pytester):
+    result = run(pytester, "--rmb-model", "length", "--rmb-data", "sample", "-m", "rewrite", "--junitxml", "j.xml")
+    assert result.ret == 0
+    suite = ET.parse(pytester.path / "j.xml").getroot().find("testsuite")
+    cases = suite.findall("testcase")
+    failures = [c for c in cases if c.find("failure") is not None]
+    assert len(cases) == 12
+    assert len(failures) == result.parseoutcomes()["missed"] > 0
+    assert "margin" in failures[0].find("failure").get("message")
+
+
+def small_dataset(root):
+    return write_dataset(
+        root,
+        {
+            "Pairwise_set/Helpfulness/Code/Documentation.json": [
+                pair("1", "q", "long answer", "short"), pair("2", "q", "x", "longer"),
+            ],
+            "BoN_set/Helpfulness/Code/Documentation.json": [bon("5", "q", "longest one", ["a", "bb"])],
+            "Pairwise_set/Harmlessness/S5.json": [pair("13586", "q", "refusal", "")],
+        },
+    )
+
+
+def test_missing_files_are_skipped_with_the_file_named_and_reported(pytester):
+    small_dataset(pytester.path / "data")
+    result = run(pytester, "--rmb-model", "length", "--rmb-data", "data", "-rs", "--rmb-json", "s.json")
+    assert result.ret == 0
+    outcomes = result.parseoutcomes()
+    assert (outcomes["passed"], outcomes["missed"], outcomes["skipped"]) == (3, 1, 98 - 3)
+    result.stdout.fnmatch_lines(
+        ["missing data: brainstorming/idea_development bon: BoN_set/Helpfulness/Brainstorming/Idea Development.json",
+         "missing data: ... and 85 more (listed in --rmb-json under 'missing')",
+         "*missing data file: Pairwise_set/Harmlessness/S11.json (not found under *data)*"]
+    )
+    summary = json.loads((pytester.path / "s.json").read_text())
+    assert len(summary["missing"]) == 95
+    assert {"scenario": "harmlessness/s5_specialized_advice", "kind": "bon", "file": "BoN_set/Harmlessness/S5.json"} in summary["missing"]
+    assert summary["sections"]["harmlessness.pairwise"]["correct"] == 1
+
+
+def test_bad_data_is_reported_with_file_record_field_and_the_rest_still_runs(pytester):
+    data = small_dataset(pytester.path / "data")
+    bad = pair("9", "q", "a", "b")
+    bad["chosen"]["answer"] = None
+    write_dataset(data, {
+        "Pairwise_set/Helpfulness/Chat/Discussion.json": [pair("8", "q", "a", "b"), bad],
+        "BoN_set/Helpfulness/Chat/Discussion.json": "[{not json",
+    })
+    result = run(pytester, "--rmb-model", "length", "--rmb-data", "data", "--rmb-json", "s.json")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines([
+        "*/data/Pairwise_set/Helpfulness/Chat/Discussion.json: record 1: "
+        "field 'chosen.answer': expected a string, got null",
+        "*/data/BoN_set/Helpfulness/Chat/Discussion.json: invalid JSON at line 1 column 3*",
+        "FAILED rmb/chat/discussion::test_pairwise[[]data-error] - *",
+        "FAILED rmb/chat/discussion::test_bon[[]data-error] - *",
+    ])
+    assert "Traceback" not in result.stdout.str()
+    summary = json.loads((pytester.path / "s.json").read_text())
+    assert [(e["scenario"], e["kind"]) for e in summary["errors"]] == [("chat/discussion", "bon"), ("chat/discussion", "pairwise")]
+    assert "record 1: field 'chosen.answer'" in summary["errors"][1]["message"]
+    # Nothing else was lost.
+    assert summary["sections"]["helpfulness.pairwise"]["total"] == 2
+    assert summary["sections"]["harmlessness.pairwise"]["total"] == 1
+
+
+PREFER_SHORT = """
+class PreferShort:
+    def score(self, batch):
+        return [-float(len(request.response)) for request in batch]
+"""
+
+
+def test_rmb_model_fixture_can_be_overridden_in_conftest(pytester):
+    small_dataset(pytester.path / "data")
+    pytester.makeconftest(PREFER_SHORT + """
+import pytest
+
+@pytest.fixture(scope="session")
+def rmb_model():
+    return PreferShort()
+""")
+    result = run(pytester, "--rmb-model", "prefer-short", "--rmb-data", "data", "--rmb-json", "s.json")
+    summary = json.loads((pytester.path / "s.json").read_text())
+    assert summary["model"] == "prefer-short"
+    # Short wins: pair 1 misses, pair 2 passes, the BoN list misses, S5 (empty reject) misses.
+    assert summary["sections"]["helpfulness.pairwise"]["correct"] == 1
+    assert summary["sections"]["helpfulness.bon"]["correct"] == 0
+    assert result.parseoutcomes()["missed"] == 3
+
+
+def test_python_factory_model(pytester, monkeypatch):
+    small_dataset(pytester.path / "data")
+    pytester.makepyfile(my_scorers=PREFER_SHORT + """
+def make(settings):
+    assert settings.model == "python:my_scorers:make"
+    return PreferShort()
+""")
+    monkeypatch.syspath_prepend(pytester.path)
+    result = run(pytester, "--rmb-model", "python:my_scorers:make", "--rmb-data", "data")
+    assert result.parseoutcomes()["missed"] == 3
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("python:no_such_module_xyz:make", "*cannot import 'no_such_module_xyz'*"),
+        ("python:json:nothing", "*module 'json' has no attribute 'nothing'*"),
+        ("python:json:dumps_", "*no attribute*"),
+        ("not-a-model", "*not a built-in baseline (length, random)*"),
+    ],
+)
+def test_a_model_that_cannot_load_stops_the_run_once(pytester, spec, message):
+    small_dataset(pytester.path / "data")
+    result = run(pytester, "--rmb-model", spec, "--rmb-data", "data")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert result.stdout.str().count("pytest-rmb:") + result.stderr.str().count("pytest-rmb:") == 1
+    assert message.strip("*") in result.stdout.str() + result.stderr.str()
+
+
+def test_a_failing_scorer_errors_its_scenario_compactly(pytester):
+    small_dataset(pytester.path / "data")
+    pytester.makeconftest("""
+import pytest
+
+class Broken:
+    def score(self, batch):
+        raise ValueError("model exploded")
+
+@pytest.fixture(scope="session")
+def rmb_model():
+    return Broken()
+""")
+    result = run(pytester, "--rmb-model", "broken", "--rmb-data", "data", "--rmb-json", "s.json")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*ValueError: model exploded*"])
+    result.stdout.fnmatch_lines(["*scenario code/documentation could not be scored: ValueError: model exploded*"])
+    summary = json.loads((pytester.path / "s.json").read_text())
+    assert {e["scenario"] for e in summary["errors"]} == {"code/documentation", "harmlessness/s5_specialized_advice"}
+
+
+def test_markers_and_options_are_listed(pytester):
+    result = run(pytester, "--markers")
+    for marker in ("helpfulness", "harmlessness", "pairwise", "bon", "closed_qa", "role_playing", "translation"):
+        result.stdout.fnmatch_lines([f"@pytest.mark.{marker}: *"])
+    result = run(pytester, "--help")
+    result.stdout.fnmatch_lines(["reward-model benchmark (RMB):", "*--rmb-model=NAME*", "*--rmb-data=PATH*",
+                                 "*--rmb-json=PATH*", "*--rmb-jsonl=PATH*", "*--rmb-seed=N*",
+                                 "*--rmb-batch-size=N*", "*--rmb-bootstrap=N*", "*--rmb-show-scenarios*",
+                                 "*--rmb-show-misses=N*", "*rmb_data (string)*"])
+
+
+@pytest.mark.parametrize("option", ["--rmb-seed=-1", "--rmb-batch-size=0", "--rmb-bootstrap=x"])
+def test_bad_option_values_are_usage_errors_at_parse_time(pytester, option):
+    result = run(pytester, "--rmb-model", "length", "--rmb-data", "sample", option)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*argument --rmb-*: expected*"])
+
+
+def test_random_baseline_is_reproducible_and_seeded(pytester):
+    args = ("--rmb-model", "random", "--rmb-data", "sample")
+    run(pytester, *args, "--rmb-jsonl", "a.jsonl")
+    run(pytester, *args, "--rmb-jsonl", "b.jsonl")
+    run(pytester, *args, "--rmb-jsonl", "c.jsonl", "--rmb-seed", "7")
+    a, b, c = ((pytester.path / f"{n}.jsonl").read_text() for n in "abc")
+    assert a == b and a != c
+    scores = [s for line in a.splitlines() for s in json.loads(line)["scores"]]
+    assert all(0 <= s < 1 for s in scores)
+
+
+def test_xdist_gives_the_same_results_as_one_process(pytester):
+    args = ("--rmb-model", "random", "--rmb-data", "sample", "-p", "no:cacheprovider")
+    single = pytester.runpytest_subprocess(*args, "--rmb-json", "one.json", "--rmb-jsonl", "one.jsonl")
+    multi = pytester.runpytest_subprocess(*args, "-n", "2", "--rmb-json", "two.json", "--rmb-jsonl", "two.jsonl")
+    assert single.ret == multi.ret == 0
+    multi.stdout.fnmatch_lines(["*rmb: each scenario runs on one xdist worker (--dist loadgroup)*"])
+    one, two = (json.loads((pytester.path / f"{n}.json").read_text()) for n in ("one", "two"))
+    for volatile in ("engine",):
+        one.pop(volatile), two.pop(volatile)
+    assert one == two
+    assert (pytester.path / "one.jsonl").read_text() == (pytester.path / "two.jsonl").read_text()
+    assert single.parseoutcomes() == {k: v for k, v in multi.parseoutcomes().items()}
