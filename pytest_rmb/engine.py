@@ -17,6 +17,7 @@ from pytest_rmb.data import Conversation, Sample
 from pytest_rmb.scorers import ScoreRequest, Scorer
 
 TextKey = tuple[Conversation, str]
+UNLIMITED = 1 << 62
 
 
 class ScoringError(Exception):
@@ -29,6 +30,7 @@ class EngineStats:
     response_slots: int = 0
     batches: int = 0
     oom_retries: int = 0
+    truncated: int = 0
     scoring_seconds: float = 0.0
 
     def add(self, other: Mapping[str, float]) -> None:
@@ -77,7 +79,7 @@ class Engine:
         scorer: Scorer,
         plan: Mapping[str, Sequence[Sample]],
         max_batch_size: int = 64,
-        max_batch_cost: int = 1 << 30,
+        max_batch_cost: int = UNLIMITED,
         progress: Callable[[int], None] | None = None,
     ):
         self._scorer = scorer
@@ -153,6 +155,9 @@ class Engine:
                 self._scores[keys[i]] = value
             if self._progress is not None:
                 self._progress(len(batch))
+        take_counters = getattr(self._scorer, "take_counters", None)
+        if take_counters is not None:
+            delta.add(take_counters())
 
     def _score_batch(self, batch: list[ScoreRequest], delta: EngineStats) -> list[float]:
         try:

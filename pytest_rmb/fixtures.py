@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_rmb.engine import Engine
+from pytest_rmb.engine import UNLIMITED, Engine
 from pytest_rmb.scorers import ScorerLoadError, load_scorer
 from pytest_rmb.state import ENGINE, PLAN, SETTINGS
 
@@ -27,10 +27,13 @@ def rmb_model(pytestconfig: pytest.Config):
 def rmb_engine(rmb_model, pytestconfig: pytest.Config) -> Engine:
     """Scores each scenario's selected samples in batches on first use; items read the results."""
     settings = pytestconfig.stash[SETTINGS]
+    # The token budget applies to scorers that count tokens; the baselines count characters.
+    has_token_cost = callable(getattr(rmb_model, "cost", None))
     engine = Engine(
         rmb_model,
         pytestconfig.stash.get(PLAN, {}),
         max_batch_size=settings.batch_size,
+        max_batch_cost=settings.batch_tokens if has_token_cost else UNLIMITED,
     )
     pytestconfig.stash[ENGINE] = engine
     return engine

@@ -36,6 +36,22 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+DEVICE_HELP = "auto|cpu|cuda|cuda:N"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def device_name(text: str) -> str:
+    if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"expected {DEVICE_HELP}, got {text!r}")
+
+
+def dtype_name(text: str) -> str:
+    if text in DTYPES:
+        return text
+    raise argparse.ArgumentTypeError(f"expected one of {', '.join(DTYPES)}, got {text!r}")
+
+
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("rmb", "reward-model benchmark (RMB)")
     group.addoption(
@@ -86,10 +102,59 @@ def add_options(parser: pytest.Parser) -> None:
         metavar="N",
         help="list at most N missed samples, one line each (default 10; all are in --rmb-jsonl)",
     )
+    hf = parser.getgroup("rmb", "reward-model benchmark (RMB)")
+    hf.addoption("--rmb-revision", metavar="REV", help="model revision: branch, tag or commit (ini rmb_revision)")
+    hf.addoption(
+        "--rmb-trust-remote-code",
+        action="store_true",
+        default=None,
+        help="allow the model's own Python code from its repository to run (off by default; "
+        "ini rmb_trust_remote_code)",
+    )
+    hf.addoption(
+        "--rmb-device", type=device_name, metavar="DEVICE",
+        help=f"{DEVICE_HELP}; auto is CUDA when available (default auto; ini rmb_device)",
+    )
+    hf.addoption(
+        "--rmb-dtype", type=dtype_name, metavar="DTYPE",
+        help="auto|float32|bfloat16|float16; auto is bfloat16 on a CUDA device that supports it, "
+        "float32 on CPU (default auto; ini rmb_dtype)",
+    )
+    hf.addoption(
+        "--rmb-max-length", type=positive_int, metavar="N",
+        help="token limit per text; longer texts lose their start (default: the smaller of the "
+        "model's limit and 4096; ini rmb_max_length)",
+    )
+    hf.addoption(
+        "--rmb-batch-tokens", type=positive_int, metavar="N",
+        help="token budget per batch, padding included (default 16384; ini rmb_batch_tokens)",
+    )
+    hf.addoption(
+        "--rmb-attn-implementation", metavar="NAME",
+        help="attention implementation passed to transformers, e.g. sdpa, flash_attention_2, eager "
+        "(ini rmb_attn_implementation)",
+    )
+    hf.addoption(
+        "--rmb-chat-template", metavar="FILE",
+        help="Jinja chat template for a tokenizer that has none (ini rmb_chat_template)",
+    )
+    hf.addoption(
+        "--rmb-reward-index", type=non_negative_int, metavar="N",
+        help="which output logit is the reward, for a model with several labels (ini rmb_reward_index)",
+    )
     parser.addini("rmb_data", "RMB_dataset folder (relative to the ini file) or 'sample'")
     parser.addini("rmb_seed", "seed for the random baseline and bootstrap intervals", default="0")
     parser.addini("rmb_batch_size", "most texts per scorer call", default="64")
     parser.addini("rmb_bootstrap", "bootstrap resamples for the 95% intervals", default="1000")
+    parser.addini("rmb_revision", "model revision", default="")
+    parser.addini("rmb_trust_remote_code", "allow the model's own code to run", type="bool", default=False)
+    parser.addini("rmb_device", DEVICE_HELP, default="auto")
+    parser.addini("rmb_dtype", "auto|float32|bfloat16|float16", default="auto")
+    parser.addini("rmb_max_length", "token limit per text", default="")
+    parser.addini("rmb_batch_tokens", "token budget per batch", default="16384")
+    parser.addini("rmb_attn_implementation", "attention implementation for transformers", default="")
+    parser.addini("rmb_chat_template", "Jinja chat template file (relative to the ini file)", default="")
+    parser.addini("rmb_reward_index", "which output logit is the reward", default="")
 
 
 @dataclass(frozen=True)
@@ -100,6 +165,7 @@ class RunSettings:
     json_path: Path | None
     jsonl_path: Path | None
     batch_size: int
+    batch_tokens: int
     bootstrap: int
     show_scenarios: bool
     show_misses: int
@@ -114,28 +180,59 @@ def resolve(config: pytest.Config) -> RunSettings | None:
     invocation = config.invocation_params.dir
     json_path = config.getoption("rmb_json")
     jsonl_path = config.getoption("rmb_jsonl")
-    seed = _int_setting(config, "rmb_seed", non_negative_int)
+    trust = config.getoption("rmb_trust_remote_code")
+    scorer = ScorerSettings(
+        model=model,
+        seed=_setting(config, "rmb_seed", non_negative_int),
+        revision=_setting(config, "rmb_revision", str),
+        trust_remote_code=bool(config.getini("rmb_trust_remote_code") if trust is None else trust),
+        device=_setting(config, "rmb_device", device_name),
+        dtype=_setting(config, "rmb_dtype", dtype_name),
+        max_length=_setting(config, "rmb_max_length", positive_int),
+        attn_implementation=_setting(config, "rmb_attn_implementation", str),
+        chat_template=_chat_template(config),
+        reward_index=_setting(config, "rmb_reward_index", non_negative_int),
+    )
     return RunSettings(
-        scorer=ScorerSettings(model=model, seed=seed),
+        scorer=scorer,
         dataset=dataset,
         dataset_label=label,
         json_path=invocation / json_path if json_path else None,
         jsonl_path=invocation / jsonl_path if jsonl_path else None,
-        batch_size=_int_setting(config, "rmb_batch_size", positive_int),
-        bootstrap=_int_setting(config, "rmb_bootstrap", positive_int),
+        batch_size=_setting(config, "rmb_batch_size", positive_int),
+        batch_tokens=_setting(config, "rmb_batch_tokens", positive_int),
+        bootstrap=_setting(config, "rmb_bootstrap", positive_int),
         show_scenarios=config.getoption("rmb_show_scenarios") or config.getoption("verbose") > 0,
         show_misses=config.getoption("rmb_show_misses"),
     )
 
 
-def _int_setting(config: pytest.Config, name: str, parse) -> int:
+def _setting(config: pytest.Config, name: str, parse):
+    """The command-line value, else the ini value parsed like it; None when both are empty."""
     value = config.getoption(name)
     if value is not None:
         return value
+    text = config.getini(name)
+    if text == "":
+        return None
     try:
-        return parse(config.getini(name))
+        return parse(text)
     except argparse.ArgumentTypeError as exc:
         raise pytest.UsageError(f"ini option {name}: {exc}") from None
+
+
+def _chat_template(config: pytest.Config) -> str | None:
+    given = config.getoption("rmb_chat_template")
+    base = config.invocation_params.dir
+    if not given and config.getini("rmb_chat_template"):
+        given = config.getini("rmb_chat_template")
+        base = config.inipath.parent if config.inipath else config.rootpath
+    if not given:
+        return None
+    path = (base / given).resolve()
+    if not path.is_file():
+        raise pytest.UsageError(f"pytest-rmb: --rmb-chat-template {given}: no such file ({path})")
+    return str(path)
 
 
 def _dataset(config: pytest.Config) -> tuple[Path, str]:

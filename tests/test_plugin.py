@@ -306,7 +306,8 @@ def make(settings):
         ("python:no_such_module_xyz:make", "*cannot import 'no_such_module_xyz'*"),
         ("python:json:nothing", "*module 'json' has no attribute 'nothing'*"),
         ("python:json:dumps_", "*no attribute*"),
-        ("not-a-model", "*not a built-in baseline (length, random)*"),
+        ("not-a-model", "*--rmb-model not-a-model: cannot load it with transformers*"),
+        ("./no/such/checkpoint", "*--rmb-model ./no/such/checkpoint: no such directory*"),
     ],
 )
 def test_a_model_that_cannot_load_stops_the_run_once(pytester, spec, message):

@@ -1,7 +1,9 @@
 """The scorer protocol and how ``--rmb-model`` turns into a scorer.
 
 A scorer is any object with ``score(batch) -> list[float]``: one float per (conversation, response)
-request, higher meaning better. Everything else about a backend lives in its own module here.
+request, higher meaning better. Optional: ``cost(batch) -> list[int]`` (token counts, used to sort
+and pack batches) and ``take_counters() -> dict[str, int]`` (e.g. ``truncated``, added to the
+engine's stats). Everything else about a backend lives in its own module here.
 """
 
 from __future__ import annotations
@@ -39,6 +41,15 @@ class ScorerSettings:
 
     model: str
     seed: int = 0
+    revision: str | None = None
+    trust_remote_code: bool = False
+    device: str = "auto"
+    dtype: str = "auto"
+    max_length: int | None = None
+    attn_implementation: str | None = None
+    chat_template: str | None = None
+    reward_index: int | None = None
+    device_map: str | None = None
 
 
 class ScorerLoadError(Exception):
@@ -62,10 +73,10 @@ def load_scorer(settings: ScorerSettings) -> Scorer:
         return baselines.BASELINES[spec](settings)
     if spec.startswith(PYTHON_PREFIX):
         return _load_python_object(spec[len(PYTHON_PREFIX) :], settings)
-    raise ScorerLoadError(
-        f"--rmb-model {spec!r}: not a built-in baseline ({', '.join(builtin_names())}) "
-        f"and not {PYTHON_PREFIX}package.module:factory"
-    )
+    # Anything else is a Hugging Face model id or a local checkpoint directory.
+    from pytest_rmb.scorers.hf import load_hf
+
+    return load_hf(settings)
 
 
 def _load_python_object(target: str, settings: ScorerSettings) -> Scorer:
