@@ -1,9 +1,14 @@
 """Scenarios as pytest collectors.
 
 Each scenario is a ``pytest.Module`` collector over ``pytest_rmb.benchmark`` at the virtual path
-``<rootdir>/rmb/<scenario id>``: node ids read ``rmb/code/data_management::test_pairwise[848]``,
-pytest prints one progress line per scenario, ``--lf`` and conftest lookup work as for files under
-the rootdir, and the items stay real ``pytest.Function``s that can use fixtures.
+``<invocation dir>/rmb/<scenario id>``: node ids read ``rmb/code/data_management::test_pairwise[848]``
+(prefixed by the way from the rootdir when pytest is started below it), pytest prints one progress
+line per scenario, ``--lf`` and conftest lookup work as for files in the directory pytest was started
+from, and the items stay real ``pytest.Function``s that can use fixtures.
+
+The invocation dir, not the rootdir, because pytest picks the rootdir before plugins load and
+counts the values of path options (``--rmb-model ./ckpt --rmb-data /data``) as paths: the rootdir
+can end up as ``/``, and a ``conftest.py`` beside the user would no longer reach our items.
 """
 
 from __future__ import annotations
@@ -44,6 +49,11 @@ class ScenarioModule(pytest.Module):
         self.scenario = scenario
         self.dataset = dataset
 
+    @property
+    def relative_id(self) -> str:
+        """The node id's path part as seen from the invocation dir: ``rmb/<scenario id>``."""
+        return f"{NODE_ROOT}/{self.scenario.id}"
+
     def _getobj(self):
         # The path is virtual; every scenario collects the same test functions.
         from pytest_rmb import benchmark
@@ -65,12 +75,50 @@ class ScenarioModule(pytest.Module):
         return samples, [s.uid for s in samples], []
 
 
-def scenario_modules(session: pytest.Session, scenarios, dataset: Path) -> list[ScenarioModule]:
+class InvocationDirectory(pytest.Directory):
+    """A directory between the rootdir and the invocation dir, holding the RMB collectors.
+
+    pytest applies a conftest.py's fixtures to an item only when one of the item's parents has
+    the conftest's directory as node id; these nodes give RMB items those parents, so that an
+    ``rmb_model`` override in a conftest.py there is used.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.children: list[pytest.Collector] = []
+
+    def collect(self) -> list[pytest.Collector]:
+        return self.children
+
+
+def rmb_collectors(session: pytest.Session, scenarios, dataset: Path) -> list[pytest.Collector]:
+    """What the session collects for the benchmark: directory levels down to the scenarios."""
+    root = session.config.rootpath
+    here = session.config.invocation_params.dir
+    parent: pytest.Collector = session
+    top: InvocationDirectory | None = None
+    if here != root and here.is_relative_to(root):
+        parts = here.relative_to(root).parts
+        for depth in range(1, len(parts) + 1):
+            node = InvocationDirectory.from_parent(parent, path=root.joinpath(*parts[:depth]))
+            if top is None:
+                top = node
+            else:
+                parent.children.append(node)
+            parent = node
+    modules = scenario_modules(parent, scenarios, dataset)
+    if top is None:
+        return modules
+    parent.children.extend(modules)
+    return [top]
+
+
+def scenario_modules(parent: pytest.Collector, scenarios, dataset: Path) -> list[ScenarioModule]:
     modules = []
     for scenario in scenarios:
         module = ScenarioModule.from_parent(
-            session,
-            path=session.config.rootpath / NODE_ROOT / scenario.id,
+            parent,
+            path=parent.config.invocation_params.dir / NODE_ROOT / scenario.id,
             scenario=scenario,
             dataset=dataset,
         )
@@ -109,9 +157,28 @@ def split_node_args(args: list[str]) -> tuple[list[str], tuple[str, ...]]:
     return paths, tuple(prefixes)
 
 
-def matches_node_prefix(nodeid: str, prefixes: tuple[str, ...]) -> bool:
-    """True when the item is, or lies under, one of the given ``rmb/...`` node ids."""
+def matches_node_prefix(item: pytest.Item, prefixes: tuple[str, ...]) -> bool:
+    """True when the RMB item is, or lies under, one of the given ``rmb/...`` node ids."""
+    nodeid = f"{item.parent.relative_id}::{item.name}"
     for prefix in prefixes:
         if nodeid == prefix or nodeid.startswith((f"{prefix}/", f"{prefix}::", f"{prefix}[")):
             return True
     return False
+
+
+def display_nodeid(nodeid: str) -> str:
+    """An RMB node id as typed from the invocation dir: no rootdir prefix, no xdist group."""
+    path, sep, test = nodeid.partition("::")
+    start = path.rfind(f"{NODE_ROOT}/")
+    if start < 0:
+        return nodeid
+    return f"{path[start:]}{sep}{test.split('@', 1)[0]}"
+
+
+def scenario_and_kind(nodeid: str) -> tuple[str, str] | None:
+    """(scenario id, kind) of an RMB item's node id, or None for any other test."""
+    path, _, test = nodeid.partition("::")
+    parts = path.split("/")
+    if len(parts) < 3 or parts[-3] != NODE_ROOT or not test.startswith("test_"):
+        return None
+    return f"{parts[-2]}/{parts[-1]}", test.split("[", 1)[0].removeprefix("test_")

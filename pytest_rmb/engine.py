@@ -10,10 +10,11 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from pytest_rmb.data import Conversation, Sample
+from pytest_rmb.progress import NoProgress
 from pytest_rmb.scorers import ScoreRequest, Scorer
 
 TextKey = tuple[Conversation, str]
@@ -80,13 +81,13 @@ class Engine:
         plan: Mapping[str, Sequence[Sample]],
         max_batch_size: int = 64,
         max_batch_cost: int = UNLIMITED,
-        progress: Callable[[int], None] | None = None,
+        progress=None,
     ):
         self._scorer = scorer
         self._plan = dict(plan)
         self._max_batch_size = max_batch_size
         self._max_batch_cost = max_batch_cost
-        self._progress = progress
+        self._progress = progress or NoProgress()
         self._scores: dict[TextKey, float] = {}
         self._failed: dict[str, str] = {}
         self._unreported = EngineStats()
@@ -120,12 +121,12 @@ class Engine:
     def _score_scenario(self, scenario: str) -> None:
         samples = self._plan.pop(scenario)
         try:
-            self._score_samples(samples)
+            self._score_samples(samples, scenario)
         except Exception as exc:
             self._failed[scenario] = f"{type(exc).__name__}: {exc}"
             raise
 
-    def _score_samples(self, samples: Iterable[Sample]) -> None:
+    def _score_samples(self, samples: Iterable[Sample], label: str = "samples") -> None:
         pending: dict[TextKey, None] = {}
         slots = 0
         memo = self._scores
@@ -140,12 +141,13 @@ class Engine:
         started = time.perf_counter()
         delta = EngineStats(response_slots=slots, texts_scored=len(keys))
         if keys:
-            self._score_keys(keys, delta)
+            with self._progress.scoring(label, len(keys)) as advance:
+                self._score_keys(keys, delta, advance)
         delta.scoring_seconds = time.perf_counter() - started
         self._unreported.add(delta.as_dict())
         self.totals.add(delta.as_dict())
 
-    def _score_keys(self, keys: list[TextKey], delta: EngineStats) -> None:
+    def _score_keys(self, keys: list[TextKey], delta: EngineStats, advance) -> None:
         requests = [ScoreRequest(conversation, text) for conversation, text in keys]
         measure = getattr(self._scorer, "cost", None) or character_cost
         costs = measure(requests)
@@ -153,8 +155,7 @@ class Engine:
             values = self._score_batch([requests[i] for i in batch], delta)
             for i, value in zip(batch, values):
                 self._scores[keys[i]] = value
-            if self._progress is not None:
-                self._progress(len(batch))
+            advance(len(batch))
         take_counters = getattr(self._scorer, "take_counters", None)
         if take_counters is not None:
             delta.add(take_counters())

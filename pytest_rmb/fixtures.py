@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from pytest_rmb.engine import UNLIMITED, Engine
+from pytest_rmb.progress import progress_for
 from pytest_rmb.scorers import ScorerLoadError, load_scorer
 from pytest_rmb.state import ENGINE, PLAN, SETTINGS
 
@@ -16,8 +17,10 @@ from pytest_rmb.state import ENGINE, PLAN, SETTINGS
 @pytest.fixture(scope="session")
 def rmb_model(pytestconfig: pytest.Config):
     """The reward model named by --rmb-model, as a scorer (anything with ``score(batch)``)."""
+    settings = pytestconfig.stash[SETTINGS].scorer
     try:
-        return load_scorer(pytestconfig.stash[SETTINGS].scorer)
+        with progress_for(pytestconfig).loading(settings.model):
+            return load_scorer(settings)
     except ScorerLoadError as exc:
         # Every item needs the model: stop the run with one message instead of one error per item.
         pytest.exit(f"pytest-rmb: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
@@ -34,6 +37,7 @@ def rmb_engine(rmb_model, pytestconfig: pytest.Config) -> Engine:
         pytestconfig.stash.get(PLAN, {}),
         max_batch_size=settings.batch_size,
         max_batch_cost=settings.batch_tokens if has_token_cost else UNLIMITED,
+        progress=progress_for(pytestconfig),
     )
     pytestconfig.stash[ENGINE] = engine
     return engine

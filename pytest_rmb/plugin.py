@@ -8,9 +8,9 @@ import os
 import pytest
 
 from pytest_rmb.collection import (
-    NODE_ROOT,
+    ScenarioModule,
     matches_node_prefix,
-    scenario_modules,
+    rmb_collectors,
     selection_plan,
     split_node_args,
 )
@@ -79,7 +79,7 @@ def pytest_make_collect_report(collector: pytest.Collector):
     report = yield
     config = collector.config
     if isinstance(collector, pytest.Session) and _active(config) and report.passed:
-        report.result.extend(scenario_modules(collector, registry(), config.stash[SETTINGS].dataset))
+        report.result.extend(rmb_collectors(collector, registry(), config.stash[SETTINGS].dataset))
     return report
 
 
@@ -90,8 +90,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     kept, dropped = [], []
     for item in items:
-        rmb_item = item.nodeid.startswith(f"{NODE_ROOT}/")
-        (kept if not rmb_item or matches_node_prefix(item.nodeid, prefixes) else dropped).append(item)
+        rmb_item = isinstance(item.parent, ScenarioModule)
+        (kept if not rmb_item or matches_node_prefix(item, prefixes) else dropped).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from pytest_rmb import __version__
-from pytest_rmb.collection import NODE_ROOT
+from pytest_rmb.collection import display_nodeid, scenario_and_kind
 from pytest_rmb.data import PAIRWISE, Sample, uid_sort_key
 from pytest_rmb.engine import EngineStats
 from pytest_rmb.metrics import is_correct, margin, summarize
@@ -94,24 +94,15 @@ class RunResults:
         if not report.failed:
             return
         if miss_record(report) is not None:
-            self.misses.append((report.nodeid, str(report.longrepr)))
+            self.misses.append((display_nodeid(report.nodeid), str(report.longrepr)))
             return
         self.other_failures += 1
-        if report.nodeid.startswith(f"{NODE_ROOT}/"):
-            key = (_scenario_of(report.nodeid), _kind_of(report.nodeid))
+        key = scenario_and_kind(report.nodeid)
+        if key is not None:
             entry = self.errors.setdefault(
                 key, {"scenario": key[0], "kind": key[1], "items": 0, "message": _first_lines(report)}
             )
             entry["items"] += 1
-
-
-def _scenario_of(nodeid: str) -> str:
-    return nodeid.split("::", 1)[0].removeprefix(f"{NODE_ROOT}/")
-
-
-def _kind_of(nodeid: str) -> str:
-    test = nodeid.split("::", 1)[1] if "::" in nodeid else ""
-    return test.split("[", 1)[0].removeprefix("test_")
 
 
 def _first_lines(report: pytest.TestReport, limit: int = 20) -> str:

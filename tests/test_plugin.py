@@ -380,3 +380,22 @@ def test_xdist_gives_the_same_results_as_one_process(pytester):
     assert one == two
     assert (pytester.path / "one.jsonl").read_text() == (pytester.path / "two.jsonl").read_text()
     assert single.parseoutcomes() == {k: v for k, v in multi.parseoutcomes().items()}
+
+
+def test_path_options_do_not_break_conftest_lookup(pytester, tmp_path_factory):
+    # pytest counts an existing path given as an option value when it picks the rootdir; the
+    # conftest beside the user must still reach the RMB items.
+    data = small_dataset(tmp_path_factory.mktemp("elsewhere") / "data")
+    pytester.makeconftest(PREFER_SHORT + """
+import pytest
+
+@pytest.fixture(scope="session")
+def rmb_model():
+    return PreferShort()
+""")
+    result = run(pytester, "--rmb-model", "prefer-short", "--rmb-data", str(data), "-v")
+    assert result.parseoutcomes()["missed"] == 3
+    result.stdout.fnmatch_lines([
+        "rmb/code/documentation::test_pairwise[[]1] MISSED*",
+        "rmb/code/documentation::test_pairwise[[]1]: chosen -11 <= rejected -5 (margin -6)",
+    ])

@@ -68,3 +68,12 @@ def test_readme_quick_start_commands_are_the_ones_ci_runs():
     assert "pytest --rmb-model length --rmb-data sample" in ci
     assert re.search(r"^\s+pytest\s+# in the repository", README, re.M)
     assert re.search(r"^\s*python -m pytest\s*$|^\s*pytest\s*$", ci, re.M)
+
+
+def test_custom_head_wrappers_in_the_readme_are_valid_factories():
+    # They download 7-8B models, so here they are compiled and their factory shape checked; the
+    # python: loading mechanism itself runs in test_python_factory_example_runs_as_documented.
+    for marker in ("# armorm.py:", "# internlm2_rm.py:"):
+        source = README[README.index(marker):].split("```", 1)[0]
+        code = compile(source, marker, "exec")
+        assert "make" in code.co_names and "score" in source
