@@ -134,3 +134,65 @@ def summarize(
 
 def _rows_as_dicts(row: dict) -> dict:
     return {k: (v.as_dict() if isinstance(v, Tally) else v) for k, v in row.items()}
+
+
+def outcome_key(record: Mapping) -> str:
+    """How a sample is matched across runs: scenario, kind and upstream uid."""
+    return f"{record['scenario']}|{record['kind']}|{record['uid']}"
+
+
+def paired_comparison(
+    baseline: dict[str, Sequence[bool]],
+    current: dict[str, Sequence[bool]],
+    *,
+    seed: int = 0,
+    resamples: int = 1000,
+) -> dict[str, dict]:
+    """Paired bootstrap of current minus baseline accuracy, per section and overall.
+
+    ``baseline[section]`` and ``current[section]`` are outcomes of the same samples in the same
+    order. Resampling the pairs with replacement, only the discordant ones move the difference, so
+    each resample is one multinomial draw over (baseline only right, current only right, same).
+    ``p_drop`` is the share of resamples in which current is not below baseline: a small value
+    means the drop is unlikely to be chance.
+    """
+    rng = np.random.default_rng(seed)
+    out: dict[str, dict] = {}
+    section_draws = []
+    section_values = []
+    for section in sorted(baseline):
+        old, new = baseline[section], current[section]
+        n = len(old)
+        if n == 0:
+            continue
+        lost = sum(1 for a, b in zip(old, new) if a and not b)
+        gained = sum(1 for a, b in zip(old, new) if b and not a)
+        counts = rng.multinomial(n, [lost / n, gained / n, (n - lost - gained) / n], size=resamples)
+        draws = (counts[:, 1] - counts[:, 0]) / n
+        old_acc, new_acc = sum(old) / n, sum(new) / n
+        section_draws.append(draws)
+        section_values.append((old_acc, new_acc))
+        out[section] = _comparison(old_acc, new_acc, draws, n, lost, gained)
+    if section_draws:
+        draws = np.mean(section_draws, axis=0)
+        old_acc = sum(v[0] for v in section_values) / len(section_values)
+        new_acc = sum(v[1] for v in section_values) / len(section_values)
+        n = sum(len(baseline[s]) for s in out)
+        lost = sum(out[s]["lost"] for s in out)
+        gained = sum(out[s]["gained"] for s in out)
+        out["overall"] = _comparison(old_acc, new_acc, draws, n, lost, gained)
+    return out
+
+
+def _comparison(old: float, new: float, draws: np.ndarray, n: int, lost: int, gained: int) -> dict:
+    return {
+        "baseline": old,
+        "current": new,
+        "delta": new - old,
+        "ci95": percentile_interval(draws),
+        "p_drop": float(np.mean(draws >= 0)),
+        "p_gain": float(np.mean(draws <= 0)),
+        "shared": n,
+        "lost": lost,
+        "gained": gained,
+    }

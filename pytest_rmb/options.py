@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from pytest_rmb.data import sample_dataset
+from pytest_rmb.gate import Gate, GateError, load_baseline, parse_gate
+from pytest_rmb.scenarios import registry
 from pytest_rmb.scorers import ScorerSettings
 
 DATA_ENV = "RMB_DATA"
@@ -50,6 +52,23 @@ def dtype_name(text: str) -> str:
     if text in DTYPES:
         return text
     raise argparse.ArgumentTypeError(f"expected one of {', '.join(DTYPES)}, got {text!r}")
+
+
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {value}")
+    return value
+
+
+def gate_expression(text: str) -> Gate:
+    try:
+        return parse_gate(text, {s.id for s in registry()}, {s.task_id for s in registry()})
+    except GateError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -142,6 +161,34 @@ def add_options(parser: pytest.Parser) -> None:
         "--rmb-reward-index", type=non_negative_int, metavar="N",
         help="which output logit is the reward, for a model with several labels (ini rmb_reward_index)",
     )
+    gates = parser.getgroup("rmb", "reward-model benchmark (RMB)")
+    gates.addoption(
+        "--rmb-gate", action="append", type=gate_expression, default=None, metavar="EXPR",
+        help="fail the run unless METRIC OP NUMBER holds, e.g. 'overall>=0.7', "
+        "'helpfulness.bon>0.6', 'task:code.pairwise>=0.75', 'scenario:chat/discussion.bon>=0.5'; "
+        "repeatable (ini rmb_gates, one per line)",
+    )
+    gates.addoption(
+        "--rmb-gate-allow-empty", action="store_true", default=False,
+        help="a gate on a metric with no samples in this run is not evaluated instead of failing",
+    )
+    gates.addoption(
+        "--rmb-baseline", metavar="FILE",
+        help="an earlier --rmb-json summary: fail when overall or a section dropped by more than "
+        "--rmb-max-drop and significantly (paired bootstrap over shared samples)",
+    )
+    gates.addoption(
+        "--rmb-max-drop", type=fraction, metavar="D",
+        help="allowed accuracy drop against the baseline (default 0.01; ini rmb_max_drop)",
+    )
+    gates.addoption(
+        "--rmb-alpha", type=fraction, metavar="A",
+        help="significance level of the baseline comparison (default 0.05; ini rmb_alpha)",
+    )
+    gates.addoption("--rmb-markdown", metavar="PATH", help="write the tables and gates as GitHub-flavoured Markdown")
+    parser.addini("rmb_gates", "threshold gates, one METRIC OP NUMBER per line", type="linelist", default=[])
+    parser.addini("rmb_max_drop", "allowed accuracy drop against the baseline", default="0.01")
+    parser.addini("rmb_alpha", "significance level of the baseline comparison", default="0.05")
     parser.addini("rmb_data", "RMB_dataset folder (relative to the ini file) or 'sample'")
     parser.addini("rmb_seed", "seed for the random baseline and bootstrap intervals", default="0")
     parser.addini("rmb_batch_size", "most texts per scorer call", default="64")
@@ -169,6 +216,13 @@ class RunSettings:
     bootstrap: int
     show_scenarios: bool
     show_misses: int
+    markdown_path: Path | None
+    gates: tuple[Gate, ...]
+    allow_empty_gates: bool
+    baseline: dict | None
+    baseline_path: Path | None
+    max_drop: float
+    alpha: float
 
 
 def resolve(config: pytest.Config) -> RunSettings | None:
@@ -177,9 +231,6 @@ def resolve(config: pytest.Config) -> RunSettings | None:
     if not model:
         return None
     dataset, label = _dataset(config)
-    invocation = config.invocation_params.dir
-    json_path = config.getoption("rmb_json")
-    jsonl_path = config.getoption("rmb_jsonl")
     trust = config.getoption("rmb_trust_remote_code")
     scorer = ScorerSettings(
         model=model,
@@ -197,13 +248,20 @@ def resolve(config: pytest.Config) -> RunSettings | None:
         scorer=scorer,
         dataset=dataset,
         dataset_label=label,
-        json_path=invocation / json_path if json_path else None,
-        jsonl_path=invocation / jsonl_path if jsonl_path else None,
+        json_path=_output(config, "rmb_json"),
+        jsonl_path=_output(config, "rmb_jsonl"),
         batch_size=_setting(config, "rmb_batch_size", positive_int),
         batch_tokens=_setting(config, "rmb_batch_tokens", positive_int),
         bootstrap=_setting(config, "rmb_bootstrap", positive_int),
         show_scenarios=config.getoption("rmb_show_scenarios") or config.getoption("verbose") > 0,
         show_misses=config.getoption("rmb_show_misses"),
+        markdown_path=_output(config, "rmb_markdown"),
+        gates=_gates(config),
+        allow_empty_gates=config.getoption("rmb_gate_allow_empty"),
+        baseline=_baseline(config),
+        baseline_path=_output(config, "rmb_baseline"),
+        max_drop=_setting(config, "rmb_max_drop", fraction),
+        alpha=_setting(config, "rmb_alpha", fraction),
     )
 
 
@@ -219,6 +277,31 @@ def _setting(config: pytest.Config, name: str, parse):
         return parse(text)
     except argparse.ArgumentTypeError as exc:
         raise pytest.UsageError(f"ini option {name}: {exc}") from None
+
+
+def _output(config: pytest.Config, name: str) -> Path | None:
+    given = config.getoption(name)
+    return config.invocation_params.dir / given if given else None
+
+
+def _gates(config: pytest.Config) -> tuple[Gate, ...]:
+    given = list(config.getoption("rmb_gate") or [])
+    for line in config.getini("rmb_gates"):
+        try:
+            given.append(gate_expression(line))
+        except argparse.ArgumentTypeError as exc:
+            raise pytest.UsageError(f"ini option rmb_gates: {exc}") from None
+    return tuple(given)
+
+
+def _baseline(config: pytest.Config) -> dict | None:
+    path = _output(config, "rmb_baseline")
+    if path is None:
+        return None
+    try:
+        return load_baseline(path)
+    except GateError as exc:
+        raise pytest.UsageError(f"pytest-rmb: {exc}") from None
 
 
 def _chat_template(config: pytest.Config) -> str | None:

@@ -16,7 +16,9 @@ from pytest_rmb.collection import (
 )
 from pytest_rmb.fixtures import rmb_engine, rmb_model  # noqa: F401 (registered as plugin fixtures)
 from pytest_rmb.options import add_options, resolve
-from pytest_rmb.report import TableRenderer, write_json, write_jsonl
+from pytest_rmb.gate import FAIL as GATE_FAIL
+from pytest_rmb.gate import evaluate as evaluate_gates
+from pytest_rmb.report import TableRenderer, write_json, write_jsonl, write_markdown
 from pytest_rmb.results import MISSING, RunResults, finish_call_report, miss_record, sorted_records, summary_document
 from pytest_rmb.scenarios import all_markers, join_spaced_words, registry
 from pytest_rmb.state import ENGINE, NODE_PREFIXES, PLAN, RESULTS, SETTINGS, SUMMARY
@@ -149,17 +151,28 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     results = config.stash[RESULTS]
     partial = exitstatus == pytest.ExitCode.INTERRUPTED
     summary = summary_document(results, settings, {s.id: s for s in registry()}, partial)
+    gates, baseline = evaluate_gates(summary, settings, {s.id: s.goal for s in registry()})
+    summary["gates"] = [gate.as_dict() for gate in gates]
+    summary["baseline"] = baseline
     config.stash[SUMMARY] = summary
     if settings.json_path:
         write_json(settings.json_path, summary)
     if settings.jsonl_path:
         write_jsonl(settings.jsonl_path, sorted_records(results))
-    # Misses are the measurement, not a malfunction: they alone never fail the run.
-    if exitstatus == pytest.ExitCode.TESTS_FAILED and results.other_failures == 0:
-        session.exitstatus = pytest.ExitCode.OK
+    if settings.markdown_path:
+        write_markdown(settings.markdown_path, summary)
+    # Misses are the measurement, not a malfunction: they alone never fail the run. Gates do.
+    only_misses = exitstatus == pytest.ExitCode.TESTS_FAILED and results.other_failures == 0
+    if exitstatus == pytest.ExitCode.OK or only_misses:
+        failed = any(gate.status == GATE_FAIL for gate in gates)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED if failed else pytest.ExitCode.OK
 
 
-def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter, config: pytest.Config):
+    # The outermost wrapper prints after pytest's own failure listings and short summary, so the
+    # RMB tables and then the gates table are the last things before the final stats line.
+    yield
     summary = config.stash.get(SUMMARY, None)
     if summary is None or config.option.collectonly:
         return
@@ -171,7 +184,9 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
         misses=config.stash[RESULTS].misses,
         misses_shown=settings.show_misses,
     )
-    if settings.json_path:
-        terminalreporter.write_line(f"rmb: summary written to {settings.json_path}")
-    if settings.jsonl_path:
-        terminalreporter.write_line(f"rmb: per-sample results written to {settings.jsonl_path}")
+    for label, path in (("summary", settings.json_path), ("per-sample results", settings.jsonl_path),
+                        ("Markdown report", settings.markdown_path)):
+        if path:
+            terminalreporter.write_line(f"rmb: {label} written to {path}")
+    if summary["gates"]:
+        renderer.render_gates(summary)

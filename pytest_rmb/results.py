@@ -6,6 +6,7 @@ and pytest-xdist, where reports are the only thing that travels from the workers
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import pytest
@@ -14,7 +15,7 @@ from pytest_rmb import __version__
 from pytest_rmb.collection import display_nodeid, scenario_and_kind
 from pytest_rmb.data import PAIRWISE, Sample, uid_sort_key
 from pytest_rmb.engine import EngineStats
-from pytest_rmb.metrics import is_correct, margin, summarize
+from pytest_rmb.metrics import is_correct, margin, outcome_key, summarize
 
 OUTCOME_KEY = pytest.StashKey[dict]()
 
@@ -57,6 +58,12 @@ def finish_call_report(item: pytest.Item, report: pytest.TestReport, engine) -> 
     if record is None:
         return
     report.user_properties.append((RESULT, record))
+    if item.config.getoption("xmlpath", None):
+        # JUnit XML takes properties from the item (its teardown report), one testcase per sample.
+        item.user_properties.extend(
+            [("rmb.scores", json.dumps(record["scores"])), ("rmb.correct", str(record["correct"]).lower()),
+             ("rmb.margin", f"{margin(record['scores']):.6g}")]
+        )
     if not record["correct"] and report.passed:
         report.outcome = "failed"
         report.longrepr = describe_miss(record)
@@ -126,6 +133,8 @@ def summary_document(results: RunResults, settings, scenarios: dict, partial: bo
         "samples": len(results.records),
         "misses": len(results.misses),
         "pytest_rmb": __version__,
+        # Per-sample outcomes, so that a later run can use this file as its --rmb-baseline.
+        "outcomes": {outcome_key(r): int(r["correct"]) for r in sorted_records(results)},
     }
 
 

@@ -205,6 +205,10 @@ def test_junitxml_has_one_testcase_per_sample_and_misses_as_failures(pytester):
     assert len(cases) == 12
     assert len(failures) == result.parseoutcomes()["missed"] > 0
     assert "margin" in failures[0].find("failure").get("message")
+    properties = {p.get("name"): p.get("value") for p in failures[0].iter("property")}
+    assert properties["rmb.correct"] == "false"
+    scores = json.loads(properties["rmb.scores"])
+    assert float(properties["rmb.margin"]) == pytest.approx(scores[0] - max(scores[1:]))
 
 
 def small_dataset(root):
@@ -227,9 +231,9 @@ def test_missing_files_are_skipped_with_the_file_named_and_reported(pytester):
     outcomes = result.parseoutcomes()
     assert (outcomes["passed"], outcomes["missed"], outcomes["skipped"]) == (3, 1, 98 - 3)
     result.stdout.fnmatch_lines(
-        ["missing data: brainstorming/idea_development bon: BoN_set/Helpfulness/Brainstorming/Idea Development.json",
-         "missing data: ... and 85 more (listed in --rmb-json under 'missing')",
-         "*missing data file: Pairwise_set/Harmlessness/S11.json (not found under *data)*"]
+        ["*missing data file: Pairwise_set/Harmlessness/S11.json (not found under *data)*",
+         "missing data: brainstorming/idea_development bon: BoN_set/Helpfulness/Brainstorming/Idea Development.json",
+         "missing data: ... and 85 more (listed in --rmb-json under 'missing')"]
     )
     summary = json.loads((pytester.path / "s.json").read_text())
     assert len(summary["missing"]) == 95

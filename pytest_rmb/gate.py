@@ -1,0 +1,199 @@
+"""CI gates: thresholds on metrics and a comparison against a baseline run -> PASS/FAIL rows.
+
+A threshold is ``METRIC OP NUMBER``; METRIC is ``overall``, a section (``helpfulness.pairwise``),
+a task (``task:code.pairwise``) or a scenario (``scenario:code/data_management.bon``). A baseline
+gate fails only when a metric dropped by more than the allowed amount *and* a paired bootstrap over
+the samples both runs share says the drop is significant.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from pytest_rmb.metrics import SECTIONS, paired_comparison, section_key
+
+OPERATORS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
+SECTION_NAMES = tuple(section_key(goal, kind) for goal, kind in SECTIONS)
+_GATE = re.compile(r"^\s*(?P<metric>[A-Za-z0-9_:/.]+)\s*(?P<op>>=|<=|>|<)\s*(?P<bar>[-+0-9.eE]+)\s*$")
+
+PASS, FAIL, NOT_EVALUATED = "PASS", "FAIL", "NOT EVALUATED"
+
+
+class GateError(ValueError):
+    """A gate expression or baseline file that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Gate:
+    metric: str
+    op: str
+    bar: float
+
+    @property
+    def bar_text(self) -> str:
+        return f"{self.op} {self.bar:g}"
+
+
+def parse_gate(text: str, scenario_ids: set[str], task_ids: set[str]) -> Gate:
+    match = _GATE.match(text)
+    if not match:
+        raise GateError(f"{text!r}: expected METRIC OP NUMBER with OP one of >=, >, <=, < (e.g. 'overall>=0.7')")
+    metric, op = match["metric"], match["op"]
+    try:
+        bar = float(match["bar"])
+    except ValueError:
+        raise GateError(f"{text!r}: {match['bar']!r} is not a number") from None
+    check_metric(metric, scenario_ids, task_ids, text)
+    return Gate(metric, op, bar)
+
+
+def check_metric(metric: str, scenario_ids: set[str], task_ids: set[str], text: str) -> None:
+    if metric == "overall" or metric in SECTION_NAMES:
+        return
+    for prefix, known in (("task:", task_ids), ("scenario:", scenario_ids)):
+        if metric.startswith(prefix):
+            name, _, kind = metric[len(prefix):].rpartition(".")
+            if kind not in ("pairwise", "bon"):
+                raise GateError(f"{text!r}: {metric!r} must end in .pairwise or .bon")
+            if name not in known:
+                raise GateError(f"{text!r}: unknown {prefix[:-1]} {name!r}; known: {', '.join(sorted(known))}")
+            return
+    raise GateError(
+        f"{text!r}: unknown metric {metric!r}; use overall, {', '.join(SECTION_NAMES)}, "
+        "task:<task>.<pairwise|bon> or scenario:<task>/<name>.<pairwise|bon>"
+    )
+
+
+def metric_value(summary: dict, metric: str) -> tuple[float | None, list[float] | None]:
+    """(value, 95% interval) of a metric in a summary; value None when it has no samples."""
+    if metric == "overall":
+        return summary["overall"], summary["overall_ci95"]
+    if metric in SECTION_NAMES:
+        entry = summary["sections"][metric]
+        return entry["accuracy"], entry["ci95"]
+    prefix, _, rest = metric.partition(":")
+    name, _, kind = rest.rpartition(".")
+    table = summary["tasks" if prefix == "task" else "scenarios"]
+    entry = table.get(name, {}).get(kind)
+    return (entry["accuracy"], None) if entry else (None, None)
+
+
+@dataclass(frozen=True)
+class GateResult:
+    metric: str
+    value: float | None
+    reference: str
+    interval: list[float] | None
+    status: str
+    detail: str = ""
+
+    def as_dict(self) -> dict:
+        return {"metric": self.metric, "value": self.value, "reference": self.reference,
+                "interval": self.interval, "status": self.status, "detail": self.detail}
+
+
+def evaluate_thresholds(gates: list[Gate], summary: dict, allow_empty: bool) -> list[GateResult]:
+    results = []
+    for gate in gates:
+        value, interval = metric_value(summary, gate.metric)
+        if value is None:
+            detail = "no samples in this run" + ("" if allow_empty else "; --rmb-gate-allow-empty accepts that")
+            results.append(GateResult(gate.metric, None, gate.bar_text, None, NOT_EVALUATED if allow_empty else FAIL, detail))
+            continue
+        passed = OPERATORS[gate.op](value, gate.bar)
+        results.append(GateResult(gate.metric, value, gate.bar_text, interval, PASS if passed else FAIL))
+    return results
+
+
+def load_baseline(path: Path) -> dict:
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise GateError(f"--rmb-baseline {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise GateError(f"--rmb-baseline {path}: invalid JSON at line {exc.lineno} column {exc.colno}") from None
+    if not isinstance(document, dict) or "outcomes" not in document or "sections" not in document:
+        raise GateError(
+            f"--rmb-baseline {path}: not a pytest-rmb --rmb-json summary with per-sample outcomes "
+            "(write one with --rmb-json from pytest-rmb 0.1 or later)"
+        )
+    return document
+
+
+def outcomes_by_section(outcomes: dict[str, bool], goal_of: dict[str, str]) -> dict[str, dict[str, bool]]:
+    by_section: dict[str, dict[str, bool]] = {name: {} for name in SECTION_NAMES}
+    for key, correct in outcomes.items():
+        scenario, kind, _ = key.split("|", 2)
+        goal = goal_of.get(scenario)
+        if goal is not None:
+            by_section[section_key(goal, kind)][key] = bool(correct)
+    return by_section
+
+
+def compare_with_baseline(
+    summary: dict, baseline: dict, goal_of: dict[str, str], *, max_drop: float, alpha: float,
+    seed: int, resamples: int,
+) -> tuple[list[GateResult], dict]:
+    """Gate rows for overall and each section, and a JSON-ready account of the comparison."""
+    old = outcomes_by_section(baseline["outcomes"], goal_of)
+    new = outcomes_by_section(summary["outcomes"], goal_of)
+    shared = {s: sorted(set(old[s]) & set(new[s])) for s in SECTION_NAMES}
+    comparison = paired_comparison(
+        {s: [old[s][k] for k in keys] for s, keys in shared.items()},
+        {s: [new[s][k] for k in keys] for s, keys in shared.items()},
+        seed=seed, resamples=resamples,
+    )
+    only_old = sum(len(set(old[s]) - set(new[s])) for s in SECTION_NAMES)
+    only_new = sum(len(set(new[s]) - set(old[s])) for s in SECTION_NAMES)
+    notes = []
+    if baseline.get("dataset") != summary.get("dataset"):
+        notes.append(f"baseline ran on dataset {baseline.get('dataset')!r}, this run on {summary.get('dataset')!r}")
+    if only_old or only_new:
+        notes.append(
+            f"compared on the {sum(len(k) for k in shared.values())} samples both runs share; "
+            f"{only_old} only in the baseline, {only_new} only in this run"
+        )
+    rows = []
+    for metric in ("overall", *SECTION_NAMES):
+        entry = comparison.get(metric)
+        if entry is None:
+            rows.append(GateResult(metric, None, "baseline -", None, NOT_EVALUATED, "no shared samples"))
+            continue
+        dropped = -entry["delta"] > max_drop
+        significant = entry["p_drop"] < alpha
+        status = FAIL if dropped and significant else PASS
+        detail = (
+            f"delta {entry['delta']:+.4f} (95% CI {entry['ci95'][0]:+.4f} to {entry['ci95'][1]:+.4f}), "
+            f"p={entry['p_drop']:.3f}, n={entry['shared']}: lost {entry['lost']}, gained {entry['gained']}"
+        )
+        if dropped and not significant:
+            detail += f"; drop not significant at alpha={alpha:g}"
+        rows.append(GateResult(metric, entry["current"], f"baseline {entry['baseline']:.4f}", entry["ci95"], status, detail))
+    account = {
+        "model": baseline.get("model"),
+        "dataset": baseline.get("dataset"),
+        "max_drop": max_drop,
+        "alpha": alpha,
+        "sections": comparison,
+        "only_in_baseline": only_old,
+        "only_in_this_run": only_new,
+        "notes": notes,
+    }
+    return rows, account
+
+
+def evaluate(summary: dict, settings, goal_of: dict[str, str]) -> tuple[list[GateResult], dict | None]:
+    """Every gate of the run: thresholds first, then the baseline comparison if one was given."""
+    rows = evaluate_thresholds(list(settings.gates), summary, settings.allow_empty_gates)
+    account = None
+    if settings.baseline is not None:
+        baseline_rows, account = compare_with_baseline(
+            summary, settings.baseline, goal_of, max_drop=settings.max_drop, alpha=settings.alpha,
+            seed=settings.scorer.seed, resamples=settings.bootstrap,
+        )
+        rows.extend(baseline_rows)
+    return rows, account
