@@ -11,8 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from pytest_rmb.gate import SECTION_NAMES, outcomes_by_section
-from pytest_rmb.metrics import KINDS, paired_comparison
+from pytest_rmb.gate import SECTION_NAMES, compare_shared, outcomes_by_section
+from pytest_rmb.metrics import KINDS
 from pytest_rmb.scenarios import registry
 
 
@@ -31,12 +31,9 @@ def significance(reference: dict, other: dict, seed: int, resamples: int) -> dic
     if "outcomes" not in reference or "outcomes" not in other:
         return {}
     goal_of = {s.id: s.goal for s in registry()}
-    old = outcomes_by_section(reference["outcomes"], goal_of)
-    new = outcomes_by_section(other["outcomes"], goal_of)
-    shared = {s: sorted(set(old[s]) & set(new[s])) for s in SECTION_NAMES}
-    return paired_comparison(
-        {s: [old[s][k] for k in keys] for s, keys in shared.items()},
-        {s: [new[s][k] for k in keys] for s, keys in shared.items()},
+    return compare_shared(
+        outcomes_by_section(reference["outcomes"], goal_of),
+        outcomes_by_section(other["outcomes"], goal_of),
         seed=seed, resamples=resamples,
     )
 
@@ -58,18 +55,12 @@ def comparison_rows(runs: list[dict], seed: int = 0, resamples: int = 1000) -> l
     add("overall", "overall", [run["overall"] for run in runs], "overall")
     for section in SECTION_NAMES:
         add("section", section, [run["sections"][section]["accuracy"] for run in runs], section)
-    tasks = sorted({task for run in runs for task in run["tasks"]})
-    for task in tasks:
-        for kind in KINDS:
-            values = [run["tasks"].get(task, {}).get(kind, {}).get("accuracy") for run in runs]
-            if any(v is not None for v in values):
-                add("task", f"task:{task}.{kind}", values, None)
-    scenarios = sorted({sid for run in runs for sid in run["scenarios"]})
-    for sid in scenarios:
-        for kind in KINDS:
-            values = [run["scenarios"].get(sid, {}).get(kind, {}).get("accuracy") for run in runs]
-            if any(v is not None for v in values):
-                add("scenario", f"scenario:{sid}.{kind}", values, None)
+    for group, table in (("task", "tasks"), ("scenario", "scenarios")):
+        for name in sorted({name for run in runs for name in run[table]}):
+            for kind in KINDS:
+                values = [run[table].get(name, {}).get(kind, {}).get("accuracy") for run in runs]
+                if any(v is not None for v in values):
+                    add(group, f"{group}:{name}.{kind}", values, None)
     return rows
 
 

@@ -7,12 +7,14 @@ sees one text per pytest item. Later items only look their scores up.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
+from pytest_rmb.cache import ScoreCache, request_key
 from pytest_rmb.data import Conversation, Sample
 from pytest_rmb.progress import NoProgress
 from pytest_rmb.scorers import ScoreRequest, Scorer
@@ -32,6 +34,7 @@ class EngineStats:
     batches: int = 0
     oom_retries: int = 0
     truncated: int = 0
+    cache_hits: int = 0
     scoring_seconds: float = 0.0
 
     def add(self, other: Mapping[str, float]) -> None:
@@ -82,12 +85,15 @@ class Engine:
         max_batch_size: int = 64,
         max_batch_cost: int = UNLIMITED,
         progress=None,
+        cache: ScoreCache | None = None,
     ):
         self._scorer = scorer
         self._plan = dict(plan)
         self._max_batch_size = max_batch_size
         self._max_batch_cost = max_batch_cost
         self._progress = progress or NoProgress()
+        self._cache = cache
+        self._cached: dict[str, float] | None = None
         self._scores: dict[TextKey, float] = {}
         self._failed: dict[str, str] = {}
         self._unreported = EngineStats()
@@ -139,23 +145,45 @@ class Engine:
                     pending[key] = None
         keys = list(pending)
         started = time.perf_counter()
-        delta = EngineStats(response_slots=slots, texts_scored=len(keys))
+        delta = EngineStats(response_slots=slots)
         if keys:
-            with self._progress.scoring(label, len(keys)) as advance:
-                self._score_keys(keys, delta, advance)
+            self._score_keys(keys, delta, label)
         delta.scoring_seconds = time.perf_counter() - started
         self._unreported.add(delta.as_dict())
         self.totals.add(delta.as_dict())
 
-    def _score_keys(self, keys: list[TextKey], delta: EngineStats, advance) -> None:
+    def _score_keys(self, keys: list[TextKey], delta: EngineStats, label: str) -> None:
         requests = [ScoreRequest(conversation, text) for conversation, text in keys]
+        cache_keys: list[str] = []
+        if self._cache is not None:
+            if self._cached is None:
+                self._cached = self._cache.load()
+            key_of = getattr(self._scorer, "cache_key", None) or default_cache_key
+            cache_keys = [key_of(r) for r in requests]
+            todo = []
+            for i, cache_key in enumerate(cache_keys):
+                if cache_key in self._cached:
+                    self._scores[keys[i]] = self._cached[cache_key]
+                else:
+                    todo.append(i)
+            delta.cache_hits += len(requests) - len(todo)
+        else:
+            todo = list(range(len(requests)))
+        delta.texts_scored += len(todo)
+        if not todo:
+            return
         measure = getattr(self._scorer, "cost", None) or character_cost
-        costs = measure(requests)
-        for batch in pack_batches(costs, self._max_batch_size, self._max_batch_cost):
-            values = self._score_batch([requests[i] for i in batch], delta)
-            for i, value in zip(batch, values):
-                self._scores[keys[i]] = value
-            advance(len(batch))
+        costs = measure([requests[i] for i in todo])
+        with self._progress.scoring(label, len(todo)) as advance:
+            for batch in pack_batches(costs, self._max_batch_size, self._max_batch_cost):
+                indices = [todo[j] for j in batch]
+                values = self._score_batch([requests[i] for i in indices], delta)
+                for i, value in zip(indices, values):
+                    self._scores[keys[i]] = value
+                if self._cache is not None:
+                    # Saved as each batch finishes: a killed run loses at most one batch.
+                    self._cache.append((cache_keys[i], value) for i, value in zip(indices, values))
+                advance(len(batch))
         take_counters = getattr(self._scorer, "take_counters", None)
         if take_counters is not None:
             delta.add(take_counters())
@@ -181,6 +209,11 @@ class Engine:
                 raise ScoringError(f"scorer returned a non-finite score ({number})")
             checked.append(number)
         return checked
+
+
+def default_cache_key(request: ScoreRequest) -> str:
+    """For scorers that do not say how they render: the conversation and response themselves."""
+    return request_key(json.dumps([[m.role, m.content] for m in request.conversation] + [request.response]))
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:

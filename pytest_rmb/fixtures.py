@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from pytest_rmb.cache import ScoreCache
 from pytest_rmb.engine import UNLIMITED, Engine
 from pytest_rmb.progress import progress_for
 from pytest_rmb.scorers import ScorerLoadError, load_scorer
@@ -32,12 +33,17 @@ def rmb_engine(rmb_model, pytestconfig: pytest.Config) -> Engine:
     settings = pytestconfig.stash[SETTINGS]
     # The token budget applies to scorers that count tokens; the baselines count characters.
     has_token_cost = callable(getattr(rmb_model, "cost", None))
+    # Only scorers that can say what their scores depend on are cached; the baselines are
+    # cheaper to recompute than to look up.
+    fingerprint = getattr(rmb_model, "fingerprint", None)
+    cache = ScoreCache(settings.cache_dir, fingerprint()) if settings.cache_dir and callable(fingerprint) else None
     engine = Engine(
         rmb_model,
         pytestconfig.stash.get(PLAN, {}),
         max_batch_size=settings.batch_size,
         max_batch_cost=settings.batch_tokens if has_token_cost else UNLIMITED,
         progress=progress_for(pytestconfig),
+        cache=cache,
     )
     pytestconfig.stash[ENGINE] = engine
     return engine

@@ -134,6 +134,17 @@ def outcomes_by_section(outcomes: dict[str, bool], goal_of: dict[str, str]) -> d
     return by_section
 
 
+def compare_shared(old: dict[str, dict[str, bool]], new: dict[str, dict[str, bool]], *, seed: int,
+                   resamples: int) -> dict[str, dict]:
+    """Paired comparison per section and overall, over the samples both runs share."""
+    shared = {s: sorted(set(old[s]) & set(new[s])) for s in SECTION_NAMES}
+    return paired_comparison(
+        {s: [old[s][k] for k in keys] for s, keys in shared.items()},
+        {s: [new[s][k] for k in keys] for s, keys in shared.items()},
+        seed=seed, resamples=resamples,
+    )
+
+
 def compare_with_baseline(
     summary: dict, baseline: dict, goal_of: dict[str, str], *, max_drop: float, alpha: float,
     seed: int, resamples: int,
@@ -141,12 +152,8 @@ def compare_with_baseline(
     """Gate rows for overall and each section, and a JSON-ready account of the comparison."""
     old = outcomes_by_section(baseline["outcomes"], goal_of)
     new = outcomes_by_section(summary["outcomes"], goal_of)
-    shared = {s: sorted(set(old[s]) & set(new[s])) for s in SECTION_NAMES}
-    comparison = paired_comparison(
-        {s: [old[s][k] for k in keys] for s, keys in shared.items()},
-        {s: [new[s][k] for k in keys] for s, keys in shared.items()},
-        seed=seed, resamples=resamples,
-    )
+    comparison = compare_shared(old, new, seed=seed, resamples=resamples)
+    shared = {s: set(old[s]) & set(new[s]) for s in SECTION_NAMES}
     only_old = sum(len(set(old[s]) - set(new[s])) for s in SECTION_NAMES)
     only_new = sum(len(set(new[s]) - set(old[s])) for s in SECTION_NAMES)
     notes = []

@@ -121,71 +121,81 @@ def add_options(parser: pytest.Parser) -> None:
         metavar="N",
         help="list at most N missed samples, one line each (default 10; all are in --rmb-jsonl)",
     )
-    hf = parser.getgroup("rmb", "reward-model benchmark (RMB)")
-    hf.addoption("--rmb-revision", metavar="REV", help="model revision: branch, tag or commit (ini rmb_revision)")
-    hf.addoption(
+    group.addoption("--rmb-revision", metavar="REV", help="model revision: branch, tag or commit (ini rmb_revision)")
+    group.addoption(
         "--rmb-trust-remote-code",
         action="store_true",
         default=None,
         help="allow the model's own Python code from its repository to run (off by default; "
         "ini rmb_trust_remote_code)",
     )
-    hf.addoption(
+    group.addoption(
         "--rmb-device", type=device_name, metavar="DEVICE",
         help=f"{DEVICE_HELP}; auto is CUDA when available (default auto; ini rmb_device)",
     )
-    hf.addoption(
+    group.addoption(
         "--rmb-dtype", type=dtype_name, metavar="DTYPE",
         help="auto|float32|bfloat16|float16; auto is bfloat16 on a CUDA device that supports it, "
         "float32 on CPU (default auto; ini rmb_dtype)",
     )
-    hf.addoption(
+    group.addoption(
         "--rmb-max-length", type=positive_int, metavar="N",
         help="token limit per text; longer texts lose their start (default: the smaller of the "
         "model's limit and 4096; ini rmb_max_length)",
     )
-    hf.addoption(
+    group.addoption(
         "--rmb-batch-tokens", type=positive_int, metavar="N",
         help="token budget per batch, padding included (default 16384; ini rmb_batch_tokens)",
     )
-    hf.addoption(
+    group.addoption(
         "--rmb-attn-implementation", metavar="NAME",
         help="attention implementation passed to transformers, e.g. sdpa, flash_attention_2, eager "
         "(ini rmb_attn_implementation)",
     )
-    hf.addoption(
+    group.addoption(
         "--rmb-chat-template", metavar="FILE",
         help="Jinja chat template for a tokenizer that has none (ini rmb_chat_template)",
     )
-    hf.addoption(
+    group.addoption(
         "--rmb-reward-index", type=non_negative_int, metavar="N",
         help="which output logit is the reward, for a model with several labels (ini rmb_reward_index)",
     )
-    gates = parser.getgroup("rmb", "reward-model benchmark (RMB)")
-    gates.addoption(
+    group.addoption(
         "--rmb-gate", action="append", type=gate_expression, default=None, metavar="EXPR",
         help="fail the run unless METRIC OP NUMBER holds, e.g. 'overall>=0.7', "
         "'helpfulness.bon>0.6', 'task:code.pairwise>=0.75', 'scenario:chat/discussion.bon>=0.5'; "
         "repeatable (ini rmb_gates, one per line)",
     )
-    gates.addoption(
+    group.addoption(
         "--rmb-gate-allow-empty", action="store_true", default=False,
         help="a gate on a metric with no samples in this run is not evaluated instead of failing",
     )
-    gates.addoption(
+    group.addoption(
         "--rmb-baseline", metavar="FILE",
         help="an earlier --rmb-json summary: fail when overall or a section dropped by more than "
         "--rmb-max-drop and significantly (paired bootstrap over shared samples)",
     )
-    gates.addoption(
+    group.addoption(
         "--rmb-max-drop", type=fraction, metavar="D",
         help="allowed accuracy drop against the baseline (default 0.01; ini rmb_max_drop)",
     )
-    gates.addoption(
+    group.addoption(
         "--rmb-alpha", type=fraction, metavar="A",
         help="significance level of the baseline comparison (default 0.05; ini rmb_alpha)",
     )
-    gates.addoption("--rmb-markdown", metavar="PATH", help="write the tables and gates as GitHub-flavoured Markdown")
+    group.addoption("--rmb-markdown", metavar="PATH", help="write the tables and gates as GitHub-flavoured Markdown")
+    group.addoption(
+        "--rmb-cache-dir", metavar="DIR",
+        help="where scores are cached between runs, one file per model fingerprint "
+        "(default .rmb_cache under the rootdir; ini rmb_cache_dir)",
+    )
+    group.addoption("--rmb-no-cache", action="store_true", default=False, help="neither read nor write the score cache")
+    group.addoption(
+        "--rmb-device-map", choices=("auto",), default=None,
+        help="spread a model too large for one GPU over all visible GPUs (transformers device_map); "
+        "single process only, not with -n",
+    )
+    parser.addini("rmb_cache_dir", "score cache directory (relative to the ini file)", default="")
     parser.addini("rmb_gates", "threshold gates, one METRIC OP NUMBER per line", type="linelist", default=[])
     parser.addini("rmb_max_drop", "allowed accuracy drop against the baseline", default="0.01")
     parser.addini("rmb_alpha", "significance level of the baseline comparison", default="0.05")
@@ -217,6 +227,7 @@ class RunSettings:
     show_scenarios: bool
     show_misses: int
     markdown_path: Path | None
+    cache_dir: Path | None
     gates: tuple[Gate, ...]
     allow_empty_gates: bool
     baseline: dict | None
@@ -243,6 +254,8 @@ def resolve(config: pytest.Config) -> RunSettings | None:
         attn_implementation=_setting(config, "rmb_attn_implementation", str),
         chat_template=_chat_template(config),
         reward_index=_setting(config, "rmb_reward_index", non_negative_int),
+        device_map=_device_map(config),
+        worker_index=_worker_index(config),
     )
     return RunSettings(
         scorer=scorer,
@@ -256,6 +269,7 @@ def resolve(config: pytest.Config) -> RunSettings | None:
         show_scenarios=config.getoption("rmb_show_scenarios") or config.getoption("verbose") > 0,
         show_misses=config.getoption("rmb_show_misses"),
         markdown_path=_output(config, "rmb_markdown"),
+        cache_dir=_cache_dir(config),
         gates=_gates(config),
         allow_empty_gates=config.getoption("rmb_gate_allow_empty"),
         baseline=_baseline(config),
@@ -282,6 +296,35 @@ def _setting(config: pytest.Config, name: str, parse):
 def _output(config: pytest.Config, name: str) -> Path | None:
     given = config.getoption(name)
     return config.invocation_params.dir / given if given else None
+
+
+def _device_map(config: pytest.Config) -> str | None:
+    device_map = config.getoption("rmb_device_map")
+    if device_map and (getattr(config.option, "numprocesses", None) or hasattr(config, "workerinput")):
+        raise pytest.UsageError(
+            "pytest-rmb: --rmb-device-map auto spreads one model over every GPU of one process; "
+            "it cannot be combined with -n (pytest-xdist gives each worker its own GPU instead)"
+        )
+    return device_map
+
+
+def _worker_index(config: pytest.Config) -> int | None:
+    worker = getattr(config, "workerinput", {}).get("workerid", "")
+    return int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else None
+
+
+def _cache_dir(config: pytest.Config) -> Path | None:
+    if config.getoption("rmb_no_cache"):
+        return None
+    given = config.getoption("rmb_cache_dir")
+    if given:
+        return config.invocation_params.dir / given
+    if config.getini("rmb_cache_dir"):
+        base = config.inipath.parent if config.inipath else config.rootpath
+        return base / config.getini("rmb_cache_dir")
+    # The rootdir is the project only when pytest found an ini file there; otherwise it may be a
+    # far ancestor (path options count when pytest picks it), so use where pytest was started.
+    return (config.rootpath if config.inipath else config.invocation_params.dir) / ".rmb_cache"
 
 
 def _gates(config: pytest.Config) -> tuple[Gate, ...]:

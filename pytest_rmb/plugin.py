@@ -66,6 +66,15 @@ def _xdist_dist_unchosen(config: pytest.Config) -> bool:
     return not any(str(arg).startswith(("--dist", "-d")) for arg in given)
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    if _active(config) and config.getvalue("dist") == "loadgroup":
+        from pytest_rmb.scheduling import CrashSafeLoadGroupScheduling
+
+        return CrashSafeLoadGroupScheduling(config, log)
+    return None
+
+
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
     if not _active(config):
         return None

@@ -124,6 +124,8 @@ class TableRenderer:
         self._tr.write_line(
             f"engine: {engine['texts_scored']} unique texts scored for {engine['response_slots']} "
             f"response slots in {engine['batches']} batches, {engine['scoring_seconds']:.2f} s"
+            + (f", {engine['cache_hits']} from the score cache" if engine.get("cache_hits") else "")
+            + (f", {engine['truncated']} truncated" if engine.get("truncated") else "")
             + (f", {engine['oom_retries']} out-of-memory retries" if engine.get("oom_retries") else "")
         )
         missing = summary["missing"]

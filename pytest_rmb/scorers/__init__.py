@@ -50,6 +50,8 @@ class ScorerSettings:
     chat_template: str | None = None
     reward_index: int | None = None
     device_map: str | None = None
+    # The pytest-xdist worker number (gw3 -> 3), None in a single process: picks the GPU.
+    worker_index: int | None = None
 
 
 class ScorerLoadError(Exception):

@@ -14,10 +14,14 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from pytest_rmb.cache import request_key
 from pytest_rmb.data import Message
 from pytest_rmb.scorers import ScoreRequest, ScorerLoadError, ScorerSettings, as_chat
 
 DEFAULT_MAX_LENGTH = 4096
+# Part of the cache fingerprint: bump it when rendering or scoring changes what a text scores.
+SCORER_VERSION = "1"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 # Tokenizers report "no limit" as a huge sentinel (int(1e30)); anything above this is not a limit.
 SANE_LIMIT = 1_000_000
 
@@ -31,11 +35,14 @@ def plain_render(messages: list[dict[str, str]]) -> str:
     return "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages)
 
 
-def resolve_device(requested: str) -> str:
+def resolve_device(requested: str, worker_index: int | None = None) -> str:
+    """``auto``: CUDA when available; pytest-xdist worker i takes GPU i mod (visible GPUs)."""
     import torch
 
     if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        if not torch.cuda.is_available():
+            return "cpu"
+        return "cuda" if worker_index is None else f"cuda:{worker_index % torch.cuda.device_count()}"
     if requested.startswith("cuda") and not torch.cuda.is_available():
         raise ScorerLoadError(f"--rmb-device {requested}: CUDA is not available on this machine")
     return requested
@@ -54,13 +61,14 @@ def resolve_dtype(requested: str, device: str):
 class HFRewardModel:
     """A scorer over a loaded ``AutoModelForSequenceClassification`` and its tokenizer."""
 
-    def __init__(self, model, tokenizer, settings: ScorerSettings, name: str | None = None):
+    def __init__(self, model, tokenizer, settings: ScorerSettings, name: str | None = None, weights: str = ""):
         import torch
 
         self._torch = torch
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name or settings.model
+        self._weights = weights or weights_identity(settings, model)
         self._device = next(model.parameters()).device
         labels = model.config.num_labels
         if settings.reward_index is None and labels != 1:
@@ -132,16 +140,21 @@ class HFRewardModel:
         return encoded["input_ids"]
 
     def fingerprint(self) -> str:
-        """Identifies what a cached score depends on (used by the score cache)."""
+        """Everything a score depends on, hashed: names the score-cache file."""
         parts = [
+            f"scorer hf {SCORER_VERSION}",
             self.name,
-            str(getattr(self.model.config, "_name_or_path", "")),
+            self._weights,
             str(self.model.dtype),
             str(self.max_length),
             str(self._reward_index),
             self.tokenizer.chat_template if self._templated else "plain",
         ]
-        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
+
+    def cache_key(self, request: ScoreRequest) -> str:
+        """The cache key of a request: a hash of the exact text the tokenizer sees."""
+        return request_key(self.render(request))
 
     def cost(self, requests: Sequence[ScoreRequest]) -> list[int]:
         """Token counts after rendering and truncation; keeps the ids for ``score``."""
@@ -185,6 +198,21 @@ class HFRewardModel:
         return values
 
 
+def weights_identity(settings: ScorerSettings, model) -> str:
+    """A local checkpoint: the hash of its weight files; a hub model: its resolved commit."""
+    path = Path(settings.model).expanduser()
+    if path.is_dir():
+        digest = hashlib.sha256()
+        for file in sorted(p for p in path.rglob("*") if p.suffix in WEIGHT_SUFFIXES and p.is_file()):
+            digest.update(file.relative_to(path).as_posix().encode())
+            with open(file, "rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
+        return f"weights {digest.hexdigest()}"
+    commit = getattr(model.config, "_commit_hash", None)
+    return f"hub {settings.model} {commit or settings.revision or 'main'}"
+
+
 def load_hf(settings: ScorerSettings) -> HFRewardModel:
     """Load a model id or a local checkpoint directory as a sequence-classification reward model."""
     try:
@@ -194,7 +222,7 @@ def load_hf(settings: ScorerSettings) -> HFRewardModel:
 
     if settings.model.startswith(("/", "./", "../", "~")) and not Path(settings.model).expanduser().is_dir():
         raise ScorerLoadError(f"--rmb-model {settings.model}: no such directory")
-    device = resolve_device(settings.device)
+    device = resolve_device(settings.device, settings.worker_index)
     dtype = resolve_dtype(settings.dtype, device)
     common = {"revision": settings.revision, "trust_remote_code": settings.trust_remote_code}
     try:

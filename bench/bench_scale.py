@@ -1,0 +1,96 @@
+"""Scale-out figures, side by side in one run:
+
+1. `-n 2` against one process, the `length` baseline over the whole benchmark (xdist overhead).
+2. A warm score cache against a cold one, a tiny transformer over one task of the real data.
+3. A resume after SIGKILL half-way against scoring from scratch, same model and task.
+
+    python bench/bench_scale.py [--data ../shared/data/RMB_dataset] [--task chat] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "RMB_dataset"
+
+from bench.bench_harness import timed  # noqa: E402
+
+
+def pytest_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args]
+
+
+def wall(command: list[str], cwd: Path) -> float:
+    return timed(command, cwd)[0]
+
+
+def cache_lines(directory: Path) -> int:
+    return sum(len(p.read_bytes().splitlines()) for p in directory.glob("*.jsonl")) if directory.exists() else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--task", default="chat", help="marker of the task scored by the tiny model")
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    if not args.data.is_dir():
+        sys.exit(f"no RMB data at {args.data}; pass --data PATH")
+
+    from tests.tiny_models import save_decoder
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        data = ("--rmb-data", str(args.data))
+
+        single = pytest_command("--rmb-model", "length", *data)
+        double = pytest_command("--rmb-model", "length", *data, "-n", "2")
+        pairs = [(wall(single, work), wall(double, work)) for _ in range(args.runs)]
+        one = statistics.median(p[0] for p in pairs)
+        two = statistics.median(p[1] for p in pairs)
+        print(f"length, whole benchmark: 1 process {one:.2f} s, -n 2 {two:.2f} s, ratio {two / one:.2f} "
+              f"(median of {args.runs}; {sys.platform}, the machine's cores shared by both workers)")
+
+        model = save_decoder(work / "tiny-model")
+        tiny = ("--rmb-model", str(model), "--rmb-device", "cpu", *data, "-m", args.task,
+                "--rmb-max-length", "256")
+        cache = work / "cache"
+        cold_times, warm_times = [], []
+        for _ in range(args.runs):
+            shutil.rmtree(cache, ignore_errors=True)
+            cold_times.append(wall(pytest_command(*tiny, "--rmb-cache-dir", str(cache)), work))
+            warm_times.append(wall(pytest_command(*tiny, "--rmb-cache-dir", str(cache)), work))
+        cold, warm = statistics.median(cold_times), statistics.median(warm_times)
+        total = cache_lines(cache)
+        print(f"tiny model, task {args.task} ({total} unique texts): cold cache {cold:.2f} s, warm {warm:.2f} s, "
+              f"saved {cold - warm:.2f} s ({1 - warm / cold:.0%})")
+
+        resume_times, fractions = [], []
+        for _ in range(args.runs):
+            shutil.rmtree(cache, ignore_errors=True)
+            process = subprocess.Popen(pytest_command(*tiny, "--rmb-cache-dir", str(cache), "--rmb-batch-size", "8"),
+                                       cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            while process.poll() is None and cache_lines(cache) < total // 2:
+                time.sleep(0.01)
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            fractions.append(cache_lines(cache) / total)
+            resume_times.append(wall(pytest_command(*tiny, "--rmb-cache-dir", str(cache)), work))
+        resume = statistics.median(resume_times)
+        print(f"resume after SIGKILL with {statistics.median(fractions):.0%} cached: {resume:.2f} s against "
+              f"{cold:.2f} s from scratch, saved {cold - resume:.2f} s ({1 - resume / cold:.0%})")
+
+
+if __name__ == "__main__":
+    main()
