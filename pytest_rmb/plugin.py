@@ -69,9 +69,9 @@ def _xdist_dist_unchosen(config: pytest.Config) -> bool:
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     if _active(config) and config.getvalue("dist") == "loadgroup":
-        from pytest_rmb.scheduling import CrashSafeLoadGroupScheduling
+        from pytest_rmb.scheduling import RMBGroupScheduling
 
-        return CrashSafeLoadGroupScheduling(config, log)
+        return RMBGroupScheduling(config, log)
     return None
 
 
