@@ -153,7 +153,7 @@ def compare_with_baseline(
     old = outcomes_by_section(baseline["outcomes"], goal_of)
     new = outcomes_by_section(summary["outcomes"], goal_of)
     comparison = compare_shared(old, new, seed=seed, resamples=resamples)
-    shared = {s: set(old[s]) & set(new[s]) for s in SECTION_NAMES}
+    shared = sum(comparison[s]["shared"] for s in SECTION_NAMES if s in comparison)
     only_old = sum(len(set(old[s]) - set(new[s])) for s in SECTION_NAMES)
     only_new = sum(len(set(new[s]) - set(old[s])) for s in SECTION_NAMES)
     notes = []
@@ -161,7 +161,7 @@ def compare_with_baseline(
         notes.append(f"baseline ran on dataset {baseline.get('dataset')!r}, this run on {summary.get('dataset')!r}")
     if only_old or only_new:
         notes.append(
-            f"compared on the {sum(len(k) for k in shared.values())} samples both runs share; "
+            f"compared on the {shared} samples both runs share; "
             f"{only_old} only in the baseline, {only_new} only in this run"
         )
     rows = []

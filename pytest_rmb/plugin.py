@@ -159,7 +159,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     settings = config.stash[SETTINGS]
     results = config.stash[RESULTS]
     partial = exitstatus == pytest.ExitCode.INTERRUPTED
-    summary = summary_document(results, settings, {s.id: s for s in registry()}, partial)
+    records = sorted_records(results)
+    summary = summary_document(results, records, settings, {s.id: s for s in registry()}, partial)
     gates, baseline = evaluate_gates(summary, settings, {s.id: s.goal for s in registry()})
     summary["gates"] = [gate.as_dict() for gate in gates]
     summary["baseline"] = baseline
@@ -167,7 +168,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if settings.json_path:
         write_json(settings.json_path, summary)
     if settings.jsonl_path:
-        write_jsonl(settings.jsonl_path, sorted_records(results))
+        write_jsonl(settings.jsonl_path, records)
     if settings.markdown_path:
         write_markdown(settings.markdown_path, summary)
     # Misses are the measurement, not a malfunction: they alone never fail the run. Gates do.

@@ -117,11 +117,11 @@ def _first_lines(report: pytest.TestReport, limit: int = 20) -> str:
     return "\n".join(lines[:limit] + ([f"... ({len(lines) - limit} more lines)"] if len(lines) > limit else []))
 
 
-def summary_document(results: RunResults, settings, scenarios: dict, partial: bool) -> dict:
-    """The --rmb-json document: metrics plus what was run, what is missing and what failed."""
-    metrics = summarize(
-        results.records, scenarios, seed=settings.scorer.seed, resamples=settings.bootstrap
-    )
+def summary_document(results: RunResults, records: list[dict], settings, scenarios: dict, partial: bool) -> dict:
+    """The --rmb-json document: metrics plus what was run, what is missing and what failed.
+
+    ``records`` are the results' records in stable order (``sorted_records``)."""
+    metrics = summarize(records, scenarios, seed=settings.scorer.seed, resamples=settings.bootstrap)
     return {
         "model": settings.scorer.model,
         "dataset": settings.dataset_label,
@@ -134,7 +134,7 @@ def summary_document(results: RunResults, settings, scenarios: dict, partial: bo
         "misses": len(results.misses),
         "pytest_rmb": __version__,
         # Per-sample outcomes, so that a later run can use this file as its --rmb-baseline.
-        "outcomes": {outcome_key(r): int(r["correct"]) for r in sorted_records(results)},
+        "outcomes": {outcome_key(r): int(r["correct"]) for r in records},
     }
 
 
