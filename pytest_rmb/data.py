@@ -15,7 +15,6 @@ from typing import NamedTuple, Union
 
 PAIRWISE = "pairwise"
 BON = "bon"
-KINDS = (PAIRWISE, BON)
 
 # Reporting every problem of a badly broken file would drown the one that matters.
 MAX_PROBLEMS_SHOWN = 10

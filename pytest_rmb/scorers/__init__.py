@@ -61,12 +61,6 @@ class ScorerLoadError(Exception):
 PYTHON_PREFIX = "python:"
 
 
-def builtin_names() -> tuple[str, ...]:
-    from pytest_rmb.scorers import baselines
-
-    return tuple(sorted(baselines.BASELINES))
-
-
 def load_scorer(settings: ScorerSettings) -> Scorer:
     from pytest_rmb.scorers import baselines
 
