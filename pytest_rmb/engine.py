@@ -21,6 +21,8 @@ from pytest_rmb.scorers import ScoreRequest, Scorer
 
 TextKey = tuple[Conversation, str]
 UNLIMITED = 1 << 62
+# Token budget for a scorer that counts tokens but does not name its own budget.
+DEFAULT_BATCH_TOKENS = 16384
 
 
 class ScoringError(Exception):

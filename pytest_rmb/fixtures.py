@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from pytest_rmb.cache import ScoreCache
-from pytest_rmb.engine import UNLIMITED, Engine
+from pytest_rmb.engine import DEFAULT_BATCH_TOKENS, UNLIMITED, Engine
 from pytest_rmb.progress import progress_for
 from pytest_rmb.scorers import ScorerLoadError, load_scorer
 from pytest_rmb.state import ENGINE, PLAN, SETTINGS
@@ -32,7 +32,10 @@ def rmb_engine(rmb_model, pytestconfig: pytest.Config) -> Engine:
     """Scores each scenario's selected samples in batches on first use; items read the results."""
     settings = pytestconfig.stash[SETTINGS]
     # The token budget applies to scorers that count tokens; the baselines count characters.
-    has_token_cost = callable(getattr(rmb_model, "cost", None))
+    if callable(getattr(rmb_model, "cost", None)):
+        batch_tokens = settings.batch_tokens or getattr(rmb_model, "batch_tokens", DEFAULT_BATCH_TOKENS)
+    else:
+        batch_tokens = UNLIMITED
     # Only scorers that can say what their scores depend on are cached; the baselines are
     # cheaper to recompute than to look up.
     fingerprint = getattr(rmb_model, "fingerprint", None)
@@ -41,7 +44,7 @@ def rmb_engine(rmb_model, pytestconfig: pytest.Config) -> Engine:
         rmb_model,
         pytestconfig.stash.get(PLAN, {}),
         max_batch_size=settings.batch_size,
-        max_batch_cost=settings.batch_tokens if has_token_cost else UNLIMITED,
+        max_batch_cost=batch_tokens,
         progress=progress_for(pytestconfig),
         cache=cache,
     )

@@ -145,7 +145,8 @@ def add_options(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--rmb-batch-tokens", type=positive_int, metavar="N",
-        help="token budget per batch, padding included (default 16384; ini rmb_batch_tokens)",
+        help="token budget per batch, padding included (default: 16384 on a GPU, 4096 on CPU; "
+        "ini rmb_batch_tokens)",
     )
     group.addoption(
         "--rmb-attn-implementation", metavar="NAME",
@@ -208,7 +209,7 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini("rmb_device", DEVICE_HELP, default="auto")
     parser.addini("rmb_dtype", "auto|float32|bfloat16|float16", default="auto")
     parser.addini("rmb_max_length", "token limit per text", default="")
-    parser.addini("rmb_batch_tokens", "token budget per batch", default="16384")
+    parser.addini("rmb_batch_tokens", "token budget per batch (default: the scorer's own)", default="")
     parser.addini("rmb_attn_implementation", "attention implementation for transformers", default="")
     parser.addini("rmb_chat_template", "Jinja chat template file (relative to the ini file)", default="")
     parser.addini("rmb_reward_index", "which output logit is the reward", default="")
@@ -222,7 +223,7 @@ class RunSettings:
     json_path: Path | None
     jsonl_path: Path | None
     batch_size: int
-    batch_tokens: int
+    batch_tokens: int | None  # None: the scorer's preferred budget
     bootstrap: int
     show_scenarios: bool
     show_misses: int

@@ -157,6 +157,7 @@ def test_a_base_model_without_reward_head_is_refused(models):
 def test_dtype_and_device_resolution_on_cpu(models):
     scorer = load(models["encoder-right"], device="auto", dtype="auto")
     assert scorer.model.dtype == torch.float32 and str(next(scorer.model.parameters()).device) == "cpu"
+    assert scorer.batch_tokens == 4096  # the CPU budget; 16384 on a GPU
     assert load(models["encoder-right"], dtype="bfloat16").model.dtype == torch.bfloat16
     if not torch.cuda.is_available():
         with pytest.raises(ScorerLoadError, match="CUDA is not available"):

@@ -304,6 +304,36 @@ def make(settings):
     assert result.parseoutcomes()["missed"] == 3
 
 
+BUDGETED = """
+from pathlib import Path
+
+class Budgeted:
+    batch_tokens = 300  # each text costs 100 tokens: three per batch unless --rmb-batch-tokens says
+
+    def cost(self, batch):
+        return [100] * len(batch)
+
+    def score(self, batch):
+        with Path("batch_sizes.txt").open("a") as sizes:
+            sizes.write(f"{len(batch)}\\n")
+        return [float(len(request.response)) for request in batch]
+
+def make():
+    return Budgeted()
+"""
+
+
+@pytest.mark.parametrize(("options", "largest"), [((), 3), (("--rmb-batch-tokens", "500"), 5)])
+def test_a_scorer_names_its_own_token_budget_and_the_option_overrides_it(pytester, monkeypatch, options, largest):
+    pytester.makepyfile(budgeted=BUDGETED)
+    monkeypatch.syspath_prepend(pytester.path)
+    run(pytester, "--rmb-model", "python:budgeted:make", "--rmb-data", "sample", "--rmb-json", "s.json", *options)
+    sizes = [int(line) for line in (pytester.path / "batch_sizes.txt").read_text().split()]
+    engine = json.loads((pytester.path / "s.json").read_text())["engine"]
+    assert max(sizes) == largest
+    assert sum(sizes) == engine["texts_scored"] > 100 and len(sizes) == engine["batches"]
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [

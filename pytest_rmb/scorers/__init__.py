@@ -2,8 +2,9 @@
 
 A scorer is any object with ``score(batch) -> list[float]``: one float per (conversation, response)
 request, higher meaning better. Optional: ``cost(batch) -> list[int]`` (token counts, used to sort
-and pack batches) and ``take_counters() -> dict[str, int]`` (e.g. ``truncated``, added to the
-engine's stats). Everything else about a backend lives in its own module here.
+and pack batches), ``batch_tokens`` (the token budget per batch it works best with, used when
+--rmb-batch-tokens is not given) and ``take_counters() -> dict[str, int]`` (e.g. ``truncated``,
+added to the engine's stats). Everything else about a backend lives in its own module here.
 """
 
 from __future__ import annotations
