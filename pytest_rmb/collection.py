@@ -124,8 +124,8 @@ def scenario_modules(parent: pytest.Collector, scenarios, dataset: Path) -> list
         )
         for marker in scenario.markers:
             module.add_marker(marker)
-        # Keeps a scenario on one pytest-xdist worker under --dist loadgroup, so that it is
-        # scored in one batch there.
+        # Says that a scenario stays on one pytest-xdist worker, so that it is scored in one batch
+        # there; pytest_rmb.scheduling enforces it (xdist's own use of the mark fails on pytest 9.2).
         module.add_marker(pytest.mark.xdist_group(scenario.id))
         modules.append(module)
     return modules

@@ -1,12 +1,19 @@
-"""pytest-xdist's ``loadgroup`` scheduling, made fast for big groups and safe for crashed workers.
+"""pytest-xdist's ``loadgroup`` scheduling: one scenario per work unit, fast for big groups, safe
+for crashed workers.
 
-RMB puts each scenario in one xdist group (up to ~1,300 items), which meets two problems of
+RMB puts each scenario in one xdist group (up to ~1,300 items), which meets three problems of
 pytest-xdist 3.8.0's scheduler:
 
+- Grouping: xdist passes an item's group to the scheduler by appending ``@group`` to its node id
+  on the worker, which pytest 9.2 no longer lets a plugin do (pytest-xdist #1386): every item
+  became a unit of its own, and every worker scored every scenario it touched in full. Here an
+  RMB item's unit is its scenario, read from the node id, which needs no help from the worker.
+
 - Speed: after every finished test it recounts the pending tests of the worker's groups, item by
-  item (``_pending_of``), so a run costs time quadratic in the group size: `-n 2` over the whole
-  benchmark took 63 s against 21 s with ``--dist load``. Here each worker's pending count is kept
-  as a number.
+  item (``_pending_of``), and it finds each assigned test's index with ``list.index`` over the
+  whole collection, so a run costs time quadratic in the group and collection sizes: `-n 2` over
+  the whole benchmark took 63 s against 21 s with ``--dist load``. Here each worker's pending count
+  is kept as a number and each worker's collection is indexed once.
 - Crashes: when a worker dies and is replaced, its whole workload, finished groups included, goes
   back on the queue, and a replacement handed one pending test waits forever for a second
   (pytest-xdist issues #1323, #1327, #1378; fixed upstream after that release by #1324, #1328 and
@@ -19,11 +26,20 @@ from __future__ import annotations
 
 from xdist.scheduler import LoadGroupScheduling
 
+from pytest_rmb.collection import scenario_and_kind
+
 
 class RMBGroupScheduling(LoadGroupScheduling):
     def __init__(self, config, log=None):
         super().__init__(config, log)
         self._pending: dict = {}
+        self._index_of: dict = {}
+
+    def _split_scope(self, nodeid: str) -> str:
+        rmb_item = scenario_and_kind(nodeid)
+        if rmb_item is not None:
+            return f"rmb scenario {rmb_item[0]}"
+        return super()._split_scope(nodeid)
 
     def _pending_of(self, workload) -> int:
         for node, assigned in self.assigned_work.items():
@@ -32,9 +48,17 @@ class RMBGroupScheduling(LoadGroupScheduling):
         return super()._pending_of(workload)
 
     def _assign_work_unit(self, node) -> None:
-        unit = next(iter(self.workqueue.values()))  # the unit the base class pops next
-        self._pending[node] = self._pending.get(node, 0) + sum(not done for done in unit.values())
-        super()._assign_work_unit(node)
+        # The base class's steps, with a dict lookup where it calls list.index per test.
+        scope, unit = self.workqueue.popitem(last=False)
+        self.assigned_work.setdefault(node, {})[scope] = unit
+        index_of = self._index_of.get(node)
+        if index_of is None:
+            index_of = self._index_of[node] = {
+                nodeid: i for i, nodeid in enumerate(self.registered_collections[node])
+            }
+        indexes = [index_of[nodeid] for nodeid, done in unit.items() if not done]
+        self._pending[node] = self._pending.get(node, 0) + len(indexes)
+        node.send_runtest_some(indexes)
         if not self.workqueue and not node.shutting_down:
             node.shutdown()
 
@@ -44,6 +68,7 @@ class RMBGroupScheduling(LoadGroupScheduling):
 
     def remove_node(self, node):
         self._pending.pop(node, None)
+        self._index_of.pop(node, None)
         workload = self.assigned_work.pop(node)
         unfinished = {scope: unit for scope, unit in workload.items() if not all(unit.values())}
         if not unfinished:
