@@ -115,10 +115,15 @@ def rmb_collectors(session: pytest.Session, scenarios, dataset: Path) -> list[py
 
 def scenario_modules(parent: pytest.Collector, scenarios, dataset: Path) -> list[ScenarioModule]:
     modules = []
+    config = parent.config
+    # Below the rootdir pytest derives the node id from the path; elsewhere (the rootdir is the data
+    # folder, or a project the user is not in) it would fall back to the bare scenario name.
+    outside_rootdir = not config.invocation_params.dir.is_relative_to(config.rootpath)
     for scenario in scenarios:
         module = ScenarioModule.from_parent(
             parent,
-            path=parent.config.invocation_params.dir / NODE_ROOT / scenario.id,
+            path=config.invocation_params.dir / NODE_ROOT / scenario.id,
+            nodeid=f"{NODE_ROOT}/{scenario.id}" if outside_rootdir else None,
             scenario=scenario,
             dataset=dataset,
         )
@@ -152,6 +157,8 @@ def split_node_args(args: list[str]) -> tuple[list[str], tuple[str, ...]]:
     for arg in args:
         if arg == NODE_ROOT or arg.startswith(f"{NODE_ROOT}/"):
             prefixes.append(arg)
+        elif (printed := _as_printed_from_outside_rootdir(arg)) is not None:
+            prefixes.append(printed)
         else:
             paths.append(arg)
     return paths, tuple(prefixes)
@@ -182,3 +189,17 @@ def scenario_and_kind(nodeid: str) -> tuple[str, str] | None:
     if len(parts) < 3 or parts[-3] != NODE_ROOT or not test.startswith("test_"):
         return None
     return f"{parts[-2]}/{parts[-1]}", test.split("[", 1)[0].removeprefix("test_")
+
+
+def _as_printed_from_outside_rootdir(arg: str) -> str | None:
+    """``../project/rmb/chat/discussion::test_bon[3]`` -> ``rmb/chat/discussion::test_bon[3]``.
+
+    Started from a directory outside the rootdir, pytest prints node ids relative to the rootdir's
+    place (``--rmb-data /data/RMB_dataset`` alone can make that folder the rootdir), so a node id
+    copied from ``-v`` output carries such a prefix; one that names no existing path is ours.
+    """
+    path, sep, test = arg.partition("::")
+    parts = path.split("/")
+    if parts[0] != ".." or NODE_ROOT not in parts or Path(path).exists():
+        return None
+    return "/".join(parts[parts.index(NODE_ROOT):]) + sep + test

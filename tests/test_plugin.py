@@ -417,6 +417,31 @@ def test_xdist_gives_the_same_results_as_one_process(pytester):
     assert single.parseoutcomes() == {k: v for k, v in multi.parseoutcomes().items()}
 
 
+@pytest.mark.parametrize("workers", [(), ("-n", "2")])
+def test_node_ids_stay_rmb_paths_when_the_rootdir_is_elsewhere(pytester, tmp_path_factory, workers):
+    # An ini file beside the data makes its folder the rootdir, which does not contain the
+    # directory pytest is started from: node ids must still name the task and the scenario.
+    project = tmp_path_factory.mktemp("project")
+    (project / "pytest.ini").write_text("[pytest]\n")
+    data = small_dataset(project / "data")
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--rmb-model", "length", "--rmb-data", str(data), "-v", "--rmb-json", "s.json",
+        *workers,
+    )
+    result.stdout.fnmatch_lines([f"rootdir: {project}"])
+    result.stdout.fnmatch_lines(["rmb/code/documentation::test_pairwise[[]2]: chosen 1 <= rejected 6 (margin -5)"])
+    # One scorer pass per unique text, also when the scenarios are spread over two workers.
+    assert json.loads((pytester.path / "s.json").read_text())["engine"]["texts_scored"] == 9
+    # pytest's own -v lines print the id from the rootdir's place; copied back, it selects the item.
+    printed = f"../{project.name}/rmb/code/documentation::test_pairwise[2]"
+    assert any(printed in line and "MISSED" in line for line in result.outlines)
+    again = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--rmb-model", "length", "--rmb-data", str(data), printed, *workers
+    )
+    outcomes = again.parseoutcomes()
+    assert outcomes["missed"] == 1 and "passed" not in outcomes and "skipped" not in outcomes
+
+
 def test_path_options_do_not_break_conftest_lookup(pytester, tmp_path_factory):
     # pytest counts an existing path given as an option value when it picks the rootdir; the
     # conftest beside the user must still reach the RMB items.
