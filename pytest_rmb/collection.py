@@ -95,9 +95,10 @@ def rmb_collectors(session: pytest.Session, scenarios, dataset: Path) -> list[py
     """What the session collects for the benchmark: directory levels down to the scenarios."""
     root = session.config.rootpath
     here = session.config.invocation_params.dir
+    inside_rootdir = here.is_relative_to(root)
     parent: pytest.Collector = session
     top: InvocationDirectory | None = None
-    if here != root and here.is_relative_to(root):
+    if inside_rootdir and here != root:
         parts = here.relative_to(root).parts
         for depth in range(1, len(parts) + 1):
             node = InvocationDirectory.from_parent(parent, path=root.joinpath(*parts[:depth]))
@@ -106,24 +107,23 @@ def rmb_collectors(session: pytest.Session, scenarios, dataset: Path) -> list[py
             else:
                 parent.children.append(node)
             parent = node
-    modules = scenario_modules(parent, scenarios, dataset)
+    # Below the rootdir pytest derives the node ids from the paths; elsewhere (the rootdir is the
+    # data folder, or a project the user is not in) it would fall back to the bare scenario names.
+    modules = scenario_modules(parent, scenarios, dataset, explicit_ids=not inside_rootdir)
     if top is None:
         return modules
     parent.children.extend(modules)
     return [top]
 
 
-def scenario_modules(parent: pytest.Collector, scenarios, dataset: Path) -> list[ScenarioModule]:
+def scenario_modules(parent: pytest.Collector, scenarios, dataset: Path, explicit_ids: bool) -> list[ScenarioModule]:
+    """One module per scenario; ``explicit_ids`` gives them ``rmb/<scenario id>`` node ids."""
     modules = []
-    config = parent.config
-    # Below the rootdir pytest derives the node id from the path; elsewhere (the rootdir is the data
-    # folder, or a project the user is not in) it would fall back to the bare scenario name.
-    outside_rootdir = not config.invocation_params.dir.is_relative_to(config.rootpath)
     for scenario in scenarios:
         module = ScenarioModule.from_parent(
             parent,
-            path=config.invocation_params.dir / NODE_ROOT / scenario.id,
-            nodeid=f"{NODE_ROOT}/{scenario.id}" if outside_rootdir else None,
+            path=parent.config.invocation_params.dir / NODE_ROOT / scenario.id,
+            nodeid=f"{NODE_ROOT}/{scenario.id}" if explicit_ids else None,
             scenario=scenario,
             dataset=dataset,
         )

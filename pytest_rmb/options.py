@@ -294,6 +294,11 @@ def _setting(config: pytest.Config, name: str, parse):
         raise pytest.UsageError(f"ini option {name}: {exc}") from None
 
 
+def _ini_dir(config: pytest.Config) -> Path:
+    """Where relative paths in ini options start: the ini file's folder."""
+    return config.inipath.parent if config.inipath else config.rootpath
+
+
 def _output(config: pytest.Config, name: str) -> Path | None:
     given = config.getoption(name)
     return config.invocation_params.dir / given if given else None
@@ -321,8 +326,7 @@ def _cache_dir(config: pytest.Config) -> Path | None:
     if given:
         return config.invocation_params.dir / given
     if config.getini("rmb_cache_dir"):
-        base = config.inipath.parent if config.inipath else config.rootpath
-        return base / config.getini("rmb_cache_dir")
+        return _ini_dir(config) / config.getini("rmb_cache_dir")
     # The rootdir is the project only when pytest found an ini file there; otherwise it may be a
     # far ancestor (path options count when pytest picks it), so use where pytest was started.
     return (config.rootpath if config.inipath else config.invocation_params.dir) / ".rmb_cache"
@@ -353,7 +357,7 @@ def _chat_template(config: pytest.Config) -> str | None:
     base = config.invocation_params.dir
     if not given and config.getini("rmb_chat_template"):
         given = config.getini("rmb_chat_template")
-        base = config.inipath.parent if config.inipath else config.rootpath
+        base = _ini_dir(config)
     if not given:
         return None
     path = (base / given).resolve()
@@ -369,7 +373,7 @@ def _dataset(config: pytest.Config) -> tuple[Path, str]:
         given, source = os.environ[DATA_ENV], f"${DATA_ENV}"
     if not given and config.getini("rmb_data"):
         given, source = config.getini("rmb_data"), "ini option rmb_data"
-        base = config.inipath.parent if config.inipath else config.rootpath
+        base = _ini_dir(config)
     if not given:
         raise pytest.UsageError(
             "pytest-rmb: no RMB data configured. Point at a checkout of the RMB repository's "
