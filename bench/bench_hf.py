@@ -31,8 +31,9 @@ sys.path.insert(0, str(ROOT))
 from pytest_rmb.data import BON, PAIRWISE, data_file, load_samples  # noqa: E402
 from pytest_rmb.engine import Engine, pack_batches  # noqa: E402
 from pytest_rmb.scenarios import registry  # noqa: E402
-from pytest_rmb.scorers import ScoreRequest, ScorerSettings  # noqa: E402
-from pytest_rmb.scorers.hf import HFRewardModel  # noqa: E402
+from pytest_rmb.backends import ModelSettings
+from pytest_rmb.models import ScoreRequest  # noqa: E402
+from pytest_rmb.backends.hf import HFRewardModel  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "RMB_dataset"
 
@@ -49,7 +50,7 @@ def load_minilm(max_length: int) -> HFRewardModel:
     tokenizer = AutoTokenizer.from_pretrained(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # no chat template: the documented plain rendering
-        return HFRewardModel(model, tokenizer, ScorerSettings(str(path), max_length=max_length), name="all-MiniLM-L6-v2")
+        return HFRewardModel(model, tokenizer, ModelSettings(str(path), max_length=max_length), name="all-MiniLM-L6-v2")
 
 
 def samples_of(data: Path, scenarios) -> list:

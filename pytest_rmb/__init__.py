@@ -1,22 +1,32 @@
 """pytest-rmb: benchmark reward models on RMB as a pytest plugin.
 
-The names exported here are what a user needs to write their own scorer (see README.md,
+The names exported here are what a user needs to write their own model or backend (see README.md,
 "Plugging in your own model").
 """
 
 from pytest_rmb.data import BonSample, Conversation, Message, PairSample, Response
-from pytest_rmb.scorers import ScoreRequest, Scorer, as_chat
+from pytest_rmb.models import (
+    PairRequest,
+    PairwiseModel,
+    PointwiseModel,
+    ScoreRequest,
+    Verdict,
+    as_chat,
+)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "BonSample",
     "Conversation",
     "Message",
+    "PairRequest",
     "PairSample",
+    "PairwiseModel",
+    "PointwiseModel",
     "Response",
     "ScoreRequest",
-    "Scorer",
+    "Verdict",
     "__version__",
     "as_chat",
 ]

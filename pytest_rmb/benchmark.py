@@ -11,8 +11,8 @@ import pytest
 from pytest_rmb.collection import BadData, ScenarioModule
 from pytest_rmb.data import BON, PAIRWISE
 from pytest_rmb.engine import ScoringError
-from pytest_rmb.results import OUTCOME_KEY, item_record
-from pytest_rmb.state import ENGINE
+from pytest_rmb.results import OUTCOME_KEY
+from pytest_rmb.state import SESSION
 
 _KIND_OF_TEST = {"test_pairwise": PAIRWISE, "test_bon": BON}
 
@@ -32,13 +32,15 @@ def _judge(sample, request: pytest.FixtureRequest) -> None:
         pytest.fail(sample.message, pytrace=False)
     # Resolving a session fixture costs as much as a trivial test; 18,000 items ask for the
     # engine, so look it up once per process and resolve the fixture only the first time.
-    engine = request.config.stash.get(ENGINE, None) or request.getfixturevalue("rmb_engine")
+    engine = request.config.stash[SESSION].engine or request.getfixturevalue("rmb_engine")  # type: ignore[attr-defined]
     try:
-        scores = engine.scores(sample)
+        outcome = engine.outcome(sample)
     except ScoringError as exc:
         pytest.fail(str(exc), pytrace=False)
-    # A miss is turned into a compact failed report by the plugin's makereport hook.
-    request.node.stash[OUTCOME_KEY] = item_record(sample, scores)
+    if outcome.error:
+        pytest.fail(outcome.error, pytrace=False)
+    # A miss is turned into a compact failed report by the session's makereport hook.
+    request.node.stash[OUTCOME_KEY] = outcome
 
 
 @pytest.mark.pairwise

@@ -1,6 +1,7 @@
-"""The score cache: one JSON-lines file per scorer fingerprint, appended as each batch finishes.
+"""The result cache: one JSON-lines file per model fingerprint, appended as each batch finishes.
 
-A record is ``{"k": <sha256 of the text as the scorer sees it>, "s": <score>}``. Appends take an
+A record is ``{"k": <sha256 of the request as the model sees it>, "s": <score>}`` for a pointwise
+model, or ``{"k": ..., "v": <verdict as JSON>}`` for a pairwise one. Appends take an
 exclusive lock, so pytest-xdist workers can share a file; a run killed mid-write leaves at most one
 torn last line, which reading skips and the next append starts after. Scores are stored as JSON
 numbers, which round-trip floats exactly, so a resumed run ends with exactly the scores of an
@@ -9,10 +10,10 @@ uninterrupted one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterable
+from typing import Any
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,10 +27,6 @@ except ImportError:  # pragma: no cover - Windows: appends of whole lines, unloc
 GITIGNORE = "# Created by pytest-rmb: scores cached between runs.\n*\n"
 
 
-def request_key(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 class ScoreCache:
     def __init__(self, directory: Path, fingerprint: str):
         directory.mkdir(parents=True, exist_ok=True)
@@ -38,18 +35,23 @@ class ScoreCache:
             ignore.write_text(GITIGNORE)
         self.path = directory / f"{fingerprint}.jsonl"
 
-    def load(self) -> dict[str, float]:
+    def load(self) -> dict[str, Any]:
         if not self.path.exists():
             return {}
-        scores = {}
+        results: dict[str, Any] = {}
         with jsonlines.open(self.path) as reader:
             for record in reader.iter(type=dict, skip_invalid=True):
-                if isinstance(record.get("k"), str) and isinstance(record.get("s"), (int, float)):
-                    scores[record["k"]] = float(record["s"])
-        return scores
+                if not isinstance(record.get("k"), str):
+                    continue
+                if isinstance(record.get("s"), (int, float)):
+                    results[record["k"]] = float(record["s"])
+                elif isinstance(record.get("v"), dict):
+                    results[record["k"]] = record["v"]
+        return results
 
-    def append(self, entries: Iterable[tuple[str, float]]) -> None:
-        lines = "".join(json.dumps({"k": key, "s": score}) + "\n" for key, score in entries)
+    def append(self, entries: Iterable[tuple[str, Any]]) -> None:
+        lines = "".join(json.dumps({"k": key, "v" if isinstance(value, dict) else "s": value}) + "\n"
+                        for key, value in entries)
         if not lines:
             return
         with self._locked() as handle:

@@ -13,24 +13,40 @@ can end up as ``/``, and a ``conftest.py`` beside the user would no longer reach
 
 from __future__ import annotations
 
+import difflib
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from pytest_rmb.data import DataFileError, Sample, data_file, load_samples
-from pytest_rmb.scenarios import Scenario
+from pytest_rmb.data import DataFileError, Sample, find_data_file, read_samples
+from pytest_rmb.options import sample_limit
+from pytest_rmb.scenarios import Scenario, registry
 
 NODE_ROOT = "rmb"
 
 
+EMPTY = "empty"
+TEST_NAMES = ("test_pairwise", "test_bon")
+
+
 @dataclass(frozen=True)
 class MissingData:
-    """Stands in for the samples of a scenario whose data file is absent."""
+    """Stands in for the samples of a scenario whose data file is absent or holds no records."""
 
     scenario: str
     kind: str
     file: str
+    # "" when nothing is there, EMPTY for a file without records, else what was found instead.
+    problem: str = ""
+
+    def as_dict(self) -> dict:
+        """What the item's report carries to the controller (plain builtins)."""
+        entry = {"scenario": self.scenario, "kind": self.kind, "file": self.file}
+        if self.problem:
+            entry["problem"] = self.problem
+        return entry
 
 
 @dataclass(frozen=True)
@@ -44,10 +60,11 @@ class BadData:
 
 
 class ScenarioModule(pytest.Module):
-    def __init__(self, *, scenario: Scenario, dataset: Path, **kwargs):
+    def __init__(self, *, scenario: Scenario, dataset: Path, limit: tuple[int, int] | None = None, **kwargs):
         super().__init__(**kwargs)
         self.scenario = scenario
         self.dataset = dataset
+        self.limit = limit  # (samples per kind, seed) of --rmb-limit
 
     @property
     def relative_id(self) -> str:
@@ -63,16 +80,58 @@ class ScenarioModule(pytest.Module):
     def parameters(self, kind: str) -> tuple[list[object], list[str], list]:
         """(values, ids, marks) for the ``rmb_sample`` parameter of the ``kind`` test."""
         relative = self.scenario.file(kind)
-        path = data_file(self.dataset, relative)
+        try:
+            path, found = find_data_file(self.dataset, relative)
+        except ValueError as exc:
+            return [BadData(self.scenario.id, kind, relative, f"scenario {self.scenario.id}: {exc}")], ["data-error"], []
         if path is None:
-            missing = MissingData(self.scenario.id, kind, relative)
-            reason = f"missing data file: {relative} (not found under {self.dataset})"
+            missing = MissingData(self.scenario.id, kind, relative, found)
+            reason = f"missing data file: {relative} ({found or 'not found'} under {self.dataset})"
             return [missing], ["missing-data"], [pytest.mark.skip(reason=reason)]
         try:
-            samples: list[Sample] = load_samples(path, kind, self.scenario.id)
+            contents = read_samples(path, kind, self.scenario.id)
         except DataFileError as exc:
             return [BadData(self.scenario.id, kind, relative, str(exc))], ["data-error"], []
-        return samples, [s.uid for s in samples], []
+        if not contents.samples and not contents.bad:
+            empty = MissingData(self.scenario.id, kind, relative, EMPTY)
+            reason = f"empty data file: {path} (no records)"
+            return [empty], ["empty-data"], [pytest.mark.skip(reason=reason)]
+        samples = contents.samples
+        if self.limit is not None:
+            samples = limited(samples, *self.limit, scenario=self.scenario.id, kind=kind)
+        values: list[object] = list(samples)
+        ids = [s.uid for s in samples]
+        # One failing item per bad record, so that every good record of the file is still scored.
+        taken = {s.uid for s in contents.samples}
+        for bad in contents.bad:
+            values.append(BadData(self.scenario.id, kind, relative, bad.describe(path, kind)))
+            ids.append(_error_id(bad.uid, bad.index, taken))
+        return values, ids, []
+
+
+def limited(samples: list[Sample], limit: int, seed: int, *, scenario: str, kind: str) -> list[Sample]:
+    """``limit`` of the samples, drawn by a shuffle seeded with ``seed``, kept in their order.
+
+    The draw depends on nothing but the seed, the scenario, the kind and the file's samples, so
+    that every model, every run and every xdist worker keeps the same subset.
+    """
+    if len(samples) <= limit:
+        return samples
+    order = list(range(len(samples)))
+    random.Random(f"rmb-limit/{seed}/{scenario}/{kind}").shuffle(order)
+    return [samples[i] for i in sorted(order[:limit])]
+
+
+def _error_id(uid: str | None, index: int, taken: set[str]) -> str:
+    """``data-error-<uid>``, or ``data-error-record-<index>`` when the uid is unusable; unique."""
+    candidate = f"data-error-{uid}" if uid is not None else f"data-error-record-{index}"
+    if candidate in taken:
+        candidate = f"data-error-record-{index}"
+    base, number = candidate, 2
+    while candidate in taken:
+        candidate, number = f"{base}-{number}", number + 1
+    taken.add(candidate)
+    return candidate
 
 
 class InvocationDirectory(pytest.Directory):
@@ -109,14 +168,18 @@ def rmb_collectors(session: pytest.Session, scenarios, dataset: Path) -> list[py
             parent = node
     # Below the rootdir pytest derives the node ids from the paths; elsewhere (the rootdir is the
     # data folder, or a project the user is not in) it would fall back to the bare scenario names.
-    modules = scenario_modules(parent, scenarios, dataset, explicit_ids=not inside_rootdir)
+    modules = scenario_modules(
+        parent, scenarios, dataset, explicit_ids=not inside_rootdir, limit=sample_limit(session.config)
+    )
     if top is None:
         return modules
     parent.children.extend(modules)
     return [top]
 
 
-def scenario_modules(parent: pytest.Collector, scenarios, dataset: Path, explicit_ids: bool) -> list[ScenarioModule]:
+def scenario_modules(
+    parent: pytest.Collector, scenarios, dataset: Path, explicit_ids: bool, limit: tuple[int, int] | None = None
+) -> list[ScenarioModule]:
     """One module per scenario; ``explicit_ids`` gives them ``rmb/<scenario id>`` node ids."""
     modules = []
     for scenario in scenarios:
@@ -126,6 +189,7 @@ def scenario_modules(parent: pytest.Collector, scenarios, dataset: Path, explici
             nodeid=f"{NODE_ROOT}/{scenario.id}" if explicit_ids else None,
             scenario=scenario,
             dataset=dataset,
+            limit=limit,
         )
         for marker in scenario.markers:
             module.add_marker(marker)
@@ -134,6 +198,13 @@ def scenario_modules(parent: pytest.Collector, scenarios, dataset: Path, explici
         module.add_marker(pytest.mark.xdist_group(scenario.id))
         modules.append(module)
     return modules
+
+
+def item_identity(item: pytest.Item) -> dict[str, str] | None:
+    """Scenario id and kind of an RMB item, as plain values; None for any other test."""
+    if not isinstance(item.parent, ScenarioModule):
+        return None
+    return {"scenario": item.parent.scenario.id, "kind": item.originalname.removeprefix("test_")}
 
 
 def selection_plan(items: list[pytest.Item]) -> tuple[dict[str, list[Sample]], list[tuple[pytest.Item, MissingData]]]:
@@ -152,25 +223,97 @@ def selection_plan(items: list[pytest.Item]) -> tuple[dict[str, list[Sample]], l
 
 
 def split_node_args(args: list[str]) -> tuple[list[str], tuple[str, ...]]:
-    """Separate ``rmb/...`` node ids (which name no file) from the paths pytest should collect."""
+    """Separate ``rmb/...`` node ids (which name no file) from the paths pytest should collect.
+
+    A node id naming no scenario, task or test of the registry is a usage error that names the
+    closest ones: selecting nothing would otherwise pass for a run.
+    """
     paths, prefixes = [], []
     for arg in args:
         if arg == NODE_ROOT or arg.startswith(f"{NODE_ROOT}/"):
-            prefixes.append(arg)
+            prefix = arg
         elif (printed := _as_printed_from_outside_rootdir(arg)) is not None:
-            prefixes.append(printed)
+            prefix = printed
         else:
             paths.append(arg)
+            continue
+        path, sep, test = prefix.partition("::")
+        path = path.rstrip("/") or NODE_ROOT
+        _check_node_id(arg, path, test if sep else None)
+        prefixes.append(path + sep + test)
     return paths, tuple(prefixes)
+
+
+def _check_node_id(typed: str, path: str, test: str | None) -> None:
+    scenario_paths = [f"{NODE_ROOT}/{s.id}" for s in registry()]
+    task_paths = sorted({p.rsplit("/", 1)[0] for p in scenario_paths})
+    valid = scenario_paths if test is not None else [NODE_ROOT, *task_paths, *scenario_paths]
+    if path not in valid:
+        task = path.rsplit("/", 1)[0]
+        candidates = [p for p in scenario_paths if p.startswith(f"{task}/")] if task in task_paths else []
+        if not candidates:
+            candidates = scenario_paths if test is not None else [*task_paths, *scenario_paths]
+        what = "scenario" if test is not None else "scenario or task"
+        raise pytest.UsageError(
+            f"pytest-rmb: {typed}: no RMB {what} has this node id; did you mean "
+            f"{_closest(path, candidates)}? (ids look like rmb/<task>/<scenario>; "
+            "--collect-only -q lists them)"
+        )
+    if test is None:
+        return
+    name = test.split("[", 1)[0]
+    if name not in TEST_NAMES:
+        raise pytest.UsageError(
+            f"pytest-rmb: {typed}: RMB scenarios have no test {name!r}; did you mean "
+            f"{_closest(f'{path}::{name}', [f'{path}::{t}' for t in TEST_NAMES])}?"
+        )
+
+
+def _closest(typed: str, candidates: list[str], count: int = 3) -> str:
+    return ", ".join(difflib.get_close_matches(typed, candidates, n=count, cutoff=0.0))
 
 
 def matches_node_prefix(item: pytest.Item, prefixes: tuple[str, ...]) -> bool:
     """True when the RMB item is, or lies under, one of the given ``rmb/...`` node ids."""
     nodeid = f"{item.parent.relative_id}::{item.name}"
-    for prefix in prefixes:
-        if nodeid == prefix or nodeid.startswith((f"{prefix}/", f"{prefix}::", f"{prefix}[")):
-            return True
-    return False
+    return any(_under(nodeid, prefix) for prefix in prefixes)
+
+
+def select_by_node_prefixes(
+    items: list[pytest.Item], prefixes: tuple[str, ...]
+) -> tuple[list[pytest.Item], list[pytest.Item]]:
+    """(kept, dropped) items for the ``rmb/...`` node ids given; other tests are kept.
+
+    A node id that selects no item (a sample id that does not exist) is a usage error naming the
+    closest item ids. Run before ``-k``/``-m`` deselect anything, so that only a wrong id counts.
+    """
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    unused = set(prefixes)
+    rmb_ids: list[str] = []
+    for item in items:
+        if not isinstance(item.parent, ScenarioModule):
+            kept.append(item)
+            continue
+        nodeid = f"{item.parent.relative_id}::{item.name}"
+        rmb_ids.append(nodeid)
+        matched = [prefix for prefix in prefixes if _under(nodeid, prefix)]
+        unused.difference_update(matched)
+        (kept if matched else dropped).append(item)
+    for prefix in sorted(unused):
+        # pytest still calls pytest_collection_finish with the items (and pytest-xdist sends them
+        # to the controller): leave none to run.
+        items.clear()
+        path = prefix.split("::", 1)[0]
+        candidates = [nodeid for nodeid in rmb_ids if nodeid.startswith(f"{path}::")] or rmb_ids
+        raise pytest.UsageError(
+            f"pytest-rmb: {prefix}: no RMB item has this node id; did you mean {_closest(prefix, candidates)}?"
+        )
+    return kept, dropped
+
+
+def _under(nodeid: str, prefix: str) -> bool:
+    return nodeid == prefix or nodeid.startswith((f"{prefix}/", f"{prefix}::", f"{prefix}["))
 
 
 def display_nodeid(nodeid: str) -> str:

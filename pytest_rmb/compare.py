@@ -1,19 +1,36 @@
 """``python -m pytest_rmb compare A.json B.json [C.json ...] [--html OUT]``: runs side by side.
 
-The first file is the reference; every other run gets its delta against it, with a paired
-bootstrap p-value where both files carry per-sample outcomes (every --rmb-json does).
+The first file is the reference. Every other run is compared with it on the samples the two share
+(matched by scenario, kind and uid from the per-sample ``outcomes`` every --rmb-json carries): both
+accuracies are recomputed over those samples, and the delta gets a paired bootstrap p-value. What
+differs between the runs' provenance is printed before the numbers.
 """
 
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from pytest_rmb.gate import SECTION_NAMES, compare_shared, outcomes_by_section
-from pytest_rmb.metrics import KINDS
-from pytest_rmb.scenarios import registry
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from pytest_rmb.gate import (
+    SECTION_NAMES,
+    compare_shared,
+    outcomes_by_section,
+    provenance_differences,
+)
+from pytest_rmb.metrics import KINDS, outcome_records, summarize
+from pytest_rmb.report import KIND_TITLES, fit_width, fmt_accuracy
+from pytest_rmb.scenarios import Scenario, registry
+
+RUN_COLOURS = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#ff9da6", "#9d755d")
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 def load_summary(path: Path) -> dict:
@@ -21,6 +38,9 @@ def load_summary(path: Path) -> dict:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise SystemExit(f"pytest-rmb compare: {path}: {exc}") from None
+    if isinstance(document, dict) and document.get("status") == "error":
+        reason = document.get("reason") or "no reason given"
+        raise SystemExit(f"pytest-rmb compare: {path}: that run failed and has no results: {reason}")
     if not isinstance(document, dict) or "sections" not in document:
         raise SystemExit(f"pytest-rmb compare: {path}: not a pytest-rmb --rmb-json summary")
     return document
@@ -38,51 +58,293 @@ def significance(reference: dict, other: dict, seed: int, resamples: int) -> dic
     )
 
 
-def comparison_rows(runs: list[dict], seed: int = 0, resamples: int = 1000) -> list[dict]:
-    """One row per metric: label, group, each run's value, each later run's delta and p-value."""
-    tests = [significance(runs[0], run, seed, resamples) for run in runs[1:]]
-    rows = []
+@dataclass
+class Comparison:
+    """Everything the table shows: rows of numbers plus how much each run shares with the reference."""
 
-    def add(group: str, label: str, values: list[float | None], key: str | None) -> None:
-        deltas = [None if v is None or values[0] is None else v - values[0] for v in values[1:]]
-        found = [test.get(key) if key else None for test in tests]
+    rows: list[dict]
+    shared: list[int | None]  # per later run: samples shared with the reference (None: no outcomes)
+    notes: list[str] = field(default_factory=list)
+    provenance: list[list[str]] = field(default_factory=list)  # per later run, against the reference
+
+
+def _values(summary: dict) -> dict[str, float | None]:
+    """metric -> accuracy, in the row order of the table."""
+    out: dict[str, float | None] = {"overall": summary["overall"]}
+    for section in SECTION_NAMES:
+        out[section] = summary["sections"][section]["accuracy"]
+    for group, table in (("task", "tasks"), ("scenario", "scenarios")):
+        for name in sorted(summary[table]):
+            for kind in KINDS:
+                entry = summary[table][name].get(kind) or {}
+                if entry.get("total", 1):
+                    out[f"{group}:{name}.{kind}"] = entry.get("accuracy")
+    return out
+
+
+def _on_keys(summary: dict, keys: list[str], scenarios: dict[str, Scenario]) -> dict[str, float | None]:
+    return _values(summarize(outcome_records(summary["outcomes"], keys), scenarios, resamples=1))
+
+
+def compare_runs(runs: list[dict], seed: int = 0, resamples: int = 1000) -> Comparison:
+    """Each later run against the first, on the samples the two share."""
+    scenarios = {s.id: s for s in registry()}
+
+    def known(summary: dict) -> set[str] | None:
+        if "outcomes" not in summary:
+            return None
+        return {k for k in summary["outcomes"] if k.split("|", 1)[0] in scenarios}
+
+    reference_keys = known(runs[0])
+    per_run: list[dict[str, float | None]] = []
+    reference_per_run: list[dict[str, float | None]] = []
+    shared_counts: list[int | None] = []
+    notes: list[str] = []
+    for index, run in enumerate(runs[1:], start=1):
+        keys = known(run)
+        if reference_keys is None or keys is None:
+            shared_counts.append(None)
+            per_run.append(_values(run))
+            reference_per_run.append(_values(runs[0]))
+            notes.append(f"{LETTERS[index]} or A has no per-sample outcomes: {LETTERS[index]} is compared on "
+                         "the numbers as reported, which may cover different samples")
+            continue
+        shared = sorted(reference_keys & keys)
+        shared_counts.append(len(shared))
+        if not shared:
+            notes.append(f"{LETTERS[index]} shares no samples with A: nothing to compare")
+        per_run.append(_on_keys(run, shared, scenarios))
+        reference_per_run.append(_on_keys(runs[0], shared, scenarios))
+
+    # The reference's own column: over the samples every run shares with it (when they all share the
+    # same samples, exactly the numbers each delta is taken against).
+    if reference_keys is not None and all(n is not None for n in shared_counts):
+        common = set(reference_keys)
+        for run in runs[1:]:
+            common &= known(run) or set()
+        reference_column = _on_keys(runs[0], sorted(common), scenarios)
+        if len({frozenset(reference_keys & (known(run) or set())) for run in runs[1:]}) > 1:
+            notes.append(
+                f"the runs share different samples with A: column A is over the {len(common)} samples "
+                "every run has, each delta is against A on that run's own shared samples"
+            )
+    else:
+        reference_column = _values(runs[0])
+
+    tests = [significance(runs[0], run, seed, resamples) if n else {} for run, n in zip(runs[1:], shared_counts)]
+    metrics = ["overall", *SECTION_NAMES, *reference_column]
+    for values in per_run:
+        metrics += [m for m in values if m not in reference_column and m not in metrics]
+    rows = []
+    for metric in _ordered(metrics):
+        column = [reference_column.get(metric)] + [own.get(metric) for own in per_run]
+        if all(v is None for v in column) and ":" in metric:
+            continue
+        deltas = []
+        for own, reference in zip(per_run, reference_per_run):
+            value, base = own.get(metric), reference.get(metric)
+            deltas.append(None if value is None or base is None else value - base)
+        found = [test.get(metric) for test in tests]
         rows.append({
-            "group": group, "metric": label, "values": values, "deltas": deltas,
+            "group": metric.partition(":")[0] if ":" in metric else ("overall" if metric == "overall" else "section"),
+            "metric": metric, "values": column, "deltas": deltas,
             "p_drop": [entry["p_drop"] if entry else None for entry in found],
             "p_gain": [entry["p_gain"] if entry else None for entry in found],
         })
+    provenance = [
+        provenance_differences(runs[0].get("provenance"), run.get("provenance"), ("A", LETTERS[i]))
+        for i, run in enumerate(runs[1:], start=1)
+    ]
+    return Comparison(rows, shared_counts, notes, provenance)
 
-    add("overall", "overall", [run["overall"] for run in runs], "overall")
-    for section in SECTION_NAMES:
-        add("section", section, [run["sections"][section]["accuracy"] for run in runs], section)
-    for group, table in (("task", "tasks"), ("scenario", "scenarios")):
-        for name in sorted({name for run in runs for name in run[table]}):
-            for kind in KINDS:
-                values = [run[table].get(name, {}).get(kind, {}).get("accuracy") for run in runs]
-                if any(v is not None for v in values):
-                    add(group, f"{group}:{name}.{kind}", values, None)
-    return rows
+
+def _ordered(metrics: list[str]) -> list[str]:
+    head = ["overall", *SECTION_NAMES]
+    tasks = sorted(m for m in metrics if m.startswith("task:"))
+    scenarios = sorted(m for m in metrics if m.startswith("scenario:"))
+    return head + tasks + scenarios
+
+
+def comparison_rows(runs: list[dict], seed: int = 0, resamples: int = 1000) -> list[dict]:
+    """One row per metric: label, group, each run's value, each later run's delta and p-values."""
+    return compare_runs(runs, seed, resamples).rows
+
+
+def fmt_delta(delta: float | None, p_drop: float | None, p_gain: float | None, alpha: float) -> tuple[str, str]:
+    """(text, style) of a delta; a star marks a difference significant at ``alpha`` (paired bootstrap)."""
+    if delta is None:
+        return "", ""
+    if p_drop is not None and p_drop < alpha:
+        return f"{delta:+.4f}*", "red"
+    if p_gain is not None and p_gain < alpha:
+        return f"{delta:+.4f}*", "green"
+    return f"{delta:+.4f} ", ""
+
+
+def run_lines(names: list[str], comparison: Comparison, reference_samples: int | None) -> list[str]:
+    """The legend: one line per run with what it shares with the reference, then provenance and notes."""
+    reference = f"{reference_samples} samples" if reference_samples is not None else "no per-sample outcomes"
+    lines = [f"A  {names[0]}: reference, {reference}"]
+    for index, (name, shared) in enumerate(zip(names[1:], comparison.shared), start=1):
+        said = "no per-sample outcomes" if shared is None else f"{shared} samples shared with A"
+        lines.append(f"{LETTERS[index]}  {name}: {said}")
+    for index, differences in enumerate(comparison.provenance, start=1):
+        lines += [f"provenance {LETTERS[index]} vs A: {line}" for line in differences]
+    lines += [f"note: {note}" for note in comparison.notes]
+    return lines
+
+
+def comparison_table(names: list[str], rows: list[dict], *, show_scenarios: bool, alpha: float) -> Table:
+    table = Table(
+        title=f"RMB runs compared on shared samples: deltas against A, * significant at alpha={alpha:g} "
+        "(paired bootstrap)",
+        title_justify="left", box=box.SIMPLE_HEAD,
+    )
+    # The metric name is the one column that wraps; numbers never do (see fit_width).
+    table.add_column("Metric", overflow="fold")
+    table.add_column("A", justify="right", no_wrap=True)
+    for index in range(1, len(names)):
+        table.add_column(LETTERS[index], justify="right", no_wrap=True)
+        table.add_column(f"{LETTERS[index]}-A", justify="right", no_wrap=True)
+    previous_group = None
+    for row in rows:
+        if row["group"] == "scenario" and not show_scenarios:
+            continue
+        if previous_group is not None and row["group"] != previous_group:
+            table.add_section()
+        previous_group = row["group"]
+        cells = [row["metric"], fmt_accuracy(row["values"][0])]
+        for value, delta, p_drop, p_gain in zip(row["values"][1:], row["deltas"], row["p_drop"], row["p_gain"]):
+            text, style = fmt_delta(delta, p_drop, p_gain, alpha)
+            cells += [fmt_accuracy(value), f"[{style}]{text}[/]" if style else text]
+        table.add_row(*cells)
+    return table
+
+
+def print_comparison(names: list[str], comparison: Comparison, *, show_scenarios: bool, alpha: float,
+                     reference_samples: int | None, console: Console | None = None) -> None:
+    # Console() takes the terminal's width (or $COLUMNS); a table that cannot fit is drawn wider
+    # rather than with cut numbers.
+    console = console or Console(highlight=False)
+    for line in run_lines(names, comparison, reference_samples):
+        console.print(line, markup=False, overflow="fold")
+    table = comparison_table(names, comparison.rows, show_scenarios=show_scenarios, alpha=alpha)
+    fit_width(console, table).print(table)
+
+
+def _bar_chart(title: str, names: list[str], rows: list[dict]) -> str:
+    """A horizontal bar chart as inline SVG: one group of bars per scenario, one bar per run."""
+    bar, gap, label_width, plot_width = 7, 6, 330, 520
+    group = bar * len(names) + gap
+    height = 30 + group * len(rows) + 20
+    parts = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_width + plot_width + 70}" height="{height}" '
+             f'role="img" aria-label="{html.escape(title)}">'),
+             f'<text x="0" y="16" font-weight="bold">{html.escape(title)}</text>']
+    for tick in (0, 0.25, 0.5, 0.75, 1.0):
+        x = label_width + tick * plot_width
+        parts.append(f'<line x1="{x}" y1="24" x2="{x}" y2="{height - 18}" stroke="#ddd"/>'
+                     f'<text x="{x}" y="{height - 4}" font-size="10" text-anchor="middle">{tick:g}</text>')
+    for i, row in enumerate(rows):
+        top = 30 + i * group
+        label = row["metric"].removeprefix("scenario:").rsplit(".", 1)[0]
+        parts.append(f'<text x="{label_width - 6}" y="{top + bar * len(names) / 2 + 4}" font-size="11" '
+                     f'text-anchor="end">{html.escape(label)}</text>')
+        for j, value in enumerate(row["values"]):
+            if value is None:
+                continue
+            width = value * plot_width
+            parts.append(f'<rect x="{label_width}" y="{top + j * bar}" width="{width:.1f}" height="{bar - 1}" '
+                         f'fill="{RUN_COLOURS[j % len(RUN_COLOURS)]}"><title>{html.escape(names[j])}: '
+                         f'{value:.4f}</title></rect>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def comparison_html(names: list[str], rows: list[dict], *, alpha: float = 0.05, legend_lines: tuple[str, ...] | list[str] = ()) -> str:
+    """One self-contained page: the comparison table and per-scenario charts, no external assets."""
+    head = "".join(
+        f"<th>{LETTERS[i]}: {html.escape(n)}</th>" + (f"<th>{LETTERS[i]}-A</th>" if i else "")
+        for i, n in enumerate(names)
+    )
+    body = []
+    for row in rows:
+        if row["group"] == "scenario":
+            continue
+        cells = [f"<td><code>{html.escape(row['metric'])}</code></td>", f"<td>{fmt_accuracy(row['values'][0])}</td>"]
+        for value, delta, p_drop, p_gain in zip(row["values"][1:], row["deltas"], row["p_drop"], row["p_gain"]):
+            text, style = fmt_delta(delta, p_drop, p_gain, alpha)
+            cells.append(f"<td>{fmt_accuracy(value)}</td><td class='{style}'>{text.strip()}</td>")
+        body.append(f"<tr class='{row['group']}'>{''.join(cells)}</tr>")
+    legend = " ".join(
+        f'<span class="key" style="background:{RUN_COLOURS[i % len(RUN_COLOURS)]}"></span>{html.escape(n)}'
+        for i, n in enumerate(names)
+    )
+    about = "".join(f"<li>{html.escape(line)}</li>" for line in legend_lines)
+    charts = [
+        _bar_chart(f"Per scenario, {KIND_TITLES[kind]}", names,
+                   [r for r in rows if r["group"] == "scenario" and r["metric"].endswith(f".{kind}")])
+        for kind in KINDS
+    ]
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>RMB comparison</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; margin-bottom: 2em; }}
+td, th {{ padding: 3px 10px; border-bottom: 1px solid #eee; text-align: right; }}
+td:first-child, th:first-child {{ text-align: left; }}
+tr.overall td {{ font-weight: bold; }}
+.red {{ color: #c0392b; font-weight: bold; }} .green {{ color: #1e8449; font-weight: bold; }}
+.key {{ display: inline-block; width: 12px; height: 12px; margin: 0 4px 0 12px; vertical-align: middle; }}
+</style></head><body>
+<h1>RMB runs compared</h1>
+<p>Each run is compared with A on the samples the two share; deltas are against A on those samples.
+<b>*</b> marks a difference significant at alpha={alpha:g} by a paired bootstrap.</p>
+<ul>{about}</ul>
+<table><tr><th>Metric</th>{head}</tr>
+{"".join(body)}
+</table>
+<p>{legend}</p>
+{"".join(charts)}
+</body></html>
+"""
+
+
+def _alpha(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pytest_rmb compare", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pytest_rmb compare", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("summaries", nargs="+", type=Path, metavar="SUMMARY.json")
     parser.add_argument("--html", type=Path, metavar="OUT", help="also write a self-contained HTML page")
     parser.add_argument("--scenarios", action="store_true", help="include the per-scenario rows in the table")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the paired bootstrap (default 0)")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    parser.add_argument("--alpha", type=_alpha, default=0.05,
+                        help="significance level of the * marks (default 0.05)")
     args = parser.parse_args(argv)
     if len(args.summaries) < 2:
         parser.error("give at least two summaries to compare")
-    from pytest_rmb.report import comparison_html, print_comparison
+    if len(args.summaries) > len(LETTERS):
+        parser.error(f"compare at most {len(LETTERS)} summaries at once")
 
     runs = [load_summary(path) for path in args.summaries]
-    names = [f"{run['model']} ({path.name})" for run, path in zip(runs, args.summaries)]
-    rows = comparison_rows(runs, args.seed, args.bootstrap)
-    print_comparison(names, rows, show_scenarios=args.scenarios)
+    names = [f"{run.get('model')} ({path.name})" for run, path in zip(runs, args.summaries)]
+    comparison = compare_runs(runs, args.seed, args.bootstrap)
+    reference_samples = len(runs[0]["outcomes"]) if "outcomes" in runs[0] else None
+    print_comparison(names, comparison, show_scenarios=args.scenarios, alpha=args.alpha,
+                     reference_samples=reference_samples)
     if args.html:
         args.html.parent.mkdir(parents=True, exist_ok=True)
-        args.html.write_text(comparison_html(names, rows), encoding="utf-8")
+        page = comparison_html(names, comparison.rows, alpha=args.alpha,
+                               legend_lines=run_lines(names, comparison, reference_samples))
+        args.html.write_text(page, encoding="utf-8")
         print(f"wrote {args.html}")
     return 0
 

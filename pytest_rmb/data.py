@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from importlib.resources import files
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import NamedTuple, Union
 
 PAIRWISE = "pairwise"
@@ -90,38 +90,105 @@ def sample_dataset() -> Path:
 
 def data_file(root: Path, relative: str) -> Path | None:
     """The file for an upstream relative path, accepting a ``.jsonl`` twin; None when absent."""
+    return find_data_file(root, relative)[0]
+
+
+def find_data_file(root: Path, relative: str) -> tuple[Path | None, str]:
+    """(the file, "") for an upstream relative path, accepting a ``.jsonl`` twin, or (None, what
+    was found there instead: "" when nothing was).
+
+    Raises ValueError for a relative path that would leave ``root``. The check is on the path as
+    written, not on where it resolves: a dataset whose files are symbolic links (a Hugging Face hub
+    snapshot, a DVC or git-annex checkout) keeps working.
+    """
+    escape = path_escape(relative)
+    if escape:
+        raise ValueError(f"data file path {relative!r} {escape}")
     path = root / relative
-    if path.is_file():
-        return path
-    twin = path.with_suffix(".jsonl")
-    return twin if twin.is_file() else None
+    candidates = (path, path.with_suffix(".jsonl"))
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate, ""
+    for candidate in candidates:
+        if candidate.is_dir():
+            return None, f"expected a file, found a directory: {candidate.name}/"
+        if candidate.is_symlink():
+            return None, f"expected a file, found a broken symbolic link: {candidate.name}"
+        if candidate.exists():
+            return None, f"expected a file, found something that is not a regular file: {candidate.name}"
+    return None, ""
+
+
+def path_escape(relative: str) -> str:
+    """Why a data path from a scenario definition could leave the data folder; "" when it cannot."""
+    parts = relative.replace("\\", "/").split("/")
+    if relative.startswith(("/", "\\")) or PureWindowsPath(relative).drive:
+        return "is absolute; it must be relative to the data folder"
+    if ".." in parts:
+        return "contains '..'; it must stay inside the data folder"
+    return ""
+
+
+@dataclass(frozen=True)
+class BadRecord:
+    """One record of a data file that cannot be used; the rest of its file still can."""
+
+    index: int
+    uid: str | None  # None when the uid itself is missing, invalid or a duplicate
+    problem: str  # "field 'chosen.answer': expected a string, got null"
+
+    def describe(self, path: Path, kind: str) -> str:
+        uid = f" ({_UID[kind]} {self.uid!r})" if self.uid is not None else ""
+        return f"{path}: record {self.index}{uid}: {self.problem}"
+
+
+@dataclass(frozen=True)
+class FileSamples:
+    """What one data file holds: its valid samples, sorted by uid, and its bad records."""
+
+    samples: list[Sample]
+    bad: list[BadRecord]
 
 
 def load_samples(path: Path, kind: str, scenario: str) -> list[Sample]:
     """All samples of one file, sorted by uid; raises DataFileError naming every bad record."""
+    contents = read_samples(path, kind, scenario)
+    if contents.bad:
+        raise DataFileError(path, [f"record {bad.index}: {bad.problem}" for bad in contents.bad])
+    return contents.samples
+
+
+def read_samples(path: Path, kind: str, scenario: str) -> FileSamples:
+    """The valid samples of one file and its bad records, each named by index, uid and field.
+
+    Raises DataFileError only when the file as a whole cannot be read (not UTF-8, invalid JSON,
+    not an array)."""
     records = _read_records(path)
     parse = _parse_pair if kind == PAIRWISE else _parse_bon
     samples: list[Sample] = []
-    problems: list[str] = []
+    bad: list[BadRecord] = []
     first_index: dict[str, int] = {}
     for index, record in enumerate(records):
         try:
             sample = parse(record, scenario)
-        except _Invalid as bad:
-            problems.append(f"record {index}: {bad}")
+        except _Invalid as invalid:
+            bad.append(BadRecord(index, _uid_of(record, kind), str(invalid)))
             continue
         if sample.uid in first_index:
-            problems.append(
-                f"record {index}: field '{_UID[kind]}': duplicate uid {sample.uid!r} "
-                f"(first at record {first_index[sample.uid]})"
-            )
+            bad.append(BadRecord(
+                index, None,
+                f"field '{_UID[kind]}': duplicate uid {sample.uid!r} (first at record {first_index[sample.uid]})",
+            ))
             continue
         first_index[sample.uid] = index
         samples.append(sample)
-    if problems:
-        raise DataFileError(path, problems)
     samples.sort(key=lambda s: uid_sort_key(s.uid))
-    return samples
+    return FileSamples(samples, bad)
+
+
+def _uid_of(record: object, kind: str) -> str | None:
+    uid = record.get(_UID[kind]) if isinstance(record, dict) else None
+    return uid if isinstance(uid, str) and uid else None
 
 
 def uid_sort_key(uid: str) -> tuple[int, int, str]:

@@ -1,56 +1,87 @@
-"""Batched scoring: dedupe, length-sorted token-budget batches, OOM back-off, in-process memo.
+"""Batched work for both model kinds: dedupe, length-sorted budget batches, OOM back-off, cache.
 
-The first item of a scenario that runs in a process asks for its scores; the engine then scores
-every unique (conversation, response) of all the scenario's selected items at once, so a model never
-sees one text per pytest item. Later items only look their scores up.
+The first item of a scenario that runs in a process asks for its outcome; the engine then does the
+work of every selected item of that scenario at once, so a model never sees one request per pytest
+item, and later items only look their results up.
+
+- A pointwise model's unit of work is a unique (conversation, response) text: :class:`Engine`.
+- A pairwise model's unit is a unique (conversation, chosen-or-best, other) comparison:
+  :class:`PairwiseEngine`. Best-of-N lists are judged in rounds (best against the first loser of
+  every list, then the second loser of the lists still standing, ...) so that a model that stops
+  at the first lost comparison (``bon_early_stop``) skips the rest of that list only.
+
+Both cache each result as its batch finishes and report their stats in one shape.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
 
-from pytest_rmb.cache import ScoreCache, request_key
+from pytest_rmb.cache import ScoreCache
 from pytest_rmb.data import Conversation, Sample
+from pytest_rmb.models import (
+    PairRequest,
+    PairwiseModel,
+    PartialBatchError,
+    PointwiseModel,
+    ScoreRequest,
+    Verdict,
+    as_model,
+)
+from pytest_rmb.outcomes import Outcome, outcome_from_scores, outcome_from_verdicts
 from pytest_rmb.progress import NoProgress
-from pytest_rmb.scorers import ScoreRequest, Scorer
 
 TextKey = tuple[Conversation, str]
 UNLIMITED = 1 << 62
-# Token budget for a scorer that counts tokens but does not name its own budget.
-DEFAULT_BATCH_TOKENS = 16384
 
 
 class ScoringError(Exception):
-    """The scorer failed or returned something that is not one finite float per request."""
+    """The model failed or returned something that is not one usable result per request."""
 
 
 @dataclass
 class EngineStats:
+    """What the work cost, in one shape for both model kinds; backend counters go in ``extra``."""
+
     texts_scored: int = 0
     response_slots: int = 0
+    comparisons_made: int = 0
+    comparison_slots: int = 0
+    comparisons_skipped: int = 0
     batches: int = 0
     oom_retries: int = 0
     truncated: int = 0
     cache_hits: int = 0
     scoring_seconds: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
 
     def add(self, other: Mapping[str, float]) -> None:
         for name, value in other.items():
-            if hasattr(self, name):
+            if name in _STAT_FIELDS:
                 setattr(self, name, getattr(self, name) + value)
+            else:
+                self.extra[name] = self.extra.get(name, 0) + value
 
     def as_dict(self) -> dict[str, float]:
-        return asdict(self)
+        out = {name: getattr(self, name) for name in _STAT_FIELDS}
+        out.update(sorted(self.extra.items()))
+        return out
+
+    def is_empty(self) -> bool:
+        return self == EngineStats()
+
+
+_STAT_FIELDS = tuple(f.name for f in fields(EngineStats) if f.name != "extra")
 
 
 def character_cost(requests: Sequence[ScoreRequest]) -> list[int]:
-    """Default batch cost of a request: its characters (a scorer may count tokens instead)."""
-    return [len(r.response) + sum(len(m.content) for m in r.conversation) for r in requests]
+    """Default batch cost of a request: its characters (a model may count tokens instead)."""
+    return PointwiseModel.cost(PointwiseModel(), requests)
 
 
 def pack_batches(
@@ -79,143 +110,295 @@ def pack_batches(
     return batches
 
 
-class Engine:
-    def __init__(
-        self,
-        scorer: Scorer,
-        plan: Mapping[str, Sequence[Sample]],
-        max_batch_size: int = 64,
-        max_batch_cost: int = UNLIMITED,
-        progress=None,
-        cache: ScoreCache | None = None,
-    ):
-        self._scorer = scorer
-        self._plan = dict(plan)
-        self._max_batch_size = max_batch_size
-        self._max_batch_cost = max_batch_cost
-        self._progress = progress or NoProgress()
+class _BatchRunner:
+    """Runs unique requests through a model in batches: cache first, then OOM-safe batches."""
+
+    def __init__(self, model: PointwiseModel | PairwiseModel, *, max_batch_size: int, max_batch_cost: int | None,
+                 progress, cache: ScoreCache | None,
+                 call: Callable[[list], Sequence[Any]], check: Callable[[Any], Any],
+                 encode: Callable[[Any], Any], decode: Callable[[Any], Any],
+                 cacheable: Callable[[Any], bool] = lambda result: True):
+        self._model = model
+        self._max_batch_size = min(max_batch_size, model.batch_size or max_batch_size)
+        # A model that does not count tokens is bounded by the number of requests alone.
+        self._max_batch_cost = UNLIMITED if model.batch_tokens is None else (max_batch_cost or model.batch_tokens)
+        self._progress = progress
         self._cache = cache
-        self._cached: dict[str, float] | None = None
-        self._scores: dict[TextKey, float] = {}
-        self._failed: dict[str, str] = {}
-        self._unreported = EngineStats()
-        self.totals = EngineStats()
+        self._cached: dict[str, Any] | None = None
+        self._call = call
+        self._check = check
+        self._encode = encode
+        self._decode = decode
+        self._cacheable = cacheable
+        self._noun = "scores" if isinstance(model, PointwiseModel) else "verdicts"
 
-    def scores(self, sample: Sample) -> tuple[float, ...]:
-        """The sample's scores, best/chosen first; scores its whole scenario on first use."""
-        if sample.scenario in self._plan:
-            self._score_scenario(sample.scenario)
-        if sample.scenario in self._failed:
-            raise ScoringError(
-                f"scenario {sample.scenario} could not be scored: {self._failed[sample.scenario]}"
-            )
-        memo = self._scores
-        conversation = sample.conversation
-        try:
-            return tuple(memo[conversation, r.text] for r in sample.responses)
-        except KeyError:
-            # Not part of the selection seen at collection time (a direct call, a late item).
-            self._score_samples([sample])
-            return tuple(memo[conversation, r.text] for r in sample.responses)
-
-    def take_unreported(self) -> dict[str, float] | None:
-        """Stats accumulated since the last call, to travel with the next test report."""
-        if self._unreported == EngineStats():
-            return None
-        delta = self._unreported.as_dict()
-        self._unreported = EngineStats()
-        return delta
-
-    def _score_scenario(self, scenario: str) -> None:
-        samples = self._plan.pop(scenario)
-        try:
-            self._score_samples(samples, scenario)
-        except Exception as exc:
-            self._failed[scenario] = f"{type(exc).__name__}: {exc}"
-            raise
-
-    def _score_samples(self, samples: Iterable[Sample], label: str = "samples") -> None:
-        pending: dict[TextKey, None] = {}
-        slots = 0
-        memo = self._scores
-        for sample in samples:
-            conversation = sample.conversation
-            for response in sample.responses:
-                slots += 1
-                key = (conversation, response.text)
-                if key not in memo:
-                    pending[key] = None
-        keys = list(pending)
-        started = time.perf_counter()
-        delta = EngineStats(response_slots=slots)
-        if keys:
-            self._score_keys(keys, delta, label)
-        delta.scoring_seconds = time.perf_counter() - started
-        self._unreported.add(delta.as_dict())
-        self.totals.add(delta.as_dict())
-
-    def _score_keys(self, keys: list[TextKey], delta: EngineStats, label: str) -> None:
-        requests = [ScoreRequest(conversation, text) for conversation, text in keys]
+    def run(self, requests: list, delta: EngineStats, label: str, store: Callable[[int, Any, bool], None]) -> list[int]:
+        """Results of ``requests`` through ``store(index, result, from_cache)``; returns the indices
+        scored now."""
         cache_keys: list[str] = []
         if self._cache is not None:
             if self._cached is None:
                 self._cached = self._cache.load()
-            key_of = getattr(self._scorer, "cache_key", None) or default_cache_key
-            cache_keys = [key_of(r) for r in requests]
+            cache_keys = [self._model.cache_key(r) for r in requests]
             todo = []
-            for i, cache_key in enumerate(cache_keys):
-                if cache_key in self._cached:
-                    self._scores[keys[i]] = self._cached[cache_key]
+            for i, key in enumerate(cache_keys):
+                if key in self._cached:
+                    store(i, self._decode(self._cached[key]), True)
                 else:
                     todo.append(i)
             delta.cache_hits += len(requests) - len(todo)
         else:
             todo = list(range(len(requests)))
-        delta.texts_scored += len(todo)
         if not todo:
-            return
-        measure = getattr(self._scorer, "cost", None) or character_cost
-        costs = measure([requests[i] for i in todo])
-        with self._progress.scoring(label, len(todo)) as advance:
-            for batch in pack_batches(costs, self._max_batch_size, self._max_batch_cost):
-                indices = [todo[j] for j in batch]
-                values = self._score_batch([requests[i] for i in indices], delta)
-                for i, value in zip(indices, values):
-                    self._scores[keys[i]] = value
-                if self._cache is not None:
-                    # Saved as each batch finishes: a killed run loses at most one batch.
-                    self._cache.append((cache_keys[i], value) for i, value in zip(indices, values))
-                advance(len(batch))
-        take_counters = getattr(self._scorer, "take_counters", None)
-        if take_counters is not None:
-            delta.add(take_counters())
-
-    def _score_batch(self, batch: list[ScoreRequest], delta: EngineStats) -> list[float]:
+            return todo
+        pending = [requests[i] for i in todo]
+        costs = self._model.cost(pending)
+        plan = getattr(self._model, "plan_batches", None)
+        batches = (plan(pending, costs, self._max_batch_size, self._max_batch_cost) if callable(plan)
+                   else pack_batches(costs, self._max_batch_size, self._max_batch_cost))
         try:
-            values = list(self._scorer.score(batch))
+            with self._progress.scoring(label, len(todo)) as advance:
+                for batch in batches:
+                    indices = [todo[j] for j in batch]
+                    try:
+                        values = self._batch([requests[i] for i in indices], delta)
+                    except PartialBatchError as partial:
+                        self._keep(indices, partial.done, cache_keys, store)
+                        raise ScoringError(f"{type(partial.cause).__name__}: {partial.cause}") from partial.cause
+                    self._keep(indices, dict(enumerate(values)), cache_keys, store)
+                    advance(len(batch))
+        finally:
+            delta.add(self._model.take_counters())
+        return todo
+
+    def _keep(self, indices: list[int], results: Mapping[int, Any], cache_keys: list[str],
+              store: Callable[[int, Any, bool], None]) -> None:
+        done = sorted(results)
+        for position in done:
+            store(indices[position], results[position], False)
+        if self._cache is not None and done:
+            # Saved as each batch finishes: a killed run loses at most one batch. A failed request
+            # is not a result: the next run asks again.
+            self._cache.append((cache_keys[indices[p]], self._encode(results[p]))
+                               for p in done if self._cacheable(results[p]))
+
+    def _batch(self, batch: list, delta: EngineStats) -> list:
+        try:
+            values = list(self._call(batch))
+        except PartialBatchError:
+            raise
         except Exception as exc:
             if not _is_out_of_memory(exc) or len(batch) == 1:
                 raise
-            # Halve and retry: the long texts come first, so a too-large batch shows up at once.
+            # Halve and retry: the long requests come first, so a too-large batch shows up at once.
             delta.oom_retries += 1
             _release_cached_memory()
             half = len(batch) // 2
-            return self._score_batch(batch[:half], delta) + self._score_batch(batch[half:], delta)
+            return self._batch(batch[:half], delta) + self._batch(batch[half:], delta)
         delta.batches += 1
         if len(values) != len(batch):
-            raise ScoringError(f"scorer returned {len(values)} scores for a batch of {len(batch)}")
-        checked = []
-        for value in values:
-            number = float(value)
-            if not math.isfinite(number):
-                raise ScoringError(f"scorer returned a non-finite score ({number})")
-            checked.append(number)
-        return checked
+            raise ScoringError(f"model returned {len(values)} {self._noun} for a batch of {len(batch)}")
+        return [self._check(value) for value in values]
 
 
-def default_cache_key(request: ScoreRequest) -> str:
-    """For scorers that do not say how they render: the conversation and response themselves."""
-    return request_key(json.dumps([[m.role, m.content] for m in request.conversation] + [request.response]))
+def _finite(value: Any) -> float:
+    number = float(value)
+    if not math.isfinite(number):
+        raise ScoringError(f"model returned a non-finite score ({number})")
+    return number
+
+
+def _verdict(value: Any) -> Verdict:
+    if not isinstance(value, Verdict):
+        raise ScoringError(f"pairwise model returned {type(value).__name__}, not a Verdict")
+    return value
+
+
+class _ScenarioEngine:
+    """What both engines share: the plan, the once-per-scenario rule, failures, stats."""
+
+    def __init__(self, plan: Mapping[str, Sequence[Sample]], progress=None):
+        self._plan = dict(plan)
+        self._progress = progress or NoProgress()
+        self._failed: dict[str, str] = {}
+        self._unreported = EngineStats()
+        self.totals = EngineStats()
+
+    def outcome(self, sample: Sample) -> Outcome:
+        """The sample's outcome; does the work of its whole scenario on first use."""
+        if sample.scenario in self._plan:
+            samples = self._plan.pop(sample.scenario)
+            try:
+                self._work(samples, sample.scenario)
+            except Exception as exc:
+                self._failed[sample.scenario] = f"{type(exc).__name__}: {exc}"
+                raise
+        if sample.scenario in self._failed:
+            raise ScoringError(f"scenario {sample.scenario} could not be scored: {self._failed[sample.scenario]}")
+        return self._outcome(sample)
+
+    def take_unreported(self) -> dict[str, float] | None:
+        """Stats accumulated since the last call, to travel with the next test report."""
+        if self._unreported.is_empty():
+            return None
+        delta = self._unreported.as_dict()
+        self._unreported = EngineStats()
+        return delta
+
+    def _work(self, samples: Iterable[Sample], label: str) -> None:
+        started = time.perf_counter()
+        delta = EngineStats()
+        try:
+            self._do_work(samples, label, delta)
+        finally:
+            delta.scoring_seconds = time.perf_counter() - started
+            self._unreported.add(delta.as_dict())
+            self.totals.add(delta.as_dict())
+
+    def _do_work(self, samples: Iterable[Sample], label: str, delta: EngineStats) -> None:
+        raise NotImplementedError
+
+    def _outcome(self, sample: Sample) -> Outcome:
+        raise NotImplementedError
+
+
+class Engine(_ScenarioEngine):
+    """Pointwise models: every unique (conversation, response) scored once."""
+
+    def __init__(
+        self,
+        scorer: object,
+        plan: Mapping[str, Sequence[Sample]],
+        max_batch_size: int = 64,
+        max_batch_cost: int | None = None,
+        progress=None,
+        cache: ScoreCache | None = None,
+    ):
+        super().__init__(plan, progress)
+        model = as_model(scorer)
+        assert isinstance(model, PointwiseModel), "Engine scores pointwise models; use PairwiseEngine"
+        self._runner = _BatchRunner(model, max_batch_size=max_batch_size, max_batch_cost=max_batch_cost,
+                                    progress=self._progress, cache=cache, call=model.score, check=_finite,
+                                    encode=lambda v: v, decode=float)
+        self._scores: dict[TextKey, float] = {}
+
+    def scores(self, sample: Sample) -> tuple[float, ...]:
+        """The sample's scores, best/chosen first; scores its whole scenario on first use."""
+        return tuple(self.outcome(sample).record["scores"])
+
+    def _outcome(self, sample: Sample) -> Outcome:
+        memo = self._scores
+        conversation = sample.conversation
+        try:
+            scores = tuple(memo[conversation, r.text] for r in sample.responses)
+        except KeyError:
+            # Not part of the selection seen at collection time (a direct call, a late item).
+            self._work([sample], "samples")
+            scores = tuple(memo[conversation, r.text] for r in sample.responses)
+        return outcome_from_scores(sample, scores)
+
+    def _do_work(self, samples: Iterable[Sample], label: str, delta: EngineStats) -> None:
+        pending: dict[TextKey, None] = {}
+        memo = self._scores
+        for sample in samples:
+            conversation = sample.conversation
+            for response in sample.responses:
+                delta.response_slots += 1
+                key = (conversation, response.text)
+                if key not in memo:
+                    pending[key] = None
+        keys = list(pending)
+        if not keys:
+            return
+        requests = [ScoreRequest(conversation, text) for conversation, text in keys]
+
+        def store(i: int, value: float, from_cache: bool) -> None:
+            memo[keys[i]] = value
+
+        delta.texts_scored += len(self._runner.run(requests, delta, label, store))
+
+
+class PairwiseEngine(_ScenarioEngine):
+    """Pairwise models: every unique (conversation, chosen-or-best, other) comparison judged once."""
+
+    def __init__(
+        self,
+        model: PairwiseModel,
+        plan: Mapping[str, Sequence[Sample]],
+        goal_of: Mapping[str, str] | None = None,
+        max_batch_size: int = 64,
+        max_batch_cost: int | None = None,
+        progress=None,
+        cache: ScoreCache | None = None,
+    ):
+        super().__init__(plan, progress)
+        self._model = model
+        self._goal_of = dict(goal_of or {})
+        self._runner = _BatchRunner(model, max_batch_size=max_batch_size, max_batch_cost=max_batch_cost,
+                                    progress=self._progress, cache=cache, call=model.compare, check=_verdict,
+                                    encode=Verdict.as_json, decode=Verdict.from_json,
+                                    cacheable=lambda verdict: verdict.error is None)
+        self._verdicts: dict[PairRequest, Verdict] = {}
+
+    def requests_of(self, sample: Sample) -> list[PairRequest]:
+        """The sample's comparisons: chosen (or best) first against each other answer in turn."""
+        goal = self._goal_of.get(sample.scenario, "")
+        first = sample.responses[0].text
+        return [PairRequest(sample.conversation, first, other.text, goal) for other in sample.responses[1:]]
+
+    def _outcome(self, sample: Sample) -> Outcome:
+        requests = self.requests_of(sample)
+        if any(r not in self._verdicts for r in requests) and not self._lost_early(requests):
+            self._work([sample], "samples")
+        verdicts: list[Verdict | None] = []
+        for request in requests:
+            verdicts.append(self._verdicts.get(request))
+        return outcome_from_verdicts(sample, verdicts)
+
+    def _lost_early(self, requests: list[PairRequest]) -> bool:
+        """An early-stopped list: it lost a comparison, and the rest were skipped on purpose."""
+        for request in requests:
+            verdict = self._verdicts.get(request)
+            if verdict is None:
+                return False
+            if verdict.won is not True:
+                return self._model.bon_early_stop
+        return False
+
+    def _do_work(self, samples: Iterable[Sample], label: str, delta: EngineStats) -> None:
+        # Round r judges the r-th comparison of every sample still standing.
+        standing = [self.requests_of(sample) for sample in samples]
+        delta.comparison_slots += sum(len(r) for r in standing)
+        memo = self._verdicts
+        round_index = 0
+        while standing:
+            pending: dict[Hashable, None] = {}
+            for requests in standing:
+                request = requests[round_index]
+                if request not in memo:
+                    pending[request] = None
+            keys: list[PairRequest] = list(pending)  # type: ignore[arg-type]
+            if keys:
+                def store(i: int, verdict: Verdict, from_cache: bool, keys: list[PairRequest] = keys) -> None:
+                    memo[keys[i]] = verdict
+                    usage = verdict.detail.get("usage")
+                    if from_cache and isinstance(usage, Mapping):
+                        # What these verdicts cost when they were first asked for, counted apart.
+                        delta.add({f"cached_{name}": value for name, value in usage.items()
+                                   if isinstance(value, (int, float))})
+
+                delta.comparisons_made += len(self._runner.run(keys, delta, label, store))
+            round_index += 1
+            next_standing = []
+            for requests in standing:
+                if round_index >= len(requests):
+                    continue
+                verdict = memo[requests[round_index - 1]]
+                if verdict.won is not True and self._model.bon_early_stop:
+                    delta.comparisons_skipped += len(requests) - round_index
+                    continue
+                next_standing.append(requests)
+            standing = next_standing
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:

@@ -1,52 +1,54 @@
-"""Session fixtures: the model under test and the engine that scores with it.
+"""Session fixtures: the model under test and the engine that does the work with it.
 
 Both are session scoped, so a process loads the model once. ``rmb_model`` is the extension point:
-a ``conftest.py`` fixture of the same name replaces it (see README.md).
+a ``conftest.py`` fixture of the same name replaces it with any pointwise or pairwise object (see
+README.md).
 """
 
 from __future__ import annotations
 
 import pytest
 
+from pytest_rmb.backends import ModelLoadError, load_model
 from pytest_rmb.cache import ScoreCache
-from pytest_rmb.engine import DEFAULT_BATCH_TOKENS, UNLIMITED, Engine
+from pytest_rmb.engine import Engine, PairwiseEngine
+from pytest_rmb.models import PairwiseModel, as_model
 from pytest_rmb.progress import progress_for
-from pytest_rmb.scorers import ScorerLoadError, load_scorer
-from pytest_rmb.state import ENGINE, PLAN, SETTINGS
+from pytest_rmb.scenarios import registry
+from pytest_rmb.state import SESSION
 
 
 @pytest.fixture(scope="session")
 def rmb_model(pytestconfig: pytest.Config):
-    """The reward model named by --rmb-model, as a scorer (anything with ``score(batch)``)."""
-    settings = pytestconfig.stash[SETTINGS].scorer
+    """The reward model named by --rmb-model: a pointwise or pairwise model."""
+    session = pytestconfig.stash[SESSION]
+    settings = session.settings
     try:
-        with progress_for(pytestconfig).loading(settings.model):
-            return load_scorer(settings)
-    except ScorerLoadError as exc:
-        # Every item needs the model: stop the run with one message instead of one error per item.
+        with progress_for(pytestconfig).loading(settings.scorer.model):
+            return load_model(settings.scorer, settings.backend)
+    except ModelLoadError as exc:
+        # Every item needs the model: stop the run with one message instead of one error per item,
+        # and leave an error summary, never one that a later gate could take for a good run.
+        session.load_error = str(exc)
         pytest.exit(f"pytest-rmb: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 @pytest.fixture(scope="session")
-def rmb_engine(rmb_model, pytestconfig: pytest.Config) -> Engine:
-    """Scores each scenario's selected samples in batches on first use; items read the results."""
-    settings = pytestconfig.stash[SETTINGS]
-    # The token budget applies to scorers that count tokens; the baselines count characters.
-    if callable(getattr(rmb_model, "cost", None)):
-        batch_tokens = settings.batch_tokens or getattr(rmb_model, "batch_tokens", DEFAULT_BATCH_TOKENS)
-    else:
-        batch_tokens = UNLIMITED
-    # Only scorers that can say what their scores depend on are cached; the baselines are
+def rmb_engine(rmb_model, pytestconfig: pytest.Config):
+    """Does each scenario's work in batches on first use; items read the outcomes."""
+    session = pytestconfig.stash[SESSION]
+    settings = session.settings
+    model = as_model(rmb_model)
+    session.model_loaded(model)
+    # Only models that can say what their results depend on are cached; the baselines are
     # cheaper to recompute than to look up.
-    fingerprint = getattr(rmb_model, "fingerprint", None)
-    cache = ScoreCache(settings.cache_dir, fingerprint()) if settings.cache_dir and callable(fingerprint) else None
-    engine = Engine(
-        rmb_model,
-        pytestconfig.stash.get(PLAN, {}),
-        max_batch_size=settings.batch_size,
-        max_batch_cost=batch_tokens,
-        progress=progress_for(pytestconfig),
-        cache=cache,
-    )
-    pytestconfig.stash[ENGINE] = engine
+    fingerprint = model.fingerprint()
+    cache = ScoreCache(settings.cache_dir, fingerprint) if settings.cache_dir and fingerprint else None
+    common = dict(max_batch_size=settings.batch_size, max_batch_cost=settings.batch_tokens,
+                  progress=progress_for(pytestconfig), cache=cache)
+    if isinstance(model, PairwiseModel):
+        engine = PairwiseEngine(model, session.plan, goal_of={s.id: s.goal for s in registry()}, **common)
+    else:
+        engine = Engine(model, session.plan, **common)
+    session.engine = engine
     return engine

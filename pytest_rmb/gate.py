@@ -1,9 +1,10 @@
 """CI gates: thresholds on metrics and a comparison against a baseline run -> PASS/FAIL rows.
 
 A threshold is ``METRIC OP NUMBER``; METRIC is ``overall``, a section (``helpfulness.pairwise``),
-a task (``task:code.pairwise``) or a scenario (``scenario:code/data_management.bon``). A baseline
-gate fails only when a metric dropped by more than the allowed amount *and* a paired bootstrap over
-the samples both runs share says the drop is significant.
+a task (``task:code.pairwise``) or a scenario (``scenario:code/data_management.bon``); NUMBER is a
+fraction in [0, 1]. A baseline gate fails when a metric dropped by more than the allowed amount
+*and* a paired bootstrap over the samples both runs share says the drop is significant, and also
+when the two runs share no samples at all (nothing was compared) unless empty gates are allowed.
 """
 
 from __future__ import annotations
@@ -47,8 +48,20 @@ def parse_gate(text: str, scenario_ids: set[str], task_ids: set[str]) -> Gate:
         bar = float(match["bar"])
     except ValueError:
         raise GateError(f"{text!r}: {match['bar']!r} is not a number") from None
+    if not 0 <= bar <= 1:
+        raise GateError(f"{text!r}: {match['bar']} is not an accuracy; thresholds are fractions between 0 and 1"
+                        + _percent_hint(metric, op, match["bar"], bar))
     check_metric(metric, scenario_ids, task_ids, text)
     return Gate(metric, op, bar)
+
+
+def _percent_hint(metric: str, op: str, text: str, bar: float) -> str:
+    """For a bar that reads like a percentage, the same bar as a fraction: 70 -> 0.70, 7 -> 0.07."""
+    if not 1 < bar <= 100:
+        return ""
+    mantissa = text.lower().split("e")[0]
+    decimals = len(mantissa.partition(".")[2]) if "e" not in text.lower() else 0
+    return f" (for {text}% write '{metric}{op}{bar / 100:.{decimals + 2}f}')"
 
 
 def check_metric(metric: str, scenario_ids: set[str], task_ids: set[str], text: str) -> None:
@@ -116,6 +129,9 @@ def load_baseline(path: Path) -> dict:
         raise GateError(f"--rmb-baseline {path}: {exc.strerror}") from None
     except json.JSONDecodeError as exc:
         raise GateError(f"--rmb-baseline {path}: invalid JSON at line {exc.lineno} column {exc.colno}") from None
+    if isinstance(document, dict) and document.get("status") == "error":
+        reason = document.get("reason") or "no reason given"
+        raise GateError(f"--rmb-baseline {path}: that run failed and has no results to compare with: {reason}")
     if not isinstance(document, dict) or "outcomes" not in document or "sections" not in document:
         raise GateError(
             f"--rmb-baseline {path}: not a pytest-rmb --rmb-json summary with per-sample outcomes "
@@ -145,21 +161,76 @@ def compare_shared(old: dict[str, dict[str, bool]], new: dict[str, dict[str, boo
     )
 
 
+_PROVENANCE_FILES = "data_files"
+_FILES_LISTED = 10
+
+
+def _show(value: object) -> str:
+    return "(not recorded)" if value is None else str(value)
+
+
+def provenance_differences(a: dict | None, b: dict | None, names: tuple[str, str] = ("the baseline", "this run"),
+                           ) -> list[str]:
+    """What differs between two runs' ``provenance`` records, one human line each (a before b).
+
+    Keys missing on one side show as "(not recorded)"; data files are compared by their digests.
+    """
+    if not a and not b:
+        return []
+    for record, name in ((a, names[0]), (b, names[1])):
+        if not record:
+            return [f"no provenance recorded in {name}; cannot tell what else differs"]
+    assert a is not None and b is not None
+    lines = []
+    for key in sorted(set(a) | set(b)):
+        if key == _PROVENANCE_FILES:
+            continue
+        old, new = a.get(key), b.get(key)
+        if old != new:
+            lines.append(f"{key}: {_show(old)} -> {_show(new)}")
+    old_files, new_files = a.get(_PROVENANCE_FILES) or {}, b.get(_PROVENANCE_FILES) or {}
+    changed = [f"data file {path} changed" for path in sorted(set(old_files) & set(new_files))
+               if old_files[path] != new_files[path]]
+    if len(changed) > _FILES_LISTED:
+        changed = changed[:_FILES_LISTED] + [f"... and {len(changed) - _FILES_LISTED} more data files changed"]
+    # A file read by one run only is usually a selection (-m, -k) or a missing file, not a change:
+    # one line per side, not one per file.
+    for only, name in ((set(old_files) - set(new_files), names[0]), (set(new_files) - set(old_files), names[1])):
+        if only:
+            example = min(only)
+            more = f" and {len(only) - 1} more" if len(only) > 1 else ""
+            changed.append(f"data files read only by {name}: {example}{more}")
+    return lines + changed
+
+
 def compare_with_baseline(
     summary: dict, baseline: dict, goal_of: dict[str, str], *, max_drop: float, alpha: float,
-    seed: int, resamples: int,
+    seed: int, resamples: int, allow_empty: bool = False,
 ) -> tuple[list[GateResult], dict]:
-    """Gate rows for overall and each section, and a JSON-ready account of the comparison."""
+    """Gate rows for overall and each section, and a JSON-ready account of the comparison.
+
+    A metric that one run has samples for but the two runs share none of compared nothing: it
+    fails unless ``allow_empty`` (then it is not evaluated). A section neither run has is not
+    evaluated either way: there was nothing to compare on either side.
+    """
     old = outcomes_by_section(baseline["outcomes"], goal_of)
     new = outcomes_by_section(summary["outcomes"], goal_of)
     comparison = compare_shared(old, new, seed=seed, resamples=resamples)
     shared = sum(comparison[s]["shared"] for s in SECTION_NAMES if s in comparison)
     only_old = sum(len(set(old[s]) - set(new[s])) for s in SECTION_NAMES)
     only_new = sum(len(set(new[s]) - set(old[s])) for s in SECTION_NAMES)
-    notes = []
+    notes = [
+        f"provenance: {line}"
+        for line in provenance_differences(baseline.get("provenance"), summary.get("provenance"))
+    ]
     if baseline.get("dataset") != summary.get("dataset"):
         notes.append(f"baseline ran on dataset {baseline.get('dataset')!r}, this run on {summary.get('dataset')!r}")
-    if only_old or only_new:
+    if not shared:
+        notes.append(
+            f"no samples shared with the baseline: nothing was compared "
+            f"({only_old} samples only in the baseline, {only_new} only in this run)"
+        )
+    elif only_old or only_new:
         notes.append(
             f"compared on the {shared} samples both runs share; "
             f"{only_old} only in the baseline, {only_new} only in this run"
@@ -168,7 +239,17 @@ def compare_with_baseline(
     for metric in ("overall", *SECTION_NAMES):
         entry = comparison.get(metric)
         if entry is None:
-            rows.append(GateResult(metric, None, "baseline -", None, NOT_EVALUATED, "no shared samples"))
+            sections = SECTION_NAMES if metric == "overall" else (metric,)
+            in_old = sum(len(old[s]) for s in sections)
+            in_new = sum(len(new[s]) for s in sections)
+            if not in_old and not in_new:
+                rows.append(GateResult(metric, None, "baseline -", None, NOT_EVALUATED, "no samples in either run"))
+                continue
+            detail = (f"no samples shared with the baseline ({in_old} in the baseline, {in_new} in this run): "
+                      "nothing was compared")
+            if not allow_empty:
+                detail += "; --rmb-gate-allow-empty accepts that"
+            rows.append(GateResult(metric, None, "baseline -", None, NOT_EVALUATED if allow_empty else FAIL, detail))
             continue
         dropped = -entry["delta"] > max_drop
         significant = entry["p_drop"] < alpha
@@ -200,7 +281,7 @@ def evaluate(summary: dict, settings, goal_of: dict[str, str]) -> tuple[list[Gat
     if settings.baseline is not None:
         baseline_rows, account = compare_with_baseline(
             summary, settings.baseline, goal_of, max_drop=settings.max_drop, alpha=settings.alpha,
-            seed=settings.scorer.seed, resamples=settings.bootstrap,
+            seed=settings.scorer.seed, resamples=settings.bootstrap, allow_empty=settings.allow_empty_gates,
         )
         rows.extend(baseline_rows)
     return rows, account

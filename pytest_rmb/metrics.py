@@ -4,6 +4,8 @@
   Strict: a tie is wrong.
 - Four sections (goal x kind), each the micro average over its samples; overall is the unweighted
   mean of the sections; the macro average over scenarios is reported beside each section.
+- The null baseline: where every record of a group carries ``null_correct`` (the length baseline's
+  outcome on that sample), the group also gets ``null_accuracy`` and ``beats_null``.
 """
 
 from __future__ import annotations
@@ -39,17 +41,41 @@ def margin(scores: Sequence[float]) -> float:
 class Tally:
     correct: int = 0
     total: int = 0
+    # The length baseline on the same samples; only counted for records that carry it.
+    null_correct: int = 0
+    null_total: int = 0
 
-    def add(self, correct: bool) -> None:
+    def add(self, correct: bool, null_correct: bool | None = None) -> None:
         self.total += 1
         self.correct += bool(correct)
+        if null_correct is not None:
+            self.null_total += 1
+            self.null_correct += bool(null_correct)
+
+    def merge(self, other: Tally) -> None:
+        self.correct += other.correct
+        self.total += other.total
+        self.null_correct += other.null_correct
+        self.null_total += other.null_total
 
     @property
     def accuracy(self) -> float | None:
         return self.correct / self.total if self.total else None
 
+    @property
+    def null_accuracy(self) -> float | None:
+        """The length baseline's accuracy, only when it is known for every sample of the group."""
+        if not self.total or self.null_total != self.total:
+            return None
+        return self.null_correct / self.total
+
     def as_dict(self) -> dict:
-        return {"correct": self.correct, "total": self.total, "accuracy": self.accuracy}
+        out: dict = {"correct": self.correct, "total": self.total, "accuracy": self.accuracy}
+        null = self.null_accuracy
+        if null is not None:
+            out["null_accuracy"] = null
+            out["beats_null"] = self.correct > self.null_correct
+        return out
 
 
 def bootstrap_draws(tally: Tally, rng: np.random.Generator, resamples: int) -> np.ndarray:
@@ -78,10 +104,13 @@ def summarize(
     seed: int = 0,
     resamples: int = 1000,
 ) -> dict:
-    """Sections, overall, tasks and scenarios from per-item records (``scenario, kind, correct``)."""
+    """Sections, overall, tasks and scenarios from per-item records (``scenario, kind, correct``,
+    optionally ``null_correct``)."""
     by_scenario: dict[tuple[str, str], Tally] = {}
     for record in records:
-        by_scenario.setdefault((record["scenario"], record["kind"]), Tally()).add(record["correct"])
+        by_scenario.setdefault((record["scenario"], record["kind"]), Tally()).add(
+            record["correct"], record.get("null_correct")
+        )
 
     sections: dict[str, Tally] = {section_key(g, k): Tally() for g, k in SECTIONS}
     macro_parts: dict[str, list[float]] = {key: [] for key in sections}
@@ -90,15 +119,13 @@ def summarize(
     for (scenario_id, kind), tally in sorted(by_scenario.items()):
         scenario = scenarios[scenario_id]
         key = section_key(scenario.goal, kind)
-        sections[key].correct += tally.correct
-        sections[key].total += tally.total
-        macro_parts[key].append(tally.accuracy)
+        sections[key].merge(tally)
+        macro_parts[key].append(tally.correct / tally.total)
         task = tasks.setdefault(
             scenario.task_id,
             {"name": scenario.task, "goal": scenario.goal, **{k: Tally() for k in KINDS}},
         )
-        task[kind].correct += tally.correct
-        task[kind].total += tally.total
+        task[kind].merge(tally)
         row = scenario_rows.setdefault(
             scenario_id,
             {"name": scenario.name, "task": scenario.task_id, "goal": scenario.goal,
@@ -121,15 +148,24 @@ def summarize(
             entry["macro"] = None
         section_out[key] = entry
 
-    present = [t.accuracy for t in sections.values() if t.total]
-    return {
+    present = [t for t in sections.values() if t.total]
+    nulls = [t.null_accuracy for t in present]
+    overall = sum(t.correct / t.total for t in present) / len(present) if present else None
+    out: dict = {
         "sections": section_out,
-        "overall": sum(present) / len(present) if present else None,
+        "overall": overall,
+        # One mean per resample: the interval comes from ``resamples`` averages, not from the sections.
         "overall_ci95": percentile_interval(np.mean(present_draws, axis=0)) if present else None,
         "overall_sections": len(present),
         "tasks": {tid: _rows_as_dicts(task) for tid, task in sorted(tasks.items())},
         "scenarios": {sid: _rows_as_dicts(row) for sid, row in sorted(scenario_rows.items())},
     }
+    known = [n for n in nulls if n is not None]
+    if overall is not None and len(known) == len(nulls):
+        overall_null = sum(known) / len(known)
+        out["overall_null"] = overall_null
+        out["overall_beats_null"] = overall > overall_null
+    return out
 
 
 def _rows_as_dicts(row: dict) -> dict:
@@ -139,6 +175,15 @@ def _rows_as_dicts(row: dict) -> dict:
 def outcome_key(record: Mapping) -> str:
     """How a sample is matched across runs: scenario, kind and upstream uid."""
     return f"{record['scenario']}|{record['kind']}|{record['uid']}"
+
+
+def outcome_records(outcomes: Mapping[str, object], keys: Iterable[str]) -> list[dict]:
+    """Per-item records (as ``summarize`` takes them) for the given keys of an ``outcomes`` map."""
+    records = []
+    for key in keys:
+        scenario, kind, uid = key.split("|", 2)
+        records.append({"scenario": scenario, "kind": kind, "uid": uid, "correct": bool(outcomes[key])})
+    return records
 
 
 def paired_comparison(

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_rmb.data import sample_dataset
+from pytest_rmb.data import BON, PAIRWISE, data_file, sample_dataset
 from pytest_rmb.gate import Gate, GateError, load_baseline, parse_gate
 from pytest_rmb.scenarios import registry
-from pytest_rmb.scorers import ScorerSettings
+from pytest_rmb.backends import Backend, BackendError, ModelSettings, backend_for, installed_backends, model_args
 
 DATA_ENV = "RMB_DATA"
 SAMPLE = "sample"
@@ -76,8 +76,15 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption(
         "--rmb-model",
         metavar="NAME",
-        help="run the RMB benchmark on this reward model: a built-in baseline (length, random) "
-        "or python:package.module:factory. Without it the plugin does nothing.",
+        help="run the RMB benchmark on this reward model: a built-in baseline (length, random), a "
+        "Hugging Face id or checkpoint (hf: optional), python:package.module:factory, or SCHEME:NAME "
+        "of any installed backend (python -m pytest_rmb backends lists them). Without it the plugin "
+        "does nothing.",
+    )
+    group.addoption(
+        "--rmb-model-arg", action="append", default=None, metavar="KEY=VALUE",
+        help="a setting of the model's backend, repeatable (python -m pytest_rmb backends lists each "
+        "backend's keys; ini rmb_model_args, one per line)",
     )
     group.addoption(
         "--rmb-data",
@@ -192,10 +199,22 @@ def add_options(parser: pytest.Parser) -> None:
     )
     group.addoption("--rmb-no-cache", action="store_true", default=False, help="neither read nor write the score cache")
     group.addoption(
+        "--rmb-limit", type=positive_int, default=None, metavar="N",
+        help="quick smoke run: score at most N samples per scenario and kind, drawn with --rmb-seed, "
+        "the same for every model (ini rmb_limit)",
+    )
+    group.addoption(
         "--rmb-device-map", choices=("auto",), default=None,
         help="spread a model too large for one GPU over all visible GPUs (transformers device_map); "
         "single process only, not with -n",
     )
+    group.addoption(
+        "--rmb-no-null-baseline", action="store_true", default=False,
+        help="do not show the length baseline's accuracy on the same samples beside the model's "
+        "(ini rmb_null_baseline = false)",
+    )
+    parser.addini("rmb_null_baseline", "show the length baseline beside every score", type="bool", default=True)
+    parser.addini("rmb_model_args", "backend settings, one KEY=VALUE per line", type="linelist", default=[])
     parser.addini("rmb_cache_dir", "score cache directory (relative to the ini file)", default="")
     parser.addini("rmb_gates", "threshold gates, one METRIC OP NUMBER per line", type="linelist", default=[])
     parser.addini("rmb_max_drop", "allowed accuracy drop against the baseline", default="0.01")
@@ -213,11 +232,20 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini("rmb_attn_implementation", "attention implementation for transformers", default="")
     parser.addini("rmb_chat_template", "Jinja chat template file (relative to the ini file)", default="")
     parser.addini("rmb_reward_index", "which output logit is the reward", default="")
+    parser.addini("rmb_limit", "at most this many samples per scenario and kind (smoke runs)", default="")
+    group.addoption(
+        "--rmb-prefix-sharing", choices=PREFIX_SHARING_MODES, default=None,
+        help="score each conversation once and its answers as continuations of it (decoder models "
+        "that take a cache): auto uses it when the model supports it and the texts share enough "
+        "(default auto; ini rmb_prefix_sharing)",
+    )
+    parser.addini("rmb_prefix_sharing", "auto|on|off: score each conversation prefix once", default="auto")
 
 
 @dataclass(frozen=True)
 class RunSettings:
-    scorer: ScorerSettings
+    scorer: ModelSettings
+    backend: Backend
     dataset: Path
     dataset_label: str
     json_path: Path | None
@@ -235,6 +263,8 @@ class RunSettings:
     baseline_path: Path | None
     max_drop: float
     alpha: float
+    null_baseline: bool = True  # show the length baseline beside the model's accuracies
+    limit: int | None = None  # --rmb-limit: samples per scenario and kind; None for all
 
 
 def resolve(config: pytest.Config) -> RunSettings | None:
@@ -242,10 +272,12 @@ def resolve(config: pytest.Config) -> RunSettings | None:
     model = config.getoption("rmb_model")
     if not model:
         return None
+    backend, args = _backend(config, model)
     dataset, label = _dataset(config)
     trust = config.getoption("rmb_trust_remote_code")
-    scorer = ScorerSettings(
+    scorer = ModelSettings(
         model=model,
+        args=args,
         seed=_setting(config, "rmb_seed", non_negative_int),
         revision=_setting(config, "rmb_revision", str),
         trust_remote_code=bool(config.getini("rmb_trust_remote_code") if trust is None else trust),
@@ -257,26 +289,34 @@ def resolve(config: pytest.Config) -> RunSettings | None:
         reward_index=_setting(config, "rmb_reward_index", non_negative_int),
         device_map=_device_map(config),
         worker_index=_worker_index(config),
+        prefix_sharing=_setting(config, "rmb_prefix_sharing", prefix_sharing_mode) or "auto",
     )
+    outputs = {name: _output(config, name) for name in ("rmb_json", "rmb_jsonl", "rmb_markdown")}
+    for name, path in outputs.items():
+        if path is not None:
+            check_writable(path, "--" + name.replace("_", "-"))
     return RunSettings(
         scorer=scorer,
+        backend=backend,
         dataset=dataset,
         dataset_label=label,
-        json_path=_output(config, "rmb_json"),
-        jsonl_path=_output(config, "rmb_jsonl"),
+        json_path=outputs["rmb_json"],
+        jsonl_path=outputs["rmb_jsonl"],
         batch_size=_setting(config, "rmb_batch_size", positive_int),
         batch_tokens=_setting(config, "rmb_batch_tokens", positive_int),
         bootstrap=_setting(config, "rmb_bootstrap", positive_int),
         show_scenarios=config.getoption("rmb_show_scenarios") or config.getoption("verbose") > 0,
         show_misses=config.getoption("rmb_show_misses"),
-        markdown_path=_output(config, "rmb_markdown"),
-        cache_dir=_cache_dir(config),
+        markdown_path=outputs["rmb_markdown"],
+        cache_dir=_cache_dir(config, dataset),
         gates=_gates(config),
         allow_empty_gates=config.getoption("rmb_gate_allow_empty"),
         baseline=_baseline(config),
         baseline_path=_output(config, "rmb_baseline"),
         max_drop=_setting(config, "rmb_max_drop", fraction),
         alpha=_setting(config, "rmb_alpha", fraction),
+        limit=_setting(config, "rmb_limit", positive_int),
+        null_baseline=not config.getoption("rmb_no_null_baseline") and bool(config.getini("rmb_null_baseline")),
     )
 
 
@@ -304,6 +344,29 @@ def _output(config: pytest.Config, name: str) -> Path | None:
     return config.invocation_params.dir / given if given else None
 
 
+def check_writable(path: Path, option: str) -> None:
+    """Fail before any scoring, not after it, when an output file cannot be written."""
+    if path.is_dir():
+        raise pytest.UsageError(f"pytest-rmb: {option} {path}: is a directory; give a file path")
+    parent = next((p for p in (path.parent, *path.parent.parents) if p.exists()), None)
+    if parent is None or not parent.is_dir():
+        raise pytest.UsageError(f"pytest-rmb: {option} {path}: {parent} is not a directory")
+    target = path if path.exists() else parent
+    if not os.access(target, os.W_OK):
+        raise pytest.UsageError(f"pytest-rmb: {option} {path}: {target} is not writable")
+
+
+def _backend(config: pytest.Config, spec: str) -> tuple[Backend, dict]:
+    """The spec's backend and its validated settings: usage errors before anything loads."""
+    given = [*config.getini("rmb_model_args"), *(config.getoption("rmb_model_arg") or [])]
+    extra = [backend for found in config.hook.pytest_rmb_add_backends(config=config) for backend in found or ()]
+    try:
+        backend = backend_for(spec, installed_backends(extra))
+        return backend, backend.parse_args(model_args(given))
+    except BackendError as exc:
+        raise pytest.UsageError(f"pytest-rmb: {exc}") from None
+
+
 def _device_map(config: pytest.Config) -> str | None:
     device_map = config.getoption("rmb_device_map")
     if device_map and (getattr(config.option, "numprocesses", None) or hasattr(config, "workerinput")):
@@ -319,17 +382,20 @@ def _worker_index(config: pytest.Config) -> int | None:
     return int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else None
 
 
-def _cache_dir(config: pytest.Config) -> Path | None:
+def _cache_dir(config: pytest.Config, dataset: Path) -> Path | None:
     if config.getoption("rmb_no_cache"):
         return None
-    given = config.getoption("rmb_cache_dir")
+    given, source = config.getoption("rmb_cache_dir"), "--rmb-cache-dir"
     if given:
-        return config.invocation_params.dir / given
-    if config.getini("rmb_cache_dir"):
-        return _ini_dir(config) / config.getini("rmb_cache_dir")
+        return _outside_dataset(config.invocation_params.dir / given, dataset, f"{source} {given}")
+    given, source = config.getini("rmb_cache_dir"), "ini option rmb_cache_dir"
+    if given:
+        return _outside_dataset(_ini_dir(config) / given, dataset, f"{source} {given}")
     # The rootdir is the project only when pytest found an ini file there; otherwise it may be a
     # far ancestor (path options count when pytest picks it), so use where pytest was started.
-    return (config.rootpath if config.inipath else config.invocation_params.dir) / ".rmb_cache"
+    default = (config.rootpath if config.inipath else config.invocation_params.dir) / ".rmb_cache"
+    # Started inside the data folder: no folder of the user's to put it in, and never the data's.
+    return None if is_inside(default, dataset) else default
 
 
 def _gates(config: pytest.Config) -> tuple[Gate, ...]:
@@ -367,7 +433,11 @@ def _chat_template(config: pytest.Config) -> str | None:
 
 
 def _dataset(config: pytest.Config) -> tuple[Path, str]:
-    given = config.getoption("rmb_data")
+    return _find_dataset(config, config.getoption("rmb_data"))
+
+
+def _find_dataset(config: pytest.Config, given: str | None) -> tuple[Path, str]:
+    """The data folder for a ``--rmb-data`` value (None: env, then ini) and its label."""
     base, source = config.invocation_params.dir, "--rmb-data"
     if not given and os.environ.get(DATA_ENV):
         given, source = os.environ[DATA_ENV], f"${DATA_ENV}"
@@ -393,4 +463,63 @@ def _dataset(config: pytest.Config) -> tuple[Path, str]:
             f"pytest-rmb: {source} {given}: {path} has neither Pairwise_set/ nor BoN_set/; "
             "expected RMB's upstream layout (RMB_dataset/Pairwise_set/..., RMB_dataset/BoN_set/...)"
         )
+    # Some absent files are a partial copy (each is skipped and named); none at all is a mistake.
+    wanted = [scenario.file(kind) for scenario in registry() for kind in (PAIRWISE, BON)]
+    if not any(data_file(path, relative) for relative in wanted):
+        raise pytest.UsageError(
+            f"pytest-rmb: {source} {given}: no RMB data file in {path}; expected the JSON files of "
+            f"RMB's upstream layout there, e.g. {path / wanted[0]} or {path / wanted[-1]} "
+            f"({len(wanted)} files in all)"
+        )
     return path, str(path)
+
+
+PREFIX_SHARING_MODES = ("auto", "on", "off")
+
+
+def prefix_sharing_mode(text: str) -> str:
+    if text in PREFIX_SHARING_MODES:
+        return text
+    raise argparse.ArgumentTypeError(f"expected one of {', '.join(PREFIX_SHARING_MODES)}, got {text!r}")
+
+
+def sample_limit(config: pytest.Config) -> tuple[int, int] | None:
+    """(samples per scenario and kind, seed) of ``--rmb-limit``; None for a full run."""
+    limit = _setting(config, "rmb_limit", positive_int)
+    if limit is None:
+        return None
+    return limit, _setting(config, "rmb_seed", non_negative_int)
+
+
+def is_inside(path: Path, folder: Path) -> bool:
+    """True when ``path`` is ``folder`` or lies below it, symbolic links resolved."""
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+def _outside_dataset(path: Path, dataset: Path, source: str) -> Path:
+    if is_inside(path, dataset):
+        raise pytest.UsageError(
+            f"pytest-rmb: {source}: {path} is inside the data folder {dataset}; pytest-rmb never "
+            "writes into the data folder, choose a cache folder outside it"
+        )
+    return path
+
+
+def cacheprovider_writes_into_dataset(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> bool:
+    """True when pytest's own cache (``.pytest_cache``) would be written into the RMB data folder.
+
+    That happens when pytest is started inside the data folder, or below it (with no ini file
+    pytest takes the common ancestor of the invocation dir and the path arguments, and counts the
+    value of ``--rmb-data`` as one). Called before the cache exists, on the known arguments only.
+    """
+    if not early_config.pluginmanager.has_plugin("cacheprovider"):
+        return False
+    namespace = parser.parse_known_args(args)
+    if not getattr(namespace, "rmb_model", None):
+        return False
+    try:
+        dataset, _ = _find_dataset(early_config, getattr(namespace, "rmb_data", None))
+    except pytest.UsageError:
+        return False  # reported by pytest_configure
+    cache_dir = Path(os.path.expandvars(os.path.expanduser(early_config.getini("cache_dir"))))
+    return is_inside(early_config.rootpath / cache_dir, dataset)

@@ -1,4 +1,5 @@
-"""pytest hooks of pytest-rmb. Hooks and options only: the work is done in the modules they call."""
+"""pytest hooks of pytest-rmb. Options, markers and node selection; with ``--rmb-model`` the run
+itself belongs to the :class:`~pytest_rmb.session.RMBSession` registered here."""
 
 from __future__ import annotations
 
@@ -7,33 +8,22 @@ import os
 
 import pytest
 
-from pytest_rmb.collection import (
-    ScenarioModule,
-    matches_node_prefix,
-    rmb_collectors,
-    selection_plan,
-    split_node_args,
-)
+from pytest_rmb.collection import select_by_node_prefixes, split_node_args
 from pytest_rmb.fixtures import rmb_engine, rmb_model  # noqa: F401 (registered as plugin fixtures)
-from pytest_rmb.options import add_options, resolve
-from pytest_rmb.gate import FAIL as GATE_FAIL
-from pytest_rmb.gate import evaluate as evaluate_gates
-from pytest_rmb.report import TableRenderer, write_json, write_jsonl, write_markdown
-from pytest_rmb.results import MISSING, RunResults, finish_call_report, miss_record, sorted_records, summary_document
-from pytest_rmb.scenarios import all_markers, join_spaced_words, registry
-from pytest_rmb.state import ENGINE, NODE_PREFIXES, PLAN, RESULTS, SETTINGS, SUMMARY
+from pytest_rmb.options import add_options, cacheprovider_writes_into_dataset, resolve
+from pytest_rmb.scenarios import all_markers, join_spaced_words
+from pytest_rmb.session import RMBSession
+from pytest_rmb.state import NODE_PREFIXES, SESSION, SETTINGS
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     add_options(parser)
 
 
-def _active(config: pytest.Config) -> bool:
-    return SETTINGS in config.stash
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from pytest_rmb import hooks
 
-
-def _is_worker(config: pytest.Config) -> bool:
-    return hasattr(config, "workerinput")
+    pluginmanager.add_hookspecs(hooks)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -43,10 +33,12 @@ def pytest_configure(config: pytest.Config) -> None:
     settings = resolve(config)
     if settings is None:
         return
+    session = RMBSession(config, settings)
     config.stash[SETTINGS] = settings
-    config.stash[RESULTS] = RunResults()
-    # Undoes the freeze in pytest_collection_finish; registered this early so that it runs after
-    # pytest's own end-of-session collections (cleanups run last-in, first-out).
+    config.stash[SESSION] = session
+    config.pluginmanager.register(session, "rmb-session")
+    # Undoes the freeze in RMBSession.pytest_collection_finish; registered this early so that it
+    # runs after pytest's own end-of-session collections (cleanups run last-in, first-out).
     config.add_cleanup(gc.unfreeze)
     if config.option.keyword:
         config.option.keyword = join_spaced_words(config.option.keyword)
@@ -66,137 +58,22 @@ def _xdist_dist_unchosen(config: pytest.Config) -> bool:
     return not any(str(arg).startswith(("--dist", "-d")) for arg in given)
 
 
-@pytest.hookimpl(optionalhook=True)
-def pytest_xdist_make_scheduler(config: pytest.Config, log):
-    if _active(config) and config.getvalue("dist") == "loadgroup":
-        from pytest_rmb.scheduling import RMBGroupScheduling
-
-        return RMBGroupScheduling(config, log)
-    return None
-
-
-def pytest_report_header(config: pytest.Config) -> list[str] | None:
-    if not _active(config):
-        return None
-    settings = config.stash[SETTINGS]
-    lines = [f"rmb: model {settings.scorer.model}, data {settings.dataset_label}, {len(registry())} scenarios"]
-    if getattr(config.option, "dist", "no") == "loadgroup":
-        lines.append("rmb: each scenario runs on one xdist worker (--dist loadgroup)")
-    return lines
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_make_collect_report(collector: pytest.Collector):
-    report = yield
-    config = collector.config
-    if isinstance(collector, pytest.Session) and _active(config) and report.passed:
-        report.result.extend(rmb_collectors(collector, registry(), config.stash[SETTINGS].dataset))
-    return report
-
-
-@pytest.hookimpl(trylast=True)
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # First, so that a node id that selects nothing is told from one whose items -k/-m deselect.
     prefixes = config.stash.get(NODE_PREFIXES, ())
     if not prefixes:
         return
-    kept, dropped = [], []
-    for item in items:
-        rmb_item = isinstance(item.parent, ScenarioModule)
-        (kept if not rmb_item or matches_node_prefix(item, prefixes) else dropped).append(item)
+    kept, dropped = select_by_node_prefixes(items, prefixes)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
 
 
-def pytest_collection_finish(session: pytest.Session) -> None:
-    if not _active(session.config):
-        return
-    plan, missing = selection_plan(session.items)
-    session.config.stash[PLAN] = plan
-    # Items and samples live until the session ends: keep the cyclic GC from walking them again
-    # on every full collection (about 5% of a length-baseline run over the whole benchmark).
-    gc.freeze()
-    for item, missing_data in missing:
-        item.user_properties.append(
-            (MISSING, {"scenario": missing_data.scenario, "kind": missing_data.kind, "file": missing_data.file})
-        )
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    report = yield
-    if call.when == "call" and _active(item.config):
-        finish_call_report(item, report, item.config.stash.get(ENGINE, None))
-    return report
-
-
-def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config):
-    # A miss is a failed item (pass rate = accuracy) but not a broken test: its own category keeps
-    # thousands of them out of pytest's failure listings (see the "RMB misses" section instead).
-    if _active(config) and miss_record(report) is not None:
-        return "missed", "m", "MISSED"
-    return None
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_sessionstart(session: pytest.Session) -> None:
-    config = session.config
-    if _active(config) and not _is_worker(config):
-        config.pluginmanager.register(_ResultListener(config.stash[RESULTS]), "rmb-results")
-
-
-class _ResultListener:
-    """Registered only on the process that aggregates, so idle runs and workers pay nothing."""
-
-    def __init__(self, results: RunResults):
-        self.pytest_runtest_logreport = results.add
-
-
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    config = session.config
-    if not _active(config) or _is_worker(config):
-        return
-    settings = config.stash[SETTINGS]
-    results = config.stash[RESULTS]
-    partial = exitstatus == pytest.ExitCode.INTERRUPTED
-    records = sorted_records(results)
-    summary = summary_document(results, records, settings, {s.id: s for s in registry()}, partial)
-    gates, baseline = evaluate_gates(summary, settings, {s.id: s.goal for s in registry()})
-    summary["gates"] = [gate.as_dict() for gate in gates]
-    summary["baseline"] = baseline
-    config.stash[SUMMARY] = summary
-    if settings.json_path:
-        write_json(settings.json_path, summary)
-    if settings.jsonl_path:
-        write_jsonl(settings.jsonl_path, records)
-    if settings.markdown_path:
-        write_markdown(settings.markdown_path, summary)
-    # Misses are the measurement, not a malfunction: they alone never fail the run. Gates do.
-    only_misses = exitstatus == pytest.ExitCode.TESTS_FAILED and results.other_failures == 0
-    if exitstatus == pytest.ExitCode.OK or only_misses:
-        failed = any(gate.status == GATE_FAIL for gate in gates)
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED if failed else pytest.ExitCode.OK
-
-
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_terminal_summary(terminalreporter, config: pytest.Config):
-    # The outermost wrapper prints after pytest's own failure listings and short summary, so the
-    # RMB tables and then the gates table are the last things before the final stats line.
-    yield
-    summary = config.stash.get(SUMMARY, None)
-    if summary is None or config.option.collectonly:
-        return
-    settings = config.stash[SETTINGS]
-    renderer = TableRenderer(terminalreporter, config.get_terminal_writer().fullwidth)
-    renderer.render(
-        summary,
-        show_scenarios=settings.show_scenarios,
-        misses=config.stash[RESULTS].misses,
-        misses_shown=settings.show_misses,
-    )
-    for label, path in (("summary", settings.json_path), ("per-sample results", settings.jsonl_path),
-                        ("Markdown report", settings.markdown_path)):
-        if path:
-            terminalreporter.write_line(f"rmb: {label} written to {path}")
-    if summary["gates"]:
-        renderer.render_gates(summary)
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
+    # pytest-rmb never writes into the data folder. pytest's cache would land there, and its
+    # place is fixed by now: run as with -p no:cacheprovider (--lf, --nf and --sw are then off).
+    if cacheprovider_writes_into_dataset(early_config, parser, args):
+        early_config.pluginmanager.set_blocked("stepwise")
+        early_config.pluginmanager.set_blocked("cacheprovider")

@@ -1,8 +1,12 @@
-"""Rendering only: rich tables on the terminal, JSON and JSONL files. No computation here."""
+"""Rendering of a run: rich tables on the terminal, JSON, JSONL and Markdown files. No computation here.
+
+Tables fit the terminal by wrapping names; a number is never wrapped or cut: a table whose numbers
+cannot fit is drawn wider than the terminal instead (``fit_width``). The compare command's rendering
+lives beside it in compare.py.
+"""
 
 from __future__ import annotations
 
-import html
 import io
 import json
 from collections.abc import Iterable
@@ -10,8 +14,11 @@ from pathlib import Path
 
 import jsonlines
 from rich import box
+from rich.cells import cell_len
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
 from pytest_rmb.metrics import KINDS, SECTIONS, section_key
 
@@ -34,37 +41,121 @@ def fmt_tally(tally: dict) -> str:
     return f"{tally['accuracy']:.4f} ({tally['correct']}/{tally['total']})"
 
 
-def headline_table(summary: dict) -> Table:
-    table = Table(title="RMB accuracy", title_justify="left", box=box.SIMPLE_HEAD)
-    for column in ("Section", "Accuracy", "95% CI", "Correct", "Macro"):
-        table.add_column(column, justify="left" if column == "Section" else "right", no_wrap=True)
-    for goal, kind in SECTIONS:
-        entry = summary["sections"][section_key(goal, kind)]
+NULL_HEADER = "Length"
+NULL_MARK = "!"
+NULL_CAPTION = (f"{NULL_HEADER}: the length baseline (longer answer wins) on the same samples; "
+                f"{NULL_MARK} where the model does not beat it")
+
+
+def fmt_null(null: float | None, beats: bool | None) -> str:
+    """The length baseline's accuracy, marked where the model does not beat it."""
+    if null is None:
+        return "-"
+    return f"{null:.4f} {NULL_MARK}" if beats is False else f"{null:.4f}  "
+
+
+def has_null(entries: Iterable[dict]) -> bool:
+    return any(entry.get("null_accuracy") is not None for entry in entries)
+
+
+NAME_MIN_WIDTH = 8
+
+
+def fit_width(console: Console, table: Table) -> Console:
+    """The console to print ``table`` on: this one, or a wider twin when the table cannot fit.
+
+    In our tables a no-wrap column (numbers, intervals) keeps its widest cell on one line; a
+    right-justified column that may wrap holds several numbers and breaks only at the spaces between
+    them (``0.8017 (8071/10067)``); the other columns are names, which fold as narrow as they must. When
+    even that does not fit, the table is drawn wider than the terminal rather than with numbers cut.
+    """
+    names = []
+    for column in table.columns:
+        if column.no_wrap or column.justify == "right":
+            cells = [Text.from_markup(c).plain for c in (column.header, *column.cells) if isinstance(c, str)]
+            pieces = cells if column.no_wrap else [word for cell in cells for word in cell.split()]
+            column.min_width = max([column.min_width or 0, *(cell_len(piece) for piece in pieces)])
+        elif column.max_width is None:
+            names.append(column)
+    # Measure with the names folded to a few characters: as narrow as the table can be drawn.
+    for column in names:
+        column.max_width = NAME_MIN_WIDTH
+    needed = Measurement.get(console, console.options.update_width(1 << 16), table).minimum
+    for column in names:
+        column.max_width = None
+    if needed <= console.width:
+        return console
+    return Console(file=console.file, width=needed, force_terminal=console.is_terminal,
+                   color_system=console.color_system, highlight=False)  # type: ignore[arg-type]
+
+
+def run_title(summary: dict) -> str:
+    title = f"RMB: {summary['model']} on {summary['dataset']}"
+    if summary.get("limit"):
+        title += f", limited to {summary['limit']} samples per scenario and kind (seed {summary['seed']})"
+    return title
+
+
+def missing_line(entry: dict) -> str:
+    """One line for a scenario and kind without data: absent, empty, or something else there."""
+    where = f"{entry['scenario']} {entry['kind']}: {entry['file']}"
+    problem = entry.get("problem", "")
+    if problem == "empty":
+        return f"empty data: {where} (the file holds no records)"
+    return f"missing data: {where}" + (f" ({problem})" if problem else "")
+
+
+def headline_table(summary: dict, *, null_baseline: bool = True) -> Table:
+    entries = [summary["sections"][section_key(goal, kind)] for goal, kind in SECTIONS]
+    show_null = null_baseline and has_null(entries)
+    table = Table(title="RMB accuracy", title_justify="left", box=box.SIMPLE_HEAD,
+                  caption=NULL_CAPTION if show_null else None, caption_justify="left")
+    # Section names may wrap on a narrow terminal; numbers never do.
+    table.add_column("Section", overflow="fold")
+    table.add_column("Accuracy", justify="right", no_wrap=True)
+    if show_null:
+        table.add_column(NULL_HEADER, justify="right", no_wrap=True)
+    for column in ("95% CI", "Correct", "Macro"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for (goal, kind), entry in zip(SECTIONS, entries):
+        null = [fmt_null(entry.get("null_accuracy"), entry.get("beats_null"))] if show_null else []
         table.add_row(
             f"{goal.capitalize()} {KIND_TITLES[kind]}",
             fmt_accuracy(entry["accuracy"]),
+            *null,
             fmt_interval(entry["ci95"]),
             f"{entry['correct']}/{entry['total']}",
             fmt_accuracy(entry["macro"]),
         )
     sections = summary["overall_sections"]
     label = "Overall" if sections == len(SECTIONS) else f"Overall ({sections}/{len(SECTIONS)} sections)"
+    null = [fmt_null(summary.get("overall_null"), summary.get("overall_beats_null"))] if show_null else []
     table.add_row(
-        label, fmt_accuracy(summary["overall"]), fmt_interval(summary["overall_ci95"]), "", "",
+        label, fmt_accuracy(summary["overall"]), *null, fmt_interval(summary["overall_ci95"]), "", "",
         style="bold",
     )
     return table
 
 
-def grouped_table(title: str, first_column: str, rows: dict, name_key: str) -> Table:
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+def grouped_table(title: str, first_column: str, rows: dict, name_key: str, *, null_baseline: bool = True) -> Table:
+    null_kinds = {kind for kind in KINDS if null_baseline and has_null(row[kind] for row in rows.values())}
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD,
+                  caption=NULL_CAPTION if null_kinds else None, caption_justify="left")
     table.add_column(first_column, overflow="fold")
-    table.add_column("Goal", no_wrap=True)
+    table.add_column("Goal", overflow="fold")
     for kind in KINDS:
-        table.add_column(KIND_TITLES[kind], justify="right", no_wrap=True)
+        # "0.8017 (8071/10067)" may break between the accuracy and the count, never inside either.
+        table.add_column(KIND_TITLES[kind], justify="right")
+        if kind in null_kinds:
+            table.add_column(NULL_HEADER, justify="right", no_wrap=True)
     for row_id, row in rows.items():
         label = row[name_key] if name_key else row_id
-        table.add_row(label, row["goal"], *(fmt_tally(row[kind]) for kind in KINDS))
+        cells = [label, row["goal"]]
+        for kind in KINDS:
+            cells.append(fmt_tally(row[kind]))
+            if kind in null_kinds:
+                cells.append(fmt_null(row[kind].get("null_accuracy"), row[kind].get("beats_null")))
+        table.add_row(*cells)
     return table
 
 
@@ -75,9 +166,9 @@ def gates_table(gates: list[dict]) -> Table:
     """Metric, value, bar or baseline, interval, result. For a baseline gate the interval is that
     of the paired difference; the details go on lines of their own below."""
     table = Table(box=box.SIMPLE_HEAD)
-    table.add_column("Metric", no_wrap=True)
+    table.add_column("Metric", overflow="fold")
     table.add_column("Value", no_wrap=True, justify="right")
-    table.add_column("Bar / baseline")  # the one column that may wrap on a narrow terminal
+    table.add_column("Bar / baseline", overflow="fold")
     table.add_column("95% CI", no_wrap=True)
     table.add_column("Result", no_wrap=True)
     for gate in gates:
@@ -105,18 +196,23 @@ class TableRenderer:
             highlight=False,
         )
         for renderable in renderables:
-            console.print(renderable)
+            if isinstance(renderable, Table):
+                fit_width(console, renderable).print(renderable)
+            else:
+                console.print(renderable)
         for line in buffer.getvalue().rstrip("\n").split("\n"):
             self._tr.write_line(line)
 
-    def render(self, summary: dict, *, show_scenarios: bool, misses: list, misses_shown: int) -> None:
-        self._tr.section(f"RMB: {summary['model']} on {summary['dataset']}", sep="=")
+    def render(self, summary: dict, *, show_scenarios: bool, misses: list, misses_shown: int,
+               null_baseline: bool = True) -> None:
+        self._tr.section(run_title(summary), sep="=")
         if summary.get("partial"):
             self._tr.write_line("PARTIAL RESULTS: the run was interrupted before every item ran.", red=True)
-        tables = [headline_table(summary)]
-        tables.append(grouped_table("Per task", "Task", summary["tasks"], "name"))
+        tables = [headline_table(summary, null_baseline=null_baseline)]
+        tables.append(grouped_table("Per task", "Task", summary["tasks"], "name", null_baseline=null_baseline))
         if show_scenarios:
-            tables.append(grouped_table("Per scenario", "Scenario", summary["scenarios"], ""))
+            tables.append(grouped_table("Per scenario", "Scenario", summary["scenarios"], "",
+                                        null_baseline=null_baseline))
         self._print(*tables)
         if not show_scenarios and summary["scenarios"]:
             self._tr.write_line("(per-scenario table: -v or --rmb-show-scenarios)")
@@ -128,11 +224,13 @@ class TableRenderer:
             + (f", {engine['truncated']} truncated" if engine.get("truncated") else "")
             + (f", {engine['oom_retries']} out-of-memory retries" if engine.get("oom_retries") else "")
         )
-        missing = summary["missing"]
+        # Something other than an absent file (an empty file, a directory) is always named.
+        for entry in summary["missing"]:
+            if entry.get("problem"):
+                self._tr.write_line(missing_line(entry), yellow=True)
+        missing = [entry for entry in summary["missing"] if not entry.get("problem")]
         for entry in missing[:MISSING_SHOWN]:
-            self._tr.write_line(
-                f"missing data: {entry['scenario']} {entry['kind']}: {entry['file']}", yellow=True
-            )
+            self._tr.write_line(missing_line(entry), yellow=True)
         if len(missing) > MISSING_SHOWN:
             self._tr.write_line(
                 f"missing data: ... and {len(missing) - MISSING_SHOWN} more (listed in --rmb-json under 'missing')",
@@ -183,19 +281,30 @@ def write_jsonl(path: Path, records: Iterable[dict]) -> None:
         writer.write_all(records)
 
 
-def markdown_document(summary: dict) -> str:
+def markdown_document(summary: dict, *, null_baseline: bool = True) -> str:
     """The tables and gates as GitHub-flavoured Markdown, for $GITHUB_STEP_SUMMARY or a PR comment."""
     lines = [f"## RMB: `{summary['model']}` on `{summary['dataset']}`", ""]
+    if summary.get("limit"):
+        lines += [f"Limited to {summary['limit']} samples per scenario and kind (seed {summary['seed']}).", ""]
     if summary.get("partial"):
         lines += ["**Partial results: the run was interrupted.**", ""]
-    lines += ["| Section | Accuracy | 95% CI | Correct | Macro |", "| --- | ---: | ---: | ---: | ---: |"]
-    for goal, kind in SECTIONS:
-        entry = summary["sections"][section_key(goal, kind)]
+    entries = [summary["sections"][section_key(goal, kind)] for goal, kind in SECTIONS]
+    show_null = null_baseline and has_null(entries)
+    null_head = f" {NULL_HEADER} |" if show_null else ""
+    lines += [f"| Section | Accuracy |{null_head} 95% CI | Correct | Macro |",
+              "| --- | ---: |" + (" ---: |" if show_null else "") + " ---: | ---: | ---: |"]
+    for (goal, kind), entry in zip(SECTIONS, entries):
+        null = f" {fmt_null(entry.get('null_accuracy'), entry.get('beats_null')).strip()} |" if show_null else ""
         lines.append(
-            f"| {goal.capitalize()} {KIND_TITLES[kind]} | {fmt_accuracy(entry['accuracy'])} | "
+            f"| {goal.capitalize()} {KIND_TITLES[kind]} | {fmt_accuracy(entry['accuracy'])} |{null} "
             f"{fmt_interval(entry['ci95'])} | {entry['correct']}/{entry['total']} | {fmt_accuracy(entry['macro'])} |"
         )
-    lines.append(f"| **Overall** | **{fmt_accuracy(summary['overall'])}** | {fmt_interval(summary['overall_ci95'])} | | |")
+    null = (f" {fmt_null(summary.get('overall_null'), summary.get('overall_beats_null')).strip()} |"
+            if show_null else "")
+    lines.append(f"| **Overall** | **{fmt_accuracy(summary['overall'])}** |{null} "
+                 f"{fmt_interval(summary['overall_ci95'])} | | |")
+    if show_null:
+        lines += ["", NULL_CAPTION + "."]
     if summary["gates"]:
         lines += ["", "### Gates", "", "| Metric | Value | Bar / baseline | 95% CI | Result | Detail |",
                   "| --- | ---: | --- | --- | --- | --- |"]
@@ -218,116 +327,6 @@ def markdown_document(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_markdown(path: Path, summary: dict) -> None:
+def write_markdown(path: Path, summary: dict, *, null_baseline: bool = True) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(markdown_document(summary), encoding="utf-8")
-
-
-SIGNIFICANCE = 0.05
-RUN_COLOURS = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#ff9da6", "#9d755d")
-
-
-def fmt_delta(delta: float | None, p_drop: float | None, p_gain: float | None) -> tuple[str, str]:
-    """(text, style) of a delta; a star marks a difference significant at 5% (paired bootstrap)."""
-    if delta is None:
-        return "", ""
-    if p_drop is not None and p_drop < SIGNIFICANCE:
-        return f"{delta:+.4f}*", "red"
-    if p_gain is not None and p_gain < SIGNIFICANCE:
-        return f"{delta:+.4f}*", "green"
-    return f"{delta:+.4f}", ""
-
-
-def print_comparison(names: list[str], rows: list[dict], *, show_scenarios: bool) -> None:
-    table = Table(title="RMB runs compared (deltas against the first; * significant at 5%, paired bootstrap)",
-                  title_justify="left", box=box.SIMPLE_HEAD)
-    table.add_column("Metric", no_wrap=True)
-    table.add_column(names[0], justify="right")
-    for name in names[1:]:
-        table.add_column(name, justify="right")
-        table.add_column("delta", justify="right")
-    previous_group = None
-    for row in rows:
-        if row["group"] == "scenario" and not show_scenarios:
-            continue
-        if previous_group is not None and row["group"] != previous_group:
-            table.add_section()
-        previous_group = row["group"]
-        cells = [row["metric"], fmt_accuracy(row["values"][0])]
-        for value, delta, p_drop, p_gain in zip(row["values"][1:], row["deltas"], row["p_drop"], row["p_gain"]):
-            text, style = fmt_delta(delta, p_drop, p_gain)
-            cells += [fmt_accuracy(value), f"[{style}]{text}[/]" if style else text]
-        table.add_row(*cells)
-    Console(highlight=False).print(table)
-
-
-def _bar_chart(title: str, names: list[str], rows: list[dict]) -> str:
-    """A horizontal bar chart as inline SVG: one group of bars per scenario, one bar per run."""
-    bar, gap, label_width, plot_width = 7, 6, 330, 520
-    group = bar * len(names) + gap
-    height = 30 + group * len(rows) + 20
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_width + plot_width + 70}" height="{height}" '
-             f'role="img" aria-label="{html.escape(title)}">',
-             f'<text x="0" y="16" font-weight="bold">{html.escape(title)}</text>']
-    for tick in (0, 0.25, 0.5, 0.75, 1.0):
-        x = label_width + tick * plot_width
-        parts.append(f'<line x1="{x}" y1="24" x2="{x}" y2="{height - 18}" stroke="#ddd"/>'
-                     f'<text x="{x}" y="{height - 4}" font-size="10" text-anchor="middle">{tick:g}</text>')
-    for i, row in enumerate(rows):
-        top = 30 + i * group
-        label = row["metric"].removeprefix("scenario:").rsplit(".", 1)[0]
-        parts.append(f'<text x="{label_width - 6}" y="{top + bar * len(names) / 2 + 4}" font-size="11" '
-                     f'text-anchor="end">{html.escape(label)}</text>')
-        for j, value in enumerate(row["values"]):
-            if value is None:
-                continue
-            width = value * plot_width
-            parts.append(f'<rect x="{label_width}" y="{top + j * bar}" width="{width:.1f}" height="{bar - 1}" '
-                         f'fill="{RUN_COLOURS[j % len(RUN_COLOURS)]}"><title>{html.escape(names[j])}: '
-                         f'{value:.4f}</title></rect>')
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def comparison_html(names: list[str], rows: list[dict]) -> str:
-    """One self-contained page: the comparison table and per-scenario charts, no external assets."""
-    head = "".join(f"<th>{html.escape(n)}</th>" + ("<th>delta</th>" if i else "") for i, n in enumerate(names))
-    body = []
-    for row in rows:
-        if row["group"] == "scenario":
-            continue
-        cells = [f"<td><code>{html.escape(row['metric'])}</code></td>", f"<td>{fmt_accuracy(row['values'][0])}</td>"]
-        for value, delta, p_drop, p_gain in zip(row["values"][1:], row["deltas"], row["p_drop"], row["p_gain"]):
-            text, style = fmt_delta(delta, p_drop, p_gain)
-            cells.append(f"<td>{fmt_accuracy(value)}</td><td class='{style}'>{text}</td>")
-        body.append(f"<tr class='{row['group']}'>{''.join(cells)}</tr>")
-    legend = " ".join(
-        f'<span class="key" style="background:{RUN_COLOURS[i % len(RUN_COLOURS)]}"></span>{html.escape(n)}'
-        for i, n in enumerate(names)
-    )
-    charts = [
-        _bar_chart(f"Per scenario, {KIND_TITLES[kind]}", names,
-                   [r for r in rows if r["group"] == "scenario" and r["metric"].endswith(f".{kind}")])
-        for kind in KINDS
-    ]
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>RMB comparison</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; margin-bottom: 2em; }}
-td, th {{ padding: 3px 10px; border-bottom: 1px solid #eee; text-align: right; }}
-td:first-child, th:first-child {{ text-align: left; }}
-tr.overall td {{ font-weight: bold; }}
-.red {{ color: #c0392b; font-weight: bold; }} .green {{ color: #1e8449; font-weight: bold; }}
-.key {{ display: inline-block; width: 12px; height: 12px; margin: 0 4px 0 12px; vertical-align: middle; }}
-</style></head><body>
-<h1>RMB runs compared</h1>
-<p>Deltas are against the first run; <b>*</b> marks a difference significant at 5% by a paired bootstrap
-over the samples both runs share.</p>
-<table><tr><th>Metric</th>{head}</tr>
-{"".join(body)}
-</table>
-<p>{legend}</p>
-{"".join(charts)}
-</body></html>
-"""
+    path.write_text(markdown_document(summary, null_baseline=null_baseline), encoding="utf-8")

@@ -12,61 +12,45 @@ from dataclasses import dataclass, field
 import pytest
 
 from pytest_rmb import __version__
-from pytest_rmb.collection import display_nodeid, scenario_and_kind
-from pytest_rmb.data import PAIRWISE, Sample, uid_sort_key
+from pytest_rmb.collection import display_nodeid, item_identity
+from pytest_rmb.data import uid_sort_key
 from pytest_rmb.engine import EngineStats
-from pytest_rmb.metrics import is_correct, margin, outcome_key, summarize
+from pytest_rmb.metrics import margin, outcome_key, summarize
+from pytest_rmb.outcomes import Outcome
 
-OUTCOME_KEY = pytest.StashKey[dict]()
+OUTCOME_KEY = pytest.StashKey[Outcome]()
 
 RESULT = "rmb"
 ENGINE = "rmb_engine"
 MISSING = "rmb_missing"
-
-
-def item_record(sample: Sample, scores: tuple[float, ...]) -> dict:
-    """The JSONL record of one item: scores best/chosen first, then the others in upstream order."""
-    return {
-        "scenario": sample.scenario,
-        "kind": sample.kind,
-        "uid": sample.uid,
-        "scores": list(scores),
-        "correct": is_correct(scores),
-    }
-
-
-def describe_miss(record: dict) -> str:
-    """One line: the scores and the margin."""
-    scores = record["scores"]
-    if record["kind"] == PAIRWISE:
-        return f"chosen {scores[0]:.6g} <= rejected {scores[1]:.6g} (margin {margin(scores):.6g})"
-    rivals = scores[1:]
-    strongest = max(range(len(rivals)), key=rivals.__getitem__)
-    return (
-        f"best {scores[0]:.6g} <= loser {strongest + 1} of {len(rivals)} {rivals[strongest]:.6g} "
-        f"(margin {margin(scores):.6g})"
-    )
+# Every RMB item's report says which scenario and kind it belongs to, so that the controller
+# never has to read that out of a node id.
+ITEM = "rmb_item"
 
 
 def finish_call_report(item: pytest.Item, report: pytest.TestReport, engine) -> None:
     """Attach the item's record and any new engine stats; turn a miss into a compact failure."""
-    record = item.stash.get(OUTCOME_KEY, None)
+    outcome = item.stash.get(OUTCOME_KEY, None)
+    if report.failed and (identity := item_identity(item)) is not None:
+        report.user_properties.append((ITEM, identity))
     if engine is not None:
         delta = engine.take_unreported()
         if delta:
             report.user_properties.append((ENGINE, delta))
-    if record is None:
+    if outcome is None:
         return
+    record = outcome.record
     report.user_properties.append((RESULT, record))
     if item.config.getoption("xmlpath", None):
         # JUnit XML takes properties from the item (its teardown report), one testcase per sample.
-        item.user_properties.extend(
-            [("rmb.scores", json.dumps(record["scores"])), ("rmb.correct", str(record["correct"]).lower()),
-             ("rmb.margin", f"{margin(record['scores']):.6g}")]
-        )
-    if not record["correct"] and report.passed:
+        properties = [("rmb.correct", str(record["correct"]).lower())]
+        if "scores" in record:
+            properties += [("rmb.scores", json.dumps(record["scores"])),
+                           ("rmb.margin", f"{margin(record['scores']):.6g}")]
+        item.user_properties.extend(properties)
+    if not outcome.correct and report.passed:
         report.outcome = "failed"
-        report.longrepr = describe_miss(record)
+        report.longrepr = outcome.miss
 
 
 def miss_record(report: pytest.TestReport) -> dict | None:
@@ -91,8 +75,11 @@ class RunResults:
     other_failures: int = 0
 
     def add(self, report: pytest.TestReport) -> None:
+        identity = None
         for name, value in report.user_properties:
-            if name == RESULT:
+            if name == ITEM:
+                identity = value
+            elif name == RESULT:
                 self.records.append(value)
             elif name == ENGINE:
                 self.engine.add(value)
@@ -104,8 +91,8 @@ class RunResults:
             self.misses.append((display_nodeid(report.nodeid), str(report.longrepr)))
             return
         self.other_failures += 1
-        key = scenario_and_kind(report.nodeid)
-        if key is not None:
+        if identity is not None:
+            key = (identity["scenario"], identity["kind"])
             entry = self.errors.setdefault(
                 key, {"scenario": key[0], "kind": key[1], "items": 0, "message": _first_lines(report)}
             )
@@ -125,6 +112,9 @@ def summary_document(results: RunResults, records: list[dict], settings, scenari
     return {
         "model": settings.scorer.model,
         "dataset": settings.dataset_label,
+        # A --rmb-limit run scores a seeded subset: its numbers are not the benchmark's.
+        "limit": settings.limit,
+        "seed": settings.scorer.seed,
         **metrics,
         "engine": results.engine.as_dict(),
         "missing": [results.missing[key] for key in sorted(results.missing)],

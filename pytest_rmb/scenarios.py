@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
 
+from pytest_rmb.data import path_escape
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
@@ -96,6 +98,11 @@ def parse_scenarios(text: str, source: str) -> list[Scenario]:
             raise RegistryError(f"{where}: field 'goal' must be one of {', '.join(GOALS)}")
         if not re.fullmatch(r"[a-z0-9_]+/[a-z0-9_]+", table["id"]):
             raise RegistryError(f"{where}: field 'id' must look like 'task/name' in snake_case")
+        for field in ("pairwise", "bon"):
+            # A data path is joined to the user's data folder: it must not lead out of it.
+            escape = path_escape(table[field])
+            if escape:
+                raise RegistryError(f"{where} ({table['id']}): field '{field}' {table[field]!r} {escape}")
         parsed.append(Scenario(**{field: table[field] for field in FIELDS}))
     return parsed
 

@@ -2,7 +2,8 @@ import subprocess
 import sys
 
 from pytest_rmb.data import Message
-from pytest_rmb.scorers import ScoreRequest, ScorerSettings, as_chat, load_scorer
+from pytest_rmb.backends import ModelSettings, load_spec
+from pytest_rmb.models import ScoreRequest, as_chat
 
 CONV = (Message("user", "hello"),)
 
@@ -12,12 +13,12 @@ def requests(*texts, conversation=CONV):
 
 
 def test_length_is_characters_not_bytes():
-    scorer = load_scorer(ScorerSettings("length"))
+    scorer = load_spec(ModelSettings("length"))
     assert scorer.score(requests("", "abc", "héllo", "日本語")) == [0.0, 3.0, 5.0, 3.0]
 
 
 def test_random_is_uniform_in_unit_interval_and_independent_of_order_and_batch():
-    scorer = load_scorer(ScorerSettings("random", seed=0))
+    scorer = load_spec(ModelSettings("random", seed=0))
     texts = [f"answer {i}" for i in range(2000)]
     together = scorer.score(requests(*texts))
     alone = [scorer.score(requests(t))[0] for t in reversed(texts)][::-1]
@@ -28,21 +29,22 @@ def test_random_is_uniform_in_unit_interval_and_independent_of_order_and_batch()
 
 
 def test_random_depends_on_seed_and_on_the_conversation():
-    zero = load_scorer(ScorerSettings("random", seed=0)).score(requests("a", "b"))
-    one = load_scorer(ScorerSettings("random", seed=1)).score(requests("a", "b"))
+    zero = load_spec(ModelSettings("random", seed=0)).score(requests("a", "b"))
+    one = load_spec(ModelSettings("random", seed=1)).score(requests("a", "b"))
     assert zero != one
-    other_prompt = load_scorer(ScorerSettings("random", seed=0)).score(
+    other_prompt = load_spec(ModelSettings("random", seed=0)).score(
         requests("a", "b", conversation=(Message("user", "bye"),))
     )
     assert other_prompt != zero
 
 
 def test_random_is_the_same_in_another_process():
-    here = load_scorer(ScorerSettings("random", seed=5)).score(requests("same text"))[0]
+    here = load_spec(ModelSettings("random", seed=5)).score(requests("same text"))[0]
     code = (
         "from pytest_rmb.data import Message;"
-        "from pytest_rmb.scorers import ScoreRequest, ScorerSettings, load_scorer;"
-        "print(repr(load_scorer(ScorerSettings('random', seed=5))"
+        "from pytest_rmb.backends import ModelSettings, load_spec;"
+        "from pytest_rmb.models import ScoreRequest;"
+        "print(repr(load_spec(ModelSettings('random', seed=5))"
         ".score([ScoreRequest((Message('user', 'hello'),), 'same text')])[0]))"
     )
     there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -240,7 +240,8 @@ def test_compare_command_prints_deltas_with_significance_and_writes_html(pyteste
     done = subprocess.run(
         [sys.executable, "-m", "pytest_rmb", "compare", "length.json", "random.json", "random3.json",
          "--html", "out/compare.html", "--scenarios"],
-        cwd=pytester.path, capture_output=True, text=True, env={**__import__("os").environ, "COLUMNS": "160"},
+        cwd=pytester.path, capture_output=True, text=True, check=False,
+        env={**__import__("os").environ, "COLUMNS": "160"},
     )
     assert done.returncode == 0, done.stderr
     length, random = (json.loads((pytester.path / n).read_text()) for n in ("length.json", "random.json"))
@@ -260,7 +261,53 @@ def test_compare_needs_two_summaries():
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "pytest_rmb", "compare", "one.json"], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "pytest_rmb", "compare", "one.json"], capture_output=True, text=True, check=False)
     assert done.returncode == 2 and "at least two summaries" in done.stderr
-    done = subprocess.run([sys.executable, "-m", "pytest_rmb"], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "pytest_rmb"], capture_output=True, text=True, check=False)
     assert done.returncode == 2 and "usage: python -m pytest_rmb compare" in done.stderr
+
+
+def test_a_baseline_sharing_no_samples_fails_and_says_nothing_was_compared(pytester):
+    assert run(pytester, "--rmb-model", "length", "-m", "chat", "--rmb-json", "chat.json").ret == 0
+    args = ("--rmb-model", "length", "-m", "harmlessness", "--rmb-baseline", "chat.json", "--rmb-json", "new.json")
+    result = run(pytester, *args)
+    assert result.ret == 1
+    result.stdout.fnmatch_lines([
+        "*overall*baseline -*FAIL*",
+        "*overall: no samples shared with the baseline*nothing was compared*--rmb-gate-allow-empty*",
+        "baseline: no samples shared with the baseline: nothing was compared*",
+    ])
+    summary = json.loads((pytester.path / "new.json").read_text())
+    chat = json.loads((pytester.path / "chat.json").read_text())
+    statuses = {g["metric"]: g["status"] for g in summary["gates"]}
+    assert statuses["overall"] == "FAIL"
+    assert summary["baseline"]["only_in_baseline"] == len(chat["outcomes"])
+    assert summary["baseline"]["only_in_this_run"] == len(summary["outcomes"])
+    result = run(pytester, *args, "--rmb-gate-allow-empty")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["*overall*NOT EVALUATED*", "rmb: all gates passed"])
+
+
+def test_a_baseline_from_a_failed_run_is_a_usage_error_naming_file_and_reason(pytester):
+    (pytester.path / "failed.json").write_text(json.dumps({"status": "error", "reason": "CUDA error: no device"}))
+    result = run(pytester, "--rmb-model", "length", "--rmb-baseline", "failed.json")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--rmb-baseline *failed.json: that run failed*: CUDA error: no device*"])
+
+
+@pytest.mark.parametrize(("bar", "hint"), [("70", "overall>=0.70"), ("7", "overall>=0.07")])
+def test_a_percentage_threshold_is_a_usage_error_suggesting_the_fraction(pytester, bar, hint):
+    result = run(pytester, "--rmb-model", "length", "--rmb-gate", f"overall>={bar}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*argument --rmb-gate: *fractions between 0 and 1*write '{hint}'*"])
+
+
+def test_thresholds_exactly_at_the_accuracy(pytester):
+    value = sample_accuracy("helpfulness.pairwise")
+    gates = [f"helpfulness.pairwise{op}{value!r}" for op in (">=", ">", "<=", "<")]
+    result = run(pytester, "--rmb-model", "length", *(a for g in gates for a in ("--rmb-gate", g)), "--rmb-json", "s.json")
+    assert result.ret == 1
+    rows = json.loads((pytester.path / "s.json").read_text())["gates"]
+    assert [(r["reference"].split()[0], r["value"], r["status"]) for r in rows] == [
+        (">=", value, "PASS"), (">", value, "FAIL"), ("<=", value, "PASS"), ("<", value, "FAIL")]
+    result.stdout.fnmatch_lines(["rmb: 2 gate(s) failed: helpfulness.pairwise, helpfulness.pairwise"])

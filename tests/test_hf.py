@@ -11,8 +11,9 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from pytest_rmb.data import Message
-from pytest_rmb.scorers import ScoreRequest, ScorerLoadError, ScorerSettings, load_scorer
-from pytest_rmb.scorers.hf import RMBWarning, plain_render
+from pytest_rmb.backends import ModelLoadError, ModelSettings, load_spec
+from pytest_rmb.models import ScoreRequest
+from pytest_rmb.backends.hf import RMBWarning, plain_render
 from tests.helpers import SHARED_DATA, all_files
 from tests.tiny_models import save_decoder, save_encoder
 
@@ -45,7 +46,7 @@ def models(tmp_path_factory):
 
 def load(path, **settings):
     settings.setdefault("device", "cpu")
-    return load_scorer(ScorerSettings(str(path), **settings))
+    return load_spec(ModelSettings(str(path), **settings))
 
 
 def reference_scores(path, requests, *, template=True, index=0, max_length=None):
@@ -135,22 +136,22 @@ def test_long_texts_keep_their_end_and_are_counted(models):
 def test_default_max_length_is_the_model_limit_capped_at_4096(models):
     assert load(models["decoder-right"]).max_length == 256
     assert load(models["encoder-right"]).max_length == 128
-    with pytest.raises(ScorerLoadError, match="accepts at most 128 tokens"):
+    with pytest.raises(ModelLoadError, match="accepts at most 128 tokens"):
         load(models["encoder-right"], max_length=1000)
 
 
 def test_several_labels_need_a_reward_index(models):
-    with pytest.raises(ScorerLoadError, match=r"has 2 output labels .*--rmb-reward-index"):
+    with pytest.raises(ModelLoadError, match=r"has 2 output labels .*--rmb-reward-index"):
         load(models["decoder-2labels"])
     scorer = load(models["decoder-2labels"], reward_index=1)
     expected = reference_scores(models["decoder-2labels"], REQUESTS, index=1)
     assert scorer.score(REQUESTS) == pytest.approx(expected, abs=1e-5)
-    with pytest.raises(ScorerLoadError, match="--rmb-reward-index 2: the model has 2 output labels"):
+    with pytest.raises(ModelLoadError, match="--rmb-reward-index 2: the model has 2 output labels"):
         load(models["decoder-2labels"], reward_index=2)
 
 
 def test_a_base_model_without_reward_head_is_refused(models):
-    with pytest.raises(ScorerLoadError, match=r"no trained reward head \(missing classifier"):
+    with pytest.raises(ModelLoadError, match=r"no trained reward head \(missing classifier"):
         load(models["encoder-base"])
 
 
@@ -160,7 +161,7 @@ def test_dtype_and_device_resolution_on_cpu(models):
     assert scorer.batch_tokens == 4096  # the CPU budget; 16384 on a GPU
     assert load(models["encoder-right"], dtype="bfloat16").model.dtype == torch.bfloat16
     if not torch.cuda.is_available():
-        with pytest.raises(ScorerLoadError, match="CUDA is not available"):
+        with pytest.raises(ModelLoadError, match="CUDA is not available"):
             load(models["encoder-right"], device="cuda:0")
 
 

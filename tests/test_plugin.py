@@ -252,18 +252,18 @@ def test_bad_data_is_reported_with_file_record_field_and_the_rest_still_runs(pyt
     result = run(pytester, "--rmb-model", "length", "--rmb-data", "data", "--rmb-json", "s.json")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines([
-        "*/data/Pairwise_set/Helpfulness/Chat/Discussion.json: record 1: "
+        "*/data/Pairwise_set/Helpfulness/Chat/Discussion.json: record 1 (pair_uid '9'): "
         "field 'chosen.answer': expected a string, got null",
         "*/data/BoN_set/Helpfulness/Chat/Discussion.json: invalid JSON at line 1 column 3*",
-        "FAILED rmb/chat/discussion::test_pairwise[[]data-error] - *",
+        "FAILED rmb/chat/discussion::test_pairwise[[]data-error-9] - *",
         "FAILED rmb/chat/discussion::test_bon[[]data-error] - *",
     ])
     assert "Traceback" not in result.stdout.str()
     summary = json.loads((pytester.path / "s.json").read_text())
     assert [(e["scenario"], e["kind"]) for e in summary["errors"]] == [("chat/discussion", "bon"), ("chat/discussion", "pairwise")]
-    assert "record 1: field 'chosen.answer'" in summary["errors"][1]["message"]
-    # Nothing else was lost.
-    assert summary["sections"]["helpfulness.pairwise"]["total"] == 2
+    assert "record 1 (pair_uid '9'): field 'chosen.answer'" in summary["errors"][1]["message"]
+    # Nothing else was lost, not even the good record beside the bad one.
+    assert summary["sections"]["helpfulness.pairwise"]["total"] == 3
     assert summary["sections"]["harmlessness.pairwise"]["total"] == 1
 
 

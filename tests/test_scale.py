@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from pytest_rmb.cache import ScoreCache
-from pytest_rmb.scorers.hf import resolve_device
+from pytest_rmb.backends.hf import resolve_device
 from tests.helpers import SAMPLE_DATA, all_files
 from tests.tiny_models import save_decoder
 

@@ -102,3 +102,55 @@ def save_encoder(path: Path, *, padding_side: str = "right", template: bool = Tr
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+# Like zephyr's: no BOS in the template (the tokenizer adds it), every turn closed by EOS, and a
+# generation prompt that opens the assistant's turn.
+CAUSAL_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{{ eos_token }}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def save_causal_lm(path: Path, *, seed: int = 0, padding_side: str = "right", template: str | None = CAUSAL_TEMPLATE,
+                   max_length: int = 1024, extra_tokens: tuple[str, ...] = (), lowercase: bool = False) -> Path:
+    """A tiny Llama causal LM; the same tokenizer for every seed unless ``extra_tokens`` (another
+    vocabulary) or ``lowercase`` (the same vocabulary, other ids for mixed-case text) say otherwise."""
+    from tokenizers import normalizers
+    from transformers import LlamaForCausalLM
+
+    tokenizer = decoder_tokenizer(padding_side=padding_side, template=False)
+    tokenizer.model_max_length = max_length
+    if template is not None:
+        tokenizer.chat_template = template
+    if extra_tokens:
+        tokenizer.add_tokens(list(extra_tokens))
+    if lowercase:
+        tokenizer.backend_tokenizer.normalizer = normalizers.Lowercase()
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_length,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config)
+    # Random init leaves logits near uniform; larger output weights give rewards with real spread.
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20.0)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def save_long_decoder(path: Path, *, max_length: int = 4096, **options) -> Path:
+    """save_decoder's model with room for whole RMB texts: the same weights (rotary positions have
+    no learned table), with the position and tokenizer limits raised to ``max_length``."""
+    import json
+
+    save_decoder(path, **options)
+    for name, key in (("config.json", "max_position_embeddings"), ("tokenizer_config.json", "model_max_length")):
+        settings = json.loads((path / name).read_text(encoding="utf-8"))
+        settings[key] = max_length
+        (path / name).write_text(json.dumps(settings), encoding="utf-8")
+    return path

@@ -1,0 +1,315 @@
+"""The backend registry: how ``--rmb-model SPEC`` turns into a model.
+
+A spec is ``scheme:rest``. A bare name is a built-in baseline (``length``, ``random``) when it is
+one, else a Hugging Face model id or local checkpoint (``hf:`` says so explicitly). Schemes come
+from three places, in this order: pytest-rmb's own, the ``pytest_rmb.backends`` entry-point group
+(so an installed package adds a backend with an entry point alone), and the
+``pytest_rmb_add_backends`` hook (so a ``conftest.py`` can). Each backend declares the
+``--rmb-model-arg KEY=VALUE`` settings it accepts; they are validated before anything loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import importlib
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from pytest_rmb.models import PairwiseModel, PointwiseModel
+
+ENTRY_POINT_GROUP = "pytest_rmb.backends"
+# pytest-rmb's own backends, imported only when used (the HF one imports torch).
+BUILTIN = {
+    "baseline": "pytest_rmb.backends.baselines:BACKEND",
+    "dpo": "pytest_rmb.backends.dpo:BACKEND",
+    "hf": "pytest_rmb.backends.hf:BACKEND",
+    "hf-judge": "pytest_rmb.backends.hf_judge:BACKEND",
+    "openai": "pytest_rmb.backends.openai:BACKEND",
+    "python": "pytest_rmb.backends.python:BACKEND",
+    "sglang": "pytest_rmb.backends.served:SGLANG_BACKEND",
+    "vllm": "pytest_rmb.backends.served:VLLM_BACKEND",
+}
+# Bare names that are not Hugging Face ids: the baselines.
+BASELINE_NAMES = ("length", "random")
+
+
+class ModelLoadError(Exception):
+    """``--rmb-model`` names something that cannot be turned into a model."""
+
+
+class BackendError(ValueError):
+    """A spec or a ``--rmb-model-arg`` that no backend accepts; the message says what would be."""
+
+
+@dataclass(frozen=True)
+class ModelArg:
+    """One ``--rmb-model-arg KEY=VALUE`` setting a backend accepts."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: Any = None
+    help: str = ""
+
+    @property
+    def type_name(self) -> str:
+        return getattr(self.parse, "type_name", getattr(self.parse, "__name__", "value"))
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Everything a backend may need from the command line, in one immutable bundle."""
+
+    model: str
+    seed: int = 0
+    revision: str | None = None
+    trust_remote_code: bool = False
+    device: str = "auto"
+    dtype: str = "auto"
+    max_length: int | None = None
+    attn_implementation: str | None = None
+    chat_template: str | None = None
+    reward_index: int | None = None
+    device_map: str | None = None
+    # The pytest-xdist worker number (gw3 -> 3), None in a single process: picks the GPU.
+    worker_index: int | None = None
+    # The validated --rmb-model-arg settings, defaults filled in.
+    args: Mapping[str, Any] = field(default_factory=dict)
+    # --rmb-prefix-sharing: auto|on|off (decoder models score each conversation prefix once).
+    prefix_sharing: str = "auto"
+
+    @property
+    def target(self) -> str:
+        """The spec without its scheme: what the backend loads."""
+        return split_spec(self.model)[1]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A scheme and how to load a model for it.
+
+    ``load(settings)`` returns a :class:`PointwiseModel` or :class:`PairwiseModel`.
+    ``accepts_any_args`` lets a backend take keys it cannot know in advance (``python:`` hands
+    them to the user's factory).
+    """
+
+    scheme: str
+    load: Callable[[ModelSettings], PointwiseModel | PairwiseModel]
+    args: tuple[ModelArg, ...] = ()
+    summary: str = ""
+    accepts_any_args: bool = False
+    source: str = "pytest-rmb"
+
+    def parse_args(self, given: Sequence[tuple[str, str]]) -> dict[str, Any]:
+        """Validate ``KEY=VALUE`` pairs against the declared args; defaults fill the rest."""
+        declared = {arg.name: arg for arg in self.args}
+        values: dict[str, Any] = {arg.name: arg.default for arg in self.args}
+        for key, text in given:
+            arg = declared.get(key)
+            if arg is None:
+                if self.accepts_any_args:
+                    values[key] = text
+                    continue
+                accepted = ", ".join(declared) or "none"
+                raise BackendError(f"--rmb-model-arg {key}: the {self.scheme} backend has no setting {key!r}; "
+                                   f"accepted: {accepted}")
+            try:
+                values[key] = arg.parse(text)
+            except (ValueError, argparse.ArgumentTypeError) as exc:
+                raise BackendError(f"--rmb-model-arg {key}={text}: {exc}") from None
+        return values
+
+
+def split_spec(spec: str) -> tuple[str, str]:
+    """``openai:gpt-4o`` -> (``openai``, ``gpt-4o``); a bare spec -> (``hf`` or ``baseline``, spec)."""
+    if spec in BASELINE_NAMES:
+        return "baseline", spec
+    scheme, sep, rest = spec.partition(":")
+    if sep and _looks_like_scheme(scheme) and not Path(spec).exists():
+        return scheme, rest
+    return "hf", spec
+
+
+def _looks_like_scheme(text: str) -> bool:
+    return bool(text) and text[0].isalpha() and all(c.isalnum() or c in "-_" for c in text)
+
+
+def model_args(pairs: Iterable[str]) -> list[tuple[str, str]]:
+    """``KEY=VALUE`` strings -> pairs; a string without ``=`` is an error naming it."""
+    parsed = []
+    for text in pairs:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            raise BackendError(f"--rmb-model-arg {text!r}: expected KEY=VALUE")
+        parsed.append((key.strip(), value))
+    return parsed
+
+
+def _as_backend(found: object, where: str) -> Backend:
+    backend = found() if callable(found) and not isinstance(found, Backend) else found
+    if not isinstance(backend, Backend):
+        raise BackendError(f"{where} is not a pytest_rmb.backends.Backend")
+    return backend
+
+
+class BackendRegistry:
+    """Every installed scheme; a backend's module is imported only when its scheme is used."""
+
+    def __init__(self, extra: Iterable[Backend] = ()):
+        self._targets: dict[str, tuple[str, str]] = {scheme: (target, "pytest-rmb") for scheme, target in BUILTIN.items()}
+        for entry in entry_points(group=ENTRY_POINT_GROUP):
+            # pytest-rmb's own schemes are declared in its pyproject.toml too.
+            self._targets.setdefault(entry.name, (entry.value, f"entry point {entry.value}"))
+        self._loaded: dict[str, Backend] = {}
+        for backend in extra:
+            if backend.scheme in self._targets or backend.scheme in self._loaded:
+                raise BackendError(f"backend {backend.scheme!r} from {backend.source} is already installed")
+            self._loaded[backend.scheme] = backend
+
+    def schemes(self) -> list[str]:
+        return sorted({*self._targets, *self._loaded})
+
+    def get(self, scheme: str) -> Backend | None:
+        if scheme not in self._loaded and scheme in self._targets:
+            target, source = self._targets[scheme]
+            module_name, _, attribute = target.partition(":")
+            where = f"{target} ({source})"
+            backend = _as_backend(getattr(importlib.import_module(module_name), attribute), where)
+            self._loaded[scheme] = backend if source == "pytest-rmb" else _with_source(backend, source)
+        return self._loaded.get(scheme)
+
+    def all(self) -> dict[str, Backend]:
+        return {scheme: backend for scheme in self.schemes() if (backend := self.get(scheme)) is not None}
+
+
+def installed_backends(extra: Iterable[Backend] = ()) -> BackendRegistry:
+    """pytest-rmb's own backends, then entry points, then the hook's ``extra`` ones."""
+    return BackendRegistry(extra)
+
+
+def _with_source(backend: Backend, source: str) -> Backend:
+    if backend.source != "pytest-rmb":
+        return backend
+    return Backend(backend.scheme, backend.load, backend.args, backend.summary, backend.accepts_any_args, source)
+
+
+def backend_for(spec: str, backends: BackendRegistry) -> Backend:
+    """The backend of a spec; an unknown scheme is an error that lists the installed ones."""
+    scheme, rest = split_spec(spec)
+    backend = backends.get(scheme)
+    if backend is None:
+        raise BackendError(f"--rmb-model {spec}: unknown backend scheme {scheme!r}; installed: "
+                           f"{', '.join(backends.schemes())} (and the baselines {', '.join(BASELINE_NAMES)})")
+    if not rest:
+        raise BackendError(f"--rmb-model {spec}: nothing after '{scheme}:'; expected {scheme}:NAME")
+    return backend
+
+
+def load_model(settings: ModelSettings, backend: Backend) -> PointwiseModel | PairwiseModel:
+    """Load the spec's model with its backend; whatever it returns must be a model of one kind."""
+    model = backend.load(settings)
+    if not isinstance(model, (PointwiseModel, PairwiseModel)):
+        raise ModelLoadError(f"--rmb-model {settings.model}: the {backend.scheme} backend returned "
+                             f"{type(model).__name__}, not a PointwiseModel or PairwiseModel")
+    return model
+
+
+def load_spec(settings: ModelSettings) -> PointwiseModel | PairwiseModel:
+    """Resolve ``settings.model`` and load it, outside pytest (scripts, benches, tests)."""
+    backend = backend_for(settings.model, installed_backends())
+    return load_model(settings, backend)
+
+
+def closest_names(name: str, candidates: Iterable[str]) -> list[str]:
+    return difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.6)
+
+
+def main(argv: Sequence[str] = ()) -> int:
+    """``python -m pytest_rmb backends``: every installed scheme and its --rmb-model-arg keys."""
+    if argv:
+        print("usage: python -m pytest_rmb backends", file=sys.stderr)
+        return 2
+    registry = installed_backends()
+    backends: dict[str, Backend] = {}
+    for scheme in registry.schemes():
+        try:
+            found = registry.get(scheme)
+        except Exception as exc:  # a broken third-party backend must not hide the others
+            print(f"{scheme}:  cannot be loaded: {type(exc).__name__}: {exc}")
+            continue
+        if found is not None:
+            backends[scheme] = found
+    print(describe_backends(backends))
+    return 0
+
+
+def describe_backends(backends: Mapping[str, Backend]) -> str:
+    """The ``python -m pytest_rmb backends`` listing: schemes, what they load, their settings."""
+    lines = []
+    for scheme in sorted(backends):
+        backend = backends[scheme]
+        lines.append(f"{scheme}:  {backend.summary}" + (f"  [{backend.source}]" if backend.source != "pytest-rmb" else ""))
+        for arg in backend.args:
+            default = "" if arg.default is None else f" (default {arg.default})"
+            lines.append(f"    {arg.name}={arg.type_name.upper()}{default}  {arg.help}")
+        if backend.accepts_any_args:
+            lines.append("    KEY=VALUE  any other setting is passed on as a string")
+    return "\n".join(lines)
+
+
+# Parsers for ModelArg.parse with readable type names in listings and errors.
+def _named(name: str):
+    def mark(function):
+        function.type_name = name
+        return function
+    return mark
+
+
+@_named("int")
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise ValueError(f"expected a positive integer, got {value}")
+    return value
+
+
+@_named("float")
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0:
+        raise ValueError(f"expected a number >= 0, got {value}")
+    return value
+
+
+@_named("bool")
+def boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+@_named("text")
+def text_value(text: str) -> str:
+    return text
+
+
+def choice(*options: str) -> Callable[[str], str]:
+    @_named("|".join(options))
+    def parse(text: str) -> str:
+        if text not in options:
+            raise ValueError(f"expected one of {', '.join(options)}, got {text!r}")
+        return text
+    return parse

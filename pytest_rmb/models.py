@@ -1,0 +1,210 @@
+"""What a reward model is to pytest-rmb: two kinds, one small base class each.
+
+- A *pointwise* model gives one score per (conversation, response): ``score(batch) -> floats``.
+- A *pairwise* model gives a verdict per (conversation, answer A, answer B): ``compare(batch) ->
+  Verdicts``; an LLM judge is one.
+
+Both declare their capabilities as plain attributes and methods with defaults, instead of being
+probed with ``getattr``: what a batch costs, the batch budget they prefer, what their results
+depend on (for the cache), counters for the run's stats, provenance for the summary, and cleanup.
+A user's object with only ``score(batch)`` (or only ``compare(batch)``) is wrapped by
+:func:`as_model`, the one place that looks at what such an object offers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple
+
+from pytest_rmb.data import Conversation
+
+POINTWISE = "pointwise"
+PAIRWISE_MODEL = "pairwise"
+
+
+class ScoreRequest(NamedTuple):
+    """One response to score in its conversation."""
+
+    conversation: Conversation
+    response: str
+
+
+class PairRequest(NamedTuple):
+    """One comparison: is ``first`` a better answer to the conversation than ``second``?"""
+
+    conversation: Conversation
+    first: str
+    second: str
+    # The RMB goal of the sample (helpfulness or harmlessness), for judges whose prompt names it.
+    goal: str = ""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A pairwise model's decision on one :class:`PairRequest`.
+
+    ``won`` is True when ``first`` beats ``second``, False when it does not, None when the model
+    gave no usable verdict (a miss, with ``reason``). ``error`` is set when the request itself
+    failed (after the backend's retries): the item becomes an error, never a tie or a loss.
+    ``p_first`` is the model's probability that ``first`` is better, when it gives one. ``detail``
+    holds JSON-ready extras for the per-sample results (votes, each order's verdict, ...).
+    """
+
+    won: bool | None
+    p_first: float | None = None
+    reason: str = ""
+    error: str | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"won": self.won, "p_first": self.p_first, "reason": self.reason, "error": self.error,
+                "detail": dict(self.detail)}
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> Verdict:
+        return cls(value["won"], value.get("p_first"), value.get("reason", ""), value.get("error"),
+                   value.get("detail") or {})
+
+
+class PartialBatchError(Exception):
+    """A backend failed part-way through a batch; ``done`` maps batch positions to the results it
+    did get, so that the engine caches them before the error ends the scenario."""
+
+    def __init__(self, done: Mapping[int, Any], cause: BaseException):
+        super().__init__(str(cause))
+        self.done = dict(done)
+        self.cause = cause
+
+
+def request_key(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def conversation_json(conversation: Conversation) -> list[list[str]]:
+    return [[m.role, m.content] for m in conversation]
+
+
+class RewardModel:
+    """Capabilities every model kind shares, with their defaults."""
+
+    kind: ClassVar[str]
+    # Token budget per batch the model works best with; None: it does not count tokens, and
+    # batches are bounded by the number of requests only (--rmb-batch-size).
+    batch_tokens: int | None = None
+    # Most requests per batch the model wants (None: --rmb-batch-size decides). HTTP backends ask
+    # for large batches so that their concurrency has work to overlap.
+    batch_size: int | None = None
+
+    def fingerprint(self) -> str | None:
+        """Everything the results depend on, hashed: names the cache file. None: not cached."""
+        return None
+
+    def take_counters(self) -> dict[str, float]:
+        """Backend-specific counts since the last call (truncated texts, tokens used, ...)."""
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance for the summary: revision, dtype, device, settings (never secrets)."""
+        return {}
+
+    def close(self) -> None:
+        """Release what the model holds (HTTP clients, GPU memory); called once at session end."""
+
+
+class PointwiseModel(RewardModel):
+    """One score per (conversation, response); higher means better."""
+
+    kind: ClassVar[str] = POINTWISE
+
+    def score(self, batch: Sequence[ScoreRequest]) -> Sequence[float]:
+        raise NotImplementedError
+
+    def cost(self, batch: Sequence[ScoreRequest]) -> list[int]:
+        """What each request costs in the units of ``batch_tokens`` (characters by default)."""
+        return [len(r.response) + sum(len(m.content) for m in r.conversation) for r in batch]
+
+    def cache_key(self, request: ScoreRequest) -> str:
+        """The key a score is cached under: by default the conversation and response themselves."""
+        return request_key(json.dumps(conversation_json(request.conversation) + [request.response]))
+
+
+class PairwiseModel(RewardModel):
+    """One verdict per (conversation, first, second)."""
+
+    kind: ClassVar[str] = PAIRWISE_MODEL
+    # Best-of-N: stop judging a list once the best answer lost one comparison.
+    bon_early_stop: bool = True
+
+    def compare(self, batch: Sequence[PairRequest]) -> Sequence[Verdict]:
+        raise NotImplementedError
+
+    def cost(self, batch: Sequence[PairRequest]) -> list[int]:
+        return [len(r.first) + len(r.second) + sum(len(m.content) for m in r.conversation) for r in batch]
+
+    def cache_key(self, request: PairRequest) -> str:
+        return request_key(json.dumps([conversation_json(request.conversation), request.first, request.second,
+                                       request.goal]))
+
+
+class ModelTypeError(TypeError):
+    """An object offered as a model that is neither pointwise nor pairwise."""
+
+
+def as_model(obj: object) -> PointwiseModel | PairwiseModel:
+    """The object itself when it is a model; a user's plain object wrapped in an adapter."""
+    if isinstance(obj, (PointwiseModel, PairwiseModel)):
+        return obj
+    if callable(getattr(obj, "score", None)):
+        return _PointwiseAdapter(obj)
+    if callable(getattr(obj, "compare", None)):
+        return _PairwiseAdapter(obj)
+    raise ModelTypeError(
+        f"{type(obj).__name__} is not a reward model: give it score(batch) -> list[float] "
+        "(pointwise) or compare(batch) -> list[Verdict] (pairwise)"
+    )
+
+
+# Token budget for a user's model that counts tokens (has cost()) but names no budget.
+DEFAULT_BATCH_TOKENS = 16384
+
+
+class _Adapter:
+    """Takes what a user's object offers and nothing more; the defaults cover the rest."""
+
+    def __init__(self, obj: Any):
+        self.wrapped = obj
+        has_cost = callable(getattr(obj, "cost", None))
+        self.batch_tokens = getattr(obj, "batch_tokens", DEFAULT_BATCH_TOKENS) if has_cost else None
+        self.batch_size = getattr(obj, "batch_size", None)
+        for name in ("cost", "cache_key", "fingerprint", "take_counters", "describe", "close"):
+            method = getattr(obj, name, None)
+            if callable(method):
+                setattr(self, name, method)
+
+    def __getattr__(self, name: str) -> Any:
+        # Anything else the user's object has (a name, its tokenizer) stays reachable.
+        return getattr(self.__dict__["wrapped"], name)
+
+
+class _PointwiseAdapter(_Adapter, PointwiseModel):
+    def score(self, batch: Sequence[ScoreRequest]) -> Sequence[float]:
+        return self.wrapped.score(batch)
+
+
+class _PairwiseAdapter(_Adapter, PairwiseModel):
+    def __init__(self, obj: Any):
+        super().__init__(obj)
+        self.bon_early_stop = getattr(obj, "bon_early_stop", True)
+
+    def compare(self, batch: Sequence[PairRequest]) -> Sequence[Verdict]:
+        return self.wrapped.compare(batch)
+
+
+def as_chat(conversation: Conversation, response: str) -> list[dict[str, str]]:
+    """The conversation plus the assistant's response, as chat-template messages."""
+    return [{"role": m.role, "content": m.content} for m in conversation] + [
+        {"role": "assistant", "content": response}
+    ]

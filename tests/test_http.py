@@ -1,0 +1,448 @@
+"""pytest_rmb.http against real HTTP servers on 127.0.0.1 (threads in this process)."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import itertools
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from typing_extensions import Self
+
+from pytest_rmb.http import (
+    HTTPFailure,
+    JSONClient,
+    RetryPolicy,
+    api_key_from_env,
+    parse_retry_after,
+    run_concurrently,
+    split_base_urls,
+)
+
+SECRET = "sk-test-9f8e7d6c5b4a-DO-NOT-LEAK"
+FAST = RetryPolicy(retries=3, backoff=0.01, max_backoff=0.05, timeout=5.0)
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: bytes | dict | list = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    truncate: int | None = None  # announce the full length, send this many bytes, hang up
+
+
+class LocalServer:
+    """A real threaded HTTP server; ``app(request, index) -> Reply`` scripts every answer.
+
+    Records each request and the most requests it ever had in flight at once.
+    """
+
+    def __init__(self, app: Callable[[Request, int], Reply] | None = None) -> None:
+        self.app = app or (lambda request, index: Reply(body={"ok": True, "path": request.path}))
+        self.requests: list[Request] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._lock = threading.Lock()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:  # keep test output quiet
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                request = Request(self.command, self.path, dict(self.headers.items()), body, time.monotonic())
+                with owner._lock:
+                    index = len(owner.requests)
+                    owner.requests.append(request)
+                    owner.in_flight += 1
+                    owner.max_in_flight = max(owner.max_in_flight, owner.in_flight)
+                try:
+                    reply = owner.app(request, index)
+                    if reply.delay:
+                        time.sleep(reply.delay)
+                finally:
+                    with owner._lock:
+                        owner.in_flight -= 1
+                payload = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
+                try:
+                    self.send_response(reply.status)
+                    self.send_header("Content-Length", str(len(payload)))
+                    for name, value in reply.headers.items():
+                        self.send_header(name, value)
+                    self.end_headers()
+                    if reply.truncate is not None:
+                        self.wfile.write(payload[: reply.truncate])
+                        self.wfile.flush()
+                        self.close_connection = True
+                        return
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
+                    pass
+
+            do_GET = do_POST = _handle
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._thread.join(5)
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def post_once(base: str | list[str], payload: dict | None = None, **kwargs) -> tuple[object, JSONClient]:
+    async def main() -> tuple[object, JSONClient]:
+        async with JSONClient([base] if isinstance(base, str) else base, **kwargs) as client:
+            return await client.post("/v1/chat/completions", payload or {"q": 1}), client
+
+    return asyncio.run(main())
+
+
+def failure_of(base: str, **kwargs) -> tuple[HTTPFailure, JSONClient, float]:
+    client_box: list[JSONClient] = []
+
+    async def main() -> None:
+        async with JSONClient([base], **kwargs) as client:
+            client_box.append(client)
+            await client.post("/v1/chat/completions", {"q": 1})
+
+    start = time.monotonic()
+    with pytest.raises(HTTPFailure) as info:
+        asyncio.run(main())
+    return info.value, client_box[0], time.monotonic() - start
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def test_split_base_urls() -> None:
+    assert split_base_urls(" http://a:8000/v1/ ,https://b:8000/v1") == ["http://a:8000/v1", "https://b:8000/v1"]
+    for bad in ("", " , ", "ftp://a/v1", "a:8000/v1", "http://"):
+        with pytest.raises(ValueError, match="http"):
+            split_base_urls(bad)
+
+
+def test_api_key_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("MY_JUDGE_KEY", raising=False)
+    assert api_key_from_env() is None
+    monkeypatch.setenv("OPENAI_API_KEY", " sk-default ")
+    assert api_key_from_env() == "sk-default"
+    monkeypatch.setenv("MY_JUDGE_KEY", "sk-mine")
+    assert api_key_from_env("MY_JUDGE_KEY") == "sk-mine"
+    monkeypatch.setenv("MY_JUDGE_KEY", "  ")
+    assert api_key_from_env("MY_JUDGE_KEY") is None
+
+
+def test_parse_retry_after() -> None:
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after("-1") == 0.0
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("soon") is None
+    now = 1_700_000_000.0
+    date = email.utils.formatdate(now + 7, usegmt=True)
+    assert parse_retry_after(date, now=now) == pytest.approx(7.0)
+
+
+# -- requests and keys ---------------------------------------------------------------------------
+
+
+def test_post_sends_json_and_bearer_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RMB_TEST_KEY", SECRET)
+    with LocalServer() as server:
+        result, client = post_once(server.url + "/", {"model": "m", "n": 2}, api_key=api_key_from_env("RMB_TEST_KEY"))
+    assert result == {"ok": True, "path": "/v1/chat/completions"}
+    (request,) = server.requests
+    assert request.method == "POST"
+    assert json.loads(request.body) == {"model": "m", "n": 2}
+    assert request.headers["Authorization"] == f"Bearer {SECRET}"
+    assert client.stats == {"requests": 1, "retries": 0, "failures": 0}
+
+
+def test_no_authorization_header_without_key() -> None:
+    with LocalServer() as server:
+        post_once(server.url)
+    assert "Authorization" not in server.requests[0].headers
+
+
+def test_key_never_in_exception_or_log(caplog: pytest.LogCaptureFixture) -> None:
+    # A hostile or careless server echoes the Authorization header in its error body.
+    def echo(request: Request, index: int) -> Reply:
+        status = 503 if index == 0 else 401
+        return Reply(status, {"error": f"bad header {request.headers.get('Authorization')}"})
+
+    caplog.set_level(logging.DEBUG)
+    with LocalServer(echo) as server:
+        failure, _, _ = failure_of(server.url + "/?api_key=" + SECRET, api_key=SECRET, policy=FAST)
+    assert len(server.requests) == 2  # 503 retried, 401 not
+    assert server.requests[0].headers["Authorization"] == f"Bearer {SECRET}"
+    text = str(failure) + repr(failure) + failure.url + failure.body + caplog.text
+    assert SECRET not in text
+    assert failure.status == 401
+    assert "bad header Bearer ***" in str(failure)
+    assert "api_key=***" in failure.url
+    assert "retry 1/3" in caplog.text  # the retry was logged, without the key
+
+
+# -- retries -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_retry_after_seconds_is_honoured(status: int) -> None:
+    def app(request: Request, index: int) -> Reply:
+        if index == 0:
+            return Reply(status, {"error": "slow down"}, {"Retry-After": "1"})
+        return Reply(body={"answer": 42})
+
+    # backoff alone would wait at most 0.05 s: the measured gap can only come from Retry-After.
+    with LocalServer(app) as server:
+        result, client = post_once(server.url, policy=FAST)
+    assert result == {"answer": 42}
+    gap = server.requests[1].at - server.requests[0].at
+    assert 1.0 <= gap < 1.6
+    assert client.stats == {"requests": 2, "retries": 1, "failures": 0}
+
+
+def test_retry_after_http_date_is_honoured() -> None:
+    target: list[float] = []
+
+    def app(request: Request, index: int) -> Reply:
+        if index == 0:
+            when = int(time.time()) + 2  # HTTP dates have one-second resolution
+            target.append(when - time.time())
+            return Reply(429, {}, {"Retry-After": email.utils.formatdate(when, usegmt=True)})
+        return Reply(body=[1, 2])
+
+    with LocalServer(app) as server:
+        result, _ = post_once(server.url, policy=FAST)
+    assert result == [1, 2]
+    gap = server.requests[1].at - server.requests[0].at
+    assert target[0] - 0.1 <= gap < target[0] + 0.6
+    assert gap >= 0.9
+
+
+def test_backoff_grows_exponentially() -> None:
+    policy = RetryPolicy(retries=3, backoff=0.2, max_backoff=10.0, timeout=5.0)
+    with LocalServer(lambda r, i: Reply(500) if i < 3 else Reply(body={"ok": 1})) as server:
+        result, client = post_once(server.url, policy=policy)
+    assert result == {"ok": 1}
+    at = [r.at for r in server.requests]
+    gaps = [b - a for a, b in itertools.pairwise(at)]
+    # jitter keeps each wait within [0.5, 1] x backoff * 2**n
+    for n, gap in enumerate(gaps):
+        assert 0.2 * 2**n * 0.5 - 0.02 <= gap <= 0.2 * 2**n + 0.15, gaps
+    assert client.retries == 3
+
+
+def test_5xx_retried_then_failure_names_url_status_and_body() -> None:
+    with LocalServer(lambda r, i: Reply(500, b"model overloaded: queue full\n" * 50)) as server:
+        failure, client, _ = failure_of(server.url + "/v1", policy=FAST)
+    assert len(server.requests) == 4  # 1 + 3 retries
+    assert failure.status == 500
+    assert failure.url == server.url + "/v1/v1/chat/completions"
+    message = str(failure)
+    assert message.startswith(f"POST {server.url}/v1/v1/chat/completions failed: HTTP 500")
+    assert "model overloaded: queue full" in message
+    assert "after 4 attempts" in message
+    assert len(failure.body) <= 203  # a short excerpt, not the whole 1.5 kB body
+    assert client.stats == {"requests": 4, "retries": 3, "failures": 1}
+
+
+def test_408_is_retried() -> None:
+    with LocalServer(lambda r, i: Reply(408) if i == 0 else Reply(body={"ok": 2})) as server:
+        result, client = post_once(server.url, policy=FAST)
+    assert result == {"ok": 2}
+    assert client.retries == 1
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+def test_other_4xx_are_not_retried(status: int) -> None:
+    with LocalServer(lambda r, i: Reply(status, {"error": "no such model"})) as server:
+        failure, client, _ = failure_of(server.url, policy=FAST)
+    assert len(server.requests) == 1
+    assert failure.status == status
+    assert f"HTTP {status}" in str(failure) and "no such model" in str(failure)
+    assert client.stats == {"requests": 1, "retries": 0, "failures": 1}
+
+
+def test_timeout_is_retried() -> None:
+    policy = RetryPolicy(retries=2, backoff=0.01, max_backoff=0.05, timeout=0.3)
+    with LocalServer(lambda r, i: Reply(body={"late": i}, delay=1.0 if i == 0 else 0.0)) as server:
+        result, client = post_once(server.url, policy=policy)
+    assert result == {"late": 1}
+    assert client.stats == {"requests": 2, "retries": 1, "failures": 0}
+
+
+def test_timeout_exhausted_reports_no_response() -> None:
+    policy = RetryPolicy(retries=1, backoff=0.01, max_backoff=0.05, timeout=0.2)
+    with LocalServer(lambda r, i: Reply(delay=0.6)) as server:
+        failure, _, elapsed = failure_of(server.url, policy=policy)
+    assert failure.status is None
+    assert "timed out" in str(failure) and server.url in str(failure)
+    assert elapsed < 2.0
+
+
+def test_connection_refused_fails_fast_with_clear_message() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    failure, client, elapsed = failure_of(url)  # default policy: 4 retries, 0.5 s backoff
+    assert elapsed < 3.0
+    assert failure.status is None and failure.unreachable
+    assert failure.url == url + "/v1/chat/completions"
+    assert str(failure).startswith(f"POST {url}/v1/chat/completions failed: no response (cannot connect")
+    assert client.stats == {"requests": 3, "retries": 2, "failures": 1}
+
+
+def test_invalid_json_is_a_failure() -> None:
+    with LocalServer(lambda r, i: Reply(200, b"<html>proxy login</html>")) as server:
+        failure, _, _ = failure_of(server.url, policy=FAST)
+    assert failure.status == 200
+    assert "not JSON" in str(failure) and "proxy login" in str(failure)
+
+
+# -- several servers, concurrency ----------------------------------------------------------------
+
+
+def test_round_robin_across_base_urls() -> None:
+    with LocalServer() as a, LocalServer() as b:
+        results = run_concurrently(
+            lambda: JSONClient(split_base_urls(f"{a.url}/v1,{b.url}/v1/"), policy=FAST),
+            [lambda c, i=i: c.post("/chat", {"i": i}) for i in range(10)],
+        )
+    assert results == [{"ok": True, "path": "/v1/chat"}] * 10
+    assert len(a.requests) == 5 and len(b.requests) == 5
+    assert sorted(json.loads(r.body)["i"] for r in a.requests + b.requests) == list(range(10))
+
+
+def test_retry_moves_to_the_next_base_url() -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    with LocalServer() as live:
+        results = run_concurrently(
+            lambda: JSONClient([dead, live.url], policy=FAST), [lambda c: c.post("/x", {}) for _ in range(4)]
+        )
+    assert results == [{"ok": True, "path": "/x"}] * 4
+    assert len(live.requests) == 4
+
+
+def test_get_uses_the_first_base_url() -> None:
+    with LocalServer() as a, LocalServer() as b:
+
+        async def main() -> list:
+            async with JSONClient([a.url, b.url]) as client:
+                return [await client.get("/v1/models") for _ in range(3)]
+
+        assert asyncio.run(main()) == [{"ok": True, "path": "/v1/models"}] * 3
+    assert len(a.requests) == 3 and not b.requests
+    assert a.requests[0].method == "GET"
+
+
+def test_concurrency_bound_and_results_in_order() -> None:
+    with LocalServer(lambda r, i: Reply(body=json.loads(r.body), delay=0.1)) as server:
+        done: list[int] = []
+        start = time.monotonic()
+        results = run_concurrently(
+            lambda: JSONClient([server.url], concurrency=3, policy=FAST),
+            [lambda c, i=i: c.post("/score", {"i": i}) for i in range(12)],
+            on_done=lambda index, result: done.append(index),
+        )
+        elapsed = time.monotonic() - start
+    assert server.max_in_flight == 3
+    assert results == [{"i": i} for i in range(12)]
+    assert sorted(done) == list(range(12))
+    assert elapsed >= 0.4  # 12 requests of 0.1 s, three at a time
+
+
+def test_run_concurrently_keeps_exceptions_in_place() -> None:
+    def app(request: Request, index: int) -> Reply:
+        i = json.loads(request.body)["i"]
+        return Reply(404, {"error": f"missing {i}"}) if i == 1 else Reply(body={"i": i})
+
+    seen: dict[int, object] = {}
+    with LocalServer(app) as server:
+        results = run_concurrently(
+            lambda: JSONClient([server.url], policy=FAST),
+            [lambda c, i=i: c.post("/s", {"i": i}) for i in range(3)],
+            on_done=seen.__setitem__,
+        )
+    assert results[0] == {"i": 0} and results[2] == {"i": 2}
+    assert isinstance(results[1], HTTPFailure) and results[1].status == 404
+    assert seen == {0: {"i": 0}, 2: {"i": 2}}
+
+
+# -- streaming download --------------------------------------------------------------------------
+
+
+def test_download_streams_to_file(tmp_path) -> None:
+    blob = bytes(range(256)) * 4096  # 1 MiB
+    with LocalServer(lambda r, i: Reply(body=blob) if "a%20b" in r.path else Reply(404, b"nope")) as server:
+
+        async def main() -> int:
+            async with JSONClient([server.url], policy=FAST) as client:
+                size = await client.download("dir/a b.json", tmp_path / "out")
+                with pytest.raises(HTTPFailure) as info:
+                    await client.download("dir/missing.json", tmp_path / "missing")
+                assert info.value.status == 404 and info.value.url.endswith("/dir/missing.json")
+                return size
+
+        assert asyncio.run(main()) == len(blob)
+    assert (tmp_path / "out").read_bytes() == blob
+    assert server.requests[0].path == "/dir/a%20b.json"
+
+
+def test_download_cut_short_is_retried_then_reported(tmp_path) -> None:
+    blob = b"x" * 100_000
+
+    def app(request: Request, index: int) -> Reply:
+        if "flaky" in request.path:
+            return Reply(body=blob, truncate=5000 if index == 0 else None)
+        return Reply(body=blob, truncate=5000)
+
+    with LocalServer(app) as server:
+
+        async def main() -> tuple[int, HTTPFailure]:
+            async with JSONClient([server.url], policy=FAST) as client:
+                size = await client.download("flaky.json", tmp_path / "flaky")
+                with pytest.raises(HTTPFailure) as info:
+                    await client.download("broken.json", tmp_path / "broken")
+                return size, info.value
+
+        size, failure = asyncio.run(main())
+    assert size == len(blob) and (tmp_path / "flaky").read_bytes() == blob
+    assert failure.status is None and not failure.unreachable
+    assert failure.error_type == "RemoteProtocolError"
+    assert "broken.json" in str(failure) and "after 4 attempts" in str(failure)
+    assert len(server.requests) == 2 + 4
