@@ -19,6 +19,7 @@ _KIND_OF_TEST = {"test_pairwise": PAIRWISE, "test_bon": BON}
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     module = metafunc.definition.getparent(ScenarioModule)
+    assert module is not None, "the benchmark module is collected only under a scenario"
     values, ids, marks = module.parameters(_KIND_OF_TEST[metafunc.function.__name__])
     if marks:
         values = [pytest.param(v, id=i, marks=marks) for v, i in zip(values, ids)]
@@ -32,7 +33,7 @@ def _judge(sample, request: pytest.FixtureRequest) -> None:
         pytest.fail(sample.message, pytrace=False)
     # Resolving a session fixture costs as much as a trivial test; 18,000 items ask for the
     # engine, so look it up once per process and resolve the fixture only the first time.
-    engine = request.config.stash[SESSION].engine or request.getfixturevalue("rmb_engine")  # type: ignore[attr-defined]
+    engine = request.config.stash[SESSION].engine or request.getfixturevalue("rmb_engine")
     try:
         outcome = engine.outcome(sample)
     except ScoringError as exc:

@@ -1,7 +1,9 @@
 """The result cache: one JSON-lines file per model fingerprint, appended as each batch finishes.
 
 A record is ``{"k": <sha256 of the request as the model sees it>, "s": <score>}`` for a pointwise
-model, or ``{"k": ..., "v": <verdict as JSON>}`` for a pairwise one. Appends take an
+model, with ``"f": {...}`` when the model reported facts about the text (its token count, whether it
+was truncated), or ``{"k": ..., "v": <verdict as JSON>}`` for a pairwise one. The facts are kept so
+that a run served from the cache reports the same stats as the run that scored. Appends take an
 exclusive lock, so pytest-xdist workers can share a file; a run killed mid-write leaves at most one
 torn last line, which reading skips and the next append starts after. Scores are stored as JSON
 numbers, which round-trip floats exactly, so a resumed run ends with exactly the scores of an
@@ -22,7 +24,7 @@ import jsonlines
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows: appends of whole lines, unlocked
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]
 
 GITIGNORE = "# Created by pytest-rmb: scores cached between runs.\n*\n"
 
@@ -36,22 +38,34 @@ class ScoreCache:
         self.path = directory / f"{fingerprint}.jsonl"
 
     def load(self) -> dict[str, Any]:
-        if not self.path.exists():
-            return {}
+        return self.load_with_facts()[0]
+
+    def load_with_facts(self) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        """(result by key, facts by key); a key without facts is absent from the second."""
         results: dict[str, Any] = {}
+        facts: dict[str, dict[str, Any]] = {}
+        if not self.path.exists():
+            return results, facts
         with jsonlines.open(self.path) as reader:
             for record in reader.iter(type=dict, skip_invalid=True):
-                if not isinstance(record.get("k"), str):
+                key = record.get("k")
+                if not isinstance(key, str):
                     continue
                 if isinstance(record.get("s"), (int, float)):
-                    results[record["k"]] = float(record["s"])
+                    results[key] = float(record["s"])
                 elif isinstance(record.get("v"), dict):
-                    results[record["k"]] = record["v"]
-        return results
+                    results[key] = record["v"]
+                else:
+                    continue
+                if isinstance(record.get("f"), dict):
+                    facts[key] = record["f"]
+                else:
+                    facts.pop(key, None)
+        return results, facts
 
-    def append(self, entries: Iterable[tuple[str, Any]]) -> None:
-        lines = "".join(json.dumps({"k": key, "v" if isinstance(value, dict) else "s": value}) + "\n"
-                        for key, value in entries)
+    def append(self, entries: Iterable[tuple[str, Any] | tuple[str, Any, dict[str, Any]]]) -> None:
+        """Append ``(key, result)`` or ``(key, result, facts)`` entries; empty facts are not written."""
+        lines = "".join(json.dumps(_record(*entry)) + "\n" for entry in entries)
         if not lines:
             return
         with self._locked() as handle:
@@ -76,3 +90,10 @@ class ScoreCache:
             finally:
                 if fcntl is not None:
                     fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _record(key: str, value: Any, facts: dict[str, Any] | None = None) -> dict[str, Any]:
+    record = {"k": key, "v" if isinstance(value, dict) else "s": value}
+    if facts:
+        record["f"] = facts
+    return record

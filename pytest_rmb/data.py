@@ -240,13 +240,16 @@ def _type(value: object) -> str:
     )
 
 
+_WANTED: dict[type, str] = {str: "a string", list: "an array", dict: "an object"}
+
+
 def _field(record: dict, name: str, expected: type, where: str = ""):
     label = f"{where}{name}"
     if name not in record:
         raise _Invalid(f"field '{label}': missing")
     value = record[name]
     if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
-        wanted = {str: "a string", list: "an array", dict: "an object"}[expected]
+        wanted = _WANTED[expected]
         raise _Invalid(f"field '{label}': expected {wanted}, got {_type(value)}")
     return value
 
@@ -325,3 +328,13 @@ def _parse_bon(record: object, scenario: str) -> BonSample:
         _response(record["bon_best"], "bon_best"),
         tuple(_response(loser, f"loser_list[{i}]") for i, loser in enumerate(losers)),
     )
+
+
+# Public names for other row formats (user_sets.py), which accept RMB's records as they are.
+InvalidRecord = _Invalid
+json_type = _type
+
+
+def parse_record(record: object, kind: str, scenario: str) -> Sample:
+    """One record in RMB's format -> its sample; raises InvalidRecord naming the field."""
+    return _parse_pair(record, scenario) if kind == PAIRWISE else _parse_bon(record, scenario)

@@ -14,7 +14,6 @@ from pytest_rmb.cache import ScoreCache
 from pytest_rmb.engine import Engine, PairwiseEngine
 from pytest_rmb.models import PairwiseModel, as_model
 from pytest_rmb.progress import progress_for
-from pytest_rmb.scenarios import registry
 from pytest_rmb.state import SESSION
 
 
@@ -44,11 +43,14 @@ def rmb_engine(rmb_model, pytestconfig: pytest.Config):
     # cheaper to recompute than to look up.
     fingerprint = model.fingerprint()
     cache = ScoreCache(settings.cache_dir, fingerprint) if settings.cache_dir and fingerprint else None
-    common = dict(max_batch_size=settings.batch_size, max_batch_cost=settings.batch_tokens,
-                  progress=progress_for(pytestconfig), cache=cache)
+    progress = progress_for(pytestconfig)
+    engine: Engine | PairwiseEngine
     if isinstance(model, PairwiseModel):
-        engine = PairwiseEngine(model, session.plan, goal_of={s.id: s.goal for s in registry()}, **common)
+        engine = PairwiseEngine(model, session.plan, goal_of={s.id: s.goal for s in settings.scenarios},
+                                max_batch_size=settings.batch_size, max_batch_cost=settings.batch_tokens,
+                                progress=progress, cache=cache)
     else:
-        engine = Engine(model, session.plan, **common)
+        engine = Engine(model, session.plan, max_batch_size=settings.batch_size,
+                        max_batch_cost=settings.batch_tokens, progress=progress, cache=cache)
     session.engine = engine
     return engine

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import pytest
 
@@ -53,11 +54,16 @@ def finish_call_report(item: pytest.Item, report: pytest.TestReport, engine) -> 
         report.longrepr = outcome.miss
 
 
+def properties(report: pytest.TestReport) -> list[tuple[str, Any]]:
+    """A report's user properties; ours are plain builtins, whatever pytest's annotation says."""
+    return cast("list[tuple[str, Any]]", report.user_properties)
+
+
 def miss_record(report: pytest.TestReport) -> dict | None:
     """The record of a missed sample, or None for any other report."""
     if report.when != "call" or not report.failed:
         return None
-    for name, value in report.user_properties:
+    for name, value in properties(report):
         if name == RESULT and not value["correct"]:
             return value
     return None
@@ -76,7 +82,7 @@ class RunResults:
 
     def add(self, report: pytest.TestReport) -> None:
         identity = None
-        for name, value in report.user_properties:
+        for name, value in properties(report):
             if name == ITEM:
                 identity = value
             elif name == RESULT:

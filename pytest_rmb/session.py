@@ -17,13 +17,23 @@ import pytest
 
 from pytest_rmb import __version__
 from pytest_rmb.collection import rmb_collectors, selection_plan
-from pytest_rmb.data import data_file
 from pytest_rmb.gate import FAIL as GATE_FAIL
 from pytest_rmb.gate import evaluate as evaluate_gates
 from pytest_rmb.options import RunSettings
 from pytest_rmb.report import TableRenderer, write_json, write_jsonl, write_markdown
-from pytest_rmb.results import MISSING, RunResults, finish_call_report, miss_record, sorted_records, summary_document
-from pytest_rmb.scenarios import registry
+from pytest_rmb.results import (
+    MISSING,
+    RunResults,
+    finish_call_report,
+    miss_record,
+    properties,
+    sorted_records,
+    summary_document,
+)
+from pytest_rmb.scenarios import GOALS, all_markers
+from pytest_rmb.user_sets import UserScenario, user_markers, user_sources
+from pytest_rmb.inspect_input import InputInspector
+from pytest_rmb.self_check import SelfCheck, self_check_gates, write_self_check
 
 MODEL_INFO = "rmb_model_info"
 # Setting names that would hold a secret; never written into a summary, whatever a backend takes.
@@ -45,6 +55,14 @@ class RMBSession:
         self._model_info_unsent = False
         self.summary: dict | None = None
         self.is_worker = hasattr(config, "workerinput")
+        # The self-check and --rmb-show-input are plugins of their own that read this session.
+        self.self_check = SelfCheck(self)
+        config.pluginmanager.register(self.self_check, "rmb-self-check")
+        if settings.show_input:
+            config.pluginmanager.register(InputInspector(self, settings.show_input), "rmb-show-input")
+        # Registered before collection, like RMB's (plugin.py), so that --strict-markers passes.
+        for name, description in user_markers(settings.scenarios, all_markers()).items():
+            config.addinivalue_line("markers", f"{name}: {description}")
 
     # -- collection -------------------------------------------------------------------------
 
@@ -58,7 +76,12 @@ class RMBSession:
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         settings = self.settings
-        lines = [f"rmb: model {settings.scorer.model}, data {settings.dataset_label}, {len(registry())} scenarios"]
+        own = sum(isinstance(s, UserScenario) for s in settings.scenarios)
+        rmb = len(settings.scenarios) - own
+        line = f"rmb: model {settings.scorer.model}, data {settings.dataset_label}, {rmb} scenarios"
+        if own:
+            line += f" + {own} of your own from {', '.join(user_sources(settings.scenarios))}"
+        lines = [line]
         if getattr(config.option, "dist", "no") == "loadgroup":
             lines.append("rmb: each scenario runs on one xdist worker (--dist loadgroup)")
         return lines
@@ -67,7 +90,7 @@ class RMBSession:
     def pytest_make_collect_report(self, collector: pytest.Collector):
         report = yield
         if isinstance(collector, pytest.Session) and report.passed:
-            report.result.extend(rmb_collectors(collector, registry(), self.settings.dataset))
+            report.result.extend(rmb_collectors(collector, self.settings.scenarios, self.settings.dataset))
         return report
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
@@ -124,10 +147,14 @@ class RMBSession:
         results = self.results
         partial = exitstatus == pytest.ExitCode.INTERRUPTED
         records = sorted_records(results)
-        summary = summary_document(results, records, settings, {s.id: s for s in registry()}, partial)
+        summary = summary_document(results, records, settings, {s.id: s for s in settings.scenarios}, partial)
         summary["status"] = "partial" if partial else "ok"
         summary["provenance"] = self._provenance(records)
-        gates, baseline = evaluate_gates(summary, settings, {s.id: s.goal for s in registry()})
+        # A user's scenario with a goal of its own stays out of the sections the baseline compares.
+        in_sections = {s.id: s.goal for s in settings.scenarios if s.goal in GOALS}
+        gates, baseline = evaluate_gates(summary, settings, in_sections)
+        summary["self_check"] = self.self_check.summary()
+        gates += self_check_gates(summary["self_check"], gated=bool(settings.gates) or settings.baseline is not None)
         summary["gates"] = [gate.as_dict() for gate in gates]
         summary["baseline"] = baseline
         self.summary = summary
@@ -152,7 +179,8 @@ class RMBSession:
         if not json_only:
             writers += [
                 (settings.jsonl_path, lambda path: write_jsonl(path, sorted_records(self.results))),
-                (settings.markdown_path, lambda path: write_markdown(path, summary)),
+                (settings.markdown_path,
+                 lambda path: write_markdown(path, summary, null_baseline=settings.null_baseline)),
             ]
         failures = []
         for path, write in writers:
@@ -170,12 +198,12 @@ class RMBSession:
         settings = self.settings
         scorer = settings.scorer
         files: dict[str, str] = {}
-        scenarios = {s.id: s for s in registry()}
+        scenarios = {s.id: s for s in settings.scenarios}
         for scenario_id, kind in sorted({(r["scenario"], r["kind"]) for r in records}):
-            relative = scenarios[scenario_id].file(kind)
-            path = data_file(settings.dataset, relative)
+            scenario = scenarios[scenario_id]
+            path, _ = scenario.locate(settings.dataset, kind)
             if path is not None:
-                files[relative] = _file_digest(path)
+                files[scenario.file(kind)] = _file_digest(path)
         return {
             "pytest_rmb": __version__,
             "model": scorer.model,
@@ -211,7 +239,9 @@ class RMBSession:
             show_scenarios=settings.show_scenarios,
             misses=self.results.misses,
             misses_shown=settings.show_misses,
+            null_baseline=settings.null_baseline,
         )
+        write_self_check(terminalreporter, summary.get("self_check"))
         for label, path in (("summary", settings.json_path), ("per-sample results", settings.jsonl_path),
                             ("Markdown report", settings.markdown_path)):
             if path and not any(str(path) in failure for failure in summary["write_errors"]):
@@ -232,7 +262,7 @@ class _ResultListener:
         def pytest_runtest_logreport(report: pytest.TestReport) -> None:
             add(report)
             if session.model_info is None:
-                for name, value in report.user_properties:
+                for name, value in properties(report):
                     if name == MODEL_INFO:
                         session.model_info = value
 

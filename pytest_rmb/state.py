@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
 
 from pytest_rmb.options import RunSettings
 
+if TYPE_CHECKING:  # the session module imports the modules that read these keys
+    from pytest_rmb.session import RMBSession
+
 SETTINGS = pytest.StashKey[RunSettings]()
-# The RMBSession plugin object of a benchmark run (typed loosely: session.py imports this module's
-# neighbours, and the stash key must not import it back).
-SESSION = pytest.StashKey[object]()
+# The RMBSession plugin object of a benchmark run.
+SESSION = pytest.StashKey["RMBSession"]()
 NODE_PREFIXES = pytest.StashKey[tuple[str, ...]]()

@@ -228,7 +228,7 @@ def closest_names(name: str, candidates: Iterable[str]) -> list[str]:
     return difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.6)
 
 
-def main(argv: Sequence[str] = ()) -> int:
+def main(argv: list[str] | None = None) -> int:
     """``python -m pytest_rmb backends``: every installed scheme and its --rmb-model-arg keys."""
     if argv:
         print("usage: python -m pytest_rmb backends", file=sys.stderr)

@@ -176,7 +176,8 @@ class HFRewardModel(PointwiseModel):
         self._pad_id = self._ensure_pad_token()
         self.max_length = self._renderer.max_length
         self._tokens: dict[ScoreRequest, list[int]] = {}
-        self._counters = {"truncated": 0}
+        self._lengths: dict[ScoreRequest, tuple[int, int]] = {}  # (rendered, kept) tokens, for facts()
+        self._counters: dict[str, float] = {"truncated": 0}
         self._sharing: PrefixSharing | None = None
         self._sharing_off = "off (--rmb-prefix-sharing off)"
         if settings.prefix_sharing != "off":
@@ -237,6 +238,7 @@ class HFRewardModel(PointwiseModel):
         if todo:
             for request, ids in zip(todo, self._encode([self.render(r) for r in todo])):
                 self._tokens[request] = self._truncate(ids)
+                self._lengths[request] = (len(ids), len(self._tokens[request]))
         return [len(self._tokens[r]) for r in requests]
 
     def _truncate(self, ids: list[int]) -> list[int]:
@@ -245,7 +247,7 @@ class HFRewardModel(PointwiseModel):
             self._counters["truncated"] += 1
         return kept
 
-    def take_counters(self) -> dict[str, int]:
+    def take_counters(self) -> dict[str, float]:
         counters, self._counters = self._counters, {"truncated": 0}
         if self._sharing is not None:
             counters.update(self._sharing.take_counters())
@@ -336,6 +338,59 @@ class HFRewardModel(PointwiseModel):
                 input_ids=input_ids.to(self._device), attention_mask=attention.to(self._device)
             ).logits
         return logits[:, self._reward_index].float().cpu().tolist()
+
+    def facts(self, request: ScoreRequest) -> dict[str, int | bool]:
+        """Tokens the model read for the request and whether truncation cut it (from ``cost``)."""
+        lengths = self._lengths.pop(request, None)
+        if lengths is None:
+            ids = self._encode([self.render(request)])[0]
+            lengths = (len(ids), min(len(ids), self.max_length))
+        full, kept = lengths
+        return {"tokens": kept, "truncated": kept < full}
+
+    def explain(self, request: ScoreRequest) -> dict:
+        """Exactly what the model reads for one request, and where the reward comes from."""
+        rendered = self.render(request)
+        ids = self._encode([rendered])[0]
+        kept = self._renderer.truncate(ids)
+        special = set(self.tokenizer.all_special_ids)
+        position, pooling = self._reward_position(kept)
+        pad, eos = self.model.config.pad_token_id, self.tokenizer.eos_token_id
+        notes = []
+        if position is not None and position < len(kept) - 1 and pad == eos:
+            notes.append(f"the pad token is the EOS token ({self.tokenizer.convert_ids_to_tokens(pad)}), so the "
+                         f"model's pooling skips the {len(kept) - 1 - position} trailing EOS token(s) of the text")
+        return {
+            "rendered": rendered,
+            "rendering": "chat template" if self._templated else "plain 'Role: content' blocks (no chat template)",
+            "ids": kept,
+            "tokens": self.tokenizer.convert_ids_to_tokens(kept),
+            "special": [i in special for i in kept],
+            "tokens_rendered": len(ids),
+            "max_length": self.max_length,
+            "dropped": len(ids) - len(kept),
+            "kept_first": bool(self._renderer.keep_first and len(kept) < len(ids)),
+            "reward_position": position,
+            "pooling": pooling,
+            "reward_index": self._reward_index,
+            "score": self._forward([kept])[0],
+            "notes": notes,
+        }
+
+    def _reward_position(self, row: list[int]) -> tuple[int | None, str]:
+        """Where the head reads the reward: transformers' heads that take the pad id pool the last
+        token that is not padding; the others (BERT-style encoders) the first."""
+        import inspect
+
+        try:
+            source = inspect.getsource(type(self.model).forward)
+        except (OSError, TypeError):
+            return None, "unknown (the model's forward has no readable source)"
+        if "pad_token_id" in source:
+            pad = self.model.config.pad_token_id
+            position = next((i for i in range(len(row) - 1, -1, -1) if row[i] != pad), 0)
+            return position, "the last token that is not the pad token"
+        return 0, "the first token (encoder pooling)"
 
 
 def weights_identity(settings: ModelSettings, model) -> str:
