@@ -79,12 +79,16 @@ class RunResults:
     errors: dict[tuple[str, str], dict] = field(default_factory=dict)
     misses: list[tuple[str, str]] = field(default_factory=list)
     other_failures: int = 0
+    # Scenario and kind of every item a pytest-xdist worker started, by node id (see session.py).
+    identities: dict[str, dict] = field(default_factory=dict)
 
     def add(self, report: pytest.TestReport) -> None:
         identity = None
         for name, value in properties(report):
             if name == ITEM:
                 identity = value
+                if report.when == "setup":
+                    self.identities[report.nodeid] = value
             elif name == RESULT:
                 self.records.append(value)
             elif name == ENGINE:
@@ -97,6 +101,7 @@ class RunResults:
             self.misses.append((display_nodeid(report.nodeid), str(report.longrepr)))
             return
         self.other_failures += 1
+        identity = identity or self.identities.get(report.nodeid)
         if identity is not None:
             key = (identity["scenario"], identity["kind"])
             entry = self.errors.setdefault(

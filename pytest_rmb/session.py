@@ -16,12 +16,13 @@ from typing import Any
 import pytest
 
 from pytest_rmb import __version__
-from pytest_rmb.collection import rmb_collectors, selection_plan
+from pytest_rmb.collection import item_identity, rmb_collectors, selection_plan
 from pytest_rmb.gate import FAIL as GATE_FAIL
 from pytest_rmb.gate import evaluate as evaluate_gates
 from pytest_rmb.options import RunSettings
 from pytest_rmb.report import TableRenderer, write_json, write_jsonl, write_markdown
 from pytest_rmb.results import (
+    ITEM,
     MISSING,
     RunResults,
     finish_call_report,
@@ -77,10 +78,12 @@ class RMBSession:
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         settings = self.settings
         own = sum(isinstance(s, UserScenario) for s in settings.scenarios)
-        rmb = len(settings.scenarios) - own
-        line = f"rmb: model {settings.scorer.model}, data {settings.dataset_label}, {rmb} scenarios"
+        line = f"rmb: model {settings.scorer.model}"
+        if settings.dataset is not None:
+            line += f", data {settings.dataset_label}, {len(settings.scenarios) - own} scenarios"
         if own:
-            line += f" + {own} of your own from {', '.join(user_sources(settings.scenarios))}"
+            line += f"{' +' if settings.dataset is not None else ','} {own} of your own from " + ", ".join(
+                user_sources(settings.scenarios))
         lines = [line]
         if getattr(config.option, "dist", "no") == "loadgroup":
             lines.append("rmb: each scenario runs on one xdist worker (--dist loadgroup)")
@@ -111,6 +114,10 @@ class RMBSession:
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
         report = yield
+        if call.when == "setup" and self.is_worker and (identity := item_identity(item)) is not None:
+            # A worker that dies mid-item sends no report for it; xdist's crash report then names
+            # only the node id, which the controller looks up here instead of parsing it.
+            report.user_properties.append((ITEM, identity))
         if call.when == "call":
             finish_call_report(item, report, self.engine)
             if self._model_info_unsent:
