@@ -53,4 +53,9 @@ def rmb_engine(rmb_model, pytestconfig: pytest.Config):
         engine = Engine(model, session.plan, max_batch_size=settings.batch_size,
                         max_batch_cost=settings.batch_tokens, progress=progress, cache=cache)
     session.engine = engine
+    if isinstance(engine, PairwiseEngine) and isinstance(model, PairwiseModel) and not session.is_worker:
+        # Before the first request: what the run is about to ask for (and may cost).
+        line = model.preview(engine.planned_requests())
+        if line:
+            session.announce(f"rmb: {line}")
     return engine

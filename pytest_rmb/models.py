@@ -130,6 +130,12 @@ class PointwiseModel(RewardModel):
         """The key a score is cached under: by default the conversation and response themselves."""
         return request_key(json.dumps(conversation_json(request.conversation) + [request.response]))
 
+    def facts(self, request: ScoreRequest) -> dict[str, Any]:
+        """Facts about the request as the model read it, asked for once it is scored: numbers or
+        booleans (``{"tokens": 812, "truncated": False}``). Kept in the cache beside the score and
+        summed into the run's stats, scored now or not, so that a cached rerun reports the same."""
+        return {}
+
 
 class PairwiseModel(RewardModel):
     """One verdict per (conversation, first, second)."""
@@ -140,6 +146,11 @@ class PairwiseModel(RewardModel):
 
     def compare(self, batch: Sequence[PairRequest]) -> Sequence[Verdict]:
         raise NotImplementedError
+
+    def preview(self, requests: Sequence[PairRequest]) -> str:
+        """One line printed before the first request: what the run will ask for (and cost), given
+        the comparisons the cache does not hold. Empty: nothing to say."""
+        return ""
 
     def cost(self, batch: Sequence[PairRequest]) -> list[int]:
         return [len(r.first) + len(r.second) + sum(len(m.content) for m in r.conversation) for r in batch]
@@ -179,7 +190,7 @@ class _Adapter:
         has_cost = callable(getattr(obj, "cost", None))
         self.batch_tokens = getattr(obj, "batch_tokens", DEFAULT_BATCH_TOKENS) if has_cost else None
         self.batch_size = getattr(obj, "batch_size", None)
-        for name in ("cost", "cache_key", "fingerprint", "take_counters", "describe", "close"):
+        for name in ("cost", "cache_key", "fingerprint", "take_counters", "describe", "close", "facts"):
             method = getattr(obj, name, None)
             if callable(method):
                 setattr(self, name, method)

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from pytest_rmb.data import BON, PAIRWISE, data_file, sample_dataset
-from pytest_rmb.gate import Gate, GateError, load_baseline, parse_gate
-from pytest_rmb.scenarios import registry
+from pytest_rmb.gate import Gate, GateError, check_metric, load_baseline, parse_gate
+from pytest_rmb.scenarios import Scenario, registry
+from pytest_rmb.user_sets import UserSetsError, load_user_scenarios, user_sources
 from pytest_rmb.backends import Backend, BackendError, ModelSettings, backend_for, installed_backends, model_args
 
 DATA_ENV = "RMB_DATA"
@@ -65,8 +66,9 @@ def fraction(text: str) -> float:
 
 
 def gate_expression(text: str) -> Gate:
+    # Scenario and task names are checked in resolve(): the user's scenarios are not known yet.
     try:
-        return parse_gate(text, {s.id for s in registry()}, {s.task_id for s in registry()})
+        return parse_gate(text, None, None)
     except GateError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -106,7 +108,8 @@ def add_options(parser: pytest.Parser) -> None:
         type=positive_int,
         default=None,
         metavar="N",
-        help="most texts sent to the scorer in one call (default 64; ini rmb_batch_size)",
+        help="most requests sent to the model in one call (default: the model's own, else 64; "
+        "ini rmb_batch_size)",
     )
     group.addoption(
         "--rmb-bootstrap",
@@ -221,7 +224,7 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini("rmb_alpha", "significance level of the baseline comparison", default="0.05")
     parser.addini("rmb_data", "RMB_dataset folder (relative to the ini file) or 'sample'")
     parser.addini("rmb_seed", "seed for the random baseline and bootstrap intervals", default="0")
-    parser.addini("rmb_batch_size", "most texts per scorer call", default="64")
+    parser.addini("rmb_batch_size", "most requests per model call (default 64, or the model's own)", default="")
     parser.addini("rmb_bootstrap", "bootstrap resamples for the 95% intervals", default="1000")
     parser.addini("rmb_revision", "model revision", default="")
     parser.addini("rmb_trust_remote_code", "allow the model's own code to run", type="bool", default=False)
@@ -240,17 +243,37 @@ def add_options(parser: pytest.Parser) -> None:
         "(default auto; ini rmb_prefix_sharing)",
     )
     parser.addini("rmb_prefix_sharing", "auto|on|off: score each conversation prefix once", default="auto")
+    group.addoption(
+        "--rmb-scenarios", action="append", default=None, metavar="TOML",
+        help="your own preference sets as extra scenarios: a TOML file of [[scenario]] tables (name, "
+        "kind, path to JSONL rows, optional task, goal, markers); repeatable. Without RMB data (--rmb-data, "
+        f"env {DATA_ENV}, ini rmb_data) only these run (ini rmb_scenarios, one per line)",
+    )
+    parser.addini("rmb_scenarios", "TOML files of your own scenarios (relative to the ini file), one per line",
+                  type="linelist", default=[])
+    group.addoption(
+        "--rmb-self-check", type=non_negative_int, default=None, metavar="N",
+        help="after scoring, re-score N seeded texts one at a time and compare with their batched scores; "
+        "a difference above the dtype's tolerance is a warning, and fails a gated run (default 16, 0 "
+        "turns it off; models with a score cache only; ini rmb_self_check)",
+    )
+    parser.addini("rmb_self_check", "texts re-scored alone to check batch invariance (0: off)", default="16")
+    group.addoption(
+        "--rmb-show-input", action="append", default=None, metavar="UID",
+        help="print what the model reads for the sample(s) with this uid (or SCENARIO_ID/UID): the "
+        "rendered text, the tokens, the truncation and where the reward is read; repeatable",
+    )
 
 
 @dataclass(frozen=True)
 class RunSettings:
     scorer: ModelSettings
     backend: Backend
-    dataset: Path
+    dataset: Path | None  # None: no RMB data, only the user's own scenarios (--rmb-scenarios)
     dataset_label: str
     json_path: Path | None
     jsonl_path: Path | None
-    batch_size: int
+    batch_size: int | None  # None: the model's own, else 64
     batch_tokens: int | None  # None: the scorer's preferred budget
     bootstrap: int
     show_scenarios: bool
@@ -265,6 +288,11 @@ class RunSettings:
     alpha: float
     null_baseline: bool = True  # show the length baseline beside the model's accuracies
     limit: int | None = None  # --rmb-limit: samples per scenario and kind; None for all
+    self_check: int = 16  # --rmb-self-check: texts re-scored alone after the run; 0 for none
+    show_input: tuple[str, ...] = ()  # --rmb-show-input: uids (or scenario/uid) whose input is printed
+    # The run's scenarios, in collection order: RMB's (when there is RMB data) and the user's own
+    # (--rmb-scenarios). Everything that asks "which scenarios?" asks this, never the registry.
+    scenarios: tuple[Scenario, ...] = ()
 
 
 def resolve(config: pytest.Config) -> RunSettings | None:
@@ -273,7 +301,11 @@ def resolve(config: pytest.Config) -> RunSettings | None:
     if not model:
         return None
     backend, args = _backend(config, model)
-    dataset, label = _dataset(config)
+    user_scenarios = _user_scenarios(config)
+    dataset, label = _dataset(config, optional=bool(user_scenarios))
+    if dataset is None:
+        label = ", ".join(user_sources(user_scenarios))
+    scenarios = tuple(sorted((*(registry() if dataset is not None else ()), *user_scenarios), key=lambda s: s.id))
     trust = config.getoption("rmb_trust_remote_code")
     scorer = ModelSettings(
         model=model,
@@ -309,7 +341,7 @@ def resolve(config: pytest.Config) -> RunSettings | None:
         show_misses=config.getoption("rmb_show_misses"),
         markdown_path=outputs["rmb_markdown"],
         cache_dir=_cache_dir(config, dataset),
-        gates=_gates(config),
+        gates=_gates(config, (*registry(), *user_scenarios)),
         allow_empty_gates=config.getoption("rmb_gate_allow_empty"),
         baseline=_baseline(config),
         baseline_path=_output(config, "rmb_baseline"),
@@ -317,6 +349,9 @@ def resolve(config: pytest.Config) -> RunSettings | None:
         alpha=_setting(config, "rmb_alpha", fraction),
         limit=_setting(config, "rmb_limit", positive_int),
         null_baseline=not config.getoption("rmb_no_null_baseline") and bool(config.getini("rmb_null_baseline")),
+        self_check=_setting(config, "rmb_self_check", non_negative_int),
+        show_input=tuple(config.getoption("rmb_show_input") or ()),
+        scenarios=scenarios,
     )
 
 
@@ -382,7 +417,7 @@ def _worker_index(config: pytest.Config) -> int | None:
     return int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else None
 
 
-def _cache_dir(config: pytest.Config, dataset: Path) -> Path | None:
+def _cache_dir(config: pytest.Config, dataset: Path | None) -> Path | None:
     if config.getoption("rmb_no_cache"):
         return None
     given, source = config.getoption("rmb_cache_dir"), "--rmb-cache-dir"
@@ -395,17 +430,25 @@ def _cache_dir(config: pytest.Config, dataset: Path) -> Path | None:
     # far ancestor (path options count when pytest picks it), so use where pytest was started.
     default = (config.rootpath if config.inipath else config.invocation_params.dir) / ".rmb_cache"
     # Started inside the data folder: no folder of the user's to put it in, and never the data's.
-    return None if is_inside(default, dataset) else default
+    return None if dataset is not None and is_inside(default, dataset) else default
 
 
-def _gates(config: pytest.Config) -> tuple[Gate, ...]:
-    given = list(config.getoption("rmb_gate") or [])
+def _gates(config: pytest.Config, scenarios: tuple[Scenario, ...]) -> tuple[Gate, ...]:
+    """Every gate, its scenario or task checked against RMB's and the user's (a gate on RMB in a
+    run of the user's sets alone is no typo: it has no samples, and says so)."""
+    scenario_ids, task_ids = {s.id for s in scenarios}, {s.task_id for s in scenarios}
+    given = [(gate, "pytest-rmb: argument --rmb-gate") for gate in config.getoption("rmb_gate") or []]
     for line in config.getini("rmb_gates"):
         try:
-            given.append(gate_expression(line))
+            given.append((gate_expression(line), "ini option rmb_gates"))
         except argparse.ArgumentTypeError as exc:
             raise pytest.UsageError(f"ini option rmb_gates: {exc}") from None
-    return tuple(given)
+    for gate, source in given:
+        try:
+            check_metric(gate.metric, scenario_ids, task_ids, f"{gate.metric}{gate.op}{gate.bar:g}")
+        except GateError as exc:
+            raise pytest.UsageError(f"{source}: {exc}") from None
+    return tuple(gate for gate, _ in given)
 
 
 def _baseline(config: pytest.Config) -> dict | None:
@@ -432,8 +475,24 @@ def _chat_template(config: pytest.Config) -> str | None:
     return str(path)
 
 
-def _dataset(config: pytest.Config) -> tuple[Path, str]:
-    return _find_dataset(config, config.getoption("rmb_data"))
+def _dataset(config: pytest.Config, optional: bool = False) -> tuple[Path | None, str]:
+    """The RMB data folder and its label; (None, "") when ``optional`` (the user's own scenarios
+    are given) and no data is configured anywhere."""
+    given = config.getoption("rmb_data")
+    if optional and not given and not os.environ.get(DATA_ENV) and not config.getini("rmb_data"):
+        return None, ""
+    return _find_dataset(config, given)
+
+
+def _user_scenarios(config: pytest.Config) -> tuple[Scenario, ...]:
+    """The scenarios of --rmb-scenarios and ini rmb_scenarios (ini files first), sorted by id."""
+    files = [_ini_dir(config) / line for line in config.getini("rmb_scenarios")]
+    files += [config.invocation_params.dir / given for given in config.getoption("rmb_scenarios") or []]
+    unique = list(dict.fromkeys(path.resolve() for path in files))
+    try:
+        return load_user_scenarios(unique, registry())
+    except UserSetsError as exc:
+        raise pytest.UsageError(f"pytest-rmb: --rmb-scenarios: {exc}") from None
 
 
 def _find_dataset(config: pytest.Config, given: str | None) -> tuple[Path, str]:
@@ -496,8 +555,8 @@ def is_inside(path: Path, folder: Path) -> bool:
     return path.resolve().is_relative_to(folder.resolve())
 
 
-def _outside_dataset(path: Path, dataset: Path, source: str) -> Path:
-    if is_inside(path, dataset):
+def _outside_dataset(path: Path, dataset: Path | None, source: str) -> Path:
+    if dataset is not None and is_inside(path, dataset):
         raise pytest.UsageError(
             f"pytest-rmb: {source}: {path} is inside the data folder {dataset}; pytest-rmb never "
             "writes into the data folder, choose a cache folder outside it"

@@ -8,8 +8,11 @@ from the items, and the summary.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ import pytest
 from pytest_rmb import __version__
 from pytest_rmb.collection import item_identity, rmb_collectors, selection_plan
 from pytest_rmb.gate import FAIL as GATE_FAIL
+from pytest_rmb.models import PAIRWISE_MODEL
 from pytest_rmb.gate import evaluate as evaluate_gates
 from pytest_rmb.options import RunSettings
 from pytest_rmb.report import TableRenderer, write_json, write_jsonl, write_markdown
@@ -37,8 +41,21 @@ from pytest_rmb.inspect_input import InputInspector
 from pytest_rmb.self_check import SelfCheck, self_check_gates, write_self_check
 
 MODEL_INFO = "rmb_model_info"
-# Setting names that would hold a secret; never written into a summary, whatever a backend takes.
-SECRET_WORDS = ("key", "token", "secret", "password", "authorization")
+# Setting names that would hold a secret (api_key, token, x_secret; not max_tokens or api_key_env):
+# never written into a summary, whatever a backend takes.
+_SECRET_NAME = re.compile(r"(^|_)(key|token|secret|password|passwd|authorization|auth)$", re.I)
+
+
+def public_args(args: Mapping[str, Any]) -> dict[str, Any]:
+    """Backend settings fit for a summary: secret-named ones left out, URLs without credentials."""
+    from pytest_rmb.http import redact_url  # imports httpx: only when there are settings to show
+
+    public = {}
+    for name, value in args.items():
+        if _SECRET_NAME.search(name):
+            continue
+        public[name] = redact_url(value) if isinstance(value, str) and "://" in value else value
+    return public
 
 
 class RMBSession:
@@ -111,6 +128,16 @@ class RMBSession:
         self.model_info = {"kind": model.kind, **model.describe()}
         self._model_info_unsent = True
 
+    def announce(self, line: str) -> None:
+        """A line on the terminal while tests run (their output is captured)."""
+        reporter = self.config.pluginmanager.getplugin("terminalreporter")
+        capture = self.config.pluginmanager.getplugin("capturemanager")
+        if reporter is None:
+            return
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            reporter.ensure_newline()
+            reporter.write_line(line)
+
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
         report = yield
@@ -157,6 +184,11 @@ class RMBSession:
         summary = summary_document(results, records, settings, {s.id: s for s in settings.scenarios}, partial)
         summary["status"] = "partial" if partial else "ok"
         summary["provenance"] = self._provenance(records)
+        if (self.model_info or {}).get("kind") == PAIRWISE_MODEL:
+            from pytest_rmb.judging import judge_stats
+
+            goal_of = {s.id: s.goal for s in settings.scenarios}
+            summary["judge"] = judge_stats([{**r, "goal": goal_of.get(r["scenario"], "")} for r in records])
         # A user's scenario with a goal of its own stays out of the sections the baseline compares.
         in_sections = {s.id: s.goal for s in settings.scenarios if s.goal in GOALS}
         gates, baseline = evaluate_gates(summary, settings, in_sections)
@@ -215,8 +247,7 @@ class RMBSession:
             "pytest_rmb": __version__,
             "model": scorer.model,
             "model_info": self.model_info or {},
-            "model_args": {k: v for k, v in scorer.args.items()
-                           if not any(word in k.lower() for word in SECRET_WORDS)},
+            "model_args": public_args(scorer.args),
             "revision": scorer.revision,
             "dtype": scorer.dtype,
             "device": scorer.device,
