@@ -1,0 +1,498 @@
+"""DPO-trained policies as reward models: the implicit reward against a reference model.
+
+``dpo:POLICY`` with ``ref=REFERENCE`` scores a response by
+``beta * (log p_policy(response | conversation) - log p_ref(response | conversation))``; without a
+reference, by the policy's own log-probability of the response, normalised as RewardBench's DPO
+inference does (``ref_free=avg``, the default, as in RMB's scripts: the mean over the response's
+tokens; ``sum``: the sum; ``norm``: minus the L2 norm of the per-token log-probabilities).
+``beta`` multiplies every reward alike, so it never changes a ranking.
+
+Rendering: the conversation through the policy's chat template with the generation prompt is the
+context; the conversation plus the response without it is the text the models read. The response's
+tokens are that text's tokens after the longest common token prefix with the context's: the answer
+and whatever the template closes the assistant's turn with (its end-of-turn token, which a DPO
+policy was trained to emit). Without a template the plain ``Role: content`` rendering is used and
+EOS closes the answer. A BOS is put first when the tokenizer adds one to plain text and the
+template did not write it (zephyr's template, for one, leaves BOS to the tokenizer), never twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from pytest_rmb.backends import (
+    Backend,
+    ModelArg,
+    ModelLoadError,
+    ModelSettings,
+    choice,
+    text_value,
+)
+from pytest_rmb.backends.hf import (
+    CPU_BATCH_TOKENS,
+    DEFAULT_MAX_LENGTH,
+    GPU_BATCH_TOKENS,
+    SANE_LIMIT,
+    RMBWarning,
+    _dtype_keyword,
+    check_spec_before_loading,
+    plain_render,
+    resolve_device,
+    resolve_dtype,
+    resolved_revision,
+    weights_identity,
+)
+from pytest_rmb.data import Message
+from pytest_rmb.models import PointwiseModel, ScoreRequest, as_chat, request_key
+
+# Part of the cache fingerprint: bump it when rendering or scoring changes what a text scores.
+SCORER_VERSION = "1"
+REF_FREE_MODES = ("norm", "avg", "sum")
+DEFAULT_REF_FREE = "avg"
+# Mixed case, digits, punctuation, accents and CJK: tokenizers that differ anywhere usually differ here.
+PROBE_CONVERSATION = (Message("user", "Hello World! Sort [3, 1, 2] in Python; héllo 你好?"),)
+PROBE_RESPONSE = "Use sorted([3, 1, 2]) -> [1, 2, 3]. Ünïcödé ok."
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected a number > 0, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"expected a finite number > 0, got {value}")
+    return value
+
+
+positive_float.type_name = "float"  # type: ignore[attr-defined]
+
+
+def _text(type_name: str):
+    """A text setting with its own name in listings (a new function: shared parsers stay as they are)."""
+    def parse(text: str) -> str:
+        return text_value(text)
+    parse.type_name = type_name  # type: ignore[attr-defined]
+    return parse
+
+
+class DPORewardModel(PointwiseModel):
+    """Implicit DPO rewards from a causal LM policy and, optionally, its reference model."""
+
+    def __init__(self, policy, reference, tokenizer, settings: ModelSettings, *, beta: float = 1.0,
+                 ref_free: str | None = None, reference_settings: ModelSettings | None = None,
+                 policy_weights: str = "", reference_weights: str = ""):
+        import torch
+
+        self._torch = torch
+        self.policy = policy.eval()
+        self.reference = reference.eval() if reference is not None else None
+        self.tokenizer = tokenizer
+        self.name = settings.target
+        self.beta = float(beta)
+        self.mode = reward_mode(settings.model, reference is not None, ref_free)
+        self._reference_settings = reference_settings
+        self._policy_weights = policy_weights or weights_identity(settings, policy)
+        self._policy_revision = resolved_revision(settings, policy)
+        self._reference_revision: str | None
+        if self.reference is not None and reference_settings is not None:
+            self._reference_weights = reference_weights or weights_identity(reference_settings, self.reference)
+            self._reference_revision = resolved_revision(reference_settings, self.reference)
+        else:
+            self._reference_weights = reference_weights
+            self._reference_revision = None
+        self._device = _input_device(self.policy)
+        self.batch_tokens: int | None = GPU_BATCH_TOKENS if self._device.type == "cuda" else CPU_BATCH_TOKENS
+        if settings.chat_template:
+            tokenizer.chat_template = Path(settings.chat_template).read_text(encoding="utf-8")
+        self._templated = bool(getattr(tokenizer, "chat_template", None))
+        if not self._templated:
+            warnings.warn(
+                f"{self.name}: the tokenizer has no chat template; rendering conversations as "
+                "'Role: content' blocks and closing the response with EOS (pass --rmb-chat-template FILE "
+                "to use a template)",
+                RMBWarning,
+                stacklevel=2,
+            )
+        self._pad_id = _pad_id(tokenizer)
+        self._bos = self._leading_bos()
+        self._special = set(tokenizer.all_special_ids)
+        self.max_length = self._max_length(settings.max_length)
+        self._tokens: dict[ScoreRequest, tuple[list[int], int]] = {}
+        self._counters: dict[str, float] = {"truncated": 0}
+
+    # -- rendering and tokens ---------------------------------------------------------------------
+
+    def render(self, request: ScoreRequest) -> tuple[str, str]:
+        """(context, full text): the conversation ready for the answer, and with the answer."""
+        return render(self.tokenizer, request, templated=self._templated)
+
+    def _leading_bos(self) -> int | None:
+        """The BOS to put first, when the tokenizer itself starts plain text with one."""
+        bos = self.tokenizer.bos_token_id
+        if bos is None:
+            return None
+        plain = self.tokenizer("x", add_special_tokens=True)["input_ids"]
+        return bos if plain and plain[0] == bos else None
+
+    def _max_length(self, requested: int | None) -> int:
+        limits = [
+            limit
+            for model in (self.policy, self.reference)
+            if model is not None
+            for limit in (getattr(model.config, "max_position_embeddings", None),)
+            if isinstance(limit, int) and 0 < limit < SANE_LIMIT
+        ]
+        tokenizer_limit = getattr(self.tokenizer, "model_max_length", None)
+        if isinstance(tokenizer_limit, int) and 0 < tokenizer_limit < SANE_LIMIT:
+            limits.append(tokenizer_limit)
+        model_limit = min(limits) if limits else None
+        if requested is not None:
+            if model_limit is not None and requested > model_limit:
+                raise ModelLoadError(f"--rmb-max-length {requested}: {self.name} accepts at most {model_limit} tokens")
+            if requested < 2:
+                raise ModelLoadError(f"--rmb-max-length {requested}: a DPO reward needs at least 2 tokens")
+            return requested
+        return min(DEFAULT_MAX_LENGTH, model_limit) if model_limit else DEFAULT_MAX_LENGTH
+
+    def encode(self, requests: Sequence[ScoreRequest]) -> list[tuple[list[int], int]]:
+        """Each request's token ids and the index of its first response token, before truncation."""
+        rendered = [self.render(r) for r in requests]
+        prompts = self.tokenizer([p for p, _ in rendered], add_special_tokens=False)["input_ids"]
+        fulls = self.tokenizer([f for _, f in rendered], add_special_tokens=False)["input_ids"]
+        eos = self.tokenizer.eos_token_id
+        encoded = []
+        for prompt_ids, full_ids in zip(prompts, fulls):
+            ids = list(full_ids)
+            if not self._templated and eos is not None:
+                ids.append(eos)
+            # Where the prompt's last token merges with the answer's first, that token counts as
+            # the answer's (RewardBench and TRL do the same).
+            start = _common_prefix(prompt_ids, ids)
+            if self._bos is not None and (not ids or ids[0] != self._bos):
+                ids.insert(0, self._bos)
+                start += 1
+            encoded.append((ids, start))
+        return encoded
+
+    def _truncate(self, ids: list[int], start: int) -> tuple[list[int], int]:
+        limit = self.max_length
+        if len(ids) <= limit:
+            return ids, start
+        self._counters["truncated"] += 1
+        # Keep the end, where the response is; lose the start of the conversation, but keep a
+        # leading BOS (or the template's first special token), as the classifier backend does.
+        dropped = len(ids) - limit
+        if ids[0] in self._special:
+            return ids[:1] + ids[dropped + 1:], max(start - dropped, 1)
+        return ids[dropped:], max(start - dropped, 0)
+
+    def cost(self, requests: Sequence[ScoreRequest]) -> list[int]:
+        """Token counts after rendering and truncation (each model reads them once); keeps the ids."""
+        todo = [r for r in requests if r not in self._tokens]
+        if todo:
+            for request, (ids, start) in zip(todo, self.encode(todo)):
+                self._tokens[request] = self._truncate(ids, start)
+        return [len(self._tokens[r][0]) for r in requests]
+
+    def take_counters(self) -> dict[str, float]:
+        counters, self._counters = self._counters, {"truncated": 0}
+        return counters
+
+    # -- scoring ----------------------------------------------------------------------------------
+
+    def score(self, batch: Sequence[ScoreRequest]) -> list[float]:
+        self.cost(batch)
+        rows = [self._tokens[r] for r in batch]
+        policy = self._response_logprobs(self.policy, rows)
+        if self.reference is not None:
+            reference = self._response_logprobs(self.reference, rows)
+            values = [self.beta * (p.sum().item() - r.sum().item()) for p, r in zip(policy, reference)]
+        else:
+            values = [self.beta * self._reference_free(p) for p in policy]
+        for request in batch:
+            self._tokens.pop(request, None)
+        return values
+
+    def _reference_free(self, logps) -> float:
+        if logps.numel() == 0:
+            return 0.0  # an empty answer under a template that closes nothing: log 1
+        if self.mode == "avg":
+            return logps.mean().item()
+        if self.mode == "sum":
+            return logps.sum().item()
+        return -logps.norm(p=2).item()
+
+    def _response_logprobs(self, model, rows: Sequence[tuple[list[int], int]]) -> list[Any]:
+        """Per row, the float64 log-probabilities of its response tokens under ``model``."""
+        torch = self._torch
+        width = max(len(ids) for ids, _ in rows)
+        input_ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (ids, _) in enumerate(rows):
+            input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            attention[i, : len(ids)] = 1
+        device = _input_device(model)
+        # Right padding whatever the tokenizer says: real tokens keep positions 0..n-1, so a score
+        # does not depend on the batch it was in.
+        with torch.inference_mode():
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
+            result = []
+            for i, (ids, start) in enumerate(rows):
+                first, end = max(start, 1), len(ids)
+                if first >= end:
+                    result.append(torch.zeros(0, dtype=torch.float64))
+                    continue
+                # One row at a time, in at least float32: the whole batch's log-softmax would
+                # hold tokens x vocabulary floats at once.
+                row = logits[i, first - 1:end - 1]
+                logps = row.to(torch.promote_types(row.dtype, torch.float32)).log_softmax(-1)
+                targets = input_ids[i, first:end].to(logps.device)
+                result.append(logps.gather(-1, targets[:, None]).squeeze(-1).double().cpu())
+            del logits
+        return result
+
+    # -- provenance -------------------------------------------------------------------------------
+
+    def fingerprint(self) -> str:
+        """Everything a reward depends on, hashed: names the score-cache file."""
+        if self.reference is None:
+            reference = f"ref_free {self.mode}"
+        else:
+            target = self._reference_settings.target if self._reference_settings else ""
+            reference = f"reference {target} {self._reference_weights}"
+        parts = [
+            f"scorer dpo {SCORER_VERSION}",
+            self.name,
+            self._policy_weights,
+            reference,
+            f"beta {self.beta!r}",
+            str(self.policy.dtype),
+            str(self.max_length),
+            self.tokenizer.chat_template if self._templated else "plain",
+        ]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
+
+    def cache_key(self, request: ScoreRequest) -> str:
+        """A hash of the exact context and text the models see."""
+        prompt, full = self.render(request)
+        return request_key(f"{len(prompt)}:{prompt}{full}")
+
+    def describe(self) -> dict[str, Any]:
+        template = self.tokenizer.chat_template if self._templated else "plain"
+        reference: dict[str, Any] | None = None
+        if self.reference is not None:
+            reference = {
+                "model": self._reference_settings.target if self._reference_settings else None,
+                "revision": self._reference_revision,
+                "weights": self._reference_weights,
+                "device": str(_input_device(self.reference)),
+            }
+        return {
+            "policy": {"model": self.name, "revision": self._policy_revision, "weights": self._policy_weights,
+                       "device": str(self._device)},
+            "reference": reference,
+            "reward": "beta * (log p_policy - log p_ref) over the response tokens" if reference
+            else f"beta * reference-free log p_policy of the response ({self.mode})",
+            "beta": self.beta,
+            "ref_free": None if reference else self.mode,
+            "dtype": str(self.policy.dtype).removeprefix("torch."),
+            "max_length": self.max_length,
+            "truncation_side": "left (the start of the conversation is dropped)",
+            "chat_template_sha256": hashlib.sha256(str(template).encode()).hexdigest()[:16],
+        }
+
+    def close(self) -> None:
+        self._tokens.clear()
+        self.policy = self.reference = None
+        torch = self._torch
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def reward_mode(spec: str, has_reference: bool, ref_free: str | None) -> str:
+    """``ref`` with a reference model, else the reference-free normalisation."""
+    if has_reference:
+        if ref_free is not None:
+            raise ModelLoadError(f"--rmb-model {spec}: ref_free={ref_free} applies only without ref=...; "
+                                 "with a reference the reward is the summed log-ratio")
+        return "ref"
+    mode = ref_free or DEFAULT_REF_FREE
+    if mode not in REF_FREE_MODES:
+        raise ModelLoadError(f"--rmb-model {spec}: ref_free={mode}: expected one of {', '.join(REF_FREE_MODES)}")
+    return mode
+
+
+def render(tokenizer, request: ScoreRequest, *, templated: bool) -> tuple[str, str]:
+    context = [{"role": m.role, "content": m.content} for m in request.conversation]
+    if templated:
+        prompt = tokenizer.apply_chat_template(context, tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(as_chat(request.conversation, request.response),
+                                             tokenize=False, add_generation_prompt=False)
+        return prompt, full
+    # The space goes with the answer: byte-level BPE merges it into the answer's first word.
+    prompt = plain_render(context) + "\n\nAssistant:"
+    return prompt, f"{prompt} {request.response}"
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _input_device(model):
+    return model.get_input_embeddings().weight.device
+
+
+def _pad_id(tokenizer) -> int:
+    # Any id works: padded positions are masked and come after every real token.
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def check_same_tokenizer(policy_tokenizer, reference_tokenizer, policy: str, reference: str,
+                         probe: str) -> None:
+    """Log-ratios compare token by token: both models must split every text the same way."""
+    policy_vocab, reference_vocab = policy_tokenizer.get_vocab(), reference_tokenizer.get_vocab()
+    if policy_vocab != reference_vocab:
+        differing = sum(1 for token, i in policy_vocab.items() if reference_vocab.get(token) != i)
+        differing += sum(1 for token in reference_vocab if token not in policy_vocab)
+        raise ModelLoadError(
+            f"--rmb-model dpo:{policy} with ref={reference}: the tokenizers differ ({len(policy_vocab)} vs "
+            f"{len(reference_vocab)} tokens, {differing} tokens with other ids); the policy and its "
+            "reference must share a tokenizer"
+        )
+    policy_ids = policy_tokenizer(probe, add_special_tokens=True)["input_ids"]
+    reference_ids = reference_tokenizer(probe, add_special_tokens=True)["input_ids"]
+    if policy_ids != reference_ids:
+        raise ModelLoadError(
+            f"--rmb-model dpo:{policy} with ref={reference}: the tokenizers split the same text differently "
+            f"({len(policy_ids)} vs {len(reference_ids)} tokens for a probe text); the policy and its "
+            "reference must share a tokenizer"
+        )
+
+
+def _check_spec(spec: str, label: str) -> None:
+    try:
+        check_spec_before_loading(spec)
+    except ModelLoadError as exc:
+        # Its message names --rmb-model; say which of the two models it was.
+        raise ModelLoadError(f"{label}: {str(exc).split(': ', 1)[-1]}") from None
+
+
+def _load_tokenizer(settings: ModelSettings, label: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(settings.target, revision=settings.revision,
+                                             trust_remote_code=settings.trust_remote_code)
+    except (OSError, ValueError, ImportError, KeyError) as exc:
+        raise ModelLoadError(f"{label}: cannot load its tokenizer with transformers: {exc}") from exc
+
+
+def _load_causal_lm(settings: ModelSettings, label: str, dtype, device: str | None):
+    """An ``AutoModelForCausalLM`` with its trained head, on ``device`` (None: by device_map)."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"revision": settings.revision, "trust_remote_code": settings.trust_remote_code,
+                              "dtype": dtype}
+    if settings.attn_implementation:
+        kwargs["attn_implementation"] = settings.attn_implementation
+    if settings.device_map and device is None:
+        kwargs["device_map"] = settings.device_map
+    try:
+        loaded: Any = AutoModelForCausalLM.from_pretrained(settings.target, output_loading_info=True,
+                                                           **_dtype_keyword(kwargs))
+    except (OSError, ValueError, ImportError, KeyError) as exc:
+        raise ModelLoadError(f"{label}: cannot load it as a causal language model with transformers: {exc}") from exc
+    model, info = loaded
+    head = model.get_output_embeddings()
+    head_names = {name for name, p in model.named_parameters(remove_duplicate=False)
+                  if head is not None and p is head.weight}
+    missing = head_names & set(info.get("missing_keys", ()))
+    if head is None or missing:
+        raise ModelLoadError(f"{label}: the checkpoint has no trained language-model head "
+                             f"({', '.join(sorted(missing)) or 'none'}); a DPO reward needs a causal LM")
+    return model if device is None else model.to(device)
+
+
+def load_dpo(settings: ModelSettings) -> DPORewardModel:
+    """``dpo:POLICY`` [``ref=REFERENCE``]: both models load once, in one dtype.
+
+    Everything that can be checked without the weights (both specs, the mode, the tokenizers) is
+    checked before either model loads, so a mistake costs seconds, not minutes.
+    """
+    policy_spec = settings.target.strip()
+    if not policy_spec:
+        raise ModelLoadError(f"--rmb-model {settings.model}: no policy model; expected dpo:POLICY "
+                             "(a hub id or a local checkpoint) and --rmb-model-arg ref=REFERENCE")
+    if settings.reward_index is not None:
+        raise ModelLoadError(f"--rmb-reward-index {settings.reward_index}: a DPO reward is a log-probability "
+                             f"ratio, not a logit of a head; drop it for --rmb-model {settings.model}")
+    args = settings.args
+    reference_spec = (args.get("ref") or "").strip() or None
+    ref_free = args.get("ref_free")
+    reward_mode(settings.model, reference_spec is not None, ref_free)
+    policy_label = f"--rmb-model {settings.model}"
+    reference_label = f"--rmb-model-arg ref={reference_spec}"
+    _check_spec(policy_spec, policy_label)
+    reference_settings = None
+    if reference_spec is not None:
+        reference_settings = replace(settings, model=f"hf:{reference_spec}", revision=args.get("ref_revision"))
+        _check_spec(reference_spec, reference_label)
+    tokenizer = _load_tokenizer(settings, policy_label)
+    if settings.chat_template:
+        tokenizer.chat_template = Path(settings.chat_template).read_text(encoding="utf-8")
+    if reference_settings is not None:
+        _, probe = render(tokenizer, ScoreRequest(PROBE_CONVERSATION, PROBE_RESPONSE),
+                          templated=bool(getattr(tokenizer, "chat_template", None)))
+        check_same_tokenizer(tokenizer, _load_tokenizer(reference_settings, reference_label), policy_spec,
+                             reference_spec or "", probe)
+
+    device = resolve_device(settings.device, settings.worker_index)
+    dtype = resolve_dtype(settings.dtype, device)
+    ref_device: str | None = None
+    if reference_settings is not None and args.get("ref_device"):
+        try:
+            ref_device = resolve_device(args["ref_device"], settings.worker_index)
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"--rmb-model-arg ref_device={args['ref_device']}: "
+                                 f"{str(exc).split(': ', 1)[-1]}") from None
+    policy = _load_causal_lm(settings, policy_label, dtype, None if settings.device_map else device)
+    reference = None
+    if reference_settings is not None:
+        if ref_device is None and not settings.device_map:
+            # Beside the policy (with a device_map, spread by the same map).
+            ref_device = str(_input_device(policy))
+        if ref_device is not None:
+            reference_settings = replace(reference_settings, device_map=None)
+        reference = _load_causal_lm(reference_settings, reference_label, dtype, ref_device)
+    return DPORewardModel(policy, reference, tokenizer, settings, beta=args.get("beta") or 1.0,
+                          ref_free=ref_free, reference_settings=reference_settings)
+
+
+BACKEND = Backend(
+    "dpo", load_dpo,
+    args=(
+        ModelArg("ref", _text("model"), None, "the reference model (hub id or local checkpoint); the reward is "
+                 "beta * (log p_policy - log p_ref) of the response. Without it, a reference-free reward"),
+        ModelArg("ref_free", choice(*REF_FREE_MODES), None,
+                 "without ref: the policy's log-probability of the response averaged over its tokens (avg, "
+                 "the default), summed (sum), or minus the L2 norm of the per-token values (norm)"),
+        ModelArg("beta", positive_float, 1.0, "multiplies every reward (the DPO beta); rankings do not depend on it"),
+        ModelArg("ref_device", _text("device"), None, "device for the reference model (default: the policy's)"),
+        ModelArg("ref_revision", _text("revision"), None, "revision of a hub reference model (default: main)"),
+    ),
+    summary="a DPO-trained causal LM as an implicit reward model: dpo:POLICY with ref=REFERENCE, or "
+    "reference-free (settings through --rmb-dtype, --rmb-max-length, --rmb-chat-template, ...)",
+)

@@ -1,0 +1,659 @@
+"""``--rmb-model openai:MODEL``: an LLM judge behind any OpenAI-compatible chat-completions server
+(vLLM, SGLang, llama.cpp, ``transformers serve``, hosted APIs).
+
+The protocol (prompts, parsing, orders, votes) lives in :mod:`pytest_rmb.judging`, shared with the
+local judge; HTTP (concurrency, retries, Retry-After, timeouts, key scrubbing) in
+:mod:`pytest_rmb.http`. What is left here: asking each comparison in its orders and votes with
+parse retries, reading the verdict's logprobs, token accounting and the token budget, and
+stopping a batch cleanly when the server is gone, keeping every verdict already received.
+
+The API key comes from the environment only (``OPENAI_API_KEY`` or ``api_key_env=NAME``) and
+goes to the HTTP client and nowhere else: not into settings, the fingerprint, ``describe()``, or
+any message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pytest_rmb.backends import (
+    Backend,
+    ModelArg,
+    ModelLoadError,
+    ModelSettings,
+    boolean,
+    choice,
+    closest_names,
+    non_negative_float,
+    positive_int,
+    text_value,
+)
+from pytest_rmb.judging import (
+    ORDERS,
+    PROMPT_NAMES,
+    JudgePrompt,
+    OrderResult,
+    PromptError,
+    chosen_slots,
+    combine,
+    find_verdict,
+    judge_messages,
+    load_prompt,
+    verdict_probability,
+)
+from pytest_rmb.models import PairRequest, PairwiseModel, PartialBatchError, Verdict
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+T = TypeVar("T")
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+# Start-up checks must answer within seconds, whatever the run's request timeout.
+STARTUP_TIMEOUT = 5.0
+TOP_LOGPROBS = 5
+# A judge reply without a usable verdict is retried as a follow-up turn: asking the identical
+# request again at temperature 0 would mostly repeat the same reply.
+FOLLOW_UP = ('Your reply did not end with a verdict in the required format. Output your final verdict now, '
+             'only "[[A]]" if assistant A is better or "[[B]]" if assistant B is better.')
+NOTE_CHARS = 160
+
+
+def _named(name: str, parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``parse`` under the type name shown in listings; a wrapper, so shared parsers keep theirs."""
+    def named(text: str) -> Any:
+        return parse(text)
+
+    named.type_name = name  # type: ignore[attr-defined]
+    return named
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise ValueError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"expected an integer, got {text!r}") from None
+
+
+def _positive_float(text: str) -> float:
+    value = non_negative_float(text)
+    if value <= 0:
+        raise ValueError(f"expected a number > 0, got {value}")
+    return value
+
+
+def _base_urls(text: str) -> tuple[str, ...]:
+    from pytest_rmb.http import split_base_urls
+
+    return tuple(split_base_urls(text))
+
+
+def _env_name(text: str) -> str:
+    name = text.strip()
+    if not name or not all(c.isalnum() or c == "_" for c in name) or name[0].isdigit():
+        # Never echo the value: a user who pasted the key itself here must not see it printed.
+        raise ValueError("expected the NAME of an environment variable (letters, digits, _), not a key")
+    return name
+
+
+ARGS = (
+    ModelArg("base_url", _named("url[,url...]", _base_urls), None,
+             "server base URL(s), comma-separated replicas share the load (default: $OPENAI_BASE_URL, "
+             f"then {DEFAULT_BASE_URL})"),
+    ModelArg("api_key_env", _named("name", _env_name), None,
+             "environment variable holding the API key (default OPENAI_API_KEY); the key is read "
+             "from the environment only"),
+    ModelArg("concurrency", positive_int, 16, "requests in flight at once"),
+    ModelArg("timeout", _named("seconds", _positive_float), 120.0, "seconds per request"),
+    ModelArg("retries", _named("int", _non_negative_int), 4,
+             "retries of a failed request (408, 429, 5xx, timeouts; Retry-After honoured)"),
+    ModelArg("prompt", choice(*PROMPT_NAMES), "pair-v2", "built-in judge prompt"),
+    ModelArg("prompt_file", _named("path", text_value), None,
+             "your own prompt: a template file, or JSON with system/template (placeholders in README)"),
+    ModelArg("order", choice(*ORDERS), "both",
+             "both: ask each comparison in both answer orders, won only if both agree; random: one "
+             "order from a hash of seed and comparison; fixed: chosen answer always shown as A"),
+    ModelArg("votes", positive_int, 1, "samples per comparison and order; a strict majority decides"),
+    ModelArg("temperature", non_negative_float, 0.0, "sampling temperature (votes > 1 needs > 0)"),
+    ModelArg("max_tokens", positive_int, 1024, "most tokens per reply"),
+    ModelArg("parse_retries", _named("int", _non_negative_int), 2,
+             "follow-up turns asking for the verdict when a reply has none"),
+    ModelArg("logprobs", choice("auto", "true", "false"), "auto",
+             "ask for the verdict token's logprobs (P(chosen) in the JSONL); auto drops them if refused"),
+    ModelArg("bon_early_stop", boolean, True, "stop judging a Best-of-N list once one comparison is lost"),
+    ModelArg("budget_tokens", positive_int, None,
+             "stop (exit non-zero, verdicts kept) before this process's requests would exceed N tokens"),
+    ModelArg("seed", _named("int", _integer), None,
+             "seed of order=random and, when given, sent to the server (vote i gets seed+i); default --rmb-seed"),
+)
+
+
+class JudgeUnavailable(RuntimeError):
+    """The server cannot be reached any more; what it already answered is kept."""
+
+
+class JudgeBudgetExceeded(RuntimeError):
+    """The next request would take the run past ``budget_tokens``."""
+
+
+class JudgeReplyError(RuntimeError):
+    """A 200 response that is not a chat completion."""
+
+
+@dataclass
+class _Ask:
+    """One comparison in one order: its messages and where the chosen answer is."""
+
+    request: int
+    slot: str
+    messages: list[dict[str, str]]
+    chars: int
+
+
+class _Aborted(Exception):
+    pass
+
+
+class OpenAIJudge(PairwiseModel):
+    """A pairwise model asking an OpenAI-compatible chat endpoint; see the module docstring."""
+
+    def __init__(self, settings: ModelSettings):
+        from pytest_rmb.http import RetryPolicy, api_key_from_env
+
+        args = settings.args
+        self.model_name = settings.target
+        self.base_urls: tuple[str, ...] = args.get("base_url") or _base_urls(
+            os.environ.get("OPENAI_BASE_URL", "").strip() or DEFAULT_BASE_URL)
+        key_env = args.get("api_key_env")
+        self._key_env = key_env or "OPENAI_API_KEY"
+        self._api_key = api_key_from_env(key_env)
+        if key_env and self._api_key is None:
+            raise ModelLoadError(f"openai judge: api_key_env={key_env} but ${key_env} is not set")
+        try:
+            self.prompt: JudgePrompt = load_prompt(args.get("prompt") or "pair-v2", args.get("prompt_file"))
+        except PromptError as exc:
+            raise ModelLoadError(f"openai judge: {exc}") from None
+        if args.get("prompt_file") and args.get("prompt", "pair-v2") != "pair-v2":
+            raise ModelLoadError("openai judge: give prompt or prompt_file, not both")
+        self.concurrency: int = args.get("concurrency", 16)
+        self.order: str = args.get("order", "both")
+        self.votes: int = args.get("votes", 1)
+        self.temperature: float = args.get("temperature", 0.0)
+        if self.votes > 1 and self.temperature == 0:
+            raise ModelLoadError(f"openai judge: votes={self.votes} at temperature 0 would ask the same "
+                                 "question several times for the same answer; set temperature > 0")
+        self.max_tokens: int = args.get("max_tokens", 1024)
+        self.parse_retries: int = args.get("parse_retries", 2)
+        self.logprobs_mode: str = args.get("logprobs", "auto")
+        self.bon_early_stop = bool(args.get("bon_early_stop", True))
+        self.budget_tokens: int | None = args.get("budget_tokens")
+        self.server_seed: int | None = args.get("seed")
+        self.seed: int = self.server_seed if self.server_seed is not None else settings.seed
+        self.policy = RetryPolicy(retries=args.get("retries", 4), timeout=args.get("timeout", 120.0))
+        # HTTP backends want large batches so that their concurrency has work to overlap.
+        self.batch_size = max(64, 8 * self.concurrency)
+        # Per process: what the run spent, what is reserved by requests in flight.
+        self._spent = 0
+        self._reserved = 0
+        self._prompt_chars = 0
+        self._prompt_tokens_seen = 0
+        self._send_logprobs = self.logprobs_mode != "false"
+        self._max_tokens_key = "max_tokens"
+        self._consecutive_failures = 0
+        self._rotation = 0
+        self._pools: list[_ClientPool] = []
+        self._fatal: BaseException | None = None
+        self._counters: dict[str, float] = {}
+        # Set by the session to show live progress: called with done/total requests, rate, tokens.
+        self.on_progress: Callable[[Mapping[str, float]], None] | None = None
+
+    # -- identity -------------------------------------------------------------------------
+
+    def fingerprint(self) -> str:
+        """What a verdict depends on; never the URL or the key, so replicas and hosts share a cache."""
+        identity = {
+            "backend": "openai-judge", "model": self.model_name, "prompt": self.prompt.sha256,
+            "temperature": self.temperature, "order": self.order, "votes": self.votes,
+            "max_tokens": self.max_tokens, "parse_retries": self.parse_retries,
+            "seed": self.seed if self.order == "random" or self.server_seed is not None else None,
+        }
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+        return f"judge-{digest[:32]}"
+
+    def describe(self) -> dict[str, Any]:
+        from pytest_rmb.http import redact_url
+
+        return {
+            "backend": "openai", "judge_model": self.model_name,
+            "endpoints": [redact_url(url) for url in self.base_urls],
+            "prompt": self.prompt.name, "prompt_sha256": self.prompt.sha256, "order": self.order,
+            "votes": self.votes, "temperature": self.temperature, "max_tokens": self.max_tokens,
+            "parse_retries": self.parse_retries, "logprobs": self.logprobs_mode, "seed": self.seed,
+            "bon_early_stop": self.bon_early_stop, "budget_tokens": self.budget_tokens,
+            "concurrency": self.concurrency,
+        }
+
+    def take_counters(self) -> dict[str, float]:
+        retries = sum(client.retries for pool in self._pools for client in pool.clients)
+        self._pools = []
+        if retries:
+            self._count("http_retries", retries)
+        counters, self._counters = self._counters, {}
+        return counters
+
+    def _count(self, name: str, value: float = 1) -> None:
+        self._counters[name] = self._counters.get(name, 0) + value
+
+    # -- start-up -------------------------------------------------------------------------
+
+    def check_server(self) -> None:
+        """List each base URL's models: a dead server, a bad key or a wrong model name fails at
+        load time, within seconds, naming the URL and the status."""
+        from pytest_rmb.http import HTTPFailure, RetryPolicy
+
+        policy = RetryPolicy(retries=1, backoff=0.2, max_backoff=1.0, timeout=min(self.policy.timeout, STARTUP_TIMEOUT))
+
+        async def listing(url: str) -> Any:
+            async with self._client([url], policy=policy, concurrency=1) as client:
+                return await client.get("/models")
+
+        for url in self.base_urls:
+            try:
+                document = asyncio.run(listing(url))
+            except HTTPFailure as failure:
+                hint = ""
+                if failure.status in (401, 403):
+                    hint = (f"; the key comes from ${self._key_env_name()}" if self._api_key else
+                            f"; no API key: set ${self._key_env_name()}")
+                raise ModelLoadError(f"openai judge: cannot list the models at {failure.url}: "
+                                     f"{_status(failure)}{hint}") from None
+            served = _model_ids(document)
+            if served is None:
+                raise ModelLoadError(f"openai judge: {self._safe(url)}/models did not return a model list")
+            if self.model_name not in served:
+                close = closest_names(self.model_name, served)
+                shown = ", ".join(served[:20]) + (" ..." if len(served) > 20 else "")
+                raise ModelLoadError(
+                    f"openai judge: {self._safe(url)} does not serve model {self.model_name!r}"
+                    + (f" (did you mean {close[0]!r}?)" if close else "") + f"; it serves: {shown or 'nothing'}")
+
+    def _key_env_name(self) -> str:
+        return self._key_env
+
+    def _safe(self, url: str) -> str:
+        from pytest_rmb.http import redact_url
+
+        return redact_url(url)
+
+    def _client(self, urls: Sequence[str] | None = None, *, concurrency: int | None = None,
+                policy: Any = None) -> _ClientPool:
+        # Each batch's clients start their round-robin over the replicas one further along, so
+        # that small batches do not all begin with the first replica.
+        self._rotation += 1
+        pool = _ClientPool(list(urls or self.base_urls), self._api_key, concurrency or self.concurrency,
+                           policy or self.policy, self._rotation)
+        self._pools.append(pool)
+        return pool
+
+    # -- cost -----------------------------------------------------------------------------
+
+    def _asks(self, index: int, request: PairRequest) -> list[_Ask]:
+        asks = []
+        for slot in chosen_slots(self.order, self.seed, self.cache_key(request)):
+            a, b = (request.first, request.second) if slot == "A" else (request.second, request.first)
+            messages = judge_messages(self.prompt, request.conversation, a, b, request.goal)
+            asks.append(_Ask(index, slot, messages, sum(len(m["content"]) for m in messages)))
+        return asks
+
+    def _chars_per_token(self) -> float:
+        # Calibrated on the server's own counts once it has given some; 3 before (errs high).
+        if self._prompt_tokens_seen and self._prompt_chars:
+            return max(self._prompt_chars / self._prompt_tokens_seen, 1.0)
+        return 3.0
+
+    def preview(self, requests: Sequence[PairRequest]) -> str:
+        """What judging ``requests`` will cost at most: requests and estimated prompt tokens."""
+        calls = 0
+        chars = 0
+        for index, request in enumerate(requests):
+            for ask in self._asks(index, request):
+                calls += self.votes
+                chars += ask.chars * self.votes
+        tokens = int(chars / self._chars_per_token())
+        extra = " (fewer when Best-of-N lists stop early)" if self.bon_early_stop else ""
+        return (f"{calls} requests, ~{tokens} prompt tokens to {self.model_name}{extra}"
+                + (f"; budget {self.budget_tokens} tokens" if self.budget_tokens else ""))
+
+    # -- judging --------------------------------------------------------------------------
+
+    def compare(self, batch: Sequence[PairRequest]) -> list[Verdict]:
+        if self._fatal is not None:
+            if isinstance(self._fatal, KeyboardInterrupt):
+                raise KeyboardInterrupt
+            raise type(self._fatal)(str(self._fatal))
+        from pytest_rmb.http import run_concurrently
+
+        plans = [self._asks(i, request) for i, request in enumerate(batch)]
+        total = sum(len(asks) for asks in plans) * self.votes
+        done: dict[int, Verdict] = {}
+        state = _RunState(total, time.perf_counter(), self.concurrency)
+
+        def on_done(index: int, verdict: Verdict) -> None:
+            done[index] = verdict
+
+        jobs = [self._job(asks, state) for asks in plans]
+        try:
+            # The pool has the JSONClient interface run_concurrently uses (async context, post).
+            results = run_concurrently(self._client, jobs, on_done)  # type: ignore[arg-type]
+        except KeyboardInterrupt:
+            # Ctrl-C: keep what arrived; the next batch stops at once.
+            self._fatal = KeyboardInterrupt()
+            raise PartialBatchError(done, KeyboardInterrupt("interrupted")) from None
+        if self._fatal is not None:
+            raise PartialBatchError(done, self._fatal)
+        verdicts: list[Verdict] = []
+        for result in results:
+            if isinstance(result, Verdict):
+                verdicts.append(result)
+            else:
+                # A request that failed after its retries: an error for its item, never a verdict.
+                verdicts.append(Verdict(None, error=self._describe_failure(result)))
+                self._count("api_failures")
+        return verdicts
+
+    def _job(self, asks: list[_Ask], state: _RunState) -> Callable[[Any], Awaitable[Verdict]]:
+        async def job(client: Any) -> Verdict:
+            orders = await _all_or_nothing(self._order(client, ask, state) for ask in asks)
+            return combine(orders, self.order)
+
+        return job
+
+    async def _order(self, client: Any, ask: _Ask, state: _RunState) -> OrderResult:
+        samples = await _all_or_nothing(self._sample(client, ask, vote, state) for vote in range(self.votes))
+        usage = {"prompt_tokens": sum(s[2]["prompt_tokens"] for s in samples),
+                 "completion_tokens": sum(s[2]["completion_tokens"] for s in samples)}
+        probabilities = [s[1] for s in samples if s[1] is not None]
+        return OrderResult(
+            ask.slot, tuple(s[0] for s in samples),
+            sum(probabilities) / len(probabilities) if probabilities else None,
+            usage, sum(s[3] for s in samples), tuple(s[4] for s in samples if s[4]),
+        )
+
+    async def _sample(self, client: Any, ask: _Ask, vote: int,
+                      state: _RunState) -> tuple[str | None, float | None, dict[str, int], int, str]:
+        """(letter, P(A), usage, parse retries, note) for one vote, follow-ups included."""
+        messages = ask.messages
+        usage = {"prompt_tokens": 0, "completion_tokens": 0}
+        note = ""
+        for attempt in range(self.parse_retries + 1):
+            reply, tokens, used = await self._chat(client, messages, vote, state)
+            for name in usage:
+                usage[name] += used.get(name, 0)
+            parsed = find_verdict(reply)
+            if parsed.verdict is not None:
+                p_a = verdict_probability(tokens, reply, parsed.position) if tokens else None
+                return parsed.verdict, p_a, usage, attempt, ""
+            excerpt = " ".join(reply.split())[:NOTE_CHARS]
+            note = f"{parsed.reason}: {excerpt!r}" if excerpt else parsed.reason
+            if attempt < self.parse_retries:
+                self._count("parse_retries")
+                messages = [*ask.messages, {"role": "assistant", "content": reply},
+                            {"role": "user", "content": FOLLOW_UP}]
+        return None, None, usage, self.parse_retries, note
+
+    async def _chat(self, client: Any, messages: list[dict[str, str]], vote: int,
+                    state: _RunState) -> tuple[str, list[dict] | None, dict[str, int]]:
+        """One chat completion: (reply text, logprob tokens or None, usage)."""
+        from pytest_rmb.http import HTTPFailure
+
+        chars = sum(len(m["content"]) for m in messages)
+        estimate = int(chars / self._chars_per_token()) + 1
+        # Our own slot, not only the client's: the budget is checked and reserved when a request
+        # really goes out, not when it joins the queue, and a stopped batch sends nothing more.
+        async with state.slot():
+            if state.aborted:
+                raise _Aborted
+            reserve = estimate + self.max_tokens
+            if self.budget_tokens is not None and self._spent + self._reserved + reserve > self.budget_tokens:
+                self._stop(JudgeBudgetExceeded(
+                    f"budget_tokens={self.budget_tokens} reached: {self._spent} tokens used by this run's "
+                    f"requests, the next could take ~{reserve} more; every verdict received is cached, "
+                    "rerun with a larger budget_tokens to go on"), state)
+                raise _Aborted
+            self._reserved += reserve
+            try:
+                while True:
+                    payload: dict[str, Any] = {"model": self.model_name, "messages": messages,
+                                               "temperature": self.temperature,
+                                               self._max_tokens_key: self.max_tokens}
+                    if self._send_logprobs:
+                        payload["logprobs"] = True
+                        payload["top_logprobs"] = TOP_LOGPROBS
+                    if self.server_seed is not None:
+                        payload["seed"] = self.server_seed + vote
+                    try:
+                        document = await client.post("/chat/completions", payload)
+                    except HTTPFailure as failure:
+                        if self._adapt(failure):
+                            continue
+                        self._failed(failure, state)
+                        raise
+                    break
+            finally:
+                self._reserved -= reserve
+        self._consecutive_failures = 0
+        reply, tokens, usage = _read_completion(document)
+        if usage is None:
+            usage = {"prompt_tokens": estimate, "completion_tokens": len(reply) // 4 + 1}
+            self._count("usage_estimated")
+        else:
+            self._prompt_chars += chars
+            self._prompt_tokens_seen += usage["prompt_tokens"]
+        self._spent += usage["prompt_tokens"] + usage["completion_tokens"]
+        self._count("requests")
+        self._count("prompt_tokens", usage["prompt_tokens"])
+        self._count("completion_tokens", usage["completion_tokens"])
+        state.finished(self._spent)
+        if self.on_progress is not None:
+            self.on_progress(state.progress())
+        return reply, tokens, usage
+
+    def _adapt(self, failure: Any) -> bool:
+        """A 400 that refuses an optional parameter: drop or rename it once and ask again."""
+        if failure.status != 400:
+            return False
+        body = (failure.body or "").lower()
+        if self._send_logprobs and self.logprobs_mode == "auto" and "logprobs" in body:
+            self._send_logprobs = False
+            return True
+        if self._max_tokens_key == "max_tokens" and "max_completion_tokens" in body:
+            self._max_tokens_key = "max_completion_tokens"
+            return True
+        return False
+
+    def _failed(self, failure: Any, state: _RunState) -> None:
+        """A request that failed for good: fatal when nothing listens any more, or when every
+        request fails (a server answering 500 to all would otherwise cost the whole run)."""
+        self._consecutive_failures += 1
+        unreachable = failure.status is None and "cannot connect" in (failure.detail or "")
+        if unreachable:
+            self._stop(JudgeUnavailable(
+                f"the judge server stopped answering: {failure}; every verdict received is cached, "
+                "rerun to resume with only the missing requests"), state)
+        elif self._consecutive_failures >= max(32, 2 * self.concurrency):
+            self._stop(JudgeUnavailable(
+                f"{self._consecutive_failures} requests in a row failed, the last: {failure}; every verdict "
+                "received is cached, rerun to resume"), state)
+
+    def _stop(self, reason: BaseException, state: _RunState) -> None:
+        if self._fatal is None:
+            self._fatal = reason
+        state.aborted = True
+
+    def _describe_failure(self, exc: BaseException) -> str:
+        from pytest_rmb.http import HTTPFailure
+
+        if isinstance(exc, HTTPFailure):
+            return str(exc)
+        return f"{type(exc).__name__}: {exc}"
+
+
+# Connections per JSONClient. httpcore's pool scans all its connections (with a poll() each) for
+# every request it assigns, so one pool of 32 connections costs ~2.7 ms of CPU per request on
+# loopback, four pools of 8 ~1.3 ms, eight pools of 4 ~1.1 ms (against tests/judge_stub.py): at
+# 50 ms per reply and 32 in flight a single pool is CPU-bound before the server is.
+SHARD_CONNECTIONS = 4
+
+
+@functools.cache
+def _ssl_context() -> Any:
+    # Building one costs ~60 ms, and every batch makes its clients afresh (one asyncio.run each).
+    import httpx
+
+    return httpx.create_ssl_context()
+
+
+class _ClientPool:
+    """Several :class:`pytest_rmb.http.JSONClient` to the same servers behind the one interface
+    ``run_concurrently`` expects; each request goes to the least busy one."""
+
+    def __init__(self, urls: list[str], api_key: str | None, concurrency: int, policy: Any, rotation: int = 0):
+        import httpx
+
+        from pytest_rmb.http import JSONClient
+
+        shards = max(1, -(-concurrency // SHARD_CONNECTIONS))
+        sizes = [concurrency // shards + (i < concurrency % shards) for i in range(shards)]
+        self.clients = [
+            JSONClient(_rotated(urls, rotation + i), api_key=api_key, concurrency=size, policy=policy,
+                       transport=httpx.AsyncHTTPTransport(
+                           verify=_ssl_context(),
+                           limits=httpx.Limits(max_connections=size, max_keepalive_connections=size)))
+            for i, size in enumerate(sizes)
+        ]
+        self._busy = [0] * shards
+
+    async def get(self, path: str) -> Any:
+        return await self.clients[0].get(path)
+
+    async def post(self, path: str, payload: dict) -> Any:
+        index = min(range(len(self.clients)), key=self._busy.__getitem__)
+        self._busy[index] += 1
+        try:
+            return await self.clients[index].post(path, payload)
+        finally:
+            self._busy[index] -= 1
+
+    async def aclose(self) -> None:
+        for client in self.clients:
+            await client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def _rotated(urls: list[str], by: int) -> list[str]:
+    by %= len(urls)
+    return urls[by:] + urls[:by]
+
+
+class _RunState:
+    """One batch's shared state inside its event loop: the request slots, the stop flag, progress."""
+
+    def __init__(self, total: int, started: float, concurrency: int):
+        self.total = total
+        self.started = started
+        self.concurrency = concurrency
+        self.done = 0
+        self.tokens = 0
+        self.aborted = False
+        self._slots: asyncio.Semaphore | None = None
+
+    def slot(self) -> asyncio.Semaphore:
+        # Made inside the batch's running loop (asyncio.run makes a new loop per batch).
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.concurrency)
+        return self._slots
+
+    def finished(self, tokens: int) -> None:
+        self.done += 1
+        self.tokens = tokens
+
+    def progress(self) -> dict[str, float]:
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        return {"done": self.done, "total": self.total, "requests_per_second": self.done / elapsed,
+                "tokens": self.tokens}
+
+
+async def _all_or_nothing(coroutines: Iterable[Awaitable[T]]) -> list[T]:
+    """Results of all, or the first failure with the others cancelled: once one order or vote of
+    a comparison failed for good the item is an error, and its siblings would spend for nothing."""
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
+
+
+def _status(failure: Any) -> str:
+    return f"HTTP {failure.status}" if failure.status is not None else (failure.detail or "no response")
+
+
+def _model_ids(document: Any) -> list[str] | None:
+    data = document.get("data") if isinstance(document, Mapping) else document
+    if not isinstance(data, list):
+        return None
+    ids = [entry.get("id") if isinstance(entry, Mapping) else entry for entry in data]
+    return [i for i in ids if isinstance(i, str)]
+
+
+def _read_completion(document: Any) -> tuple[str, list[dict] | None, dict[str, int] | None]:
+    try:
+        choice0 = document["choices"][0]
+        content = choice0["message"].get("content") or ""
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise JudgeReplyError("the server's reply has no choices[0].message") from None
+    logprobs = choice0.get("logprobs")
+    tokens = logprobs.get("content") if isinstance(logprobs, Mapping) else None
+    usage = document.get("usage")
+    if isinstance(usage, Mapping) and isinstance(usage.get("prompt_tokens"), int):
+        counted = {"prompt_tokens": int(usage["prompt_tokens"]),
+                   "completion_tokens": int(usage.get("completion_tokens") or 0)}
+        return str(content), tokens if isinstance(tokens, list) else None, counted
+    return str(content), tokens if isinstance(tokens, list) else None, None
+
+
+def load(settings: ModelSettings) -> OpenAIJudge:
+    judge = OpenAIJudge(settings)
+    judge.check_server()
+    return judge
+
+
+BACKEND = Backend(
+    "openai", load, ARGS,
+    summary="an LLM judge behind any OpenAI-compatible /v1/chat/completions (vLLM, SGLang, llama.cpp, "
+            "transformers serve, hosted APIs): --rmb-model openai:MODEL",
+)
