@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import difflib
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from pytest_rmb.data import DataFileError, Sample, find_data_file, read_samples
+from pytest_rmb.data import DataFileError, Sample
 from pytest_rmb.options import sample_limit
 from pytest_rmb.scenarios import Scenario, registry
 
@@ -60,7 +61,7 @@ class BadData:
 
 
 class ScenarioModule(pytest.Module):
-    def __init__(self, *, scenario: Scenario, dataset: Path, limit: tuple[int, int] | None = None, **kwargs):
+    def __init__(self, *, scenario: Scenario, dataset: Path | None, limit: tuple[int, int] | None = None, **kwargs):
         super().__init__(**kwargs)
         self.scenario = scenario
         self.dataset = dataset
@@ -77,25 +78,36 @@ class ScenarioModule(pytest.Module):
 
         return benchmark
 
+    def collect(self):
+        # A user's scenario may have one kind only: its other test function collects nothing.
+        kinds = self.scenario.kinds
+        return [item for item in super().collect()
+                if not isinstance(item, pytest.Function) or item.originalname.removeprefix("test_") in kinds]
+
     def parameters(self, kind: str) -> tuple[list[object], list[str], list]:
         """(values, ids, marks) for the ``rmb_sample`` parameter of the ``kind`` test."""
+        if kind not in self.scenario.kinds:
+            return [None], ["absent"], []  # dropped by collect()
         relative = self.scenario.file(kind)
+        own = [getattr(pytest.mark, name) for name in self.scenario.kind_markers(kind)]
         try:
-            path, found = find_data_file(self.dataset, relative)
+            path, found = self.scenario.locate(self.dataset, kind)
         except ValueError as exc:
-            return [BadData(self.scenario.id, kind, relative, f"scenario {self.scenario.id}: {exc}")], ["data-error"], []
+            error = BadData(self.scenario.id, kind, relative, f"scenario {self.scenario.id}: {exc}")
+            return [error], ["data-error"], own
         if path is None:
             missing = MissingData(self.scenario.id, kind, relative, found)
-            reason = f"missing data file: {relative} ({found or 'not found'} under {self.dataset})"
-            return [missing], ["missing-data"], [pytest.mark.skip(reason=reason)]
+            under = f" under {self.dataset}" if self.dataset is not None and not Path(relative).is_absolute() else ""
+            reason = f"missing data file: {relative} ({found or 'not found'}{under})"
+            return [missing], ["missing-data"], [pytest.mark.skip(reason=reason), *own]
         try:
-            contents = read_samples(path, kind, self.scenario.id)
+            contents = self.scenario.read(path, kind)
         except DataFileError as exc:
-            return [BadData(self.scenario.id, kind, relative, str(exc))], ["data-error"], []
+            return [BadData(self.scenario.id, kind, relative, str(exc))], ["data-error"], own
         if not contents.samples and not contents.bad:
             empty = MissingData(self.scenario.id, kind, relative, EMPTY)
             reason = f"empty data file: {path} (no records)"
-            return [empty], ["empty-data"], [pytest.mark.skip(reason=reason)]
+            return [empty], ["empty-data"], [pytest.mark.skip(reason=reason), *own]
         samples = contents.samples
         if self.limit is not None:
             samples = limited(samples, *self.limit, scenario=self.scenario.id, kind=kind)
@@ -106,7 +118,7 @@ class ScenarioModule(pytest.Module):
         for bad in contents.bad:
             values.append(BadData(self.scenario.id, kind, relative, bad.describe(path, kind)))
             ids.append(_error_id(bad.uid, bad.index, taken))
-        return values, ids, []
+        return values, ids, own
 
 
 def limited(samples: list[Sample], limit: int, seed: int, *, scenario: str, kind: str) -> list[Sample]:
@@ -150,7 +162,7 @@ class InvocationDirectory(pytest.Directory):
         return self.children
 
 
-def rmb_collectors(session: pytest.Session, scenarios, dataset: Path) -> list[pytest.Collector]:
+def rmb_collectors(session: pytest.Session, scenarios, dataset: Path | None) -> list[pytest.Collector]:
     """What the session collects for the benchmark: directory levels down to the scenarios."""
     root = session.config.rootpath
     here = session.config.invocation_params.dir
@@ -178,7 +190,7 @@ def rmb_collectors(session: pytest.Session, scenarios, dataset: Path) -> list[py
 
 
 def scenario_modules(
-    parent: pytest.Collector, scenarios, dataset: Path, explicit_ids: bool, limit: tuple[int, int] | None = None
+    parent: pytest.Collector, scenarios, dataset: Path | None, explicit_ids: bool, limit: tuple[int, int] | None = None
 ) -> list[ScenarioModule]:
     """One module per scenario; ``explicit_ids`` gives them ``rmb/<scenario id>`` node ids."""
     modules = []
@@ -222,12 +234,13 @@ def selection_plan(items: list[pytest.Item]) -> tuple[dict[str, list[Sample]], l
     return plan, missing
 
 
-def split_node_args(args: list[str]) -> tuple[list[str], tuple[str, ...]]:
+def split_node_args(args: list[str], scenarios: Sequence[Scenario] | None = None) -> tuple[list[str], tuple[str, ...]]:
     """Separate ``rmb/...`` node ids (which name no file) from the paths pytest should collect.
 
-    A node id naming no scenario, task or test of the registry is a usage error that names the
-    closest ones: selecting nothing would otherwise pass for a run.
+    A node id naming no scenario, task or test of the run's scenarios (default: the registry) is a
+    usage error that names the closest ones: selecting nothing would otherwise pass for a run.
     """
+    known = registry() if scenarios is None else scenarios
     paths, prefixes = [], []
     for arg in args:
         if arg == NODE_ROOT or arg.startswith(f"{NODE_ROOT}/"):
@@ -239,13 +252,13 @@ def split_node_args(args: list[str]) -> tuple[list[str], tuple[str, ...]]:
             continue
         path, sep, test = prefix.partition("::")
         path = path.rstrip("/") or NODE_ROOT
-        _check_node_id(arg, path, test if sep else None)
+        _check_node_id(arg, path, test if sep else None, known)
         prefixes.append(path + sep + test)
     return paths, tuple(prefixes)
 
 
-def _check_node_id(typed: str, path: str, test: str | None) -> None:
-    scenario_paths = [f"{NODE_ROOT}/{s.id}" for s in registry()]
+def _check_node_id(typed: str, path: str, test: str | None, scenarios: Sequence[Scenario]) -> None:
+    scenario_paths = [f"{NODE_ROOT}/{s.id}" for s in scenarios]
     task_paths = sorted({p.rsplit("/", 1)[0] for p in scenario_paths})
     valid = scenario_paths if test is not None else [NODE_ROOT, *task_paths, *scenario_paths]
     if path not in valid:

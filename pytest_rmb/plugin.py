@@ -42,7 +42,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.add_cleanup(gc.unfreeze)
     if config.option.keyword:
         config.option.keyword = join_spaced_words(config.option.keyword)
-    paths, prefixes = split_node_args(list(config.args))
+    paths, prefixes = split_node_args(list(config.args), settings.scenarios)
     config.stash[NODE_PREFIXES] = prefixes
     # With --rmb-model the benchmark is the run: the user's own tests join only when named.
     config.args = paths if config.args_source == pytest.Config.ArgsSource.ARGS else []

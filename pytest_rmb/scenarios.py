@@ -7,8 +7,9 @@ import sys
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
+from pathlib import Path
 
-from pytest_rmb.data import path_escape
+from pytest_rmb.data import FileSamples, find_data_file, path_escape, read_samples
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -59,6 +60,26 @@ class Scenario:
 
     def file(self, kind: str) -> str:
         return self.pairwise if kind == "pairwise" else self.bon
+
+    # Where a scenario's samples come from; a user's own scenario (user_sets.UserScenario) overrides
+    # these, so that collection, provenance and reports treat both alike.
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The kinds of sample the scenario has: those it names a data file for."""
+        return tuple(kind for kind in ("pairwise", "bon") if self.file(kind))
+
+    def kind_markers(self, kind: str) -> tuple[str, ...]:
+        """Markers of this kind's items only, beyond the scenario's ``markers`` (RMB's have none)."""
+        return ()
+
+    def locate(self, dataset: Path | None, kind: str) -> tuple[Path | None, str]:
+        """The data file of ``kind`` under the data folder, as ``data.find_data_file`` finds it."""
+        assert dataset is not None, "RMB scenarios run only with a data folder"
+        return find_data_file(dataset, self.file(kind))
+
+    def read(self, path: Path, kind: str) -> FileSamples:
+        return read_samples(path, kind, self.id)
 
 
 @cache
