@@ -17,6 +17,8 @@ from pytest_rmb.backends import Backend, BackendError, ModelSettings, backend_fo
 
 DATA_ENV = "RMB_DATA"
 SAMPLE = "sample"
+# --rmb-data rmb: the copy `python -m pytest_rmb fetch` verified into the user cache.
+FETCHED = "rmb"
 
 
 def positive_int(text: str) -> int:
@@ -503,9 +505,20 @@ def _find_dataset(config: pytest.Config, given: str | None) -> tuple[Path, str]:
     if not given and config.getini("rmb_data"):
         given, source = config.getini("rmb_data"), "ini option rmb_data"
         base = _ini_dir(config)
-    if not given:
+    if not given or (given == FETCHED and not (base / given).is_dir()):
+        from pytest_rmb.fetch import cached_dataset, default_dest
+
+        fetched = cached_dataset()
+        if fetched is not None:
+            return fetched, str(fetched)
+        if given == FETCHED:
+            raise pytest.UsageError(
+                f"pytest-rmb: --rmb-data {FETCHED}: no fetched copy of RMB under {default_dest()}; "
+                "get one with `python -m pytest_rmb fetch`, or give --rmb-data PATH"
+            )
         raise pytest.UsageError(
-            "pytest-rmb: no RMB data configured. Point at a checkout of the RMB repository's "
+            "pytest-rmb: no RMB data configured. Get the benchmark with `python -m pytest_rmb fetch` "
+            f"(then --rmb-data {FETCHED} or nothing at all), point at a checkout of the RMB repository's "
             f"RMB_dataset folder with --rmb-data PATH (or env {DATA_ENV}, or ini rmb_data), "
             "or try the bundled sample with --rmb-data sample."
         )

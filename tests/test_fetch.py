@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import shutil
 import signal
@@ -29,7 +30,7 @@ from pytest_rmb.fetch import (
     read_manifest,
 )
 from pytest_rmb.http import RetryPolicy
-from tests.helpers import SHARED_DATA
+from tests.helpers import SAMPLE_DATA, SHARED_DATA
 from tests.test_http import LocalServer, Reply, Request, free_port
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -358,3 +359,56 @@ def test_full_fetch_of_the_real_dataset(tmp_path: Path) -> None:
     assert len(result.good) == 95 and sorted(result.missing) == REAL_ABSENT and not result.bad
     print(f"real RMB_dataset, 95 files over 127.0.0.1: {elapsed:.2f}s")
 
+
+
+# -- the fetched copy as --rmb-data ------------------------------------------------------------------
+
+
+class SampleTree(Tree):
+    """The bundled sample under RMB_dataset/ paths, with its own manifest: a stand-in upstream."""
+
+    def __init__(self, root: Path) -> None:
+        self.src = root / "src"
+        self.files = {}
+        for path in sorted(SAMPLE_DATA.rglob("*.json")):
+            name = f"RMB_dataset/{path.relative_to(SAMPLE_DATA).as_posix()}"
+            self.files[name] = path.read_bytes()
+            (self.src / name).parent.mkdir(parents=True, exist_ok=True)
+            (self.src / name).write_bytes(self.files[name])
+        self.manifest = root / "manifest.tsv"
+        lines = [f"# RMB_dataset manifest: upstream Example/Repo at commit {COMMIT}", "# columns: sha1, path"]
+        lines += [f"{blob_sha(data)}\t{name}" for name, data in self.files.items()]
+        self.manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        self.overrides = {}
+        self.delay = 0.0
+
+
+def test_the_fetched_copy_is_what_rmb_data_rmb_and_no_rmb_data_run_on(tmp_path: Path) -> None:
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    env.pop("RMB_DATA", None)
+    work = tmp_path / "work"
+    work.mkdir()
+
+    def pytest_run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--rmb-model", "length",
+                               *args], cwd=work, env=env, capture_output=True, text=True, timeout=300)
+
+    before = pytest_run("--rmb-data", "rmb")
+    assert before.returncode == 4
+    assert "no fetched copy of RMB" in before.stderr and "python -m pytest_rmb fetch" in before.stderr
+
+    tree = SampleTree(tmp_path)
+    with LocalServer(tree.app) as server:
+        fetched = subprocess.run([sys.executable, "-m", "pytest_rmb", "fetch", "--url", server.url,
+                                  "--manifest", str(tree.manifest)], env=env, capture_output=True, text=True,
+                                 timeout=300)
+    assert fetched.returncode == 0, fetched.stdout + fetched.stderr
+
+    assert pytest_run("--rmb-data", "sample", "--rmb-json", "sample.json").returncode == 0
+    sample_sections = json.loads((work / "sample.json").read_text())["sections"]
+    for args in (["--rmb-data", "rmb"], []):
+        done = pytest_run(*args, "--rmb-json", "fetched.json")
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        summary = json.loads((work / "fetched.json").read_text())
+        assert summary["dataset"] == str(tmp_path / "cache" / "pytest-rmb" / "RMB_dataset")
+        assert summary["sections"] == sample_sections
