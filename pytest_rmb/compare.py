@@ -260,7 +260,8 @@ def _bar_chart(title: str, names: list[str], rows: list[dict]) -> str:
     return "".join(parts)
 
 
-def comparison_html(names: list[str], rows: list[dict], *, alpha: float = 0.05, legend_lines: tuple[str, ...] | list[str] = ()) -> str:
+def comparison_html(names: list[str], rows: list[dict], *, alpha: float = 0.05,
+                    legend_lines: tuple[str, ...] | list[str] = ()) -> str:
     """One self-contained page: the comparison table and per-scenario charts, no external assets."""
     head = "".join(
         f"<th>{LETTERS[i]}: {html.escape(n)}</th>" + (f"<th>{LETTERS[i]}-A</th>" if i else "")

@@ -39,7 +39,8 @@ class Gate:
         return f"{self.op} {self.bar:g}"
 
 
-def parse_gate(text: str, scenario_ids: set[str], task_ids: set[str]) -> Gate:
+def parse_gate(text: str, scenario_ids: set[str] | None, task_ids: set[str] | None) -> Gate:
+    """A gate from its expression; scenario and task names are checked unless their sets are None."""
     match = _GATE.match(text)
     if not match:
         raise GateError(f"{text!r}: expected METRIC OP NUMBER with OP one of >=, >, <=, < (e.g. 'overall>=0.7')")
@@ -64,7 +65,7 @@ def _percent_hint(metric: str, op: str, text: str, bar: float) -> str:
     return f" (for {text}% write '{metric}{op}{bar / 100:.{decimals + 2}f}')"
 
 
-def check_metric(metric: str, scenario_ids: set[str], task_ids: set[str], text: str) -> None:
+def check_metric(metric: str, scenario_ids: set[str] | None, task_ids: set[str] | None, text: str) -> None:
     if metric == "overall" or metric in SECTION_NAMES:
         return
     for prefix, known in (("task:", task_ids), ("scenario:", scenario_ids)):
@@ -72,7 +73,7 @@ def check_metric(metric: str, scenario_ids: set[str], task_ids: set[str], text: 
             name, _, kind = metric[len(prefix):].rpartition(".")
             if kind not in ("pairwise", "bon"):
                 raise GateError(f"{text!r}: {metric!r} must end in .pairwise or .bon")
-            if name not in known:
+            if known is not None and name not in known:
                 raise GateError(f"{text!r}: unknown {prefix[:-1]} {name!r}; known: {', '.join(sorted(known))}")
             return
     raise GateError(
@@ -115,7 +116,8 @@ def evaluate_thresholds(gates: list[Gate], summary: dict, allow_empty: bool) -> 
         value, interval = metric_value(summary, gate.metric)
         if value is None:
             detail = "no samples in this run" + ("" if allow_empty else "; --rmb-gate-allow-empty accepts that")
-            results.append(GateResult(gate.metric, None, gate.bar_text, None, NOT_EVALUATED if allow_empty else FAIL, detail))
+            status = NOT_EVALUATED if allow_empty else FAIL
+            results.append(GateResult(gate.metric, None, gate.bar_text, None, status, detail))
             continue
         passed = OPERATORS[gate.op](value, gate.bar)
         results.append(GateResult(gate.metric, value, gate.bar_text, interval, PASS if passed else FAIL))
@@ -260,7 +262,8 @@ def compare_with_baseline(
         )
         if dropped and not significant:
             detail += f"; drop not significant at alpha={alpha:g}"
-        rows.append(GateResult(metric, entry["current"], f"baseline {entry['baseline']:.4f}", entry["ci95"], status, detail))
+        reference = f"baseline {entry['baseline']:.4f}"
+        rows.append(GateResult(metric, entry["current"], reference, entry["ci95"], status, detail))
     account = {
         "model": baseline.get("model"),
         "dataset": baseline.get("dataset"),

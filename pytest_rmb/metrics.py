@@ -119,8 +119,10 @@ def summarize(
     for (scenario_id, kind), tally in sorted(by_scenario.items()):
         scenario = scenarios[scenario_id]
         key = section_key(scenario.goal, kind)
-        sections[key].merge(tally)
-        macro_parts[key].append(tally.correct / tally.total)
+        # A user's scenario with a goal of its own (custom, ...) has its task and scenario rows only.
+        if key in sections:
+            sections[key].merge(tally)
+            macro_parts[key].append(tally.correct / tally.total)
         task = tasks.setdefault(
             scenario.task_id,
             {"name": scenario.task, "goal": scenario.goal, **{k: Tally() for k in KINDS}},

@@ -20,6 +20,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
+from pytest_rmb.engine import engine_line
 from pytest_rmb.metrics import KINDS, SECTIONS, section_key
 
 KIND_TITLES = {"pairwise": "Pairwise", "bon": "BoN"}
@@ -51,7 +52,7 @@ def fmt_null(null: float | None, beats: bool | None) -> str:
     """The length baseline's accuracy, marked where the model does not beat it."""
     if null is None:
         return "-"
-    return f"{null:.4f} {NULL_MARK}" if beats is False else f"{null:.4f}  "
+    return f"{null:.4f}{NULL_MARK}" if beats is False else f"{null:.4f} "
 
 
 def has_null(entries: Iterable[dict]) -> bool:
@@ -108,7 +109,8 @@ def missing_line(entry: dict) -> str:
 def headline_table(summary: dict, *, null_baseline: bool = True) -> Table:
     entries = [summary["sections"][section_key(goal, kind)] for goal, kind in SECTIONS]
     show_null = null_baseline and has_null(entries)
-    table = Table(title="RMB accuracy", title_justify="left", box=box.SIMPLE_HEAD,
+    # No edges: with the Length column the table then still fits 80 columns on the full data.
+    table = Table(title="RMB accuracy", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
                   caption=NULL_CAPTION if show_null else None, caption_justify="left")
     # Section names may wrap on a narrow terminal; numbers never do.
     table.add_column("Section", overflow="fold")
@@ -216,14 +218,7 @@ class TableRenderer:
         self._print(*tables)
         if not show_scenarios and summary["scenarios"]:
             self._tr.write_line("(per-scenario table: -v or --rmb-show-scenarios)")
-        engine = summary["engine"]
-        self._tr.write_line(
-            f"engine: {engine['texts_scored']} unique texts scored for {engine['response_slots']} "
-            f"response slots in {engine['batches']} batches, {engine['scoring_seconds']:.2f} s"
-            + (f", {engine['cache_hits']} from the score cache" if engine.get("cache_hits") else "")
-            + (f", {engine['truncated']} truncated" if engine.get("truncated") else "")
-            + (f", {engine['oom_retries']} out-of-memory retries" if engine.get("oom_retries") else "")
-        )
+        self._tr.write_line(engine_line(summary["engine"]))
         # Something other than an absent file (an empty file, a directory) is always named.
         for entry in summary["missing"]:
             if entry.get("problem"):
@@ -315,8 +310,8 @@ def markdown_document(summary: dict, *, null_baseline: bool = True) -> str:
                 f"{fmt_interval(gate['interval'])} | {icons[gate['status']]} | {gate['detail']} |"
             )
     for title, rows, key in (("Per task", summary["tasks"], "name"), ("Per scenario", summary["scenarios"], None)):
-        lines += ["", f"<details><summary>{title}</summary>", "", f"| {title[4:].capitalize()} | Goal | Pairwise | BoN |",
-                  "| --- | --- | ---: | ---: |"]
+        lines += ["", f"<details><summary>{title}</summary>", "",
+                  f"| {title[4:].capitalize()} | Goal | Pairwise | BoN |", "| --- | --- | ---: | ---: |"]
         for row_id, row in rows.items():
             label = row[key] if key else f"`{row_id}`"
             lines.append(f"| {label} | {row['goal']} | {fmt_tally(row['pairwise'])} | {fmt_tally(row['bon'])} |")

@@ -93,7 +93,8 @@ def sample_accuracy(section):
 
 def test_passing_thresholds_exit_0_and_the_gates_table_comes_last(pytester):
     bar = sample_accuracy("helpfulness.pairwise") - 0.01
-    result = run(pytester, "--rmb-model", "length", "--rmb-gate", f"helpfulness.pairwise>={bar}", "--rmb-gate", "overall>0.5")
+    result = run(pytester, "--rmb-model", "length", "--rmb-gate", f"helpfulness.pairwise>={bar}",
+                 "--rmb-gate", "overall>0.5")
     assert result.ret == 0
     lines = [line for line in result.outlines if line.strip()]
     assert lines[-1].startswith("=") and "passed" in lines[-1]
@@ -197,7 +198,9 @@ def test_baseline_on_other_data_is_reported(pytester):
     assert summary["baseline"]["sections"]["overall"]["shared"] == 12
 
 
-@pytest.mark.parametrize(("content", "message"), [("{", "invalid JSON"), ('{"a": 1}', "not a pytest-rmb --rmb-json summary")])
+@pytest.mark.parametrize(
+    ("content", "message"), [("{", "invalid JSON"), ('{"a": 1}', "not a pytest-rmb --rmb-json summary")]
+)
 def test_an_unusable_baseline_is_a_usage_error(pytester, content, message):
     (pytester.path / "bad.json").write_text(content)
     result = run(pytester, "--rmb-model", "length", "--rmb-baseline", "bad.json")
@@ -223,7 +226,7 @@ def test_markdown_report_for_the_step_summary(pytester):
                  "--rmb-gate", "overall>=0.3", "--rmb-markdown", "summary.md")
     markdown = (pytester.path / "summary.md").read_text()
     assert markdown.startswith("## RMB: `random` on `sample`\n")
-    assert "| Section | Accuracy | 95% CI | Correct | Macro |" in markdown
+    assert "| Section | Accuracy | Length | 95% CI | Correct | Macro |" in markdown
     assert "| `overall` | " in markdown and ":x: FAIL" in markdown and ":white_check_mark: PASS" in markdown
     assert "<details><summary>Per scenario</summary>" in markdown
     result.stdout.fnmatch_lines(["rmb: Markdown report written to *summary.md"])
@@ -261,7 +264,8 @@ def test_compare_needs_two_summaries():
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "pytest_rmb", "compare", "one.json"], capture_output=True, text=True, check=False)
+    done = subprocess.run([sys.executable, "-m", "pytest_rmb", "compare", "one.json"],
+                          capture_output=True, text=True, check=False)
     assert done.returncode == 2 and "at least two summaries" in done.stderr
     done = subprocess.run([sys.executable, "-m", "pytest_rmb"], capture_output=True, text=True, check=False)
     assert done.returncode == 2 and "usage: python -m pytest_rmb compare" in done.stderr
@@ -305,7 +309,8 @@ def test_a_percentage_threshold_is_a_usage_error_suggesting_the_fraction(pyteste
 def test_thresholds_exactly_at_the_accuracy(pytester):
     value = sample_accuracy("helpfulness.pairwise")
     gates = [f"helpfulness.pairwise{op}{value!r}" for op in (">=", ">", "<=", "<")]
-    result = run(pytester, "--rmb-model", "length", *(a for g in gates for a in ("--rmb-gate", g)), "--rmb-json", "s.json")
+    gate_args = [a for g in gates for a in ("--rmb-gate", g)]
+    result = run(pytester, "--rmb-model", "length", *gate_args, "--rmb-json", "s.json")
     assert result.ret == 1
     rows = json.loads((pytester.path / "s.json").read_text())["gates"]
     assert [(r["reference"].split()[0], r["value"], r["status"]) for r in rows] == [
