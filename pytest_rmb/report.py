@@ -161,6 +161,34 @@ def grouped_table(title: str, first_column: str, rows: dict, name_key: str, *, n
     return table
 
 
+def fmt_share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def judge_table(judge: dict) -> Table:
+    """A pairwise model's protocol figures per section: what the plain accuracy does not show."""
+    table = Table(title="Judge", title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("Section", overflow="fold")
+    for column in ("Accuracy", "Tie-adj.", "Flips", "A share", "No verdict", "API fail"):
+        table.add_column(column, justify="right", no_wrap=True)
+    rows = [(name, judge["sections"][name]) for name in sorted(judge["sections"])]
+    # Micro over every sample of the run (the headline's Overall is the mean of the sections).
+    for label, entry in [*rows, ("all samples", judge["overall"])]:
+        table.add_row(label, fmt_accuracy(entry["accuracy"]), fmt_accuracy(entry["tie_adjusted"]),
+                      fmt_share(entry["flip_rate"]), fmt_share(entry["a_share"]), str(entry["no_verdict"]),
+                      str(entry["api_failures"]), style="bold" if label == "all samples" else None)
+    return table
+
+
+def token_line(engine: dict) -> str:
+    """Tokens the run's requests used, and those its cached verdicts had cost, apart."""
+    if not any(engine.get(key) for key in ("prompt_tokens", "completion_tokens", "cached_prompt_tokens")):
+        return ""
+    return (f"tokens: {engine.get('prompt_tokens', 0):.0f} prompt + {engine.get('completion_tokens', 0):.0f} "
+            f"completion in {engine.get('requests', 0):.0f} requests now; from the cache "
+            f"{engine.get('cached_prompt_tokens', 0):.0f} + {engine.get('cached_completion_tokens', 0):.0f}")
+
+
 GATE_STYLES = {"PASS": "green", "FAIL": "bold red", "NOT EVALUATED": "yellow"}
 
 
@@ -219,6 +247,11 @@ class TableRenderer:
         if not show_scenarios and summary["scenarios"]:
             self._tr.write_line("(per-scenario table: -v or --rmb-show-scenarios)")
         self._tr.write_line(engine_line(summary["engine"]))
+        if summary.get("judge"):
+            self._print(judge_table(summary["judge"]))
+            usage = token_line(summary["engine"])
+            if usage:
+                self._tr.write_line(usage)
         # Something other than an absent file (an empty file, a directory) is always named.
         for entry in summary["missing"]:
             if entry.get("problem"):

@@ -199,6 +199,12 @@ def test_a_pairwise_model_gives_exactly_the_length_baselines_sections_on_the_sam
             assert record["p_chosen"] == pytest.approx(0.75 ** len(verdicts))
     assert summary["engine"]["comparisons_made"] > 0
     assert summary["engine"]["texts_scored"] == 0
+    expected = length_sections(SAMPLE_DATA)
+    right, total = sum(c for c, _ in expected.values()), sum(t for _, t in expected.values())
+    assert summary["judge"]["overall"]["accuracy"] == right / total
+    help_right, help_total = expected["helpfulness.pairwise"]
+    result.stdout.fnmatch_lines(["*Judge*", f"*helpfulness.*{help_right / help_total:.4f}*",
+                                 f"*all samples*{right / total:.4f}*{right / total:.4f}*"])
 
 
 def test_best_of_n_stops_judging_a_list_at_its_first_lost_comparison(pytester, monkeypatch):
