@@ -12,7 +12,7 @@ from pytest_rmb.collection import BadData, ScenarioModule
 from pytest_rmb.data import BON, PAIRWISE
 from pytest_rmb.engine import ScoringError
 from pytest_rmb.results import OUTCOME_KEY
-from pytest_rmb.state import SESSION
+from pytest_rmb.session import SESSION
 
 _KIND_OF_TEST = {"test_pairwise": PAIRWISE, "test_bon": BON}
 

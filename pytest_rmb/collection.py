@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_rmb.data import DataFileError, Sample
+from pytest_rmb.data import BonSample, DataFileError, PairSample, Sample
 from pytest_rmb.options import sample_limit
 from pytest_rmb.scenarios import Scenario, registry
 
@@ -169,6 +169,7 @@ def rmb_collectors(session: pytest.Session, scenarios, dataset: Path | None) -> 
     inside_rootdir = here.is_relative_to(root)
     parent: pytest.Collector = session
     top: InvocationDirectory | None = None
+    chain: list[InvocationDirectory] = []
     if inside_rootdir and here != root:
         parts = here.relative_to(root).parts
         for depth in range(1, len(parts) + 1):
@@ -176,7 +177,8 @@ def rmb_collectors(session: pytest.Session, scenarios, dataset: Path | None) -> 
             if top is None:
                 top = node
             else:
-                parent.children.append(node)
+                chain[-1].children.append(node)
+            chain.append(node)
             parent = node
     # Below the rootdir pytest derives the node ids from the paths; elsewhere (the rootdir is the
     # data folder, or a project the user is not in) it would fall back to the bare scenario names.
@@ -184,8 +186,8 @@ def rmb_collectors(session: pytest.Session, scenarios, dataset: Path | None) -> 
         parent, scenarios, dataset, explicit_ids=not inside_rootdir, limit=sample_limit(session.config)
     )
     if top is None:
-        return modules
-    parent.children.extend(modules)
+        return list(modules)
+    chain[-1].children.extend(modules)
     return [top]
 
 
@@ -214,7 +216,7 @@ def scenario_modules(
 
 def item_identity(item: pytest.Item) -> dict[str, str] | None:
     """Scenario id and kind of an RMB item, as plain values; None for any other test."""
-    if not isinstance(item.parent, ScenarioModule):
+    if not isinstance(item.parent, ScenarioModule) or not isinstance(item, pytest.Function):
         return None
     return {"scenario": item.parent.scenario.id, "kind": item.originalname.removeprefix("test_")}
 
@@ -222,14 +224,14 @@ def item_identity(item: pytest.Item) -> dict[str, str] | None:
 def selection_plan(items: list[pytest.Item]) -> tuple[dict[str, list[Sample]], list[tuple[pytest.Item, MissingData]]]:
     """The samples of the selected items, by scenario, and the items that stand for missing data."""
     plan: dict[str, list[Sample]] = {}
-    missing = []
+    missing: list[tuple[pytest.Item, MissingData]] = []
     for item in items:
-        if not isinstance(item.parent, ScenarioModule):
+        if not isinstance(item.parent, ScenarioModule) or not isinstance(item, pytest.Function):
             continue
         value = item.callspec.params["rmb_sample"]
         if isinstance(value, MissingData):
             missing.append((item, value))
-        elif not isinstance(value, BadData):
+        elif isinstance(value, (PairSample, BonSample)):
             plan.setdefault(value.scenario, []).append(value)
     return plan, missing
 
@@ -288,6 +290,7 @@ def _closest(typed: str, candidates: list[str], count: int = 3) -> str:
 
 def matches_node_prefix(item: pytest.Item, prefixes: tuple[str, ...]) -> bool:
     """True when the RMB item is, or lies under, one of the given ``rmb/...`` node ids."""
+    assert isinstance(item.parent, ScenarioModule)
     nodeid = f"{item.parent.relative_id}::{item.name}"
     return any(_under(nodeid, prefix) for prefix in prefixes)
 

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path, PureWindowsPath
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 PAIRWISE = "pairwise"
 BON = "bon"
@@ -66,7 +66,7 @@ class BonSample:
         return (self.best, *self.losers)
 
 
-Sample = Union[PairSample, BonSample]
+Sample = PairSample | BonSample
 
 
 class DataFileError(Exception):

@@ -14,7 +14,7 @@ from pytest_rmb.cache import ScoreCache
 from pytest_rmb.engine import Engine, PairwiseEngine
 from pytest_rmb.models import PairwiseModel, as_model
 from pytest_rmb.progress import progress_for
-from pytest_rmb.state import SESSION
+from pytest_rmb.session import SESSION
 
 
 @pytest.fixture(scope="session")

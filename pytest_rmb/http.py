@@ -342,7 +342,9 @@ class JSONClient:
             return self.base_urls[0]
         return self.base_urls[(start + attempt) % len(self.base_urls)]
 
-    async def _with_retries(self, method: str, path: str, attempt_fn: Callable[[str], Awaitable[T]], *, fixed: bool) -> T:
+    async def _with_retries(
+        self, method: str, path: str, attempt_fn: Callable[[str], Awaitable[T]], *, fixed: bool
+    ) -> T:
         start = next(self._next)
         attempt = 0
         while True:

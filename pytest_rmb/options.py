@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from pytest_rmb.backends import Backend, BackendError, ModelSettings, backend_for, installed_backends, model_args
 from pytest_rmb.data import BON, PAIRWISE, data_file, sample_dataset
 from pytest_rmb.gate import Gate, GateError, check_metric, load_baseline, parse_gate
 from pytest_rmb.scenarios import Scenario, registry
 from pytest_rmb.user_sets import UserSetsError, load_user_scenarios, user_sources
-from pytest_rmb.backends import Backend, BackendError, ModelSettings, backend_for, installed_backends, model_args
 
 DATA_ENV = "RMB_DATA"
 SAMPLE = "sample"

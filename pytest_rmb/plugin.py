@@ -12,8 +12,8 @@ from pytest_rmb.collection import select_by_node_prefixes, split_node_args
 from pytest_rmb.fixtures import rmb_engine, rmb_model  # noqa: F401 (registered as plugin fixtures)
 from pytest_rmb.options import add_options, cacheprovider_writes_into_dataset, resolve
 from pytest_rmb.scenarios import all_markers, join_spaced_words
-from pytest_rmb.session import RMBSession
-from pytest_rmb.state import NODE_PREFIXES, SESSION, SETTINGS
+from pytest_rmb.session import SESSION, RMBSession
+from pytest_rmb.state import NODE_PREFIXES
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -34,7 +34,6 @@ def pytest_configure(config: pytest.Config) -> None:
     if settings is None:
         return
     session = RMBSession(config, settings)
-    config.stash[SETTINGS] = settings
     config.stash[SESSION] = session
     config.pluginmanager.register(session, "rmb-session")
     # Undoes the freeze in RMBSession.pytest_collection_finish; registered this early so that it

@@ -21,8 +21,9 @@ import pytest
 from pytest_rmb import __version__
 from pytest_rmb.collection import item_identity, rmb_collectors, selection_plan
 from pytest_rmb.gate import FAIL as GATE_FAIL
-from pytest_rmb.models import PAIRWISE_MODEL
 from pytest_rmb.gate import evaluate as evaluate_gates
+from pytest_rmb.inspect_input import InputInspector
+from pytest_rmb.models import PAIRWISE_MODEL
 from pytest_rmb.options import RunSettings
 from pytest_rmb.report import TableRenderer, write_json, write_jsonl, write_markdown
 from pytest_rmb.results import (
@@ -36,9 +37,8 @@ from pytest_rmb.results import (
     summary_document,
 )
 from pytest_rmb.scenarios import GOALS, all_markers
-from pytest_rmb.user_sets import UserScenario, user_markers, user_sources
-from pytest_rmb.inspect_input import InputInspector
 from pytest_rmb.self_check import SelfCheck, self_check_gates, write_self_check
+from pytest_rmb.user_sets import UserScenario, user_markers, user_sources
 
 MODEL_INFO = "rmb_model_info"
 # Setting names that would hold a secret (api_key, token, x_secret; not max_tokens or api_key_env):
@@ -313,3 +313,7 @@ def _file_digest(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# The run's RMBSession in ``config.stash``, for the fixtures and items.
+SESSION = pytest.StashKey[RMBSession]()

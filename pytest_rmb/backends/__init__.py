@@ -160,7 +160,9 @@ class BackendRegistry:
     """Every installed scheme; a backend's module is imported only when its scheme is used."""
 
     def __init__(self, extra: Iterable[Backend] = ()):
-        self._targets: dict[str, tuple[str, str]] = {scheme: (target, "pytest-rmb") for scheme, target in BUILTIN.items()}
+        self._targets: dict[str, tuple[str, str]] = {
+            scheme: (target, "pytest-rmb") for scheme, target in BUILTIN.items()
+        }
         for entry in entry_points(group=ENTRY_POINT_GROUP):
             # pytest-rmb's own schemes are declared in its pyproject.toml too.
             self._targets.setdefault(entry.name, (entry.value, f"entry point {entry.value}"))
@@ -238,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     for scheme in registry.schemes():
         try:
             found = registry.get(scheme)
-        except Exception as exc:  # a broken third-party backend must not hide the others
+        except Exception as exc:  # noqa: BLE001 - a broken third-party backend must not hide the others
             print(f"{scheme}:  cannot be loaded: {type(exc).__name__}: {exc}")
             continue
         if found is not None:
@@ -252,7 +254,8 @@ def describe_backends(backends: Mapping[str, Backend]) -> str:
     lines = []
     for scheme in sorted(backends):
         backend = backends[scheme]
-        lines.append(f"{scheme}:  {backend.summary}" + (f"  [{backend.source}]" if backend.source != "pytest-rmb" else ""))
+        source = f"  [{backend.source}]" if backend.source != "pytest-rmb" else ""
+        lines.append(f"{scheme}:  {backend.summary}{source}")
         for arg in backend.args:
             default = "" if arg.default is None else f" (default {arg.default})"
             lines.append(f"    {arg.name}={arg.type_name.upper()}{default}  {arg.help}")
