@@ -296,7 +296,7 @@ def matches_node_prefix(item: pytest.Item, prefixes: tuple[str, ...]) -> bool:
 
 
 def select_by_node_prefixes(
-    items: list[pytest.Item], prefixes: tuple[str, ...]
+    items: list[pytest.Item], prefixes: tuple[str, ...], strict: bool = True
 ) -> tuple[list[pytest.Item], list[pytest.Item]]:
     """(kept, dropped) items for the ``rmb/...`` node ids given; other tests are kept.
 
@@ -316,7 +316,7 @@ def select_by_node_prefixes(
         matched = [prefix for prefix in prefixes if _under(nodeid, prefix)]
         unused.difference_update(matched)
         (kept if matched else dropped).append(item)
-    for prefix in sorted(unused):
+    for prefix in sorted(unused) if strict else ():
         # pytest still calls pytest_collection_finish with the items (and pytest-xdist sends them
         # to the controller): leave none to run.
         items.clear()

@@ -63,7 +63,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     prefixes = config.stash.get(NODE_PREFIXES, ())
     if not prefixes:
         return
-    kept, dropped = select_by_node_prefixes(items, prefixes)
+    # A worker that stopped on a wrong sample id would only crash; the controller then reports
+    # that nothing ran (exit 5). A single process names the closest ids (exit 4).
+    kept, dropped = select_by_node_prefixes(items, prefixes, strict=not hasattr(config, "workerinput"))
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept

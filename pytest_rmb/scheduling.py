@@ -92,6 +92,9 @@ class ScenarioScheduling:
 
     def remove_node(self, node: Any) -> str | None:
         pending = self.node2pending.pop(node)
+        if node not in self.node2collection and self.collection is None:
+            # It died before it collected (a usage error on the worker): wait for one less.
+            self.numnodes -= 1
         self.node2collection.pop(node, None)
         if not pending:
             return None
