@@ -37,9 +37,12 @@ def _judge(sample, request: pytest.FixtureRequest) -> None:
     try:
         outcome = engine.outcome(sample)
     except ScoringError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    if outcome.error:
-        pytest.fail(outcome.error, pytrace=False)
+        failure = str(exc)
+    else:
+        failure = outcome.error or ""
+    if failure:
+        # Outside the except block: the item's report is this one line, not the chain of causes.
+        pytest.fail(failure, pytrace=False)
     # A miss is turned into a compact failed report by the session's makereport hook.
     request.node.stash[OUTCOME_KEY] = outcome
 

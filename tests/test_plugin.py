@@ -373,6 +373,10 @@ def rmb_model():
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["*ValueError: model exploded*"])
     result.stdout.fnmatch_lines(["*scenario code/documentation could not be scored: ValueError: model exploded*"])
+    # Compact: one line per failed item, no traceback through the engine.
+    assert "engine.py" not in result.stdout.str() and "Traceback" not in result.stdout.str()
+    result.stdout.fnmatch_lines(["error: code/documentation pairwise (2 items): scenario code/documentation could "
+                                 "not be scored: ValueError: model exploded"])
     summary = json.loads((pytester.path / "s.json").read_text())
     assert {e["scenario"] for e in summary["errors"]} == {"code/documentation", "harmlessness/s5_specialized_advice"}
 

@@ -112,7 +112,7 @@ def test_an_installed_package_adds_a_backend_through_its_entry_point_alone(tmp_p
     ("args", "message"),
     [
         (["--rmb-model-arg", "colour=red"], "the echo backend has no setting 'colour'; accepted: k, n"),
-        (["--rmb-model-arg", "n=0"], "--rmb-model-arg n=0: expected a positive integer, got 0"),
+        (["--rmb-model-arg", "n=0"], "--rmb-model-arg n: expected a positive integer, got 0"),
         (["--rmb-model-arg", "novalue"], "--rmb-model-arg 'novalue': expected KEY=VALUE"),
     ],
 )

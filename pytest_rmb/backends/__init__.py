@@ -120,7 +120,8 @@ class Backend:
             try:
                 values[key] = arg.parse(text)
             except (ValueError, argparse.ArgumentTypeError) as exc:
-                raise BackendError(f"--rmb-model-arg {key}={text}: {exc}") from None
+                # The value itself is not echoed: a key pasted into the wrong setting stays off screen.
+                raise BackendError(f"--rmb-model-arg {key}: {exc}") from None
         return values
 
 
