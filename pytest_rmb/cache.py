@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
-from typing import Any
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import jsonlines
 

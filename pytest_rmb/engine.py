@@ -10,12 +10,20 @@ item, and later items only look their results up.
   every list, then the second loser of the lists still standing, ...) so that a model that stops
   at the first lost comparison (``bon_early_stop``) skips the rest of that list only.
 
-Both cache each result as its batch finishes and report their stats in one shape.
+Both cache each result as its batch finishes and report their stats in one shape. A pointwise model's
+per-text facts (token count, truncated or not) are cached beside the score and counted for every
+result, scored now or read from the cache, so that the stats describe the run's results; what was
+scored now and what came from the cache are counted apart (``texts_scored``, ``cache_hits``).
+
+After the run, :meth:`Engine.self_check` re-scores a seeded sample of texts one at a time (no
+padding, no batch) and compares: a score that depends on its batch makes every gate on it moot.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import random
 import sys
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
@@ -32,12 +40,15 @@ from pytest_rmb.models import (
     ScoreRequest,
     Verdict,
     as_model,
+    conversation_json,
+    request_key,
 )
 from pytest_rmb.outcomes import Outcome, outcome_from_scores, outcome_from_verdicts
 from pytest_rmb.progress import NoProgress
 
 TextKey = tuple[Conversation, str]
 UNLIMITED = 1 << 62
+DEFAULT_BATCH_SIZE = 64
 
 
 class ScoringError(Exception):
@@ -113,24 +124,41 @@ def pack_batches(
 class _BatchRunner:
     """Runs unique requests through a model in batches: cache first, then OOM-safe batches."""
 
-    def __init__(self, model: PointwiseModel | PairwiseModel, *, max_batch_size: int, max_batch_cost: int | None,
+    def __init__(self, model: PointwiseModel | PairwiseModel, *, max_batch_size: int | None,
+                 max_batch_cost: int | None,
                  progress, cache: ScoreCache | None,
                  call: Callable[[list], Sequence[Any]], check: Callable[[Any], Any],
                  encode: Callable[[Any], Any], decode: Callable[[Any], Any],
-                 cacheable: Callable[[Any], bool] = lambda result: True):
+                 cacheable: Callable[[Any], bool] = lambda result: True,
+                 facts: Callable[[Any], Mapping[str, Any]] | None = None):
         self._model = model
-        self._max_batch_size = min(max_batch_size, model.batch_size or max_batch_size)
+        # --rmb-batch-size when given, else what the model asks for (HTTP backends want batches large
+        # enough for their concurrency), else 64.
+        self._max_batch_size = max_batch_size or model.batch_size or DEFAULT_BATCH_SIZE
         # A model that does not count tokens is bounded by the number of requests alone.
         self._max_batch_cost = UNLIMITED if model.batch_tokens is None else (max_batch_cost or model.batch_tokens)
         self._progress = progress
         self._cache = cache
         self._cached: dict[str, Any] | None = None
+        self._cached_facts: dict[str, dict[str, Any]] = {}
+        self._facts = facts
+        # Names the model reports per text; a backend counter of the same name would count twice.
+        self._fact_names: set[str] = set()
         self._call = call
         self._check = check
         self._encode = encode
         self._decode = decode
         self._cacheable = cacheable
         self._noun = "scores" if isinstance(model, PointwiseModel) else "verdicts"
+        self._unit = "texts" if isinstance(model, PointwiseModel) else "comparisons"
+
+    def uncached(self, requests: list) -> list:
+        """The requests the cache does not hold (all of them without a cache)."""
+        if self._cache is None:
+            return list(requests)
+        if self._cached is None:
+            self._cached, self._cached_facts = self._cache.load_with_facts()
+        return [r for r in requests if self._model.cache_key(r) not in self._cached]
 
     def run(self, requests: list, delta: EngineStats, label: str, store: Callable[[int, Any, bool], None]) -> list[int]:
         """Results of ``requests`` through ``store(index, result, from_cache)``; returns the indices
@@ -138,15 +166,27 @@ class _BatchRunner:
         cache_keys: list[str] = []
         if self._cache is not None:
             if self._cached is None:
-                self._cached = self._cache.load()
+                self._cached, self._cached_facts = self._cache.load_with_facts()
             cache_keys = [self._model.cache_key(r) for r in requests]
             todo = []
+            completed: list[tuple[str, Any, dict[str, Any]]] = []
             for i, key in enumerate(cache_keys):
                 if key in self._cached:
                     store(i, self._decode(self._cached[key]), True)
+                    if self._facts is not None:
+                        known = self._cached_facts.get(key)
+                        if known is None:
+                            # Cached before facts were kept: ask the model once, and keep the answer.
+                            known = dict(self._facts(requests[i]))
+                            if known:
+                                self._cached_facts[key] = known
+                                completed.append((key, self._cached[key], known))
+                        self._count_facts(known, delta)
                 else:
                     todo.append(i)
             delta.cache_hits += len(requests) - len(todo)
+            if completed:
+                self._cache.append(completed)
         else:
             todo = list(range(len(requests)))
         if not todo:
@@ -157,30 +197,49 @@ class _BatchRunner:
         batches = (plan(pending, costs, self._max_batch_size, self._max_batch_cost) if callable(plan)
                    else pack_batches(costs, self._max_batch_size, self._max_batch_cost))
         try:
-            with self._progress.scoring(label, len(todo)) as advance:
+            with self._progress.scoring(label, len(todo), self._unit) as advance:
                 for batch in batches:
                     indices = [todo[j] for j in batch]
                     try:
                         values = self._batch([requests[i] for i in indices], delta)
                     except PartialBatchError as partial:
-                        self._keep(indices, partial.done, cache_keys, store)
+                        self._keep(requests, indices, partial.done, cache_keys, store, delta)
+                        if isinstance(partial.cause, KeyboardInterrupt):
+                            # Ctrl-C: what arrived is cached; stop the run, not just this scenario.
+                            raise partial.cause from None
                         raise ScoringError(f"{type(partial.cause).__name__}: {partial.cause}") from partial.cause
-                    self._keep(indices, dict(enumerate(values)), cache_keys, store)
+                    self._keep(requests, indices, dict(enumerate(values)), cache_keys, store, delta)
                     advance(len(batch))
         finally:
-            delta.add(self._model.take_counters())
+            counters = dict(self._model.take_counters())
+            for name in self._fact_names:
+                counters.pop(name, None)
+            delta.add(counters)
         return todo
 
-    def _keep(self, indices: list[int], results: Mapping[int, Any], cache_keys: list[str],
-              store: Callable[[int, Any, bool], None]) -> None:
+    def _keep(self, requests: list, indices: list[int], results: Mapping[int, Any], cache_keys: list[str],
+              store: Callable[[int, Any, bool], None], delta: EngineStats) -> None:
         done = sorted(results)
         for position in done:
             store(indices[position], results[position], False)
+        facts: dict[int, dict[str, Any]] = {}
+        if self._facts is not None:
+            for position in done:
+                facts[position] = dict(self._facts(requests[indices[position]]))
+                self._count_facts(facts[position], delta)
         if self._cache is not None and done:
             # Saved as each batch finishes: a killed run loses at most one batch. A failed request
             # is not a result: the next run asks again.
-            self._cache.append((cache_keys[indices[p]], self._encode(results[p]))
+            self._cache.append((cache_keys[indices[p]], self._encode(results[p]), facts.get(p) or {})
                                for p in done if self._cacheable(results[p]))
+
+    def _count_facts(self, facts: Mapping[str, Any], delta: EngineStats) -> None:
+        for name, value in facts.items():
+            if isinstance(value, bool):
+                value = int(value)
+            if isinstance(value, (int, float)):
+                self._fact_names.add(name)
+                delta.add({name: value})
 
     def _batch(self, batch: list, delta: EngineStats) -> list:
         try:
@@ -231,8 +290,13 @@ class _ScenarioEngine:
             try:
                 self._work(samples, sample.scenario)
             except Exception as exc:
+                # One compact line for every item of the scenario, the first included: the cause's
+                # traceback runs through the engine and the backend, not through the user's code.
                 self._failed[sample.scenario] = f"{type(exc).__name__}: {exc}"
-                raise
+                if isinstance(exc, ScoringError):
+                    raise
+                raise ScoringError(f"scenario {sample.scenario} could not be scored: "
+                                   f"{self._failed[sample.scenario]}") from exc
         if sample.scenario in self._failed:
             raise ScoringError(f"scenario {sample.scenario} could not be scored: {self._failed[sample.scenario]}")
         return self._outcome(sample)
@@ -269,7 +333,7 @@ class Engine(_ScenarioEngine):
         self,
         scorer: object,
         plan: Mapping[str, Sequence[Sample]],
-        max_batch_size: int = 64,
+        max_batch_size: int | None = None,
         max_batch_cost: int | None = None,
         progress=None,
         cache: ScoreCache | None = None,
@@ -277,10 +341,54 @@ class Engine(_ScenarioEngine):
         super().__init__(plan, progress)
         model = as_model(scorer)
         assert isinstance(model, PointwiseModel), "Engine scores pointwise models; use PairwiseEngine"
+        self._model = model
         self._runner = _BatchRunner(model, max_batch_size=max_batch_size, max_batch_cost=max_batch_cost,
                                     progress=self._progress, cache=cache, call=model.score, check=_finite,
-                                    encode=lambda v: v, decode=float)
+                                    encode=lambda v: v, decode=float, facts=model.facts)
         self._scores: dict[TextKey, float] = {}
+
+    def self_check(self, count: int, seed: int, tolerance: float) -> dict[str, Any] | None:
+        """Re-score a seeded sample of ``count`` of the texts scored so far one at a time (no
+        padding, no batch) and compare with the scores the run used.
+
+        A difference counts against ``tolerance`` relative to the score where the score is larger
+        than 1 (half precision rounds relative to magnitude). None when there is nothing to check.
+        """
+        if count <= 0 or not self._scores:
+            return None
+        # Sorted by content, so that the same seed picks the same texts whatever the scoring order.
+        keys = sorted(self._scores, key=lambda key: request_key(json.dumps(conversation_json(key[0]) + [key[1]])))
+        chosen = random.Random(seed).sample(keys, min(count, len(keys)))
+        worst: dict[str, Any] = {}
+        max_abs = max_scaled = 0.0
+        checked = 0
+        error = None
+        for conversation, text in chosen:
+            request = ScoreRequest(conversation, text)
+            try:
+                values = list(self._model.score([request]))
+                if len(values) != 1:
+                    raise ScoringError(f"model returned {len(values)} scores for a batch of 1")
+                alone = _finite(values[0])
+            except Exception as exc:  # noqa: BLE001 - a check that cannot run is reported, not raised
+                error = f"{type(exc).__name__}: {exc}"
+                break
+            self._model.facts(request)  # asked for so that a model that keeps them can let go
+            batched = self._scores[conversation, text]
+            difference = abs(alone - batched)
+            scaled = difference / max(1.0, abs(batched))
+            checked += 1
+            if scaled > max_scaled or not worst:
+                worst = {"batched": batched, "alone": alone, "response_start": text[:80]}
+            max_abs = max(max_abs, difference)
+            max_scaled = max(max_scaled, scaled)
+        # The check's own work is not the run's.
+        self._model.take_counters()
+        result = {"checked": checked, "max_abs_diff": max_abs, "max_scaled_diff": max_scaled,
+                  "tolerance": tolerance, "ok": error is None and max_scaled <= tolerance, "worst": worst}
+        if error is not None:
+            result["error"] = error
+        return result
 
     def scores(self, sample: Sample) -> tuple[float, ...]:
         """The sample's scores, best/chosen first; scores its whole scenario on first use."""
@@ -326,7 +434,7 @@ class PairwiseEngine(_ScenarioEngine):
         model: PairwiseModel,
         plan: Mapping[str, Sequence[Sample]],
         goal_of: Mapping[str, str] | None = None,
-        max_batch_size: int = 64,
+        max_batch_size: int | None = None,
         max_batch_cost: int | None = None,
         progress=None,
         cache: ScoreCache | None = None,
@@ -339,6 +447,15 @@ class PairwiseEngine(_ScenarioEngine):
                                     encode=Verdict.as_json, decode=Verdict.from_json,
                                     cacheable=lambda verdict: verdict.error is None)
         self._verdicts: dict[PairRequest, Verdict] = {}
+
+    def planned_requests(self) -> list[PairRequest]:
+        """Every comparison the selection may need that the cache does not hold: what the run will
+        ask the model for, at most (Best-of-N early stop can skip some)."""
+        unique: dict[PairRequest, None] = {}
+        for samples in self._plan.values():
+            for sample in samples:
+                unique.update(dict.fromkeys(self.requests_of(sample)))
+        return self._runner.uncached(list(unique))
 
     def requests_of(self, sample: Sample) -> list[PairRequest]:
         """The sample's comparisons: chosen (or best) first against each other answer in turn."""
@@ -399,6 +516,40 @@ class PairwiseEngine(_ScenarioEngine):
                     continue
                 next_standing.append(requests)
             standing = next_standing
+
+
+# Largest difference allowed between a score in its batch and the same text scored alone: float32
+# agrees to ~1e-6 on one device, half precision rounds to ~3 significant digits.
+SELF_CHECK_TOLERANCE = {"float32": 1e-3, "float64": 1e-3, "bfloat16": 5e-2, "float16": 5e-2}
+
+
+def self_check_tolerance(dtype: object) -> float:
+    """The tolerance for a model's dtype as its ``describe()`` names it (float32 when it does not)."""
+    name = str(dtype or "float32").removeprefix("torch.")
+    aliases = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
+    return SELF_CHECK_TOLERANCE.get(aliases.get(name, name), SELF_CHECK_TOLERANCE["float32"])
+
+
+def engine_line(engine: Mapping[str, float]) -> str:
+    """The terminal's account of the work: what the results rest on, scored now and from the cache apart."""
+    seconds = f"{engine.get('scoring_seconds', 0):.2f} s"
+    batches = f"{engine.get('batches', 0)} batches"
+    cached = engine.get("cache_hits", 0)
+    if engine.get("comparison_slots"):
+        made = engine.get("comparisons_made", 0)
+        line = (f"engine: {made} comparisons judged now, {cached} from the cache, for "
+                f"{engine['comparison_slots']} comparison slots in {batches}, {seconds}")
+        if engine.get("comparisons_skipped"):
+            line += f", {engine['comparisons_skipped']} skipped after a lost comparison"
+    else:
+        scored = engine.get("texts_scored", 0)
+        line = (f"engine: {scored} unique texts scored now, {cached} from the score cache, for "
+                f"{engine.get('response_slots', 0)} response slots in {batches}, {seconds}")
+        if engine.get("truncated"):
+            line += f"; {engine['truncated']} of {scored + cached} truncated"
+    if engine.get("oom_retries"):
+        line += f", {engine['oom_retries']} out-of-memory retries"
+    return line
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:

@@ -1,38 +1,115 @@
-"""Progress on an interactive terminal: a spinner while the model loads, a bar while a scenario is
-scored. Silent when output is not a terminal (CI logs, pytest-xdist workers, ``-q``)."""
+"""Progress while the model loads and while a scenario is scored, on the terminal pytest runs in.
+
+- On an interactive terminal: a rich spinner while loading and a transient bar while scoring.
+- Anywhere else (a CI log, a pipe): plain lines through pytest's terminal reporter, only for work
+  that takes more than a couple of seconds, at most one every :data:`LINE_EVERY` seconds, with no
+  carriage returns or escape codes, e.g.
+  ``rmb: scoring chat/discussion 120/480 texts (25%), 3.1 texts/s``.
+- Nothing on pytest-xdist workers (their output never reaches the terminal) or with ``-qq``.
+
+Scoring runs inside a test, where pytest captures output (on the file descriptors, by default):
+whether the terminal is interactive is asked, and every write made, with capture suspended, so that
+progress reaches the real terminal and never lands in a captured test's output.
+"""
 
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import pytest
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+# Quiet for work shorter than this: a sample run stays a few lines long.
+FIRST_LINE_AFTER = 2.0
+# Then one line per this many seconds at most: a full benchmark stays readable in a CI log.
+LINE_EVERY = 10.0
+
+
+def _uncaptured(config: pytest.Config) -> AbstractContextManager:
+    capture = config.pluginmanager.getplugin("capturemanager")
+    return capture.global_and_fixture_disabled() if capture is not None else nullcontext()
+
 
 class TerminalProgress:
     def __init__(self, config: pytest.Config):
-        self._capture = config.pluginmanager.getplugin("capturemanager")
-        self._console = Console(file=sys.__stderr__, stderr=True)
+        self._config = config
+        # Built under capture, where stderr is a file: rich would decide once and for all that it is
+        # not a terminal (no colours, no live display). progress_for() has asked the real one.
+        self._console = Console(file=sys.__stderr__, stderr=True, force_terminal=True, force_interactive=True)
 
-    def _uncaptured(self):
-        # Fixtures and tests run with output captured; the bar must reach the real terminal.
-        return self._capture.global_and_fixture_disabled() if self._capture else nullcontext()
+    def _own_line(self) -> None:
+        # A transient display erases the line it starts on: not pytest's half-written one.
+        reporter = self._config.pluginmanager.getplugin("terminalreporter")
+        if reporter is not None:
+            reporter.ensure_newline()
 
     @contextmanager
     def loading(self, model: str) -> Iterator[None]:
-        with self._uncaptured(), self._console.status(f"rmb: loading {model}"):
-            yield
+        with _uncaptured(self._config):
+            self._own_line()
+            with self._console.status(f"rmb: loading {model}"):
+                yield
 
     @contextmanager
-    def scoring(self, scenario: str, total: int) -> Iterator[Callable[[int], None]]:
+    def scoring(self, scenario: str, total: int, unit: str = "texts") -> Iterator[Callable[[int], None]]:
         columns = (TextColumn("rmb: scoring {task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeRemainingColumn())
-        with self._uncaptured(), Progress(*columns, console=self._console, transient=True) as bar:
-            task = bar.add_task(scenario, total=total)
-            yield lambda done: bar.advance(task, done)
+                   TextColumn(unit), TimeRemainingColumn())
+        with _uncaptured(self._config):
+            self._own_line()
+            with Progress(*columns, console=self._console, transient=True) as bar:
+                task = bar.add_task(scenario, total=total)
+                yield lambda done: bar.advance(task, done)
+
+
+class LineProgress:
+    """Plain progress lines for logs: the first after :data:`FIRST_LINE_AFTER` seconds of work, then
+    at most one per :data:`LINE_EVERY` seconds, and a closing line for work that showed any."""
+
+    def __init__(self, config: pytest.Config, clock: Callable[[], float] = time.monotonic):
+        self._config = config
+        self._reporter = config.pluginmanager.getplugin("terminalreporter")
+        self._clock = clock
+
+    def _write(self, line: str) -> None:
+        with _uncaptured(self._config):
+            self._reporter.write_line(line)
+            self._reporter.flush()
+
+    @contextmanager
+    def loading(self, model: str) -> Iterator[None]:
+        started = self._clock()
+        yield
+        took = self._clock() - started
+        if took >= FIRST_LINE_AFTER:
+            self._write(f"rmb: loaded {model} in {took:.1f} s")
+
+    @contextmanager
+    def scoring(self, scenario: str, total: int, unit: str = "texts") -> Iterator[Callable[[int], None]]:
+        started = self._clock()
+        done = 0
+        last: float | None = None
+
+        def rate(now: float) -> str:
+            return f"{done / (now - started):.1f} {unit}/s" if now > started else f"- {unit}/s"
+
+        def advance(count: int) -> None:
+            nonlocal done, last
+            done += count
+            now = self._clock()
+            if now - started < FIRST_LINE_AFTER or (last is not None and now - last < LINE_EVERY):
+                return
+            last = now
+            percent = 100 * done // total if total else 100
+            self._write(f"rmb: scoring {scenario} {done}/{total} {unit} ({percent}%), {rate(now)}")
+
+        yield advance
+        if last is not None:
+            now = self._clock()
+            self._write(f"rmb: scored {scenario}: {done}/{total} {unit} in {now - started:.1f} s, {rate(now)}")
 
 
 class NoProgress:
@@ -41,15 +118,15 @@ class NoProgress:
         yield
 
     @contextmanager
-    def scoring(self, scenario: str, total: int) -> Iterator[Callable[[int], None]]:
+    def scoring(self, scenario: str, total: int, unit: str = "texts") -> Iterator[Callable[[int], None]]:
         yield lambda done: None
 
 
-def progress_for(config: pytest.Config) -> TerminalProgress | NoProgress:
-    interactive = (
-        sys.__stderr__ is not None
-        and sys.__stderr__.isatty()
-        and not hasattr(config, "workerinput")
-        and config.getoption("verbose") >= 0
-    )
-    return TerminalProgress(config) if interactive else NoProgress()
+def progress_for(config: pytest.Config) -> TerminalProgress | LineProgress | NoProgress:
+    if (hasattr(config, "workerinput") or config.getoption("verbose") < -1
+            or config.pluginmanager.getplugin("terminalreporter") is None):
+        return NoProgress()
+    # Asked with capture suspended: under capture the standard streams are files, never terminals.
+    with _uncaptured(config):
+        interactive = sys.__stderr__ is not None and sys.__stderr__.isatty()
+    return TerminalProgress(config) if interactive else LineProgress(config)

@@ -1,0 +1,196 @@
+"""``--rmb-show-input UID``: exactly what the model reads for chosen samples, printed after the run.
+
+For each response of each matching sample: the rendered text after the chat template, the tokens
+with the special ones marked, the truncation applied and the position the reward is read from,
+as the model's ``explain(request)`` tells it (the Hugging Face backend has one). A model without
+``explain`` is shown the generic way: the conversation and the response as the engine passes them.
+
+The explanations are made where the model lives (an xdist worker, or the one process) with the
+first item that runs, travel to the controller in that item's report as plain strings, and are
+printed in the terminal summary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import pytest
+
+from pytest_rmb.data import PAIRWISE, Sample
+from pytest_rmb.models import PairRequest, PairwiseModel, ScoreRequest
+
+SHOWN_INPUT = "rmb_shown_input"
+TOKENS_PER_LINE = 100  # characters of joined tokens per printed line
+
+
+class InputInspector:
+    """A plugin beside the :class:`~pytest_rmb.session.RMBSession` whose model and plan it reads."""
+
+    def __init__(self, session: Any, selectors: Sequence[str]):
+        self._session = session
+        self._selectors = list(selectors)
+        self._sent = False
+        self._entries: dict[tuple, dict[str, Any]] = {}
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
+        report = yield
+        if call.when == "call" and not self._sent and self._session.model is not None:
+            self._sent = True
+            report.user_properties.append((SHOWN_INPUT, explain_selection(
+                self._session.model, self._session.plan, self._selectors, self._session.engine)))
+        return report
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        for name, value in report.user_properties:
+            if name == SHOWN_INPUT and isinstance(value, list):
+                # Every xdist worker explains the same selection; the first copy is kept.
+                for entry in value:
+                    key = (entry["selector"], entry.get("scenario"), entry.get("kind"), entry.get("uid"))
+                    self._entries.setdefault(key, entry)
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        for entry in self._entries.values():
+            if "scenario" not in entry:
+                terminalreporter.write_line(f"rmb: --rmb-show-input {entry['selector']}: {entry['lines'][0]}",
+                                            yellow=True)
+                continue
+            terminalreporter.section(f"RMB input: {entry['scenario']} {entry['kind']} uid {entry['uid']}", sep="-")
+            for line in entry["lines"]:
+                terminalreporter.write_line(line)
+
+
+def parse_selector(selector: str) -> tuple[str, str]:
+    """(scenario id or "", uid) of ``UID`` or ``SCENARIO_ID/UID`` (a leading ``rmb/`` is allowed)."""
+    scenario, _, uid = selector.removeprefix("rmb/").rpartition("/")
+    return scenario, uid
+
+
+def explain_selection(model: Any, plan: Mapping[str, Sequence[Sample]], selectors: Iterable[str],
+                      engine: Any = None) -> list[dict[str, Any]]:
+    """One entry per matching sample (or per selector that matches nothing), JSON-ready."""
+    entries: list[dict[str, Any]] = []
+    for selector in selectors:
+        scenario, uid = parse_selector(selector)
+        matches = [sample for scenario_id, samples in plan.items() if not scenario or scenario_id == scenario
+                   for sample in samples if sample.uid == uid]
+        if not matches:
+            where = f" in scenario {scenario}" if scenario else ""
+            entries.append({"selector": selector,
+                            "lines": [f"no selected sample has uid {uid}{where}"]})
+        for sample in matches:
+            entries.append({"selector": selector, "scenario": sample.scenario, "kind": sample.kind,
+                            "uid": sample.uid, "lines": explain_sample(model, sample, engine)})
+    return entries
+
+
+def response_labels(sample: Sample) -> list[str]:
+    count = len(sample.responses)
+    if sample.kind == PAIRWISE:
+        return ["chosen", "rejected"]
+    return ["best"] + [f"loser {i} of {count - 1}" for i in range(1, count)]
+
+
+def explain_sample(model: Any, sample: Sample, engine: Any = None) -> list[str]:
+    explain = getattr(model, "explain", None)
+    lines: list[str] = []
+    if isinstance(model, PairwiseModel):
+        requests_of = getattr(engine, "requests_of", None)
+        requests = requests_of(sample) if callable(requests_of) else [
+            PairRequest(sample.conversation, sample.responses[0].text, other.text) for other in sample.responses[1:]]
+        labels = response_labels(sample)
+        for position, request in enumerate(requests, start=1):
+            lines.append(f"comparison {position} of {len(requests)}: {labels[0]} (first) against {labels[position]}")
+            lines += _explained(explain, request) if callable(explain) else _generic_pair(request)
+        return lines
+    for label, response in zip(response_labels(sample), sample.responses):
+        request = ScoreRequest(sample.conversation, response.text)
+        lines.append(f"{label} ({response.model}):")
+        lines += _explained(explain, request) if callable(explain) else _generic(request)
+    return lines
+
+
+def _explained(explain: Any, request: Any) -> list[str]:
+    details = explain(request)
+    if isinstance(details, Mapping) and "tokens" in details:
+        return format_tokens_explanation(details)
+    if isinstance(details, Mapping):
+        return [f"  {name}: {value}" for name, value in details.items()]
+    return _quoted(str(details))
+
+
+def _quoted(text: str, indent: str = "    | ") -> list[str]:
+    return [f"{indent}{line}" for line in text.split("\n")]
+
+
+def _generic(request: ScoreRequest) -> list[str]:
+    lines = ["  the model has no explain(request); it receives this conversation and response:"]
+    for message in request.conversation:
+        lines.append(f"  [{message.role}]")
+        lines += _quoted(message.content)
+    lines.append("  [response]")
+    lines += _quoted(request.response)
+    return lines
+
+
+def _generic_pair(request: PairRequest) -> list[str]:
+    lines = ["  the model has no explain(request); it receives this conversation and two answers:"]
+    for message in request.conversation:
+        lines.append(f"  [{message.role}]")
+        lines += _quoted(message.content)
+    for name, text in (("answer A (first)", request.first), ("answer B (second)", request.second)):
+        lines.append(f"  [{name}]")
+        lines += _quoted(text)
+    return lines
+
+
+def mark_token(token: str, special: bool, reward: bool) -> str:
+    shown = f"[[{token}]]" if special else token
+    return f">>{shown}<<" if reward else shown
+
+
+def format_tokens_explanation(details: Mapping[str, Any]) -> list[str]:
+    """A tokenizer-level explanation (the ``hf:`` backend's ``explain``) as printable lines."""
+    rendered = details["rendered"]
+    tokens, special = list(details["tokens"]), list(details["special"])
+    position = details.get("reward_position")
+    dropped = details.get("dropped", 0)
+    lines = [f"  rendered text ({details.get('rendering', 'chat template')}, {len(rendered)} characters):"]
+    lines += _quoted(rendered)
+    limit = details.get("max_length")
+    if dropped:
+        kept_first = details.get("kept_first")
+        where = f"after the leading {tokens[0]}" if kept_first and tokens else "from the start"
+        lines.append(f"  tokens: {details['tokens_rendered']} after rendering, {len(tokens)} kept: truncated to "
+                     f"{limit}, the first {dropped} {where} dropped (truncation keeps the end)")
+        if "kept_text" in details:
+            lines.append("  the text the model reads after truncation:")
+            lines += _quoted(details["kept_text"])
+    else:
+        lines.append(f"  tokens: {len(tokens)} (limit {limit}, nothing truncated)")
+    lines.append("  special tokens are [[marked]], the token the reward is read at is >>marked<<:")
+    shown = [mark_token(token, is_special, index == position)
+             for index, (token, is_special) in enumerate(zip(tokens, special))]
+    if dropped:
+        cut = 1 if details.get("kept_first") else 0
+        shown.insert(cut, f"[... {dropped} tokens dropped ...]")
+    current = ""
+    for piece in shown:
+        if current and len(current) + 1 + len(piece) > TOKENS_PER_LINE:
+            lines.append(f"    {current}")
+            current = piece
+        else:
+            current = f"{current} {piece}" if current else piece
+    if current:
+        lines.append(f"    {current}")
+    if position is None:
+        lines.append(f"  reward: logit {details.get('reward_index', 0)}, position {details.get('pooling', 'unknown')}")
+    else:
+        lines.append(f"  reward: logit {details.get('reward_index', 0)} read at token {position} of {len(tokens)} "
+                     f"({tokens[position]!r}): {details.get('pooling', '')}")
+    if "score" in details:
+        lines.append(f"  score of this text alone: {details['score']:.6g}")
+    for note in details.get("notes", ()):
+        lines.append(f"  note: {note}")
+    return lines
