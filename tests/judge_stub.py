@@ -1,0 +1,304 @@
+"""A small OpenAI-compatible judge server for tests and benches, in a process of its own.
+
+Real servers cannot misbehave on demand; this one can: stand-in judges that prefer the longer
+answer, always say [[A]], write both tags, start with "A" but give no verdict, or answer only
+inside <think>; 429 with Retry-After, 500s, slow replies, a fixed latency, and dying mid-run.
+It speaks just enough HTTP/1.1 (keep-alive, Content-Length bodies) on asyncio to serve hundreds of
+concurrent requests on one core, and logs every request as a JSON line (the Authorization header
+only as a SHA-256, so the log never holds a key).
+
+    python tests/judge_stub.py --behaviour longer --latency 0.05 --log requests.jsonl
+
+prints ``PORT <n>`` once it listens on 127.0.0.1. Tests use :class:`StubServer`, which starts it
+and stops it by its pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BEHAVIOURS = ("longer", "always-a", "both-tags", "starts-with-a", "think-only")
+# What the stand-in's top_logprobs give the letter it chose (the other letter gets the rest).
+VERDICT_PROBABILITY = 0.8
+START = "[The Start of Assistant {}'s Answer]\n"
+END = "\n[The End of Assistant {}'s Answer]"
+
+
+def answers(messages: list[dict]) -> tuple[str, str] | None:
+    """The two answers, cut out between the prompt's markers of the first message that has them."""
+    found = comparison(messages)
+    return None if found is None else (found[1], found[2])
+
+
+def comparison(messages: list[dict]) -> tuple[str, str, str] | None:
+    """(everything before answer A, answer A, answer B) of the first message with the markers."""
+    for message in messages:
+        text = message.get("content") or ""
+        try:
+            a_start = text.index(START.format("A")) + len(START.format("A"))
+            a_end = text.index(END.format("A"), a_start)
+            b_start = text.index(START.format("B"), a_end) + len(START.format("B"))
+            b_end = text.index(END.format("B"), b_start)
+        except ValueError:
+            continue
+        return text[:a_start], text[a_start:a_end], text[b_start:b_end]
+    return None
+
+
+def reply_for(behaviour: str, messages: list[dict]) -> tuple[str, str | None]:
+    """(reply text, the verdict letter it contains or None)."""
+    if behaviour == "longer":
+        pair = answers(messages)
+        if pair is None:
+            return "I cannot find the two answers.", None
+        a, b = pair
+        # A tie goes to A: a position bias, which the both-order protocol must catch.
+        letter = "A" if len(a) >= len(b) else "B"
+        return f"Assistant {letter}'s answer is longer, so it is better.\n\n[[{letter}]]", letter
+    if behaviour == "always-a":
+        return "[[A]]", "A"
+    if behaviour == "both-tags":
+        return "Both have merit. Final verdict: [[A]] [[B]]", None
+    if behaviour == "starts-with-a":
+        return "A is the better answer: it is clearer and more complete.", None
+    if behaviour == "think-only":
+        return "<think>Assistant A is better. [[A]]</think>", None
+    raise ValueError(behaviour)
+
+
+def logprobs_for(reply: str, letter: str | None) -> dict:
+    """OpenAI-style logprobs: one token per character run, the verdict letter a token of its own."""
+    tokens = []
+    cut = reply.rfind(f"[[{letter}]]") + 2 if letter else -1
+    pieces = [reply[:cut], reply[cut:cut + 1], reply[cut + 1:]] if letter else [reply]
+    for index, piece in enumerate(pieces):
+        if not piece:
+            continue
+        entry: dict = {"token": piece, "logprob": -0.01, "top_logprobs": []}
+        if letter and index == 1:
+            other = "B" if letter == "A" else "A"
+            entry["logprob"] = math.log(VERDICT_PROBABILITY)
+            entry["top_logprobs"] = [{"token": letter, "logprob": math.log(VERDICT_PROBABILITY)},
+                                     {"token": other, "logprob": math.log(1 - VERDICT_PROBABILITY)}]
+        tokens.append(entry)
+    return {"content": tokens}
+
+
+def usage_for(messages: list[dict], reply: str) -> dict:
+    prompt = sum(len(m.get("content") or "") for m in messages) // 4 + 1
+    completion = len(reply) // 4 + 1
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _digest(value: object) -> str:
+    return hashlib.sha256(json.dumps(value).encode()).hexdigest()
+
+
+class Stub:
+    def __init__(self, options: argparse.Namespace):
+        self.options = options
+        self.chat_requests = 0
+        self.answered = 0
+        self.dying = False
+        self.server: asyncio.AbstractServer | None = None
+        self.log = open(options.log, "a", encoding="utf-8") if options.log else None  # noqa: SIM115
+
+    def record(self, entry: dict) -> None:
+        if self.log is not None:
+            self.log.write(json.dumps(entry) + "\n")
+            self.log.flush()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    break
+                method, path, _ = line.decode("latin-1").split(" ", 2)
+                headers = {}
+                while True:
+                    header = await reader.readline()
+                    if header in (b"\r\n", b"\n", b""):
+                        break
+                    name, _, value = header.decode("latin-1").partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                body = await reader.readexactly(int(headers.get("content-length", "0") or 0))
+                if self.dying:
+                    break
+                status, payload, extra = await self.respond(method, path, headers, body)
+                data = json.dumps(payload).encode()
+                head = [f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}", "Content-Type: application/json",
+                        f"Content-Length: {len(data)}"] + [f"{k}: {v}" for k, v in extra.items()]
+                writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + data)
+                await writer.drain()
+                if status == 200 and path.endswith("/chat/completions"):
+                    self.answered += 1
+                    if self.options.die_after is not None and self.answered >= self.options.die_after:
+                        self.die()
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+    def die(self) -> None:
+        # Stop listening at once (new connections are refused), give the replies already written
+        # a moment to reach the client, then exit without any cleanup, as a crashed server would.
+        self.dying = True
+        if self.server is not None:
+            self.server.close()
+        asyncio.get_running_loop().call_later(0.3, os._exit, 3)
+
+    async def respond(self, method: str, path: str, headers: dict, body: bytes) -> tuple[int, dict, dict]:
+        options = self.options
+        auth = headers.get("authorization")
+        entry: dict = {"t": time.time(), "method": method, "path": path,
+                       "auth_sha256": hashlib.sha256(auth.encode()).hexdigest() if auth else None}
+        if path.endswith("/models") and method == "GET":
+            entry["status"] = 200
+            self.record(entry)
+            return 200, {"object": "list", "data": [{"id": m, "object": "model"} for m in options.model]}, {}
+        if not path.endswith("/chat/completions") or method != "POST":
+            entry["status"] = 404
+            self.record(entry)
+            return 404, {"error": {"message": f"no route {method} {path}"}}, {}
+        request = json.loads(body)
+        messages = request.get("messages") or []
+        self.chat_requests += 1
+        number = self.chat_requests
+        found = comparison(messages)
+        pair = None if found is None else found[1:]
+        entry.update(number=number, model=request.get("model"), messages=len(messages),
+                     logprobs=bool(request.get("logprobs")), seed=request.get("seed"),
+                     temperature=request.get("temperature"), max_tokens=request.get("max_tokens"),
+                     # The comparison's identity whatever the order: the question and both answers, sorted.
+                     pair=_digest([found[0].partition("[The Start")[0], sorted(pair)]) if found and pair else None,
+                     a_sha256=hashlib.sha256(pair[0].encode()).hexdigest() if pair else None)
+        if options.latency:
+            await asyncio.sleep(options.latency)
+        if number <= options.rate_limit:
+            entry["status"] = 429
+            self.record(entry)
+            return 429, {"error": {"message": "rate limited"}}, {"Retry-After": str(options.retry_after)}
+        if options.fail_count < 0 or number <= options.fail_count:
+            entry["status"] = options.fail_status
+            self.record(entry)
+            message = f"stub failure (you sent {auth})" if options.echo_auth else "stub failure"
+            return options.fail_status, {"error": {"message": message}}, {}
+        if request.get("model") not in options.model:
+            entry["status"] = 404
+            self.record(entry)
+            return 404, {"error": {"message": f"model {request.get('model')!r} not found"}}, {}
+        if options.delay:
+            await asyncio.sleep(options.delay)
+        reply, letter = reply_for(options.behaviour, messages)
+        usage = usage_for(messages, reply)
+        choice: dict = {"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}
+        if request.get("logprobs") and options.logprobs:
+            choice["logprobs"] = logprobs_for(reply, letter)
+        entry.update(status=200, usage=usage, verdict=letter)
+        self.record(entry)
+        return 200, {"id": f"stub-{number}", "object": "chat.completion", "model": request.get("model"),
+                     "choices": [choice], "usage": usage}, {}
+
+    async def serve(self, port: int) -> None:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", port, backlog=1024)
+        print(f"PORT {self.server.sockets[0].getsockname()[1]}", flush=True)
+        async with self.server:
+            try:
+                await self.server.serve_forever()
+            except asyncio.CancelledError:
+                pass
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--behaviour", choices=BEHAVIOURS, default="longer")
+    parser.add_argument("--model", action="append", help="model ids served (default: stub-judge)")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--log", help="append one JSON line per request here")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every chat request")
+    parser.add_argument("--delay", type=float, default=0.0, help="extra seconds before a reply (timeouts)")
+    parser.add_argument("--rate-limit", type=int, default=0, help="answer the first N chat requests with 429")
+    parser.add_argument("--retry-after", type=float, default=1.0)
+    parser.add_argument("--fail-count", type=int, default=0, help="fail the first N chat requests (-1: all)")
+    parser.add_argument("--fail-status", type=int, default=500)
+    parser.add_argument("--die-after", type=int, help="exit abruptly after answering N chat requests")
+    parser.add_argument("--logprobs", action="store_true", help="return logprobs when asked")
+    parser.add_argument("--echo-auth", action="store_true",
+                        help="repeat the Authorization header in failure bodies (a careless server)")
+    options = parser.parse_args(argv)
+    options.model = options.model or ["stub-judge"]
+    return options
+
+
+def main(argv: list[str] | None = None) -> None:
+    options = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    asyncio.run(Stub(options).serve(options.port))
+
+
+class StubServer:
+    """The stub in a child process: ``with StubServer(tmp_path, "longer") as stub: stub.base_url``."""
+
+    def __init__(self, folder: Path, behaviour: str = "longer", *args: str):
+        self.log_path = Path(folder) / f"stub-{behaviour}-{os.getpid()}-{time.monotonic_ns()}.jsonl"
+        self.command = [sys.executable, str(Path(__file__).resolve()), "--behaviour", behaviour,
+                        "--log", str(self.log_path), *args]
+        self.process: subprocess.Popen | None = None
+        self.port = 0
+
+    def start(self) -> StubServer:
+        self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line.startswith("PORT "):
+            self.stop()
+            raise RuntimeError(f"judge stub did not start: {line!r}")
+        self.port = int(line.split()[1])
+        return self
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def requests(self, path: str = "/chat/completions") -> list[dict]:
+        if not self.log_path.exists():
+            return []
+        entries = [json.loads(line) for line in self.log_path.read_text().splitlines() if line.strip()]
+        return [e for e in entries if e["path"].endswith(path)]
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+if __name__ == "__main__":
+    main()

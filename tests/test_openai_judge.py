@@ -1,0 +1,490 @@
+"""``--rmb-model openai:MODEL`` as users run it: pytest sessions against a judge server on
+127.0.0.1 (tests/judge_stub.py, its own process, stopped by pid) that misbehaves on demand.
+
+Expectations are computed here from the raw data files and from the stub's own request log,
+never from pytest-rmb's output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from pytest_rmb.judging import judge_stats, load_prompt
+from tests.helpers import SAMPLE_DATA, SHARED_DATA, all_files, expected_correct
+from tests.judge_stub import VERDICT_PROBABILITY, StubServer
+
+SECTION_OF = {
+    ("Pairwise_set", "Helpfulness"): "helpfulness.pairwise",
+    ("Pairwise_set", "Harmlessness"): "harmlessness.pairwise",
+    ("BoN_set", "Helpfulness"): "helpfulness.bon",
+    ("BoN_set", "Harmlessness"): "harmlessness.bon",
+}
+
+
+@pytest.fixture
+def stubs(tmp_path_factory):
+    """Start stubs with ``stubs(behaviour, *flags)``; every one is stopped by pid afterwards."""
+    started: list[StubServer] = []
+    folder = tmp_path_factory.mktemp("stub-logs")
+
+    def start(behaviour: str = "longer", *flags: str) -> StubServer:
+        server = StubServer(folder, behaviour, *flags).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def judge(pytester, stub, *args: str, model: str = "stub-judge", data: str = "sample", cacheprovider: bool = False):
+    options = [] if cacheprovider else ["-p", "no:cacheprovider"]
+    return pytester.runpytest(*options, "--rmb-model", f"openai:{model}", "--rmb-model-arg",
+                              f"base_url={stub.base_url}", "--rmb-data", data, *args)
+
+
+def output(result) -> str:
+    return result.stdout.str() + "\n" + result.stderr.str()
+
+
+def sections(path: Path) -> dict[str, tuple[int, int]]:
+    summary = json.loads(path.read_text())
+    return {name: (entry["correct"], entry["total"]) for name, entry in summary["sections"].items()
+            if entry["total"]}
+
+
+def length_sections(root: Path, goals=("Helpfulness", "Harmlessness"), kinds=("Pairwise_set", "BoN_set"),
+                    files: tuple[str, ...] | None = None) -> dict[str, tuple[int, int]]:
+    """The length baseline's (correct, total) per section, from the raw files."""
+    correct: Counter = Counter()
+    total: Counter = Counter()
+    for relative, records in all_files(root).items():
+        kind_dir, goal_dir = relative.split("/")[:2]
+        if kind_dir not in kinds or goal_dir not in goals:
+            continue
+        if files is not None and not any(relative.endswith(f) for f in files):
+            continue
+        for record in records:
+            section = SECTION_OF[kind_dir, goal_dir]
+            total[section] += 1
+            correct[section] += expected_correct(record)[0]
+    return {section: (correct[section], total[section]) for section in total}
+
+
+def unique_comparisons(root: Path, goals=("Helpfulness", "Harmlessness"), kinds=("Pairwise_set", "BoN_set")) -> int:
+    """Distinct first-round comparisons (pairs, and best vs first loser), from the raw files."""
+    seen = set()
+    for relative, records in all_files(root).items():
+        kind_dir, goal_dir = relative.split("/")[:2]
+        if kind_dir not in kinds or goal_dir not in goals:
+            continue
+        for record in records:
+            conversation = json.dumps([[m["role"], m["content"]] for m in record["conversation_input"]])
+            if "pair_uid" in record:
+                seen.add((conversation, record["chosen"]["answer"], record["reject"]["answer"], goal_dir))
+            else:
+                seen.add((conversation, record["bon_best"]["answer"], record["loser_list"][0]["answer"], goal_dir))
+    return len(seen)
+
+
+def answered(stub: StubServer) -> list[dict]:
+    return [entry for entry in stub.requests() if entry["status"] == 200]
+
+
+def complete_comparisons(stub: StubServer) -> set[str]:
+    """Comparisons the stub answered in both orders (a pair hash, once with each answer as A)."""
+    orders: dict[str, set[str]] = {}
+    for entry in answered(stub):
+        orders.setdefault(entry["pair"], set()).add(entry["a_sha256"])
+    return {pair for pair, shown_first in orders.items() if len(shown_first) == 2}
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# -- the protocol gives the right numbers -----------------------------------------------------
+
+
+def test_prefer_longer_judge_equals_the_length_baseline_on_the_sample(pytester, stubs):
+    stub = stubs("longer")
+    result = judge(pytester, stub, "--rmb-json", "judge.json", "--rmb-jsonl", "judge.jsonl")
+    assert result.ret == 0, output(result)
+    info = json.loads((pytester.path / "judge.json").read_text())["provenance"]["model_info"]
+    assert info["prompt"] == "pair-v2" and info["order"] == "both"
+    assert info["prompt_sha256"] == load_prompt("pair-v2").sha256
+    expected = length_sections(SAMPLE_DATA)
+    assert len(expected) == 4
+    assert sections(pytester.path / "judge.json") == expected
+    # Every comparison was asked in both orders, the chosen answer once as A and once as B.
+    for record in records(pytester.path / "judge.jsonl"):
+        for verdict in record["verdicts"]:
+            if verdict is not None:
+                assert [o["chosen"] for o in verdict["detail"]["orders"]] == ["A", "B"]
+    # ... and the same samples are right as with the length baseline itself.
+    length = pytester.runpytest("-p", "no:cacheprovider", "--rmb-model", "length", "--rmb-data", "sample",
+                                "--rmb-json", "length.json")
+    assert length.ret == 0
+    outcomes = json.loads((pytester.path / "judge.json").read_text())["outcomes"]
+    assert outcomes == json.loads((pytester.path / "length.json").read_text())["outcomes"]
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"the real RMB data is not at {SHARED_DATA}")
+def test_prefer_longer_judge_equals_the_length_baseline_on_real_scenarios(pytester, stubs):
+    stub = stubs("longer")
+    chosen = ("Open QA/Hypothetical Scenarios.json", "Rewrite/Textual ExpansionReduction.json")
+    select = ["-k", "hypothetical_scenarios or textual_expansionreduction"]
+    result = judge(pytester, stub, *select, "--rmb-model-arg", "concurrency=32", "--rmb-json", "judge.json",
+                   data=str(SHARED_DATA))
+    assert result.ret == 0, output(result)
+    expected = length_sections(SHARED_DATA, goals=("Helpfulness",), files=chosen)
+    assert sum(total for _, total in expected.values()) > 100
+    assert sections(pytester.path / "judge.json") == expected
+
+
+def test_always_a_judge_scores_zero_under_both_orders_with_a_full_flip_rate(pytester, stubs):
+    stub = stubs("always-a")
+    result = judge(pytester, stub, "-m", "harmlessness", "--rmb-json", "s.json", "--rmb-jsonl", "s.jsonl")
+    assert result.ret == 0, output(result)  # misses are measurements, not errors
+    assert {name: correct for name, (correct, _) in sections(pytester.path / "s.json").items()} == {
+        "harmlessness.pairwise": 0, "harmlessness.bon": 0}
+    stats = judge_stats(records(pytester.path / "s.jsonl"))["overall"]
+    judged = [v for r in records(pytester.path / "s.jsonl") for v in r["verdicts"] if v is not None]
+    assert all(v["detail"]["flip"] for v in judged)
+    assert stats["flip_rate"] == 1.0 and stats["a_share"] == 1.0
+    assert stats["tie_adjusted"] == pytest.approx(
+        (24 * 0.5 + 12 * 0.5) / 36)  # a flip counts half: 24 pairs and 12 lists, each lost to one flip
+
+
+@pytest.mark.parametrize("behaviour", ["both-tags", "starts-with-a", "think-only"])
+def test_judges_without_a_usable_verdict_never_score(pytester, stubs, behaviour):
+    stub = stubs(behaviour)
+    result = judge(pytester, stub, "-m", "harmlessness", "--rmb-model-arg", "parse_retries=1",
+                   "--rmb-json", "s.json", "--rmb-jsonl", "s.jsonl")
+    assert result.ret == 0, output(result)
+    assert all(correct == 0 for correct, _ in sections(pytester.path / "s.json").values())
+    for record in records(pytester.path / "s.jsonl"):
+        first = record["verdicts"][0]
+        assert first["won"] is None and first["reason"].startswith("no verdict") and first["error"] is None
+    # Each order asked once, then once more as a follow-up: 2 orders x 2 tries per comparison.
+    comparisons = unique_comparisons(SAMPLE_DATA, goals=("Harmlessness",))
+    asked = Counter(entry["pair"] for entry in answered(stub))
+    assert len(asked) == comparisons and set(asked.values()) == {4}
+    assert all(entry["messages"] in (2, 4) for entry in answered(stub))
+
+
+def test_logprobs_give_p_chosen_averaged_over_both_orders(pytester, stubs):
+    stub = stubs("longer", "--logprobs")
+    result = judge(pytester, stub, "-m", "harmlessness and pairwise", "--rmb-jsonl", "s.jsonl")
+    assert result.ret == 0, output(result)
+    raw = {str(r["pair_uid"]): r for records_ in all_files(SAMPLE_DATA).values() for r in records_ if "pair_uid" in r}
+    p = VERDICT_PROBABILITY
+    for record in records(pytester.path / "s.jsonl"):
+        source = raw[record["uid"]]
+        chosen, rejected = len(source["chosen"]["answer"]), len(source["reject"]["answer"])
+        # Longer chosen: p in both orders; shorter: 1-p in both; equal: the stub says A both times.
+        expected = p if chosen > rejected else 1 - p if chosen < rejected else (p + 1 - p) / 2
+        assert record["verdicts"][0]["p_first"] == pytest.approx(expected)
+        assert record["p_chosen"] == pytest.approx(expected)
+    assert all(entry["logprobs"] for entry in answered(stub))
+
+
+def test_logprobs_false_asks_for_none(pytester, stubs):
+    stub = stubs("longer", "--logprobs")
+    result = judge(pytester, stub, "-m", "harmlessness and pairwise", "--rmb-model-arg", "logprobs=false",
+                   "--rmb-jsonl", "s.jsonl")
+    assert result.ret == 0, output(result)
+    assert not any(entry["logprobs"] for entry in answered(stub))
+    assert all(r["verdicts"][0]["p_first"] is None for r in records(pytester.path / "s.jsonl"))
+
+
+def test_votes_keep_every_vote_and_vary_the_seed(pytester, stubs):
+    stub = stubs("longer")
+    result = judge(pytester, stub, "-m", "harmlessness and pairwise", "--rmb-model-arg", "votes=3",
+                   "--rmb-model-arg", "temperature=0.7", "--rmb-model-arg", "seed=11", "--rmb-jsonl", "s.jsonl")
+    assert result.ret == 0, output(result)
+    for record in records(pytester.path / "s.jsonl"):
+        for entry in record["verdicts"][0]["detail"]["orders"]:
+            assert len(entry["votes"]) == 3
+    comparisons = unique_comparisons(SAMPLE_DATA, goals=("Harmlessness",), kinds=("Pairwise_set",))
+    log = answered(stub)
+    assert len(log) == comparisons * 2 * 3
+    assert {entry["seed"] for entry in log} == {11, 12, 13}
+    assert {entry["temperature"] for entry in log} == {0.7}
+
+
+def test_order_random_asks_once_with_positions_fixed_by_seed_and_comparison(pytester, stubs):
+    stub = stubs("longer")
+    slots = []
+    for cache in ("cache-a", "cache-b"):
+        result = judge(pytester, stub, "-m", "pairwise", "--rmb-model-arg", "order=random",
+                       "--rmb-cache-dir", cache, "--rmb-jsonl", f"{cache}.jsonl")
+        assert result.ret == 0, output(result)
+        slots.append({(r["scenario"], r["uid"]): r["verdicts"][0]["detail"]["orders"][0]["chosen"]
+                      for r in records(pytester.path / f"{cache}.jsonl")})
+    assert slots[0] == slots[1]
+    assert set(slots[0].values()) == {"A", "B"}
+    comparisons = unique_comparisons(SAMPLE_DATA, kinds=("Pairwise_set",))
+    assert len(answered(stub)) == 2 * comparisons  # one request per comparison, per run
+    reseeded = judge(pytester, stub, "-m", "pairwise", "--rmb-model-arg", "order=random", "--rmb-seed", "1",
+                     "--rmb-cache-dir", "cache-c", "--rmb-jsonl", "c.jsonl")
+    assert reseeded.ret == 0
+    other = {(r["scenario"], r["uid"]): r["verdicts"][0]["detail"]["orders"][0]["chosen"]
+             for r in records(pytester.path / "c.jsonl")}
+    assert other != slots[0]
+
+
+def test_replicas_share_the_load(pytester, stubs):
+    first, second = stubs("longer"), stubs("longer")
+    result = pytester.runpytest("-p", "no:cacheprovider", "--rmb-model", "openai:stub-judge", "--rmb-model-arg",
+                                f"base_url={first.base_url},{second.base_url}", "--rmb-data", "sample",
+                                "-m", "harmlessness", "--rmb-json", "s.json")
+    assert result.ret == 0, output(result)
+    assert answered(first) and answered(second)
+    assert sections(pytester.path / "s.json") == length_sections(SAMPLE_DATA, goals=("Harmlessness",))
+
+
+# -- cache, resume, cost ----------------------------------------------------------------------
+
+
+def test_tokens_are_summed_with_cached_ones_apart_and_reruns_are_free(pytester, stubs):
+    stub = stubs("longer")
+    select = ["-m", "harmlessness"]
+    first = judge(pytester, stub, *select, "--rmb-json", "first.json")
+    assert first.ret == 0, output(first)
+    log = answered(stub)
+    prompt = sum(entry["usage"]["prompt_tokens"] for entry in log)
+    completion = sum(entry["usage"]["completion_tokens"] for entry in log)
+    engine = json.loads((pytester.path / "first.json").read_text())["engine"]
+    assert (engine["prompt_tokens"], engine["completion_tokens"]) == (prompt, completion)
+    assert engine["requests"] == len(log)
+
+    again = judge(pytester, stub, *select, "--rmb-json", "again.json")
+    assert again.ret == 0
+    assert len(answered(stub)) == len(log)  # an identical rerun asks nothing
+    engine = json.loads((pytester.path / "again.json").read_text())["engine"]
+    assert engine.get("prompt_tokens", 0) == 0
+    assert (engine["cached_prompt_tokens"], engine["cached_completion_tokens"]) == (prompt, completion)
+    assert sections(pytester.path / "again.json") == sections(pytester.path / "first.json")
+
+    bypass = judge(pytester, stub, *select, "--rmb-no-cache")
+    assert bypass.ret == 0
+    assert len(answered(stub)) == 2 * len(log)
+
+    # Another prompt is another judge: nothing is reused across prompts.
+    criteria = judge(pytester, stub, *select, "--rmb-model-arg", "prompt=pair-v2-criteria")
+    assert criteria.ret == 0
+    assert len(answered(stub)) == 3 * len(log)
+
+
+def test_a_server_that_dies_mid_run_keeps_every_verdict_and_the_rerun_asks_only_the_rest(pytester, stubs):
+    total = unique_comparisons(SAMPLE_DATA, kinds=("Pairwise_set",))
+    dying = stubs("longer", "--die-after", "60")
+    started = time.monotonic()
+    result = judge(pytester, dying, "-m", "pairwise", "--rmb-model-arg", "concurrency=4")
+    assert time.monotonic() - started < 120
+    assert result.ret not in (0, 4), output(result)
+    assert "the judge server stopped answering" in output(result)
+    assert "rerun to resume" in output(result)
+    kept = complete_comparisons(dying)
+    assert 0 < len(kept) < total
+    assert not dying.alive()
+
+    fresh = stubs("longer")
+    resumed = judge(pytester, fresh, "-m", "pairwise", "--rmb-json", "resumed.json")
+    assert resumed.ret == 0, output(resumed)
+    asked = answered(fresh)
+    assert len(asked) == 2 * (total - len(kept))
+    assert not {entry["pair"] for entry in asked} & kept
+    assert sections(pytester.path / "resumed.json") == length_sections(SAMPLE_DATA, kinds=("Pairwise_set",))
+
+    identical = judge(pytester, fresh, "-m", "pairwise")
+    assert identical.ret == 0
+    assert len(answered(fresh)) == len(asked)
+
+
+def test_budget_tokens_stops_cleanly_within_the_budget(pytester, stubs):
+    stub = stubs("longer")
+    budget = 3000
+    result = judge(pytester, stub, "-m", "pairwise", "--rmb-model-arg", f"budget_tokens={budget}",
+                   "--rmb-model-arg", "max_tokens=40", "--rmb-model-arg", "concurrency=2")
+    assert result.ret not in (0, 4), output(result)
+    assert f"budget_tokens={budget} reached" in output(result)
+    spent = sum(entry["usage"]["total_tokens"] for entry in answered(stub))
+    assert 0 < spent <= budget
+    kept = complete_comparisons(stub)
+    before = len(answered(stub))
+
+    # The budget is no part of what a verdict depends on: the rerun without it resumes.
+    resumed = judge(pytester, stub, "-m", "pairwise", "--rmb-model-arg", "max_tokens=40")
+    assert resumed.ret == 0, output(resumed)
+    total = unique_comparisons(SAMPLE_DATA, kinds=("Pairwise_set",))
+    assert len(answered(stub)) - before == 2 * (total - len(kept))
+
+
+# -- transport failures -----------------------------------------------------------------------
+
+
+def test_429_waits_as_long_as_retry_after_says(pytester, stubs):
+    stub = stubs("longer", "--rate-limit", "1", "--retry-after", "1")
+    result = judge(pytester, stub, "-m", "pairwise", "-k", "s1_violent", "--rmb-model-arg", "concurrency=1",
+                   "--rmb-json", "s.json")
+    assert result.ret == 0, output(result)
+    assert json.loads((pytester.path / "s.json").read_text())["engine"]["http_retries"] == 1
+    log = stub.requests()
+    assert log[0]["status"] == 429 and log[1]["status"] == 200
+    # Our own backoff would wait at most 0.5 s: the second request came after the server's second.
+    assert log[1]["t"] - log[0]["t"] >= 0.95
+
+
+def test_500s_are_retried_then_the_items_error_and_the_run_fails(pytester, stubs):
+    stub = stubs("longer", "--fail-count", "-1")
+    result = judge(pytester, stub, "-m", "pairwise", "-k", "s1_violent", "--rmb-model-arg", "retries=1",
+                   "--rmb-json", "s.json")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    assert "HTTP 500" in output(result)
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("error", 0) + outcomes.get("failed", 0) == 2 and "passed" not in outcomes
+    pairs = unique_comparisons(SAMPLE_DATA, goals=("Harmlessness",), kinds=("Pairwise_set",)) // 12
+    attempts = Counter((entry["pair"], entry["a_sha256"]) for entry in stub.requests())
+    # One order of each comparison was tried twice (retries=1) and failed; the other order is
+    # stopped then, as its comparison is an error whatever it says.
+    assert len({pair for pair, _ in attempts}) == pairs
+    assert max(attempts.values()) == 2
+    assert {pair for (pair, _), count in attempts.items() if count == 2} == {pair for pair, _ in attempts}
+    # Nothing was cached: a healthy server is asked everything again.
+    healthy = stubs("longer")
+    assert judge(pytester, healthy, "-m", "pairwise", "-k", "s1_violent").ret == 0
+    assert len(answered(healthy)) == pairs * 2
+
+
+def test_timeouts_are_item_errors_not_verdicts(pytester, stubs):
+    stub = stubs("longer", "--delay", "3")
+    result = judge(pytester, stub, "-m", "pairwise", "-k", "s1_violent", "--rmb-model-arg", "timeout=0.3",
+                   "--rmb-model-arg", "retries=0")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    assert "timed out" in output(result)
+
+
+# -- start-up ---------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_server_that_is_down_fails_at_load_within_seconds(pytester):
+    port = free_port()
+    started = time.monotonic()
+    result = pytester.runpytest("-p", "no:cacheprovider", "--rmb-model", "openai:judge", "--rmb-model-arg",
+                                f"base_url=http://127.0.0.1:{port}/v1", "--rmb-data", "sample")
+    assert time.monotonic() - started < 15
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert f"http://127.0.0.1:{port}/v1/models" in output(result)
+    assert "cannot connect" in output(result)
+
+
+def test_a_model_the_server_does_not_serve_fails_at_load_naming_what_it_serves(pytester, stubs):
+    stub = stubs("longer")
+    result = judge(pytester, stub, model="stub-judg")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "does not serve model 'stub-judg'" in output(result)
+    assert "did you mean 'stub-judge'" in output(result)
+    assert not stub.requests()  # nothing was judged
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("votes=3",), "set temperature > 0"),
+    (("order=sideways",), "expected one of both, random, fixed"),
+    (("prompt_file=missing.txt",), "prompt_file missing.txt: cannot read it"),
+])
+def test_bad_settings_are_usage_errors(pytester, stubs, args, message):
+    stub = stubs("longer")
+    options = [part for arg in args for part in ("--rmb-model-arg", arg)]
+    result = judge(pytester, stub, *options)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert message in output(result)
+
+
+def test_a_prompt_file_is_what_the_judge_sees(pytester, stubs):
+    stub = stubs("longer")
+    pytester.path.joinpath("judge.txt").write_text(
+        "Goal: {goal}\n{question}\n\n[The Start of Assistant A's Answer]\n{answer_a}\n[The End of Assistant A's Answer]"
+        "\n\n[The Start of Assistant B's Answer]\n{answer_b}\n[The End of Assistant B's Answer]\n", encoding="utf-8")
+    result = judge(pytester, stub, "-m", "harmlessness", "--rmb-model-arg", "prompt_file=judge.txt",
+                   "--rmb-json", "s.json")
+    assert result.ret == 0, output(result)
+    assert sections(pytester.path / "s.json") == length_sections(SAMPLE_DATA, goals=("Harmlessness",))
+    assert all(entry["messages"] == 1 for entry in answered(stub))  # no system message in a plain template
+
+
+# -- secrets ----------------------------------------------------------------------------------
+
+
+def test_the_api_key_reaches_the_server_and_no_file_the_run_writes(pytester, stubs, monkeypatch):
+    key = f"sk-test-{uuid.uuid4().hex}"
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    healthy = stubs("longer")
+    outputs = ["--rmb-json", "out/s.json", "--rmb-jsonl", "out/s.jsonl", "--junitxml", "out/junit.xml"]
+    result = judge(pytester, healthy, "-m", "harmlessness", *outputs, cacheprovider=True)
+    assert result.ret == 0, output(result)
+    assert {entry["auth_sha256"] for entry in healthy.requests()} == {
+        hashlib.sha256(f"Bearer {key}".encode()).hexdigest()}
+    # A careless server that repeats the header in its error bodies: the errors reach every output.
+    careless = stubs("longer", "--fail-count", "-1", "--echo-auth")
+    failed = judge(pytester, careless, "-m", "pairwise", "-k", "s1_violent", "--rmb-model-arg", "retries=0",
+                   "--rmb-cache-dir", "other-cache", *outputs, cacheprovider=True)
+    assert failed.ret == pytest.ExitCode.TESTS_FAILED
+    assert "stub failure" in output(failed)
+    ET.parse(pytester.path / "out" / "junit.xml")  # written, and readable
+    assert (pytester.path / ".rmb_cache").is_dir()
+    written = [path for path in pytester.path.rglob("*") if path.is_file()]
+    assert len(written) > 5
+    for path in written:
+        assert key.encode() not in path.read_bytes(), path
+    assert key not in output(result) and key not in output(failed)
+
+
+def test_ctrl_c_keeps_the_verdicts_received_and_the_rerun_resumes(pytester, stubs):
+    slow = stubs("longer", "--latency", "0.2")
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--rmb-model", "openai:stub-judge",
+               "--rmb-model-arg", f"base_url={slow.base_url}", "--rmb-model-arg", "concurrency=2",
+               "--rmb-data", "sample", "-m", "pairwise"]
+    process = subprocess.Popen(command, cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(answered(slow)) < 30 and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGINT)
+        printed, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == pytest.ExitCode.INTERRUPTED, printed
+    complete = len(complete_comparisons(slow))
+    total = unique_comparisons(SAMPLE_DATA, kinds=("Pairwise_set",))
+    assert 2 < complete < total
+
+    fresh = stubs("longer")
+    resumed = judge(pytester, fresh, "-m", "pairwise")
+    assert resumed.ret == 0, output(resumed)
+    # Everything received was kept, but for the (at most 2, the concurrency) comparisons whose
+    # replies were on their way when Ctrl-C came.
+    asked = len(answered(fresh)) // 2
+    assert total - complete <= asked <= total - complete + 2
