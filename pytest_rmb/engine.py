@@ -530,28 +530,6 @@ def self_check_tolerance(dtype: object) -> float:
     return SELF_CHECK_TOLERANCE.get(aliases.get(name, name), SELF_CHECK_TOLERANCE["float32"])
 
 
-def engine_line(engine: Mapping[str, float]) -> str:
-    """The terminal's account of the work: what the results rest on, scored now and from the cache apart."""
-    seconds = f"{engine.get('scoring_seconds', 0):.2f} s"
-    batches = f"{engine.get('batches', 0)} batches"
-    cached = engine.get("cache_hits", 0)
-    if engine.get("comparison_slots"):
-        made = engine.get("comparisons_made", 0)
-        line = (f"engine: {made} comparisons judged now, {cached} from the cache, for "
-                f"{engine['comparison_slots']} comparison slots in {batches}, {seconds}")
-        if engine.get("comparisons_skipped"):
-            line += f", {engine['comparisons_skipped']} skipped after a lost comparison"
-    else:
-        scored = engine.get("texts_scored", 0)
-        line = (f"engine: {scored} unique texts scored now, {cached} from the score cache, for "
-                f"{engine.get('response_slots', 0)} response slots in {batches}, {seconds}")
-        if engine.get("truncated"):
-            line += f"; {engine['truncated']} of {scored + cached} truncated"
-    if engine.get("oom_retries"):
-        line += f", {engine['oom_retries']} out-of-memory retries"
-    return line
-
-
 def _is_out_of_memory(exc: BaseException) -> bool:
     # Checked by name so that the built-in baselines never import torch.
     return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()

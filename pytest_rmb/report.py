@@ -20,7 +20,6 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from pytest_rmb.engine import engine_line
 from pytest_rmb.metrics import KINDS, SECTIONS, section_key
 
 KIND_TITLES = {"pairwise": "Pairwise", "bon": "BoN"}
@@ -187,6 +186,28 @@ def token_line(engine: dict) -> str:
     return (f"tokens: {engine.get('prompt_tokens', 0):.0f} prompt + {engine.get('completion_tokens', 0):.0f} "
             f"completion in {engine.get('requests', 0):.0f} requests now; from the cache "
             f"{engine.get('cached_prompt_tokens', 0):.0f} + {engine.get('cached_completion_tokens', 0):.0f}")
+
+
+def engine_line(engine: dict) -> str:
+    """The terminal's account of the work: what the results rest on, scored now and from the cache apart."""
+    seconds = f"{engine.get('scoring_seconds', 0):.2f} s"
+    batches = f"{engine.get('batches', 0)} batches"
+    cached = engine.get("cache_hits", 0)
+    if engine.get("comparison_slots"):
+        made = engine.get("comparisons_made", 0)
+        line = (f"engine: {made} comparisons judged now, {cached} from the cache, for "
+                f"{engine['comparison_slots']} comparison slots in {batches}, {seconds}")
+        if engine.get("comparisons_skipped"):
+            line += f", {engine['comparisons_skipped']} skipped after a lost comparison"
+    else:
+        scored = engine.get("texts_scored", 0)
+        line = (f"engine: {scored} unique texts scored now, {cached} from the score cache, for "
+                f"{engine.get('response_slots', 0)} response slots in {batches}, {seconds}")
+        if engine.get("truncated"):
+            line += f"; {engine['truncated']} of {scored + cached} truncated"
+    if engine.get("oom_retries"):
+        line += f", {engine['oom_retries']} out-of-memory retries"
+    return line
 
 
 GATE_STYLES = {"PASS": "green", "FAIL": "bold red", "NOT EVALUATED": "yellow"}
