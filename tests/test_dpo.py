@@ -268,8 +268,8 @@ def test_a_reward_index_does_not_apply(models):
 
 
 @pytest.mark.parametrize(("given", "message"), [
-    (("beta", "0"), "--rmb-model-arg beta=0: expected a finite number > 0"),
-    (("ref_free", "mean"), "--rmb-model-arg ref_free=mean: expected one of norm, avg, sum"),
+    (("beta", "0"), "--rmb-model-arg beta: expected a finite number > 0"),
+    (("ref_free", "mean"), "--rmb-model-arg ref_free: expected one of norm, avg, sum"),
 ])
 def test_bad_settings_are_refused_before_loading(given, message):
     with pytest.raises(ValueError, match=re.escape(message)):
