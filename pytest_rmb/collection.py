@@ -288,13 +288,6 @@ def _closest(typed: str, candidates: list[str], count: int = 3) -> str:
     return ", ".join(difflib.get_close_matches(typed, candidates, n=count, cutoff=0.0))
 
 
-def matches_node_prefix(item: pytest.Item, prefixes: tuple[str, ...]) -> bool:
-    """True when the RMB item is, or lies under, one of the given ``rmb/...`` node ids."""
-    assert isinstance(item.parent, ScenarioModule)
-    nodeid = f"{item.parent.relative_id}::{item.name}"
-    return any(_under(nodeid, prefix) for prefix in prefixes)
-
-
 def select_by_node_prefixes(
     items: list[pytest.Item], prefixes: tuple[str, ...], strict: bool = True
 ) -> tuple[list[pytest.Item], list[pytest.Item]]:

@@ -165,11 +165,6 @@ def _ordered(metrics: list[str]) -> list[str]:
     return head + tasks + scenarios
 
 
-def comparison_rows(runs: list[dict], seed: int = 0, resamples: int = 1000) -> list[dict]:
-    """One row per metric: label, group, each run's value, each later run's delta and p-values."""
-    return compare_runs(runs, seed, resamples).rows
-
-
 def fmt_delta(delta: float | None, p_drop: float | None, p_gain: float | None, alpha: float) -> tuple[str, str]:
     """(text, style) of a delta; a star marks a difference significant at ``alpha`` (paired bootstrap)."""
     if delta is None:

@@ -213,9 +213,10 @@ def _read_records(path: Path) -> list:
 
 def _parse_records(raw: bytes, path: Path) -> list:
     if path.suffix == ".jsonl":
-        text = raw.decode("utf-8")
         records = []
-        for line_number, line in enumerate(text.splitlines(), 1):
+        # Split the bytes at newlines: str.splitlines would also split at U+2028 inside a string.
+        for line_number, raw_line in enumerate(raw.split(b"\n"), 1):
+            line = raw_line.decode("utf-8")
             if line.strip():
                 try:
                     records.append(json.loads(line))

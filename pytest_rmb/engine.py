@@ -90,11 +90,6 @@ class EngineStats:
 _STAT_FIELDS = tuple(f.name for f in fields(EngineStats) if f.name != "extra")
 
 
-def character_cost(requests: Sequence[ScoreRequest]) -> list[int]:
-    """Default batch cost of a request: its characters (a model may count tokens instead)."""
-    return PointwiseModel.cost(PointwiseModel(), requests)
-
-
 def pack_batches(
     costs: Sequence[int], max_batch_size: int, max_batch_cost: int
 ) -> list[list[int]]:

@@ -29,7 +29,7 @@ MISSING = "rmb_missing"
 ITEM = "rmb_item"
 
 
-def finish_call_report(item: pytest.Item, report: pytest.TestReport, engine) -> None:
+def finish_call_report(item: pytest.Item, report: pytest.TestReport, engine, junit: bool = False) -> None:
     """Attach the item's record and any new engine stats; turn a miss into a compact failure."""
     outcome = item.stash.get(OUTCOME_KEY, None)
     if report.failed and (identity := item_identity(item)) is not None:
@@ -42,7 +42,7 @@ def finish_call_report(item: pytest.Item, report: pytest.TestReport, engine) -> 
         return
     record = outcome.record
     report.user_properties.append((RESULT, record))
-    if item.config.getoption("xmlpath", None):
+    if junit:
         # JUnit XML takes properties from the item (its teardown report), one testcase per sample.
         properties = [("rmb.correct", str(record["correct"]).lower())]
         if "scores" in record:

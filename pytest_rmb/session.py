@@ -54,8 +54,17 @@ def public_args(args: Mapping[str, Any]) -> dict[str, Any]:
     for name, value in args.items():
         if _SECRET_NAME.search(name):
             continue
-        public[name] = redact_url(value) if isinstance(value, str) and "://" in value else value
+        public[name] = _without_credentials(value, redact_url)
     return public
+
+
+def _without_credentials(value: Any, redact_url) -> Any:
+    """A setting's value with credentials out of every URL in it (base_url may be a list)."""
+    if isinstance(value, str):
+        return redact_url(value) if "://" in value else value
+    if isinstance(value, (list, tuple)):
+        return [_without_credentials(item, redact_url) for item in value]
+    return value
 
 
 class RMBSession:
@@ -72,7 +81,10 @@ class RMBSession:
         self.model_info: dict | None = None
         self._model_info_unsent = False
         self.summary: dict | None = None
+        self.records: list[dict] = []
         self.is_worker = hasattr(config, "workerinput")
+        # JUnit XML wants the per-sample properties on each item; asked once, not per item.
+        self.junit = bool(config.getoption("xmlpath", None))
         # The self-check and --rmb-show-input are plugins of their own that read this session.
         self.self_check = SelfCheck(self)
         config.pluginmanager.register(self.self_check, "rmb-self-check")
@@ -146,7 +158,7 @@ class RMBSession:
             # only the node id, which the controller looks up here instead of parsing it.
             report.user_properties.append((ITEM, identity))
         if call.when == "call":
-            finish_call_report(item, report, self.engine)
+            finish_call_report(item, report, self.engine, self.junit)
             if self._model_info_unsent:
                 report.user_properties.append((MODEL_INFO, self.model_info))
                 self._model_info_unsent = False
@@ -180,7 +192,7 @@ class RMBSession:
             return
         results = self.results
         partial = exitstatus == pytest.ExitCode.INTERRUPTED
-        records = sorted_records(results)
+        records = self.records = sorted_records(results)
         summary = summary_document(results, records, settings, {s.id: s for s in settings.scenarios}, partial)
         summary["status"] = "partial" if partial else "ok"
         summary["provenance"] = self._provenance(records)
@@ -217,7 +229,7 @@ class RMBSession:
         writers = [(settings.json_path, lambda path: write_json(path, summary))]
         if not json_only:
             writers += [
-                (settings.jsonl_path, lambda path: write_jsonl(path, sorted_records(self.results))),
+                (settings.jsonl_path, lambda path: write_jsonl(path, self.records)),
                 (settings.markdown_path,
                  lambda path: write_markdown(path, summary, null_baseline=settings.null_baseline)),
             ]
@@ -253,7 +265,7 @@ class RMBSession:
             "device": scorer.device,
             "max_length": scorer.max_length,
             "seed": scorer.seed,
-            "limit": getattr(settings, "limit", None),
+            "limit": settings.limit,
             "data_files": files,
         }
 

@@ -142,3 +142,31 @@ def pytest_rmb_add_backends(config):
     assert json.loads(text)["provenance"]["model_args"] == {"temperature": "0"}
 
 
+
+
+def test_credentials_in_a_list_of_urls_and_rejected_values_never_reach_output(pytester):
+    pytester.makeconftest('''
+from pytest_rmb.backends import Backend, ModelArg, positive_int
+from pytest_rmb.backends.baselines import LengthScorer
+
+def pytest_rmb_add_backends(config):
+    return [Backend("urls", LengthScorer, args=(
+        ModelArg("base_url", lambda text: text.split(","), ["http://127.0.0.1:8000/v1"]),
+        ModelArg("n", positive_int, 1),
+    ))]
+''')
+    done = run(pytester, "--rmb-model", "urls:x", "--rmb-model-arg",
+               "base_url=http://user:pw-planted-9@host-a/v1,https://host-b/v1?api_key=key-planted-9",
+               "--rmb-data", "sample", "--rmb-json", "s.json")
+    assert done.ret == 0
+    text = (pytester.path / "s.json").read_text()
+    assert "pw-planted-9" not in text and "key-planted-9" not in text
+    urls = json.loads(text)["provenance"]["model_args"]["base_url"]
+    assert [url.split("//")[1].split("/")[0] for url in urls] == ["user:***@host-a", "host-b"]
+
+    pasted = run(pytester, "--rmb-model", "urls:x", "--rmb-model-arg", "n=sk-planted-secret-123",
+                 "--rmb-data", "sample")
+    assert pasted.ret == pytest.ExitCode.USAGE_ERROR
+    output = pasted.stdout.str() + pasted.stderr.str()
+    assert "--rmb-model-arg n: expected a positive integer, got '***'" in output
+    assert "sk-planted-secret-123" not in output

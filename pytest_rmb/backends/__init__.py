@@ -34,6 +34,8 @@ BUILTIN = {
     "sglang": "pytest_rmb.backends.served:SGLANG_BACKEND",
     "vllm": "pytest_rmb.backends.served:VLLM_BACKEND",
 }
+# A rejected setting value this long could be a pasted secret: error messages show *** instead.
+SECRET_LENGTH = 8
 # Bare names that are not Hugging Face ids: the baselines.
 BASELINE_NAMES = ("length", "random")
 
@@ -120,8 +122,9 @@ class Backend:
             try:
                 values[key] = arg.parse(text)
             except (ValueError, argparse.ArgumentTypeError) as exc:
-                # The value itself is not echoed: a key pasted into the wrong setting stays off screen.
-                raise BackendError(f"--rmb-model-arg {key}: {exc}") from None
+                # A key pasted into the wrong setting stays off screen, whatever the parser says.
+                message = str(exc).replace(text, "***") if len(text) >= SECRET_LENGTH else str(exc)
+                raise BackendError(f"--rmb-model-arg {key}: {message}") from None
         return values
 
 
