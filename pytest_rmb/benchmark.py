@@ -38,6 +38,10 @@ def _judge(sample, request: pytest.FixtureRequest) -> None:
         outcome = engine.outcome(sample)
     except ScoringError as exc:
         failure = str(exc)
+    except Exception as exc:  # noqa: BLE001 - the model's own failure, reported as one line
+        # Every item of the scenario gets one compact line, the first included: the traceback
+        # would run through the engine and the backend, not through the user's test.
+        failure = f"scenario {sample.scenario} could not be scored: {type(exc).__name__}: {exc}"
     else:
         failure = outcome.error or ""
     if failure:

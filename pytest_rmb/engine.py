@@ -285,13 +285,8 @@ class _ScenarioEngine:
             try:
                 self._work(samples, sample.scenario)
             except Exception as exc:
-                # One compact line for every item of the scenario, the first included: the cause's
-                # traceback runs through the engine and the backend, not through the user's code.
                 self._failed[sample.scenario] = f"{type(exc).__name__}: {exc}"
-                if isinstance(exc, ScoringError):
-                    raise
-                raise ScoringError(f"scenario {sample.scenario} could not be scored: "
-                                   f"{self._failed[sample.scenario]}") from exc
+                raise
         if sample.scenario in self._failed:
             raise ScoringError(f"scenario {sample.scenario} could not be scored: {self._failed[sample.scenario]}")
         return self._outcome(sample)
