@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from pytest_rmb.metrics import KINDS, SECTIONS, section_key
+from pytest_rmb.self_check import describe as describe_self_check
 
 KIND_TITLES = {"pairwise": "Pairwise", "bon": "BoN"}
 # Pointing at a partial copy of RMB should not print a line for each of 98 files.
@@ -291,6 +292,24 @@ class TableRenderer:
                 f"error: {error['scenario']} {error['kind']} ({error['items']} items): {first}", red=True
             )
         self._render_misses(misses, misses_shown)
+
+    def render_self_check(self, entry: dict | None) -> None:
+        """The self-check's verdict: one line when it passed, the worst text and a hint when not."""
+        if entry is None:
+            return
+        if entry["ok"]:
+            self._tr.write_line(f"rmb: self-check passed: {describe_self_check(entry)}")
+            return
+        self._tr.write_line(f"rmb: SELF-CHECK FAILED: {describe_self_check(entry)}", red=True, bold=True)
+        worst = entry.get("worst") or {}
+        if "batched" in worst:
+            self._tr.write_line(
+                f"rmb: the worst text scored {worst['batched']:.6g} in its batch and {worst['alone']:.6g} alone "
+                f"(response starts {worst['response_start']!r})", red=True)
+        self._tr.write_line(
+            "rmb: scores that depend on the batch make every comparison and gate on them unreliable; "
+            "check padding, the pad token and the attention mask (--rmb-show-input UID shows what the model reads)",
+            red=True)
 
     def render_gates(self, summary: dict) -> None:
         self._tr.section("RMB gates", sep="=")

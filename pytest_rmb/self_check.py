@@ -101,21 +101,3 @@ def self_check_gates(entry: dict[str, Any] | None, gated: bool) -> list[GateResu
         return []
     return [GateResult(METRIC, None, f"batch-invariant within {entry['tolerance']:g}", None,
                        PASS if entry["ok"] else FAIL, describe(entry))]
-
-
-def write_self_check(terminalreporter: Any, entry: dict[str, Any] | None) -> None:
-    if entry is None:
-        return
-    if entry["ok"]:
-        terminalreporter.write_line(f"rmb: self-check passed: {describe(entry)}")
-        return
-    terminalreporter.write_line(f"rmb: SELF-CHECK FAILED: {describe(entry)}", red=True, bold=True)
-    worst = entry.get("worst") or {}
-    if "batched" in worst:
-        terminalreporter.write_line(
-            f"rmb: the worst text scored {worst['batched']:.6g} in its batch and {worst['alone']:.6g} alone "
-            f"(response starts {worst['response_start']!r})", red=True)
-    terminalreporter.write_line(
-        "rmb: scores that depend on the batch make every comparison and gate on them unreliable; "
-        "check padding, the pad token and the attention mask (--rmb-show-input UID shows what the model reads)",
-        red=True)

@@ -37,7 +37,7 @@ from pytest_rmb.results import (
     summary_document,
 )
 from pytest_rmb.scenarios import GOALS, all_markers
-from pytest_rmb.self_check import SelfCheck, self_check_gates, write_self_check
+from pytest_rmb.self_check import SelfCheck, self_check_gates
 from pytest_rmb.user_sets import UserScenario, user_markers, user_sources
 
 MODEL_INFO = "rmb_model_info"
@@ -291,7 +291,7 @@ class RMBSession:
             misses_shown=settings.show_misses,
             null_baseline=settings.null_baseline,
         )
-        write_self_check(terminalreporter, summary.get("self_check"))
+        renderer.render_self_check(summary.get("self_check"))
         for label, path in (("summary", settings.json_path), ("per-sample results", settings.jsonl_path),
                             ("Markdown report", settings.markdown_path)):
             if path and not any(str(path) in failure for failure in summary["write_errors"]):
