@@ -276,7 +276,7 @@ class HFRewardModel(PointwiseModel):
         runner = PrefixRunner(self.model, self._pad_id, self._reward_index, CPU_BATCH_TOKENS)
         try:
             shared = runner.score(rows, [lengths[0], lengths[1]])
-        except Exception as exc:  # any failure means this model cannot continue from a cache
+        except Exception as exc:  # noqa: BLE001 - any failure means it cannot continue from a cache
             return f"continuing from cached keys/values failed ({type(exc).__name__}: {exc})"
         plain = self._forward(rows)
         # float32 agrees to ~1e-6; half precision rounds differently along the two paths.
@@ -301,19 +301,7 @@ class HFRewardModel(PointwiseModel):
         if self._sharing is None:
             return self._score_plain(batch)
         self.cost(batch)
-        rows = [self._tokens[r] for r in batch]
-        lengths = self._sharing.lengths_for(batch, rows)
-        shared = [i for i, length in enumerate(lengths) if length]
-        plain = [i for i, length in enumerate(lengths) if not length]
-        values = [0.0] * len(batch)
-        if shared:
-            found = self._sharing.runner.score([rows[i] for i in shared], [lengths[i] for i in shared])
-            for i, value in zip(shared, found):
-                values[i] = value
-        if plain:
-            for i, value in zip(plain, self._forward([rows[i] for i in plain])):
-                values[i] = value
-        self._sharing.done(batch)
+        values = self._sharing.score(batch, [self._tokens[r] for r in batch], self._forward)
         for request in batch:
             self._tokens.pop(request, None)
         return values
@@ -325,7 +313,7 @@ class HFRewardModel(PointwiseModel):
             self._tokens.pop(request, None)
         return values
 
-    def _forward(self, rows: list[list[int]]) -> list[float]:
+    def _forward(self, rows: Sequence[Sequence[int]]) -> list[float]:
         torch = self._torch
         width = max(len(row) for row in rows)
         input_ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
@@ -369,6 +357,7 @@ class HFRewardModel(PointwiseModel):
             "tokens_rendered": len(ids),
             "max_length": self.max_length,
             "dropped": len(ids) - len(kept),
+            "kept_text": self.tokenizer.decode(kept) if len(kept) < len(ids) else rendered,
             "kept_first": bool(self._renderer.keep_first and len(kept) < len(ids)),
             "reward_position": position,
             "pooling": pooling,
@@ -429,7 +418,8 @@ def check_spec_before_loading(spec: str) -> None:
     if spec.startswith(("/", "./", "../", "~")) or path.exists():
         raise ModelLoadError(f"--rmb-model {spec}: no such directory")
     close = closest_names(spec, BASELINE_NAMES)
-    hint = f" (did you mean {', '.join(close)}?)" if close else f"; the built-in baselines are {', '.join(BASELINE_NAMES)}"
+    baselines = ", ".join(BASELINE_NAMES)
+    hint = f" (did you mean {', '.join(close)}?)" if close else f"; the built-in baselines are {baselines}"
     if not _HUB_ID.fullmatch(spec):
         raise ModelLoadError(f"--rmb-model {spec}: not a local directory and not a Hugging Face model id{hint}")
     if close and "/" not in spec:
