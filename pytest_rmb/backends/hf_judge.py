@@ -1,0 +1,519 @@
+"""Local LLM judges: a causal language model loaded with transformers decides RMB comparisons.
+
+``hf-judge:PATH_OR_ID`` asks the model the same questions the ``openai:`` backend asks a server
+(prompts, parsing and order combination all come from :mod:`pytest_rmb.judging`), in two modes:
+
+- ``mode=logits`` (default): the verdict-first prompt, rendered with the chat template and its
+  generation prompt and followed by ``[[``; one forward pass, and the verdict is whichever of the
+  next tokens ``A`` and ``B`` has the higher logit. No sampling and no parsing, so it is exact and
+  every comparison gets a verdict, and P(A) = softmax over the two logits gives P(chosen) for free.
+  Batches are right-padded like the classifier backend's: real tokens keep positions 0..n-1, and
+  the logits are read at each row's last real token.
+- ``mode=generate``: greedy generation with the ``pair-v2`` prompt, replies parsed exactly as the
+  ``openai:`` backend parses a server's, and a reply without a verdict followed up with the same
+  turn that backend sends (re-asking the same prompt would repeat the same greedy reply). Batches
+  are left-padded (generation appends to the end of every row) and each row's reply ends at its
+  first end-of-sequence token. No P(chosen) in this mode: use ``mode=logits`` for it.
+
+Rendering matches what OpenAI-compatible servers (``transformers serve``, vLLM, llama.cpp) do with
+a chat request: the template with its generation prompt, tokenized without special tokens (the
+template writes its own), so that the local judge and the same model behind a server read the
+same tokens. A prompt longer than the model's context is never cut (that would judge a different
+conversation): its order gets no verdict, with the reason, and the comparison counts as a miss.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pytest_rmb.backends import (
+    Backend,
+    ModelArg,
+    ModelLoadError,
+    ModelSettings,
+    choice,
+    positive_int,
+)
+from pytest_rmb.backends.hf import (
+    CPU_BATCH_TOKENS,
+    GPU_BATCH_TOKENS,
+    SANE_LIMIT,
+    _dtype_keyword,
+    check_spec_before_loading,
+    resolve_device,
+    resolve_dtype,
+    resolved_revision,
+    weights_identity,
+)
+
+# The openai backend's follow-up turn after a reply without a verdict, and its note length: the
+# local judge and the same model behind a server are asked, and report, the same things.
+from pytest_rmb.backends.openai import FOLLOW_UP, NOTE_CHARS
+from pytest_rmb.data import Message
+from pytest_rmb.judging import (
+    ORDERS,
+    PROMPT_NAMES,
+    JudgePrompt,
+    OrderResult,
+    PromptError,
+    chosen_slots,
+    combine,
+    judge_messages,
+    load_prompt,
+    parse_verdict,
+    verdict_first_prefix,
+)
+from pytest_rmb.models import PairRequest, PairwiseModel, Verdict
+
+MODES = ("logits", "generate")
+DEFAULT_PROMPT = {"logits": "verdict-first", "generate": "pair-v2"}
+DEFAULT_MAX_NEW_TOKENS = 1024
+DEFAULT_PARSE_RETRIES = 2
+# Part of the cache fingerprint: bump it when rendering or decoding changes what a judge says.
+JUDGE_VERSION = "1"
+# A one-turn comparison for checking, at load, that the verdict letters are single tokens.
+_PROBE = PairRequest((Message("user", "Which answer is better?"),), "The first answer.", "The second answer.")
+
+# One prompt of one comparison: (request, the slot the chosen answer is shown in).
+Row = tuple[PairRequest, str]
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise ValueError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+non_negative_int.type_name = "int"  # type: ignore[attr-defined]
+
+
+def integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"expected an integer, got {text!r}") from None
+
+
+integer.type_name = "int"  # type: ignore[attr-defined]
+
+
+def path_value(text: str) -> str:
+    return text
+
+
+path_value.type_name = "path"  # type: ignore[attr-defined]
+
+
+class HFJudge(PairwiseModel):
+    """A causal LM answering pairwise judge prompts; ``compare`` returns one Verdict per request
+    (``first`` = the chosen answer), combined over the answer orders by :func:`judging.combine`."""
+
+    def __init__(self, model, tokenizer, settings: ModelSettings, *, mode: str = "logits",
+                 prompt: JudgePrompt | None = None, order: str = "both",
+                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, parse_retries: int = DEFAULT_PARSE_RETRIES,
+                 seed: int = 0, weights: str = ""):
+        import torch
+
+        if mode not in MODES:
+            raise ModelLoadError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if order not in ORDERS:
+            raise ModelLoadError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
+        self._torch = torch
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = settings.target
+        self.mode = mode
+        self.prompt = prompt or load_prompt(DEFAULT_PROMPT[mode])
+        self.order = order
+        self.max_new_tokens = max_new_tokens
+        self.parse_retries = parse_retries
+        self.seed = seed
+        self._weights = weights or weights_identity(settings, model)
+        self._revision = resolved_revision(settings, model)
+        self._device = model.get_input_embeddings().weight.device
+        self.batch_tokens: int | None = GPU_BATCH_TOKENS if self._device.type == "cuda" else CPU_BATCH_TOKENS
+        if settings.chat_template:
+            tokenizer.chat_template = Path(settings.chat_template).read_text(encoding="utf-8")
+        if not getattr(tokenizer, "chat_template", None):
+            raise ModelLoadError(f"--rmb-model {settings.model}: the tokenizer has no chat template, and a judge "
+                                 "is asked in chat messages; pass --rmb-chat-template FILE")
+        self.context = self._context(settings.max_length)
+        self._pad_id = _pad_id(tokenizer)
+        self._ids: dict[Row, list[int]] = {}
+        self._counters: dict[str, float] = {}
+        if mode == "logits":
+            self._letters = self._letter_tokens()
+            self._keep_arg = "logits_to_keep" in inspect.signature(model.forward).parameters
+        else:
+            self._generation = self._generation_config()
+
+    # -- set-up ---------------------------------------------------------------------------------
+
+    def _context(self, requested: int | None) -> int:
+        limits = [limit for limit in (getattr(self.tokenizer, "model_max_length", None),
+                                      getattr(self.model.config, "max_position_embeddings", None))
+                  if isinstance(limit, int) and 0 < limit < SANE_LIMIT]
+        model_limit = min(limits) if limits else None
+        if requested is not None:
+            if model_limit is not None and requested > model_limit:
+                raise ModelLoadError(f"--rmb-max-length {requested}: {self.name} accepts at most {model_limit} tokens")
+            return requested
+        if model_limit is None:
+            raise ModelLoadError(f"{self.name}: neither the tokenizer nor the config gives a context length; "
+                                 "pass --rmb-max-length N")
+        return model_limit
+
+    def _letter_tokens(self) -> tuple[int, int]:
+        """The token ids of ``A`` and ``B`` right after ``[[``, checked on a rendered prompt: the
+        verdict is read there, so each letter must be one token that does not merge with ``[[``."""
+        base = self._render(_PROBE, "A")
+        found = []
+        for letter in ("A", "B"):
+            with_letter = self._encode(self._text(_PROBE, "A") + letter)
+            if len(with_letter) != len(base) + 1 or with_letter[:-1] != base:
+                raise ModelLoadError(
+                    f"--rmb-model hf-judge:{self.name} with mode=logits: the tokenizer does not write the verdict "
+                    f"letter {letter!r} as one token after '[[' (it merges or splits it), so the verdict cannot "
+                    "be read from one next-token distribution; use --rmb-model-arg mode=generate"
+                )
+            found.append(with_letter[-1])
+        if found[0] == found[1]:
+            raise ModelLoadError(f"{self.name}: 'A' and 'B' are the same token; use mode=generate")
+        return found[0], found[1]
+
+    def _generation_config(self):
+        # The model's own generation defaults (repetition penalty, end-of-turn ids), as a server
+        # uses them for a temperature-0 request: greedy, with the requested number of new tokens.
+        config = copy.deepcopy(self.model.generation_config)
+        config.do_sample = False
+        for name in ("temperature", "top_p", "top_k", "typical_p", "min_p"):
+            if hasattr(config, name):
+                setattr(config, name, None)
+        config.num_beams = 1
+        config.num_return_sequences = 1
+        config.max_new_tokens = self.max_new_tokens
+        config.max_length = None
+        if config.pad_token_id is None:
+            config.pad_token_id = self._pad_id
+        eos = config.eos_token_id if config.eos_token_id is not None else self.tokenizer.eos_token_id
+        self._eos = set([eos] if isinstance(eos, int) else list(eos or ()))
+        return config
+
+    # -- rendering ------------------------------------------------------------------------------
+
+    def _messages(self, request: PairRequest, slot: str) -> tuple[list[dict[str, str]], str]:
+        """The judge's chat messages with the chosen answer (``first``) shown as ``slot``, and the
+        text the assistant's reply is forced to start with."""
+        a, b = (request.first, request.second) if slot == "A" else (request.second, request.first)
+        if self.mode == "logits":
+            prefix = verdict_first_prefix(request.conversation, a, b, request.goal, prompt=self.prompt)
+            return prefix.messages, prefix.assistant_prefix
+        return judge_messages(self.prompt, request.conversation, a, b, request.goal), ""
+
+    def _text(self, request: PairRequest, slot: str) -> str:
+        messages, start = self._messages(request, slot)
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + start
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _render(self, request: PairRequest, slot: str) -> list[int]:
+        return self._encode(self._text(request, slot))
+
+    def render(self, request: PairRequest, slot: str = "A") -> str:
+        """The exact text the judge reads for ``request`` with the chosen answer shown as ``slot``."""
+        return self._text(request, slot)
+
+    def slots(self, request: PairRequest) -> tuple[str, ...]:
+        return chosen_slots(self.order, self.seed, self.cache_key(request))
+
+    def _rows(self, request: PairRequest) -> list[Row]:
+        return [(request, slot) for slot in self.slots(request)]
+
+    def cost(self, batch: Sequence[PairRequest]) -> list[int]:
+        """Tokens per comparison over its orders, generated tokens included; keeps the ids."""
+        costs = []
+        extra = self.max_new_tokens if self.mode == "generate" else 0
+        for request in batch:
+            total = 0
+            for row in self._rows(request):
+                ids = self._ids.get(row)
+                if ids is None:
+                    ids = self._ids[row] = self._render(*row)
+                total += min(len(ids), self.context) + extra
+            costs.append(total)
+        return costs
+
+    # -- judging --------------------------------------------------------------------------------
+
+    def compare(self, batch: Sequence[PairRequest]) -> list[Verdict]:
+        self.cost(batch)
+        rows = [row for request in batch for row in self._rows(request)]
+        # Reading logits needs the prompt to fit; generating needs room for one token more.
+        room = self.context if self.mode == "logits" else self.context - 1
+        fits = [row for row in rows if len(self._ids[row]) <= room]
+        results: dict[Row, OrderResult] = {}
+        for row in rows:
+            if len(self._ids[row]) > room:
+                self._count("too_long")
+                note = (f"prompt too long: {len(self._ids[row])} tokens, the judge's context is {self.context} "
+                        "(never cut: that would judge another conversation)")
+                results[row] = OrderResult(row[1], (None,), notes=(note,))
+        if fits:
+            judged = self._judge_logits(fits) if self.mode == "logits" else self._judge_generate(fits)
+            results.update(zip(fits, judged))
+        verdicts = [combine([results[row] for row in self._rows(request)], self.order) for request in batch]
+        for row in rows:
+            self._ids.pop(row, None)
+        return verdicts
+
+    def _judge_logits(self, rows: list[Row]) -> list[OrderResult]:
+        torch = self._torch
+        ids = [self._ids[row] for row in rows]
+        width = max(len(tokens) for tokens in ids)
+        input_ids = torch.full((len(ids), width), self._pad_id, dtype=torch.long)
+        attention = torch.zeros((len(ids), width), dtype=torch.long)
+        for i, tokens in enumerate(ids):
+            input_ids[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+            attention[i, : len(tokens)] = 1
+        last = [len(tokens) - 1 for tokens in ids]
+        kwargs: dict[str, Any] = {}
+        wanted = sorted(set(last))
+        if self._keep_arg:
+            # Only the positions some row ends at: a full (rows x width x vocabulary) logits tensor
+            # is gigabytes for a long batch.
+            kwargs["logits_to_keep"] = torch.tensor(wanted, dtype=torch.long, device=self._device)
+        with torch.inference_mode():
+            logits = self.model(input_ids=input_ids.to(self._device), attention_mask=attention.to(self._device),
+                                **kwargs).logits
+        column = {position: (wanted.index(position) if self._keep_arg else position) for position in wanted}
+        index_a, index_b = self._letters
+        self._count("requests", len(rows))
+        self._count("prompt_tokens", sum(len(tokens) for tokens in ids))
+        results = []
+        for i, (row, end) in enumerate(zip(rows, last)):
+            pair = logits[i, column[end], [index_a, index_b]].float()
+            p_a = float(torch.sigmoid(pair[0] - pair[1]))
+            if pair[0] > pair[1]:
+                votes: tuple[str | None, ...] = ("A",)
+                notes: tuple[str, ...] = ()
+            elif pair[1] > pair[0]:
+                votes, notes = ("B",), ()
+            else:
+                votes, notes = (None,), ("'A' and 'B' equally likely",)
+            results.append(OrderResult(row[1], votes, p_a=p_a, notes=notes,
+                                       usage={"prompt_tokens": len(self._ids[row]), "completion_tokens": 0}))
+        return results
+
+    def _judge_generate(self, rows: list[Row]) -> list[OrderResult]:
+        """Greedy replies parsed as the ``openai:`` backend parses them; a reply without a verdict
+        gets the same follow-up turn that backend sends, up to ``parse_retries`` times (asking
+        the identical prompt again would repeat the identical greedy reply)."""
+        asked = {i: self._messages(*row)[0] for i, row in enumerate(rows)}
+        prompts = {i: self._ids[row] for i, row in enumerate(rows)}
+        usage = {i: {"prompt_tokens": 0, "completion_tokens": 0} for i in asked}
+        found: dict[int, tuple[str | None, int, str]] = {}
+        for attempt in range(self.parse_retries + 1):
+            pending = sorted(i for i in asked if i not in found)
+            if not pending:
+                break
+            replies = self._generate([prompts[i] for i in pending])
+            for i, (reply, completion) in zip(pending, replies):
+                usage[i]["prompt_tokens"] += len(prompts[i])
+                usage[i]["completion_tokens"] += completion
+                self._count("requests")
+                self._count("prompt_tokens", len(prompts[i]))
+                self._count("completion_tokens", completion)
+                letter, reason = parse_verdict(reply)
+                if letter is not None:
+                    found[i] = (letter, attempt, "")
+                    continue
+                excerpt = " ".join(reply.split())[:NOTE_CHARS]
+                note = f"{reason}: {excerpt!r}" if excerpt else reason
+                if attempt == self.parse_retries:
+                    found[i] = (None, attempt, note)
+                    continue
+                self._count("parse_retries")
+                follow_up = [*asked[i], {"role": "assistant", "content": reply}, {"role": "user", "content": FOLLOW_UP}]
+                ids = self._encode(self.tokenizer.apply_chat_template(follow_up, tokenize=False,
+                                                                      add_generation_prompt=True))
+                if len(ids) >= self.context:
+                    found[i] = (None, attempt, f"{note}; the follow-up would not fit the judge's context")
+                    continue
+                prompts[i] = ids
+        results = []
+        for i, row in enumerate(rows):
+            letter, retries, note = found[i]
+            results.append(OrderResult(row[1], (letter,), usage=usage[i], parse_retries=retries,
+                                       notes=(note,) if note else ()))
+        return results
+
+    def _generate(self, prompts: list[list[int]]) -> list[tuple[str, int]]:
+        """(reply, generated tokens) per prompt: greedy, batched with left padding. A prompt that
+        leaves less room than ``max_new_tokens`` in the context is generated alone, with what room
+        there is, so that it does not shorten the replies of the others."""
+        full = [i for i, ids in enumerate(prompts) if len(ids) + self.max_new_tokens <= self.context]
+        out: dict[int, tuple[str, int]] = {}
+        if full:
+            out.update(zip(full, self._generate_batch([prompts[i] for i in full], self.max_new_tokens)))
+        for i, ids in enumerate(prompts):
+            if i not in out:
+                out[i] = self._generate_batch([ids], self.context - len(ids))[0]
+        return [out[i] for i in range(len(prompts))]
+
+    def _generate_batch(self, prompts: list[list[int]], max_new_tokens: int) -> list[tuple[str, int]]:
+        torch = self._torch
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), self._pad_id, dtype=torch.long)
+        attention = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, prompt in enumerate(prompts):
+            input_ids[i, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+            attention[i, width - len(prompt):] = 1
+        config = self._generation
+        if max_new_tokens != config.max_new_tokens:
+            config = copy.deepcopy(config)
+            config.max_new_tokens = max_new_tokens
+        with torch.inference_mode():
+            sequences = self.model.generate(input_ids=input_ids.to(self._device),
+                                            attention_mask=attention.to(self._device), generation_config=config)
+        replies = []
+        for row in sequences[:, width:].tolist():
+            # A finished row is padded until the longest one stops: its reply ends at its own EOS
+            # (counted as generated, as servers count it).
+            end = next((j + 1 for j, token in enumerate(row) if token in self._eos), len(row))
+            replies.append((self.tokenizer.decode(row[:end], skip_special_tokens=True), end))
+        return replies
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+
+    def _count(self, name: str, value: float = 1) -> None:
+        self._counters[name] = self._counters.get(name, 0) + value
+
+    def take_counters(self) -> dict[str, float]:
+        """Prompts asked ("requests", as the openai backend counts them), their tokens, parse
+        retries, and prompts too long for the context."""
+        counters, self._counters = self._counters, {}
+        return counters
+
+    def fingerprint(self) -> str:
+        parts = [
+            f"judge hf {JUDGE_VERSION}", self.name, self._weights, str(self.model.dtype), self.mode,
+            self.prompt.sha256, self.order, str(self.seed) if self.order == "random" else "",
+            str(self.context), str(self.tokenizer.chat_template),
+        ]
+        if self.mode == "generate":
+            parts += [str(self.max_new_tokens), str(self.parse_retries)]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
+
+    def describe(self) -> dict[str, Any]:
+        described: dict[str, Any] = {
+            "backend": "hf-judge",
+            "mode": self.mode,
+            "prompt": self.prompt.name,
+            "prompt_sha256": self.prompt.sha256,
+            "order": self.order,
+            "revision": self._revision,
+            "weights": self._weights,
+            "dtype": str(self.model.dtype).removeprefix("torch."),
+            "device": str(self._device),
+            "context": self.context,
+            "chat_template_sha256": hashlib.sha256(str(self.tokenizer.chat_template).encode()).hexdigest()[:16],
+        }
+        if self.order == "random":
+            described["seed"] = self.seed
+        if self.mode == "generate":
+            described.update(decoding="greedy", max_new_tokens=self.max_new_tokens, parse_retries=self.parse_retries)
+        return described
+
+    def close(self) -> None:
+        self._ids.clear()
+
+
+def _pad_id(tokenizer) -> int:
+    # Any id works: padded positions are masked out.
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def load_hf_judge(settings: ModelSettings) -> HFJudge:
+    """``hf-judge:PATH_OR_ID``: a causal LM and its tokenizer, loaded once in one dtype."""
+    args = settings.args
+    mode = args.get("mode") or "logits"
+    if args.get("prompt") and args.get("prompt_file"):
+        raise ModelLoadError(f"--rmb-model {settings.model}: give prompt or prompt_file, not both")
+    try:
+        prompt = load_prompt(args.get("prompt") or DEFAULT_PROMPT[mode], args.get("prompt_file"))
+    except PromptError as exc:
+        raise ModelLoadError(f"--rmb-model {settings.model}: {exc}") from None
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as exc:  # pragma: no cover - a dependency
+        raise ModelLoadError(f"--rmb-model {settings.model}: transformers is not importable: {exc}") from exc
+    spec = settings.target
+    try:
+        check_spec_before_loading(spec)
+    except ModelLoadError as exc:
+        raise ModelLoadError(str(exc).replace(f"--rmb-model {spec}", f"--rmb-model {settings.model}")) from None
+    device = resolve_device(settings.device, settings.worker_index)
+    dtype = resolve_dtype(settings.dtype, device)
+    common = {"revision": settings.revision, "trust_remote_code": settings.trust_remote_code}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(spec, **common)
+        kwargs: dict[str, Any] = {**common, "dtype": dtype}
+        if settings.attn_implementation:
+            kwargs["attn_implementation"] = settings.attn_implementation
+        if settings.device_map:
+            kwargs["device_map"] = settings.device_map
+        loaded: Any = AutoModelForCausalLM.from_pretrained(spec, output_loading_info=True, **_dtype_keyword(kwargs))
+        model, info = loaded
+    except (OSError, ValueError, ImportError, KeyError) as exc:
+        raise ModelLoadError(f"--rmb-model {settings.model}: cannot load it as a causal language model with "
+                             f"transformers: {exc}") from exc
+    head = model.get_output_embeddings()
+    head_names = {name for name, p in model.named_parameters(remove_duplicate=False)
+                  if head is not None and p is head.weight}
+    missing = head_names & set(info.get("missing_keys", ()))
+    if head is None or missing:
+        raise ModelLoadError(f"--rmb-model {settings.model}: the checkpoint has no trained language-model head "
+                             f"({', '.join(sorted(missing)) or 'none'}); a judge must be a causal LM")
+    if not settings.device_map:
+        model = model.to(device)
+    seed = args.get("seed")
+    return HFJudge(model, tokenizer, settings, mode=mode, prompt=prompt, order=args.get("order") or "both",
+                   max_new_tokens=args.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS,
+                   parse_retries=DEFAULT_PARSE_RETRIES if args.get("parse_retries") is None else args["parse_retries"],
+                   seed=settings.seed if seed is None else seed)
+
+
+BACKEND = Backend(
+    "hf-judge", load_hf_judge,
+    args=(
+        ModelArg("mode", choice(*MODES), "logits",
+                 "logits: the verdict read from the next-token logits of A vs B after '[[' (verdict-first prompt; "
+                 "exact, one forward pass, gives P(chosen)); generate: greedy generation and parsing (pair-v2)"),
+        ModelArg("prompt", choice(*PROMPT_NAMES), None,
+                 "the judge prompt (default: verdict-first with mode=logits, pair-v2 with mode=generate)"),
+        ModelArg("prompt_file", path_value, None,
+                 "your own prompt: a template file, or JSON with system/template (placeholders in README)"),
+        ModelArg("order", choice(*ORDERS), "both",
+                 "both: ask with the chosen answer as A and as B, it must win both; random: one order per "
+                 "comparison from a hash of the seed; fixed: the chosen answer always as A"),
+        ModelArg("max_new_tokens", positive_int, DEFAULT_MAX_NEW_TOKENS, "mode=generate: tokens the reply may use"),
+        ModelArg("parse_retries", non_negative_int, DEFAULT_PARSE_RETRIES,
+                 "mode=generate: follow-up turns asking for the verdict when a reply has none"),
+        ModelArg("seed", integer, None, "order=random: the seed positions are hashed from (default: --rmb-seed)"),
+    ),
+    summary="a local LLM judge: a causal LM (hub id or local checkpoint) compares the two answers, from the "
+    "logits of A vs B (mode=logits) or by greedy generation (mode=generate)",
+)
