@@ -287,6 +287,33 @@ def positive_int(text: str) -> int:
     return value
 
 
+@_named("int")
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise ValueError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+@_named("int")
+def integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"expected an integer, got {text!r}") from None
+
+
+@_named("float")
+def positive_float(text: str) -> float:
+    value = non_negative_float(text)
+    if value <= 0:
+        raise ValueError(f"expected a number > 0, got {value}")
+    return value
+
+
 @_named("float")
 def non_negative_float(text: str) -> float:
     try:

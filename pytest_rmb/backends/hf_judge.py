@@ -37,6 +37,8 @@ from pytest_rmb.backends import (
     ModelLoadError,
     ModelSettings,
     choice,
+    integer,
+    non_negative_int,
     positive_int,
 )
 from pytest_rmb.backends.hf import (
@@ -81,29 +83,6 @@ _PROBE = PairRequest((Message("user", "Which answer is better?"),), "The first a
 
 # One prompt of one comparison: (request, the slot the chosen answer is shown in).
 Row = tuple[PairRequest, str]
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise ValueError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-non_negative_int.type_name = "int"  # type: ignore[attr-defined]
-
-
-def integer(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"expected an integer, got {text!r}") from None
-
-
-integer.type_name = "int"  # type: ignore[attr-defined]
 
 
 def path_value(text: str) -> str:

@@ -32,7 +32,10 @@ from pytest_rmb.backends import (
     boolean,
     choice,
     closest_names,
+    integer,
     non_negative_float,
+    non_negative_int,
+    positive_float,
     positive_int,
     text_value,
 )
@@ -76,30 +79,6 @@ def _named(name: str, parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return named
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise ValueError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-def _integer(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"expected an integer, got {text!r}") from None
-
-
-def _positive_float(text: str) -> float:
-    value = non_negative_float(text)
-    if value <= 0:
-        raise ValueError(f"expected a number > 0, got {value}")
-    return value
-
-
 def _base_urls(text: str) -> tuple[str, ...]:
     from pytest_rmb.http import split_base_urls
 
@@ -122,8 +101,8 @@ ARGS = (
              "environment variable holding the API key (default OPENAI_API_KEY); the key is read "
              "from the environment only"),
     ModelArg("concurrency", positive_int, 16, "requests in flight at once"),
-    ModelArg("timeout", _named("seconds", _positive_float), 120.0, "seconds per request"),
-    ModelArg("retries", _named("int", _non_negative_int), 4,
+    ModelArg("timeout", _named("seconds", positive_float), 120.0, "seconds per request"),
+    ModelArg("retries", _named("int", non_negative_int), 4,
              "retries of a failed request (408, 429, 5xx, timeouts; Retry-After honoured)"),
     ModelArg("prompt", choice(*PROMPT_NAMES), "pair-v2", "built-in judge prompt"),
     ModelArg("prompt_file", _named("path", text_value), None,
@@ -134,14 +113,14 @@ ARGS = (
     ModelArg("votes", positive_int, 1, "samples per comparison and order; a strict majority decides"),
     ModelArg("temperature", non_negative_float, 0.0, "sampling temperature (votes > 1 needs > 0)"),
     ModelArg("max_tokens", positive_int, 1024, "most tokens per reply"),
-    ModelArg("parse_retries", _named("int", _non_negative_int), 2,
+    ModelArg("parse_retries", _named("int", non_negative_int), 2,
              "follow-up turns asking for the verdict when a reply has none"),
     ModelArg("logprobs", choice("auto", "true", "false"), "auto",
              "ask for the verdict token's logprobs (P(chosen) in the JSONL); auto drops them if refused"),
     ModelArg("bon_early_stop", boolean, True, "stop judging a Best-of-N list once one comparison is lost"),
     ModelArg("budget_tokens", positive_int, None,
              "stop (exit non-zero, verdicts kept) before this process's requests would exceed N tokens"),
-    ModelArg("seed", _named("int", _integer), None,
+    ModelArg("seed", _named("int", integer), None,
              "seed of order=random and, when given, sent to the server (vote i gets seed+i); default --rmb-seed"),
 )
 

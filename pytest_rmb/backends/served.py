@@ -52,6 +52,7 @@ from pytest_rmb.backends import (
     ModelLoadError,
     ModelSettings,
     choice,
+    non_negative_int,
     positive_int,
 )
 from pytest_rmb.models import PartialBatchError, PointwiseModel, ScoreRequest, as_chat
@@ -104,16 +105,6 @@ class LabelError(ServedModelError):
     """The server's output has several values per text and no --rmb-reward-index picks one."""
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise ValueError(f"expected an integer >= 0, got {value}")
-    return value
-
-
 def positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -137,7 +128,6 @@ def model_id(text: str) -> str:
     return text
 
 
-non_negative_int.type_name = "int"  # type: ignore[attr-defined]
 env_name.type_name = "name"  # type: ignore[attr-defined]
 model_id.type_name = "id_or_dir"  # type: ignore[attr-defined]
 positive_seconds.type_name = "seconds"  # type: ignore[attr-defined]
