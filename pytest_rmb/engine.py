@@ -195,6 +195,15 @@ class _BatchRunner:
             with self._progress.scoring(label, len(todo), self._unit) as advance:
                 for batch in batches:
                     indices = [todo[j] for j in batch]
+                    shown = 0
+
+                    def within_batch(finished: int, detail: str) -> None:
+                        nonlocal shown
+                        finished = min(finished, len(batch))
+                        advance(finished - shown, detail)
+                        shown = finished
+
+                    self._model.on_progress = within_batch
                     try:
                         values = self._batch([requests[i] for i in indices], delta)
                     except PartialBatchError as partial:
@@ -204,8 +213,9 @@ class _BatchRunner:
                             raise partial.cause from None
                         raise ScoringError(f"{type(partial.cause).__name__}: {partial.cause}") from partial.cause
                     self._keep(requests, indices, dict(enumerate(values)), cache_keys, store, delta)
-                    advance(len(batch))
+                    advance(len(batch) - shown)
         finally:
+            self._model.on_progress = None
             counters = dict(self._model.take_counters())
             for name in self._fact_names:
                 counters.pop(name, None)

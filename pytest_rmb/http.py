@@ -23,7 +23,7 @@ import os
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -394,6 +394,43 @@ class JSONClient:
         failure = HTTPFailure(method, self._safe_url(url), None, detail)
         failure.error_type = type(exc).__name__
         return failure
+
+
+# A served backend's start-up check must fail within seconds, whatever the run's request timeout.
+STARTUP_TIMEOUT = 5.0
+
+
+def list_models(
+    urls: Sequence[str], path: str, api_key: str | None, timeout: float = STARTUP_TIMEOUT
+) -> list[dict[str, Any] | BaseException]:
+    """Each server's models, ``{id: entry}``, from ``GET url + path``: all servers at once, one
+    quick retry. In place of a list: the :class:`HTTPFailure` of a server that failed, or a
+    ``ValueError`` quoting a reply that is not a model list (OpenAI's ``{"data": [...]}``, a bare
+    list, entries as objects with an ``id`` or as plain names)."""
+    policy = RetryPolicy(retries=1, backoff=0.2, max_backoff=1.0, timeout=timeout)
+
+    async def one(url: str) -> dict[str, Any]:
+        async with JSONClient([url], api_key=api_key, concurrency=1, policy=policy) as client:
+            document = await client.get(path)
+        data = document.get("data") if isinstance(document, Mapping) else document
+        if not isinstance(data, list):
+            raise ValueError(f"{redact_url(url)}{path} is not a model list: {_quoted(document)}")
+        listed: dict[str, Any] = {}
+        for entry in data:
+            name = entry.get("id") if isinstance(entry, Mapping) else entry
+            if isinstance(name, str):
+                listed[name] = entry
+        return listed
+
+    async def all_servers() -> list[Any]:
+        return await asyncio.gather(*(one(url) for url in urls), return_exceptions=True)
+
+    return asyncio.run(all_servers())
+
+
+def _quoted(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + "..."
 
 
 def run_concurrently(

@@ -425,6 +425,26 @@ def parse_verdict(text: str) -> tuple[str | None, str]:
     return parsed.verdict, parsed.reason
 
 
+# A reply without a usable verdict is asked again as a follow-up turn (asking the identical request
+# again at temperature 0 would mostly repeat the same reply). The local judge and a served one use
+# the same turn, so that the same model asked both ways is asked the same thing.
+FOLLOW_UP = ('Your reply did not end with a verdict in the required format. Output your final verdict now, '
+             'only "[[A]]" if assistant A is better or "[[B]]" if assistant B is better.')
+# How much of a reply without a verdict a miss's note quotes.
+NOTE_CHARS = 160
+
+
+def miss_note(reason: str, reply: str) -> str:
+    """Why a reply gave no verdict, with the start of the reply (whitespace collapsed)."""
+    excerpt = " ".join(reply.split())[:NOTE_CHARS]
+    return f"{reason}: {excerpt!r}" if excerpt else reason
+
+
+def follow_up(messages: Sequence[Mapping[str, str]], reply: str) -> list[dict[str, str]]:
+    """The conversation asked again: the judge's reply without a verdict, then :data:`FOLLOW_UP`."""
+    return [*map(dict, messages), {"role": "assistant", "content": reply}, {"role": "user", "content": FOLLOW_UP}]
+
+
 def verdict_probability(tokens: Sequence[Mapping[str, Any]], reply: str, position: int) -> float | None:
     """P("A") against "B" at the verdict letter, from OpenAI-style ``logprobs.content``.
 

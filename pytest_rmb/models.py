@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
@@ -97,6 +97,11 @@ class RewardModel:
     # Most requests per batch the model wants (None: --rmb-batch-size decides). HTTP backends ask
     # for large batches so that their concurrency has work to overlap.
     batch_size: int | None = None
+    # Set by the engine while a batch runs (None otherwise). A backend that finishes a batch's
+    # requests one by one (an HTTP judge) may call it with how many of the batch are finished so
+    # far and a short detail (requests per second, tokens so far): the progress bar then moves
+    # within a long batch instead of once at its end.
+    on_progress: Callable[[int, str], None] | None = None
 
     def fingerprint(self) -> str | None:
         """Everything the results depend on, hashed: names the cache file. None: not cached."""

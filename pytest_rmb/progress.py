@@ -4,7 +4,8 @@
 - Anywhere else (a CI log, a pipe): plain lines through pytest's terminal reporter, only for work
   that takes more than a couple of seconds, at most one every :data:`LINE_EVERY` seconds, with no
   carriage returns or escape codes, e.g.
-  ``rmb: scoring chat/discussion 120/480 texts (25%), 3.1 texts/s``.
+  ``rmb: scoring chat/discussion 120/480 texts (25%), 3.1 texts/s``. A backend may add a detail
+  (an HTTP judge: requests per second and tokens so far), shown after the count.
 - Nothing on pytest-xdist workers (their output never reaches the terminal) or with ``-qq``.
 
 Scoring runs inside a test, where pytest captures output (on the file descriptors, by default):
@@ -22,6 +23,9 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 import pytest
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+# advance(finished, detail): that many more are done; detail, when given, replaces the last one.
+Advance = Callable[..., None]
 
 # Quiet for work shorter than this: a sample run stays a few lines long.
 FIRST_LINE_AFTER = 2.0
@@ -55,14 +59,21 @@ class TerminalProgress:
                 yield
 
     @contextmanager
-    def scoring(self, scenario: str, total: int, unit: str = "texts") -> Iterator[Callable[[int], None]]:
+    def scoring(self, scenario: str, total: int, unit: str = "texts") -> Iterator[Advance]:
         columns = (TextColumn("rmb: scoring {task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn(unit), TimeRemainingColumn())
+                   TextColumn(unit), TimeRemainingColumn(), TextColumn("{task.fields[detail]}"))
         with _uncaptured(self._config):
             self._own_line()
             with Progress(*columns, console=self._console, transient=True) as bar:
-                task = bar.add_task(scenario, total=total)
-                yield lambda done: bar.advance(task, done)
+                task = bar.add_task(scenario, total=total, detail="")
+
+                def advance(done: int, detail: str | None = None) -> None:
+                    if detail is None:
+                        bar.advance(task, done)
+                    else:
+                        bar.update(task, advance=done, detail=detail)
+
+                yield advance
 
 
 class LineProgress:
@@ -88,17 +99,20 @@ class LineProgress:
             self._write(f"rmb: loaded {model} in {took:.1f} s")
 
     @contextmanager
-    def scoring(self, scenario: str, total: int, unit: str = "texts") -> Iterator[Callable[[int], None]]:
+    def scoring(self, scenario: str, total: int, unit: str = "texts") -> Iterator[Advance]:
         started = self._clock()
         done = 0
         last: float | None = None
+        latest = ""
 
         def rate(now: float) -> str:
-            return f"{done / (now - started):.1f} {unit}/s" if now > started else f"- {unit}/s"
+            text = f"{done / (now - started):.1f} {unit}/s" if now > started else f"- {unit}/s"
+            return f"{text}, {latest}" if latest else text
 
-        def advance(count: int) -> None:
-            nonlocal done, last
+        def advance(count: int, detail: str | None = None) -> None:
+            nonlocal done, last, latest
             done += count
+            latest = latest if detail is None else detail
             now = self._clock()
             if now - started < FIRST_LINE_AFTER or (last is not None and now - last < LINE_EVERY):
                 return
@@ -118,8 +132,8 @@ class NoProgress:
         yield
 
     @contextmanager
-    def scoring(self, scenario: str, total: int, unit: str = "texts") -> Iterator[Callable[[int], None]]:
-        yield lambda done: None
+    def scoring(self, scenario: str, total: int, unit: str = "texts") -> Iterator[Advance]:
+        yield lambda done, detail=None: None
 
 
 def progress_for(config: pytest.Config) -> TerminalProgress | LineProgress | NoProgress:

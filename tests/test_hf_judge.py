@@ -18,9 +18,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pytest_rmb.backends import BackendError, ModelLoadError, ModelSettings, load_spec
 from pytest_rmb.backends.hf_judge import BACKEND
-from pytest_rmb.backends.openai import FOLLOW_UP
 from pytest_rmb.data import Message
-from pytest_rmb.judging import chosen_slots, judge_messages, load_prompt, parse_verdict
+from pytest_rmb.judging import FOLLOW_UP, chosen_slots, judge_messages, load_prompt, parse_verdict
 from pytest_rmb.models import PairRequest
 from pytest_rmb.scenarios import registry
 from tests import smollm

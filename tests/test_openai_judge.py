@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -488,3 +489,26 @@ def test_ctrl_c_keeps_the_verdicts_received_and_the_rerun_resumes(pytester, stub
     # replies were on their way when Ctrl-C came.
     asked = len(answered(fresh)) // 2
     assert total - complete <= asked <= total - complete + 2
+
+
+
+def test_progress_moves_with_each_comparison_and_shows_requests_and_tokens(pytester, stubs):
+    # A CI log (not a terminal): the first progress line comes after 2 s, in the middle of the one
+    # batch of this one scenario, so it can only come from the judge's per-comparison progress.
+    rows = [{"id": f"q{i}", "prompt": f"Question {i}?", "chosen": f"A full answer to question {i}.",
+             "rejected": "No."} for i in range(30)]
+    (pytester.path / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (pytester.path / "sets.toml").write_text('[[scenario]]\nname = "q"\nkind = "pairwise"\npath = "pairs.jsonl"\n')
+    stub = stubs("longer", "--latency", "0.1")
+    result = pytester.runpytest("-p", "no:cacheprovider", "--rmb-model", "openai:stub-judge", "--rmb-model-arg",
+                                f"base_url={stub.base_url}", "--rmb-scenarios", "sets.toml", "--rmb-model-arg",
+                                "concurrency=1", "--rmb-model-arg", "order=fixed")
+    assert result.ret == 0, output(result)
+    lines = re.findall(r"rmb: scoring custom/q (\d+)/30 comparisons \(\d+%\), [\d.]+ comparisons/s, "
+                       r"(\d+)/(\d+) requests, [\d.]+ requests/s, ([\d,]+) tokens", output(result))
+    assert lines, output(result)
+    done, requests, planned, tokens = lines[0]
+    assert 0 < int(done) < 30  # within the batch, not at its end
+    assert int(requests) == int(done) and int(planned) == 30  # order=fixed: one request each
+    assert int(tokens.replace(",", "")) > 0
+    assert "rmb: scored custom/q: 30/30 comparisons" in output(result)

@@ -52,10 +52,6 @@ from pytest_rmb.backends.hf import (
     resolved_revision,
     weights_identity,
 )
-
-# The openai backend's follow-up turn after a reply without a verdict, and its note length: the
-# local judge and the same model behind a server are asked, and report, the same things.
-from pytest_rmb.backends.openai import FOLLOW_UP, NOTE_CHARS
 from pytest_rmb.data import Message
 from pytest_rmb.judging import (
     ORDERS,
@@ -65,8 +61,10 @@ from pytest_rmb.judging import (
     PromptError,
     chosen_slots,
     combine,
+    follow_up,
     judge_messages,
     load_prompt,
+    miss_note,
     parse_verdict,
     verdict_first_prefix,
 )
@@ -316,14 +314,13 @@ class HFJudge(PairwiseModel):
                 if letter is not None:
                     found[i] = (letter, attempt, "")
                     continue
-                excerpt = " ".join(reply.split())[:NOTE_CHARS]
-                note = f"{reason}: {excerpt!r}" if excerpt else reason
+                note = miss_note(reason, reply)
                 if attempt == self.parse_retries:
                     found[i] = (None, attempt, note)
                     continue
                 self._count("parse_retries")
-                follow_up = [*asked[i], {"role": "assistant", "content": reply}, {"role": "user", "content": FOLLOW_UP}]
-                ids = self._encode(self.tokenizer.apply_chat_template(follow_up, tokenize=False,
+                asked_again = follow_up(asked[i], reply)
+                ids = self._encode(self.tokenizer.apply_chat_template(asked_again, tokenize=False,
                                                                       add_generation_prompt=True))
                 if len(ids) >= self.context:
                     found[i] = (None, attempt, f"{note}; the follow-up would not fit the judge's context")

@@ -48,8 +48,10 @@ from pytest_rmb.judging import (
     chosen_slots,
     combine,
     find_verdict,
+    follow_up,
     judge_messages,
     load_prompt,
+    miss_note,
     verdict_probability,
 )
 from pytest_rmb.models import PairRequest, PairwiseModel, PartialBatchError, Verdict
@@ -60,14 +62,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-# Start-up checks must answer within seconds, whatever the run's request timeout.
-STARTUP_TIMEOUT = 5.0
 TOP_LOGPROBS = 5
-# A judge reply without a usable verdict is retried as a follow-up turn: asking the identical
-# request again at temperature 0 would mostly repeat the same reply.
-FOLLOW_UP = ('Your reply did not end with a verdict in the required format. Output your final verdict now, '
-             'only "[[A]]" if assistant A is better or "[[B]]" if assistant B is better.')
-NOTE_CHARS = 160
 
 
 def _named(name: str, parse: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -201,8 +196,6 @@ class OpenAIJudge(PairwiseModel):
         self._pools: list[_ClientPool] = []
         self._fatal: BaseException | None = None
         self._counters: dict[str, float] = {}
-        # Set by the session to show live progress: called with done/total requests, rate, tokens.
-        self.on_progress: Callable[[Mapping[str, float]], None] | None = None
 
     # -- identity -------------------------------------------------------------------------
 
@@ -246,27 +239,20 @@ class OpenAIJudge(PairwiseModel):
     def check_server(self) -> None:
         """List each base URL's models: a dead server, a bad key or a wrong model name fails at
         load time, within seconds, naming the URL and the status."""
-        from pytest_rmb.http import HTTPFailure, RetryPolicy
+        from pytest_rmb.http import STARTUP_TIMEOUT, HTTPFailure, list_models
 
-        policy = RetryPolicy(retries=1, backoff=0.2, max_backoff=1.0, timeout=min(self.policy.timeout, STARTUP_TIMEOUT))
-
-        async def listing(url: str) -> Any:
-            async with self._client([url], policy=policy, concurrency=1) as client:
-                return await client.get("/models")
-
-        for url in self.base_urls:
-            try:
-                document = asyncio.run(listing(url))
-            except HTTPFailure as failure:
+        answers = list_models(self.base_urls, "/models", self._api_key, min(self.policy.timeout, STARTUP_TIMEOUT))
+        for url, answer in zip(self.base_urls, answers):
+            if isinstance(answer, HTTPFailure):
                 hint = ""
-                if failure.status in (401, 403):
+                if answer.status in (401, 403):
                     hint = (f"; the key comes from ${self._key_env_name()}" if self._api_key else
                             f"; no API key: set ${self._key_env_name()}")
-                raise ModelLoadError(f"openai judge: cannot list the models at {failure.url}: "
-                                     f"{_status(failure)}{hint}") from None
-            served = _model_ids(document)
-            if served is None:
+                raise ModelLoadError(f"openai judge: cannot list the models at {answer.url}: "
+                                     f"{_status(answer)}{hint}")
+            if isinstance(answer, BaseException):
                 raise ModelLoadError(f"openai judge: {self._safe(url)}/models did not return a model list")
+            served = list(answer)
             if self.model_name not in served:
                 close = closest_names(self.model_name, served)
                 shown = ", ".join(served[:20]) + (" ..." if len(served) > 20 else "")
@@ -337,6 +323,8 @@ class OpenAIJudge(PairwiseModel):
 
         def on_done(index: int, verdict: Verdict) -> None:
             done[index] = verdict
+            if self.on_progress is not None:
+                self.on_progress(len(done), state.describe())
 
         jobs = [self._job(asks, state) for asks in plans]
         try:
@@ -390,12 +378,10 @@ class OpenAIJudge(PairwiseModel):
             if parsed.verdict is not None:
                 p_a = verdict_probability(tokens, reply, parsed.position) if tokens else None
                 return parsed.verdict, p_a, usage, attempt, ""
-            excerpt = " ".join(reply.split())[:NOTE_CHARS]
-            note = f"{parsed.reason}: {excerpt!r}" if excerpt else parsed.reason
+            note = miss_note(parsed.reason, reply)
             if attempt < self.parse_retries:
                 self._count("parse_retries")
-                messages = [*ask.messages, {"role": "assistant", "content": reply},
-                            {"role": "user", "content": FOLLOW_UP}]
+                messages = follow_up(ask.messages, reply)
         return None, None, usage, self.parse_retries, note
 
     async def _chat(self, client: Any, messages: list[dict[str, str]], vote: int,
@@ -451,8 +437,6 @@ class OpenAIJudge(PairwiseModel):
         self._count("prompt_tokens", usage["prompt_tokens"])
         self._count("completion_tokens", usage["completion_tokens"])
         state.finished(self._spent)
-        if self.on_progress is not None:
-            self.on_progress(state.progress())
         return reply, tokens, usage
 
     def _adapt(self, failure: Any) -> bool:
@@ -579,10 +563,11 @@ class _RunState:
         self.done += 1
         self.tokens = tokens
 
-    def progress(self) -> dict[str, float]:
+    def describe(self) -> str:
+        """The batch's requests so far, for the progress line: done/total, rate, tokens spent."""
         elapsed = max(time.perf_counter() - self.started, 1e-9)
-        return {"done": self.done, "total": self.total, "requests_per_second": self.done / elapsed,
-                "tokens": self.tokens}
+        return (f"{self.done}/{self.total} requests, {self.done / elapsed:.1f} requests/s, "
+                f"{self.tokens:,} tokens")
 
 
 async def _all_or_nothing(coroutines: Iterable[Awaitable[T]]) -> list[T]:
@@ -599,14 +584,6 @@ async def _all_or_nothing(coroutines: Iterable[Awaitable[T]]) -> list[T]:
 
 def _status(failure: Any) -> str:
     return f"HTTP {failure.status}" if failure.status is not None else (failure.detail or "no response")
-
-
-def _model_ids(document: Any) -> list[str] | None:
-    data = document.get("data") if isinstance(document, Mapping) else document
-    if not isinstance(data, list):
-        return None
-    ids = [entry.get("id") if isinstance(entry, Mapping) else entry for entry in data]
-    return [i for i in ids if isinstance(i, str)]
 
 
 def _read_completion(document: Any) -> tuple[str, list[dict] | None, dict[str, int] | None]:

@@ -36,7 +36,6 @@ once: it is probably post-activation, which squeezes the scale and turns near-ti
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import re
 import warnings
@@ -395,19 +394,10 @@ def check_servers(engine: Engine, model: str, urls: Sequence[str], api_key: str 
                   spec: str) -> str | None:
     """Fail within seconds, naming the URL, when a server is down, wants a key, or serves another
     model; returns what the first server says it loaded for the model (its ``root``), if it says."""
-    from pytest_rmb.http import HTTPFailure, JSONClient, RetryPolicy, redact_url
-
-    policy = RetryPolicy(retries=1, backoff=0.2, max_backoff=1.0, timeout=STARTUP_TIMEOUT)
-
-    async def models_of(url: str) -> Any:
-        async with JSONClient([url], api_key=api_key, concurrency=1, policy=policy) as client:
-            return await client.get("/v1/models")
-
-    async def all_servers() -> list[Any]:
-        return await asyncio.gather(*(models_of(url) for url in urls), return_exceptions=True)
+    from pytest_rmb.http import HTTPFailure, list_models, redact_url
 
     roots: list[str | None] = []
-    for url, answer in zip(urls, asyncio.run(all_servers())):
+    for url, answer in zip(urls, list_models(urls, "/v1/models", api_key, STARTUP_TIMEOUT)):
         shown = redact_url(url)
         if isinstance(answer, HTTPFailure):
             if answer.status is None:
@@ -420,13 +410,11 @@ def check_servers(engine: Engine, model: str, urls: Sequence[str], api_key: str 
                                      "export the key in that variable or name another with "
                                      "--rmb-model-arg api_key_env=NAME")
             raise ModelLoadError(f"--rmb-model {spec}: {shown} is not a {engine.title} server: {answer}")
+        if isinstance(answer, ValueError):
+            raise ModelLoadError(f"--rmb-model {spec}: {answer}")
         if isinstance(answer, BaseException):
             raise ModelLoadError(f"--rmb-model {spec}: {shown}/v1/models failed: {answer}")
-        try:
-            listed = {str(entry["id"]): entry for entry in answer["data"]}
-        except (KeyError, TypeError):
-            raise ModelLoadError(f"--rmb-model {spec}: {shown}/v1/models is not a model list: "
-                                 f"{_excerpt(answer)}") from None
+        listed = answer
         if model not in listed:
             raise ModelLoadError(f"--rmb-model {spec}: the server at {shown} serves {', '.join(listed) or 'no model'}, "
                                  f"not {model!r} (the name after '{engine.scheme}:' must be the served model name)")
