@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +20,11 @@ from rich.table import Table
 
 from pytest_rmb.gate import (
     SECTION_NAMES,
+    SummaryError,
     compare_shared,
     outcomes_by_section,
     provenance_differences,
+    read_summary,
 )
 from pytest_rmb.metrics import KINDS, outcome_records, summarize
 from pytest_rmb.report import KIND_TITLES, fit_width, fmt_accuracy
@@ -35,15 +36,9 @@ LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 def load_summary(path: Path) -> dict:
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        return read_summary(path, need_outcomes=False)
+    except SummaryError as exc:
         raise SystemExit(f"pytest-rmb compare: {path}: {exc}") from None
-    if isinstance(document, dict) and document.get("status") == "error":
-        reason = document.get("reason") or "no reason given"
-        raise SystemExit(f"pytest-rmb compare: {path}: that run failed and has no results: {reason}")
-    if not isinstance(document, dict) or "sections" not in document:
-        raise SystemExit(f"pytest-rmb compare: {path}: not a pytest-rmb --rmb-json summary")
-    return document
 
 
 def significance(reference: dict, other: dict, seed: int, resamples: int) -> dict[str, dict]:

@@ -124,22 +124,33 @@ def evaluate_thresholds(gates: list[Gate], summary: dict, allow_empty: bool) -> 
     return results
 
 
-def load_baseline(path: Path) -> dict:
+class SummaryError(ValueError):
+    """A file given as a --rmb-json summary that cannot be used as one; says why."""
+
+
+def read_summary(path: Path, *, need_outcomes: bool) -> dict:
+    """A ``--rmb-json`` summary, refusing what cannot stand for a run's results: an unreadable
+    file, invalid JSON, a run that failed (``status: error``), anything else."""
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise GateError(f"--rmb-baseline {path}: {exc.strerror}") from None
+        raise SummaryError(exc.strerror or str(exc)) from None
     except json.JSONDecodeError as exc:
-        raise GateError(f"--rmb-baseline {path}: invalid JSON at line {exc.lineno} column {exc.colno}") from None
+        raise SummaryError(f"invalid JSON at line {exc.lineno} column {exc.colno}") from None
     if isinstance(document, dict) and document.get("status") == "error":
         reason = document.get("reason") or "no reason given"
-        raise GateError(f"--rmb-baseline {path}: that run failed and has no results to compare with: {reason}")
-    if not isinstance(document, dict) or "outcomes" not in document or "sections" not in document:
-        raise GateError(
-            f"--rmb-baseline {path}: not a pytest-rmb --rmb-json summary with per-sample outcomes "
-            "(write one with --rmb-json from pytest-rmb 0.1 or later)"
-        )
+        raise SummaryError(f"that run failed and has no results: {reason}")
+    if not isinstance(document, dict) or "sections" not in document or (need_outcomes and "outcomes" not in document):
+        wanted = " with per-sample outcomes (write one with --rmb-json from pytest-rmb 0.1 or later)"
+        raise SummaryError("not a pytest-rmb --rmb-json summary" + (wanted if need_outcomes else ""))
     return document
+
+
+def load_baseline(path: Path) -> dict:
+    try:
+        return read_summary(path, need_outcomes=True)
+    except SummaryError as exc:
+        raise GateError(f"--rmb-baseline {path}: {exc}") from None
 
 
 def outcomes_by_section(outcomes: dict[str, bool], goal_of: dict[str, str]) -> dict[str, dict[str, bool]]:
