@@ -7,7 +7,9 @@ the ideal, and a rerun from the cache side by side with the ``length`` baseline.
 1. Throughput: ``--comparisons`` distinct comparisons through ``OpenAIJudge.compare`` in one call
    (order=fixed: one request each, and order=both on half as many: the same request count) against
    the stub answering every request after ``--latency`` seconds. Ideal = requests x latency /
-   concurrency. Target: <= 1.1x.
+   concurrency. Target: <= 1.1x. Beside it, the floor of the machine and the HTTP library: the same
+   request bodies (rendered beforehand) posted with a bare ``httpx.AsyncClient`` at the same
+   concurrency, with nothing of pytest-rmb in the loop.
 2. Cache: ``pytest --rmb-model openai:stub-judge`` over the selection once to fill a fresh cache,
    then reruns from the cache alternated with ``pytest --rmb-model length`` on the same selection,
    each in its own process, the best of ``--repeats`` each. Target: <= 1.2x.
@@ -58,6 +60,39 @@ def throughput(stub: StubServer, count: int, concurrency: int, latency: float, o
     return elapsed, sent, cpu
 
 
+def bare_httpx(stub: StubServer, count: int, concurrency: int) -> float:
+    """Seconds for the same requests through a bare httpx client: what any httpx-based client
+    (the openai SDK's included) can do on this machine against this stub."""
+    import asyncio
+    import json
+
+    import httpx
+
+    from pytest_rmb.judging import judge_messages, load_prompt
+
+    prompt = load_prompt("pair-v2")
+    bodies = [json.dumps({"model": "stub-judge", "temperature": 0, "max_tokens": 1024,
+                          "messages": judge_messages(prompt, r.conversation, r.first, r.second, r.goal)}).encode()
+              for r in comparisons(count)]
+
+    async def run() -> float:
+        slots = asyncio.Semaphore(concurrency)
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(base_url=stub.base_url, limits=limits) as client:
+
+            async def one(body: bytes) -> None:
+                async with slots:
+                    response = await client.post("/chat/completions", content=body,
+                                                 headers={"Content-Type": "application/json"})
+                    response.json()
+
+            started = time.perf_counter()
+            await asyncio.gather(*(one(body) for body in bodies))
+            return time.perf_counter() - started
+
+    return asyncio.run(run())
+
+
 def pytest_run(args: list[str], cwd: Path) -> float:
     started = time.perf_counter()
     completed = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *args], cwd=cwd,
@@ -92,6 +127,10 @@ def main() -> None:
                 # on a loaded machine the ratio above measures the machine, this says why.
                 print(f"  client CPU {cpu / sent * 1000:.2f} ms per request; keeping {options.concurrency} in "
                       f"flight needs < {options.latency / options.concurrency * 1000:.2f} ms")
+            bare = bare_httpx(stub, options.comparisons, options.concurrency)
+            ideal = options.comparisons * options.latency / options.concurrency
+            print(f"floor: a bare httpx.AsyncClient posting the same {options.comparisons} bodies: {bare:.2f} s, "
+                  f"ratio {bare / ideal:.3f}")
 
         with StubServer(work, "longer") as stub:
             selection = ["--rmb-data", options.data] + (["-m", options.markexpr] if options.markexpr else [])

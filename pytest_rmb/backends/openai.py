@@ -15,7 +15,6 @@ any message.
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import json
 import os
@@ -57,7 +56,7 @@ from pytest_rmb.judging import (
 from pytest_rmb.models import PairRequest, PairwiseModel, PartialBatchError, Verdict
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from pytest_rmb.http import JSONClient
 
 T = TypeVar("T")
 
@@ -193,7 +192,7 @@ class OpenAIJudge(PairwiseModel):
         self._max_tokens_key = "max_tokens"
         self._consecutive_failures = 0
         self._rotation = 0
-        self._pools: list[_ClientPool] = []
+        self._clients: list[JSONClient] = []
         self._fatal: BaseException | None = None
         self._counters: dict[str, float] = {}
 
@@ -224,8 +223,8 @@ class OpenAIJudge(PairwiseModel):
         }
 
     def take_counters(self) -> dict[str, float]:
-        retries = sum(client.retries for pool in self._pools for client in pool.clients)
-        self._pools = []
+        retries = sum(client.retries for client in self._clients)
+        self._clients = []
         if retries:
             self._count("http_retries", retries)
         counters, self._counters = self._counters, {}
@@ -268,15 +267,17 @@ class OpenAIJudge(PairwiseModel):
 
         return redact_url(url)
 
-    def _client(self, urls: Sequence[str] | None = None, *, concurrency: int | None = None,
-                policy: Any = None) -> _ClientPool:
-        # Each batch's clients start their round-robin over the replicas one further along, so
+    def _client(self) -> JSONClient:
+        from pytest_rmb.http import JSONClient
+
+        # Each batch's client starts its round-robin over the replicas one further along, so
         # that small batches do not all begin with the first replica.
         self._rotation += 1
-        pool = _ClientPool(list(urls or self.base_urls), self._api_key, concurrency or self.concurrency,
-                           policy or self.policy, self._rotation)
-        self._pools.append(pool)
-        return pool
+        by = self._rotation % len(self.base_urls)
+        client = JSONClient(self.base_urls[by:] + self.base_urls[:by], api_key=self._api_key,
+                            concurrency=self.concurrency, policy=self.policy)
+        self._clients.append(client)
+        return client
 
     # -- cost -----------------------------------------------------------------------------
 
@@ -328,8 +329,7 @@ class OpenAIJudge(PairwiseModel):
 
         jobs = [self._job(asks, state) for asks in plans]
         try:
-            # The pool has the JSONClient interface run_concurrently uses (async context, post).
-            results = run_concurrently(self._client, jobs, on_done)  # type: ignore[arg-type]
+            results = run_concurrently(self._client, jobs, on_done)
         except KeyboardInterrupt:
             # Ctrl-C: keep what arrived; the next batch stops at once.
             self._fatal = KeyboardInterrupt()
@@ -479,68 +479,6 @@ class OpenAIJudge(PairwiseModel):
         return f"{type(exc).__name__}: {exc}"
 
 
-# Connections per JSONClient. httpcore's pool scans all its connections (with a poll() each) for
-# every request it assigns, so one pool of 32 connections costs ~2.7 ms of CPU per request on
-# loopback, four pools of 8 ~1.3 ms, eight pools of 4 ~1.1 ms (against tests/judge_stub.py): at
-# 50 ms per reply and 32 in flight a single pool is CPU-bound before the server is.
-SHARD_CONNECTIONS = 4
-
-
-@functools.cache
-def _ssl_context() -> Any:
-    # Building one costs ~60 ms, and every batch makes its clients afresh (one asyncio.run each).
-    import httpx
-
-    return httpx.create_ssl_context()
-
-
-class _ClientPool:
-    """Several :class:`pytest_rmb.http.JSONClient` to the same servers behind the one interface
-    ``run_concurrently`` expects; each request goes to the least busy one."""
-
-    def __init__(self, urls: list[str], api_key: str | None, concurrency: int, policy: Any, rotation: int = 0):
-        import httpx
-
-        from pytest_rmb.http import JSONClient
-
-        shards = max(1, -(-concurrency // SHARD_CONNECTIONS))
-        sizes = [concurrency // shards + (i < concurrency % shards) for i in range(shards)]
-        self.clients = [
-            JSONClient(_rotated(urls, rotation + i), api_key=api_key, concurrency=size, policy=policy,
-                       transport=httpx.AsyncHTTPTransport(
-                           verify=_ssl_context(),
-                           limits=httpx.Limits(max_connections=size, max_keepalive_connections=size)))
-            for i, size in enumerate(sizes)
-        ]
-        self._busy = [0] * shards
-
-    async def get(self, path: str) -> Any:
-        return await self.clients[0].get(path)
-
-    async def post(self, path: str, payload: dict) -> Any:
-        index = min(range(len(self.clients)), key=self._busy.__getitem__)
-        self._busy[index] += 1
-        try:
-            return await self.clients[index].post(path, payload)
-        finally:
-            self._busy[index] -= 1
-
-    async def aclose(self) -> None:
-        for client in self.clients:
-            await client.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-
-def _rotated(urls: list[str], by: int) -> list[str]:
-    by %= len(urls)
-    return urls[by:] + urls[:by]
-
-
 class _RunState:
     """One batch's shared state inside its event loop: the request slots, the stop flag, progress."""
 
@@ -573,7 +511,10 @@ class _RunState:
 async def _all_or_nothing(coroutines: Iterable[Awaitable[T]]) -> list[T]:
     """Results of all, or the first failure with the others cancelled: once one order or vote of
     a comparison failed for good the item is an error, and its siblings would spend for nothing."""
-    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    pending = list(coroutines)
+    if len(pending) == 1:  # one order, one vote: no task to make (a fifth of the client's CPU)
+        return [await pending[0]]
+    tasks = [asyncio.ensure_future(c) for c in pending]
     try:
         return list(await asyncio.gather(*tasks))
     except BaseException:
