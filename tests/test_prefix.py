@@ -15,7 +15,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Llam
 from pytest_rmb import prefix
 from pytest_rmb.backends import ModelLoadError, ModelSettings
 from pytest_rmb.backends.hf import HFRewardModel, load_hf
-from pytest_rmb.data import BON, PAIRWISE, Message, data_file, load_samples
+from pytest_rmb.data import BON, PAIRWISE, Message, data_file, load_samples, sample_dataset
 from pytest_rmb.engine import Engine
 from pytest_rmb.models import ScoreRequest
 from pytest_rmb.scenarios import registry
@@ -58,9 +58,11 @@ def load(path, **settings):
     return load_hf(ModelSettings(str(path), **settings))
 
 
-def token_rows(path, requests, max_length):
+def token_rows(path, requests, max_length, template=None):
     """Each text as the model sees it: chat template, no added specials, the start cut past the limit."""
     tokenizer = AutoTokenizer.from_pretrained(path)
+    if template is not None:
+        tokenizer.chat_template = template
     rows = []
     for request in requests:
         messages = [{"role": m.role, "content": m.content} for m in request.conversation]
@@ -70,14 +72,14 @@ def token_rows(path, requests, max_length):
     return rows
 
 
-def alone(path, requests, max_length):
+def alone(path, requests, max_length, template=None):
     """What the model says about each text alone: one unpadded forward per text."""
     model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
     if model.config.pad_token_id is None:
         # The documented fallback (TRL, RewardBench): eos pads, so the model pools the last non-eos.
         model.config.pad_token_id = AutoTokenizer.from_pretrained(path).eos_token_id
     scores = []
-    for row in token_rows(path, requests, max_length):
+    for row in token_rows(path, requests, max_length, template):
         with torch.inference_mode():
             scores.append(model(input_ids=torch.tensor([row])).logits[0, 0].item())
     return scores
@@ -168,6 +170,23 @@ def test_scores_with_sharing_equal_each_text_alone(models, name):
     assert sorted(i for batch in batches for i in batch) == list(range(len(REQUESTS)))
     assert model.take_counters() == {"truncated": 1, "prefix_tokens_saved": saved, "prefix_shared_texts": shared}
     assert model._sharing.runner.alive == 0  # every cached prefix released once its answers are scored
+
+
+# Llama-3's shape: the assistant header is followed by tokens ("\n\n") before the answer, which
+# may merge with the answer's first characters; the split is found in the token ids, wherever.
+HEADER_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n\n{{ m['content'] }}{{ eos_token }}{% endfor %}"
+)
+
+
+def test_a_template_with_tokens_after_the_assistant_header(models, tmp_path):
+    template = tmp_path / "header.jinja"
+    template.write_text(HEADER_TEMPLATE)
+    model = load(models["right"], prefix_sharing="on", chat_template=str(template))
+    requests = REQUESTS[:6] + [ScoreRequest(SORT, "\n\nUse sorted."), ScoreRequest(SORT, " Use sorted.")]
+    expected = alone(models["right"], requests, 256, HEADER_TEMPLATE)
+    assert run_planned(model, requests)[1] == pytest.approx(expected, abs=1e-4)
+    assert model.take_counters().get("prefix_shared_texts", 0) == len(requests)
 
 
 def test_pad_token_that_is_also_eos_keeps_the_pooled_token_in_the_continuation(models):
@@ -277,8 +296,7 @@ def test_off_scores_as_before_and_reports_nothing_about_prefixes(models):
 
 def other_decoder(kind):
     """Decoders whose masks and positions differ from Llama's, with the tiny tests' tokenizer."""
-    from transformers import (GPT2Config, GPT2ForSequenceClassification, MistralConfig,
-                              MistralForSequenceClassification)
+    from transformers import GPT2Config, GPT2ForSequenceClassification, MistralConfig, MistralForSequenceClassification
 
     tokenizer = decoder_tokenizer()
     torch.manual_seed(0)
@@ -342,8 +360,6 @@ def test_models_that_cannot_continue_from_a_cache_fall_back_in_auto_and_refuse_o
 
 
 def sample_of_task(task, data=None):
-    from pytest_rmb.data import sample_dataset
-
     root = data or sample_dataset()
     samples = []
     for scenario in registry():
