@@ -12,6 +12,7 @@ import asyncio
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -287,6 +288,17 @@ def test_requests_spread_over_replicas_and_concurrency_is_bounded(vllm, long_mod
     assert hosts == {f"127.0.0.1:{vllm.port}": 12, f"localhost:{vllm.port}": 12}
     assert 1 < max(e["in_flight"] for e in entries) <= 6
     assert all(e["auth"] for e in entries)
+
+
+
+def test_progress_moves_with_each_reward_that_arrives(vllm, long_model):
+    model = load(f"vllm:{SERVED_NAME}", ("base_url", vllm.url), ("concurrency", "2"))
+    vllm.control(delay=0.02)
+    seen: list[tuple[int, str]] = []
+    model.on_progress = lambda finished, detail: seen.append((finished, detail))
+    model.score(many_requests(7))
+    assert [finished for finished, _ in seen] == [1, 2, 3, 4, 5, 6, 7]
+    assert all(re.fullmatch(r"[\d.]+ requests/s", detail) for _, detail in seen)
 
 
 # -- the cache fingerprint -----------------------------------------------------------------------

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -307,8 +308,19 @@ class ServedRewardModel(PointwiseModel):
             clients.append(made)
             return made
 
+        started = time.perf_counter()
+        finished = 0
+
+        def on_done(index: int, value: float) -> None:
+            # One request per text: the progress bar moves with each reward that arrives.
+            nonlocal finished
+            finished += 1
+            if self.on_progress is not None:
+                rate = finished / max(time.perf_counter() - started, 1e-9)
+                self.on_progress(finished, f"{rate:.1f} requests/s")
+
         try:
-            return run_concurrently(client, jobs)
+            return run_concurrently(client, jobs, on_done)
         finally:
             for made in clients:
                 for name, value in made.stats.items():
