@@ -26,7 +26,7 @@ from pytest_rmb.gate import (
     provenance_differences,
     read_summary,
 )
-from pytest_rmb.metrics import KINDS, outcome_records, summarize
+from pytest_rmb.metrics import KINDS, outcome_records, split_outcome_key, summarize
 from pytest_rmb.report import KIND_TITLES, fit_width, fmt_accuracy
 from pytest_rmb.scenarios import Scenario, registry
 
@@ -88,7 +88,7 @@ def compare_runs(runs: list[dict], seed: int = 0, resamples: int = 1000) -> Comp
     def known(summary: dict) -> set[str] | None:
         if "outcomes" not in summary:
             return None
-        return {k for k in summary["outcomes"] if k.split("|", 1)[0] in scenarios}
+        return {k for k in summary["outcomes"] if split_outcome_key(k)[0] in scenarios}
 
     reference_keys = known(runs[0])
     per_run: list[dict[str, float | None]] = []

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_rmb.metrics import SECTIONS, paired_comparison, section_key
+from pytest_rmb.metrics import SECTIONS, paired_comparison, section_key, split_outcome_key
 
 OPERATORS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
 SECTION_NAMES = tuple(section_key(goal, kind) for goal, kind in SECTIONS)
@@ -156,7 +156,7 @@ def load_baseline(path: Path) -> dict:
 def outcomes_by_section(outcomes: dict[str, bool], goal_of: dict[str, str]) -> dict[str, dict[str, bool]]:
     by_section: dict[str, dict[str, bool]] = {name: {} for name in SECTION_NAMES}
     for key, correct in outcomes.items():
-        scenario, kind, _ = key.split("|", 2)
+        scenario, kind, _ = split_outcome_key(key)
         goal = goal_of.get(scenario)
         if goal is not None:
             by_section[section_key(goal, kind)][key] = bool(correct)

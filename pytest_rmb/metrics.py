@@ -179,11 +179,17 @@ def outcome_key(record: Mapping) -> str:
     return f"{record['scenario']}|{record['kind']}|{record['uid']}"
 
 
+def split_outcome_key(key: str) -> tuple[str, str, str]:
+    """(scenario, kind, uid) of an :func:`outcome_key`; a uid may itself hold ``|``."""
+    scenario, kind, uid = key.split("|", 2)
+    return scenario, kind, uid
+
+
 def outcome_records(outcomes: Mapping[str, object], keys: Iterable[str]) -> list[dict]:
     """Per-item records (as ``summarize`` takes them) for the given keys of an ``outcomes`` map."""
     records = []
     for key in keys:
-        scenario, kind, uid = key.split("|", 2)
+        scenario, kind, uid = split_outcome_key(key)
         records.append({"scenario": scenario, "kind": kind, "uid": uid, "correct": bool(outcomes[key])})
     return records
 

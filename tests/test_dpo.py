@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pytest_rmb.backends import ModelLoadError, ModelSettings
 from pytest_rmb.backends.dpo import BACKEND, DPORewardModel
-from pytest_rmb.backends.hf import RMBWarning
+from pytest_rmb.backends import RMBWarning
 from pytest_rmb.data import Message
 from pytest_rmb.models import ScoreRequest
 from tests.helpers import SAMPLE_DATA

@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from pytest_rmb.backends import ModelLoadError, ModelSettings, load_spec
-from pytest_rmb.backends.hf import RMBWarning
+from pytest_rmb.backends import RMBWarning
 from pytest_rmb.data import Message
 from pytest_rmb.http import HTTPFailure, JSONClient, RetryPolicy
 from pytest_rmb.models import PartialBatchError, ScoreRequest

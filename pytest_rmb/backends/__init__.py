@@ -44,6 +44,10 @@ class ModelLoadError(Exception):
     """``--rmb-model`` names something that cannot be turned into a model."""
 
 
+class RMBWarning(UserWarning):
+    """Something about the model the user should know, shown once per run."""
+
+
 class BackendError(ValueError):
     """A spec or a ``--rmb-model-arg`` that no backend accepts; the message says what would be."""
 

@@ -30,6 +30,7 @@ from pytest_rmb.backends import (
     ModelArg,
     ModelLoadError,
     ModelSettings,
+    RMBWarning,
     choice,
     text_value,
 )
@@ -38,7 +39,6 @@ from pytest_rmb.backends.hf import (
     DEFAULT_MAX_LENGTH,
     GPU_BATCH_TOKENS,
     SANE_LIMIT,
-    RMBWarning,
     _dtype_keyword,
     check_spec_before_loading,
     plain_render,

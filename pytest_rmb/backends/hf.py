@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from pytest_rmb.backends import Backend, ModelLoadError, ModelSettings
+from pytest_rmb.backends import Backend, ModelLoadError, ModelSettings, RMBWarning
 from pytest_rmb.data import Message
 from pytest_rmb.models import PointwiseModel, ScoreRequest, as_chat, request_key
 from pytest_rmb.prefix import PrefixRunner, PrefixSharing, split_points, unsupported_reason
@@ -32,10 +32,6 @@ SCORER_VERSION = "1"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 # Tokenizers report "no limit" as a huge sentinel (int(1e30)); anything above this is not a limit.
 SANE_LIMIT = 1_000_000
-
-
-class RMBWarning(UserWarning):
-    """Something about the model the user should know, shown once per run."""
 
 
 def plain_render(messages: list[dict[str, str]]) -> str:

@@ -373,7 +373,7 @@ class ServedRewardModel(PointwiseModel):
             return
         if self._scores_seen >= ACTIVATION_SAMPLE:
             self._warned_activation = True
-            from pytest_rmb.backends.hf import RMBWarning
+            from pytest_rmb.backends import RMBWarning
 
             flag = ("start vLLM with --pooler-config '{\"use_activation\": false}' (older releases: "
                     "--override-pooler-config '{\"activation\": false}')" if self.engine is VLLM
