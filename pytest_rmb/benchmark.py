@@ -6,6 +6,9 @@ test one parameter per sample of that scenario's data file.
 
 from __future__ import annotations
 
+import traceback
+from pathlib import Path
+
 import pytest
 
 from pytest_rmb.collection import BadData, ScenarioModule
@@ -15,6 +18,18 @@ from pytest_rmb.results import OUTCOME_KEY
 from pytest_rmb.session import SESSION
 
 _KIND_OF_TEST = {"test_pairwise": PAIRWISE, "test_bon": BON}
+_OUR_CODE = str(Path(__file__).resolve().parent)
+# Frames of the model's own code shown under the first failed item of a scenario.
+_FRAMES_SHOWN = 6
+
+
+def model_frames(exc: BaseException) -> str:
+    """Where the model failed: its last frames outside pytest-rmb, one line each, so that a
+    user's scorer shows its own file and line without a traceback through the engine."""
+    frames = [frame for frame in traceback.extract_tb(exc.__traceback__)
+              if not str(Path(frame.filename).resolve()).startswith(_OUR_CODE)]
+    return "".join(f"\n  {frame.filename}:{frame.lineno} in {frame.name}: {(frame.line or '').strip()}"
+                   for frame in frames[-_FRAMES_SHOWN:])
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -38,10 +53,10 @@ def _judge(sample, request: pytest.FixtureRequest) -> None:
         outcome = engine.outcome(sample)
     except ScoringError as exc:
         failure = str(exc)
-    except Exception as exc:  # noqa: BLE001 - the model's own failure, reported as one line
-        # Every item of the scenario gets one compact line, the first included: the traceback
-        # would run through the engine and the backend, not through the user's test.
-        failure = f"scenario {sample.scenario} could not be scored: {type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - the model's own failure, reported compactly
+        # Every item of the scenario gets one compact line; the first one also the model's own
+        # frames: a full traceback would run through the engine and the backend, not the user's code.
+        failure = f"scenario {sample.scenario} could not be scored: {type(exc).__name__}: {exc}{model_frames(exc)}"
     else:
         failure = outcome.error or ""
     if failure:

@@ -373,8 +373,12 @@ def rmb_model():
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["*ValueError: model exploded*"])
     result.stdout.fnmatch_lines(["*scenario code/documentation could not be scored: ValueError: model exploded*"])
-    # Compact: one line per failed item, no traceback through the engine.
+    # Compact: one line per failed item, no traceback through the engine; the first item also
+    # says where in the model's own code it failed.
     assert "engine.py" not in result.stdout.str() and "Traceback" not in result.stdout.str()
+    result.stdout.fnmatch_lines(["*could not be scored: ValueError: model exploded",
+                                 '  */conftest.py:5 in score: raise ValueError("model exploded")'])
+    assert result.stdout.str().count("conftest.py:5 in score") == 2  # the first item of each of the 2 scenarios
     result.stdout.fnmatch_lines(["error: code/documentation pairwise (2 items): scenario code/documentation could "
                                  "not be scored: ValueError: model exploded"])
     summary = json.loads((pytester.path / "s.json").read_text())
