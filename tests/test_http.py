@@ -22,6 +22,7 @@ from pytest_rmb.http import (
     JSONClient,
     RetryPolicy,
     api_key_from_env,
+    list_models,
     parse_retry_after,
     run_concurrently,
     split_base_urls,
@@ -446,3 +447,27 @@ def test_download_cut_short_is_retried_then_reported(tmp_path) -> None:
     assert failure.error_type == "RemoteProtocolError"
     assert "broken.json" in str(failure) and "after 4 attempts" in str(failure)
     assert len(server.requests) == 2 + 4
+
+
+# -- the start-up model listing -------------------------------------------------------------------
+
+
+def test_list_models_reads_every_shape_and_names_what_is_not_a_list() -> None:
+    replies = {
+        "/a/v1/models": Reply(body={"object": "list", "data": [{"id": "judge", "root": "/w"}, "plain-name", {"x": 1}]}),
+        "/b/v1/models": Reply(body=["bare-list-model"]),
+        "/c/v1/models": Reply(body={"data": "nope"}),
+        "/d/v1/models": Reply(status=401, body={"error": "no key"}),
+    }
+    with LocalServer(lambda request, index: replies[request.path]) as server:
+        down = f"http://127.0.0.1:{free_port()}"
+        urls = [f"{server.url}/a", f"{server.url}/b", f"{server.url}/c", f"{server.url}/d", down]
+        answers = list_models(urls, "/v1/models", SECRET, timeout=2.0)
+        assert {request.headers.get("Authorization") for request in server.requests} == {f"Bearer {SECRET}"}
+    assert answers[0] == {"judge": {"id": "judge", "root": "/w"}, "plain-name": "plain-name"}
+    assert answers[1] == {"bare-list-model": "bare-list-model"}
+    assert isinstance(answers[2], ValueError)
+    assert str(answers[2]) == f"{server.url}/c/v1/models is not a model list: {{'data': 'nope'}}"
+    assert isinstance(answers[3], HTTPFailure) and answers[3].status == 401
+    assert isinstance(answers[4], HTTPFailure) and answers[4].status is None and answers[4].unreachable
+    assert all(SECRET not in str(answer) for answer in answers)
