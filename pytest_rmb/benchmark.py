@@ -18,18 +18,22 @@ from pytest_rmb.results import OUTCOME_KEY
 from pytest_rmb.session import SESSION
 
 _KIND_OF_TEST = {"test_pairwise": PAIRWISE, "test_bon": BON}
-_OUR_CODE = str(Path(__file__).resolve().parent)
+_OUR_CODE = Path(__file__).resolve().parent
 # Frames of the model's own code shown under the first failed item of a scenario.
 _FRAMES_SHOWN = 6
 
 
 def model_frames(exc: BaseException) -> str:
-    """Where the model failed: its last frames outside pytest-rmb, one line each, so that a
-    user's scorer shows its own file and line without a traceback through the engine."""
+    """Where the model failed: its frames outside pytest-rmb, one line each, so that a user's
+    scorer shows its own file and line without a traceback through the engine. A long chain (an
+    error deep in torch) keeps its outermost frame, where the model's code called in, and the
+    innermost ones."""
     frames = [frame for frame in traceback.extract_tb(exc.__traceback__)
-              if not str(Path(frame.filename).resolve()).startswith(_OUR_CODE)]
+              if not Path(frame.filename).resolve().is_relative_to(_OUR_CODE)]
+    if len(frames) > _FRAMES_SHOWN:
+        frames = [frames[0], *frames[-(_FRAMES_SHOWN - 1):]]
     return "".join(f"\n  {frame.filename}:{frame.lineno} in {frame.name}: {(frame.line or '').strip()}"
-                   for frame in frames[-_FRAMES_SHOWN:])
+                   for frame in frames)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -40,6 +40,7 @@ from pytest_rmb.models import (
     ScoreRequest,
     Verdict,
     as_model,
+    batch_progress,
     conversation_json,
     request_key,
 )
@@ -198,14 +199,16 @@ class _BatchRunner:
                     shown = 0
 
                     def within_batch(finished: int, detail: str) -> None:
+                        # Never backwards (a batch halved after out-of-memory reports its halves
+                        # afresh), never past the batch.
                         nonlocal shown
                         finished = min(finished, len(batch))
-                        advance(finished - shown, detail)
-                        shown = finished
+                        if finished > shown:
+                            advance(finished - shown, detail)
+                            shown = finished
 
-                    self._model.on_progress = within_batch
                     try:
-                        values = self._batch([requests[i] for i in indices], delta)
+                        values = self._batch([requests[i] for i in indices], delta, within_batch)
                     except PartialBatchError as partial:
                         self._keep(requests, indices, partial.done, cache_keys, store, delta)
                         if isinstance(partial.cause, KeyboardInterrupt):
@@ -213,9 +216,9 @@ class _BatchRunner:
                             raise partial.cause from None
                         raise ScoringError(f"{type(partial.cause).__name__}: {partial.cause}") from partial.cause
                     self._keep(requests, indices, dict(enumerate(values)), cache_keys, store, delta)
-                    advance(len(batch) - shown)
+                    if len(batch) > shown:
+                        advance(len(batch) - shown)
         finally:
-            self._model.on_progress = None
             counters = dict(self._model.take_counters())
             for name in self._fact_names:
                 counters.pop(name, None)
@@ -246,9 +249,10 @@ class _BatchRunner:
                 self._fact_names.add(name)
                 delta.add({name: value})
 
-    def _batch(self, batch: list, delta: EngineStats) -> list:
+    def _batch(self, batch: list, delta: EngineStats, report: Callable[[int, str], None] | None = None) -> list:
         try:
-            values = list(self._call(batch))
+            with batch_progress(report):
+                values = list(self._call(batch))
         except PartialBatchError:
             raise
         except Exception as exc:
@@ -258,7 +262,8 @@ class _BatchRunner:
             delta.oom_retries += 1
             _release_cached_memory()
             half = len(batch) // 2
-            return self._batch(batch[:half], delta) + self._batch(batch[half:], delta)
+            later = None if report is None else (lambda finished, detail: report(half + finished, detail))
+            return self._batch(batch[:half], delta, report) + self._batch(batch[half:], delta, later)
         delta.batches += 1
         if len(values) != len(batch):
             raise ScoringError(f"model returned {len(values)} {self._noun} for a batch of {len(batch)}")

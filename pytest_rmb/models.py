@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
@@ -87,6 +89,23 @@ def conversation_json(conversation: Conversation) -> list[list[str]]:
     return [[m.role, m.content] for m in conversation]
 
 
+# Where report_progress goes while the engine scores one batch. A context variable, not an
+# attribute set on the model: a user's model may be frozen or slotted, and asyncio.run copies the
+# caller's context into the tasks a backend starts.
+_batch_progress: ContextVar[Callable[[int, str], None] | None] = ContextVar("pytest_rmb_batch_progress",
+                                                                           default=None)
+
+
+@contextmanager
+def batch_progress(callback: Callable[[int, str], None] | None) -> Iterator[None]:
+    """Send :meth:`RewardModel.report_progress` to ``callback`` while the block runs."""
+    token = _batch_progress.set(callback)
+    try:
+        yield
+    finally:
+        _batch_progress.reset(token)
+
+
 class RewardModel:
     """Capabilities every model kind shares, with their defaults."""
 
@@ -97,11 +116,15 @@ class RewardModel:
     # Most requests per batch the model wants (None: --rmb-batch-size decides). HTTP backends ask
     # for large batches so that their concurrency has work to overlap.
     batch_size: int | None = None
-    # Set by the engine while a batch runs (None otherwise). A backend that finishes a batch's
-    # requests one by one (an HTTP judge) may call it with how many of the batch are finished so
-    # far and a short detail (requests per second, tokens so far): the progress bar then moves
-    # within a long batch instead of once at its end.
-    on_progress: Callable[[int, str], None] | None = None
+
+    def report_progress(self, finished: int, detail: str) -> None:
+        """For a backend that finishes a batch's requests one by one (an HTTP judge): how many of
+        the batch being scored are finished so far, and a short detail (requests per second,
+        tokens so far). The progress bar then moves within a long batch instead of once at its
+        end. Outside the engine, nothing happens."""
+        callback = _batch_progress.get()
+        if callback is not None:
+            callback(finished, detail)
 
     def fingerprint(self) -> str | None:
         """Everything the results depend on, hashed: names the cache file. None: not cached."""

@@ -106,8 +106,7 @@ class LineProgress:
         latest = ""
 
         def rate(now: float) -> str:
-            text = f"{done / (now - started):.1f} {unit}/s" if now > started else f"- {unit}/s"
-            return f"{text}, {latest}" if latest else text
+            return f"{done / (now - started):.1f} {unit}/s" if now > started else f"- {unit}/s"
 
         def advance(count: int, detail: str | None = None) -> None:
             nonlocal done, last, latest
@@ -118,7 +117,8 @@ class LineProgress:
                 return
             last = now
             percent = 100 * done // total if total else 100
-            self._write(f"rmb: scoring {scenario} {done}/{total} {unit} ({percent}%), {rate(now)}")
+            detail = f", {latest}" if latest else ""
+            self._write(f"rmb: scoring {scenario} {done}/{total} {unit} ({percent}%), {rate(now)}{detail}")
 
         yield advance
         if last is not None:

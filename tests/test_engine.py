@@ -1,4 +1,5 @@
 import math
+from contextlib import contextmanager
 
 import pytest
 
@@ -142,3 +143,55 @@ def test_scorer_cost_method_orders_batches():
     scorer = TokenScorer()
     Engine(scorer, {"s/a": samples}, max_batch_size=1).scores(samples[0])
     assert [len(b[0]) for b in scorer.batches] == [0, 1, 2, 3]
+
+
+class CountingProgress:
+    """The engine's progress interface, recording the running count and each detail."""
+
+    def __init__(self):
+        self.counts: list[int] = []
+        self.details: list[str | None] = []
+
+    @contextmanager
+    def scoring(self, label, total, unit="texts"):
+        done = 0
+
+        def advance(count, detail=None):
+            nonlocal done
+            assert count > 0
+            done += count
+            self.counts.append(done)
+            self.details.append(detail)
+
+        yield advance
+        self.total = total
+
+
+def test_progress_within_a_batch_is_monotone_through_out_of_memory_halving_and_ends_at_the_total():
+    import dataclasses
+
+    from pytest_rmb.models import PointwiseModel
+
+    @dataclasses.dataclass(frozen=True)  # a user's frozen model: nothing may be set on it
+    class Reporting(PointwiseModel):
+        fits: int = 2
+
+        def score(self, batch):
+            if len(batch) > self.fits:
+                raise RuntimeError("CUDA out of memory")
+            finished = []
+            for i, request in enumerate(batch):
+                finished.append(float(len(request.response)))
+                self.report_progress(i + 1, f"{i + 1} done")
+            return finished
+
+    samples = [pair_sample(str(i), "q", "x" * (i + 1), "") for i in range(4)]  # 5 unique texts
+    progress = CountingProgress()
+    engine = Engine(Reporting(), {"s/a": samples}, max_batch_size=100, progress=progress)
+    assert engine.scores(samples[3]) == (4.0, 0.0)
+    assert progress.total == 5 and progress.counts[-1] == 5
+    # 5 texts -> out of memory -> halves of 2 and 3 -> the 3 again -> 1 and 2: each half's own
+    # count continues where the earlier halves stopped, one step per text.
+    assert progress.counts == [1, 2, 3, 4, 5]
+    assert progress.details == ["1 done", "2 done", "1 done", "1 done", "2 done"]
+    Reporting().report_progress(1, "outside the engine: nothing happens")

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from pytest_rmb.backends import ModelLoadError, ModelSettings
+from pytest_rmb.backends.openai import BACKEND
 from pytest_rmb.judging import judge_stats, load_prompt
 from tests.helpers import SAMPLE_DATA, SHARED_DATA, all_files, expected_correct
 from tests.judge_stub import VERDICT_PROBABILITY, StubServer
@@ -512,3 +514,11 @@ def test_progress_moves_with_each_comparison_and_shows_requests_and_tokens(pytes
     assert int(requests) == int(done) and int(planned) == 30  # order=fixed: one request each
     assert int(tokens.replace(",", "")) > 0
     assert "rmb: scored custom/q: 30/30 comparisons" in output(result)
+
+
+def test_a_base_url_httpx_cannot_use_fails_at_load_naming_why_without_the_password():
+    args = BACKEND.parse_args([("base_url", "http://user:hunter2@127.0.0.1:abc/v1")])
+    with pytest.raises(ModelLoadError) as failure:
+        BACKEND.load(ModelSettings("openai:stub-judge", args=args))
+    assert str(failure.value) == ("openai judge: cannot list the models at http://user:***@127.0.0.1:abc/v1/models: "
+                                  "InvalidURL: Invalid port: 'abc'")

@@ -471,3 +471,22 @@ def rmb_model():
         "rmb/code/documentation::test_pairwise[[]1] MISSED*",
         "rmb/code/documentation::test_pairwise[[]1]: chosen -11 <= rejected -5 (margin -6)",
     ])
+
+
+def test_model_frames_keep_the_users_files_and_drop_only_pytest_rmbs(tmp_path):
+    from pytest_rmb.benchmark import _OUR_CODE, model_frames
+
+    # A user's package beside pytest_rmb (its path starts with ours) is the user's code; a chain
+    # deeper than six frames keeps where the model called in and the innermost frames.
+    sibling = f"{_OUR_CODE}_mymodels/scorer.py"
+    source = "def f0():\n    f1()\n" + "".join(f"def f{i}():\n    f{i + 1}()\n" for i in range(1, 8))
+    source += "def f8():\n    raise ValueError('deep')\n"
+    namespace: dict = {}
+    exec(compile(source, sibling, "exec"), namespace)
+    # Caught where the engine catches it, so the traceback starts in pytest-rmb's code.
+    engine_like = "def call(function):\n    try:\n        function()\n    except ValueError as exc:\n        return exc\n"
+    exec(compile(engine_like, str(_OUR_CODE / "engine.py"), "exec"), namespace)
+    failure = namespace["call"](namespace["f0"])
+    lines = model_frames(failure).splitlines()[1:]
+    assert [line.split(" in ")[1].split(":")[0] for line in lines] == ["f0", "f4", "f5", "f6", "f7", "f8"]
+    assert all(line.startswith(f"  {sibling}:") for line in lines)

@@ -27,7 +27,7 @@ from pytest_rmb.backends import ModelLoadError, ModelSettings, load_spec
 from pytest_rmb.backends import RMBWarning
 from pytest_rmb.data import Message
 from pytest_rmb.http import HTTPFailure, JSONClient, RetryPolicy
-from pytest_rmb.models import PartialBatchError, ScoreRequest
+from pytest_rmb.models import PartialBatchError, ScoreRequest, batch_progress
 from tests.tiny_models import save_decoder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -295,8 +295,8 @@ def test_progress_moves_with_each_reward_that_arrives(vllm, long_model):
     model = load(f"vllm:{SERVED_NAME}", ("base_url", vllm.url), ("concurrency", "2"))
     vllm.control(delay=0.02)
     seen: list[tuple[int, str]] = []
-    model.on_progress = lambda finished, detail: seen.append((finished, detail))
-    model.score(many_requests(7))
+    with batch_progress(lambda finished, detail: seen.append((finished, detail))):
+        model.score(many_requests(7))
     assert [finished for finished, _ in seen] == [1, 2, 3, 4, 5, 6, 7]
     assert all(re.fullmatch(r"[\d.]+ requests/s", detail) for _, detail in seen)
 

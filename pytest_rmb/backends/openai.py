@@ -249,8 +249,12 @@ class OpenAIJudge(PairwiseModel):
                             f"; no API key: set ${self._key_env_name()}")
                 raise ModelLoadError(f"openai judge: cannot list the models at {answer.url}: "
                                      f"{_status(answer)}{hint}")
+            if isinstance(answer, ValueError):  # names the URL and quotes the reply
+                raise ModelLoadError(f"openai judge: {answer}")
             if isinstance(answer, BaseException):
-                raise ModelLoadError(f"openai judge: {self._safe(url)}/models did not return a model list")
+                reason = str(answer).replace(url, self._safe(url))
+                raise ModelLoadError(f"openai judge: cannot list the models at {self._safe(url)}/models: "
+                                     f"{type(answer).__name__}: {reason}")
             served = list(answer)
             if self.model_name not in served:
                 close = closest_names(self.model_name, served)
@@ -324,8 +328,7 @@ class OpenAIJudge(PairwiseModel):
 
         def on_done(index: int, verdict: Verdict) -> None:
             done[index] = verdict
-            if self.on_progress is not None:
-                self.on_progress(len(done), state.describe())
+            self.report_progress(len(done), state.describe())
 
         jobs = [self._job(asks, state) for asks in plans]
         try:

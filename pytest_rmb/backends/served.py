@@ -315,9 +315,8 @@ class ServedRewardModel(PointwiseModel):
             # One request per text: the progress bar moves with each reward that arrives.
             nonlocal finished
             finished += 1
-            if self.on_progress is not None:
-                rate = finished / max(time.perf_counter() - started, 1e-9)
-                self.on_progress(finished, f"{rate:.1f} requests/s")
+            rate = finished / max(time.perf_counter() - started, 1e-9)
+            self.report_progress(finished, f"{rate:.1f} requests/s")
 
         try:
             return run_concurrently(client, jobs, on_done)
