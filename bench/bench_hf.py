@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pytest_rmb.data import BON, PAIRWISE, data_file, load_samples  # noqa: E402
+from pytest_rmb.data import load_scenarios  # noqa: E402
 from pytest_rmb.engine import Engine, pack_batches  # noqa: E402
 from pytest_rmb.scenarios import registry  # noqa: E402
 from pytest_rmb.backends import ModelSettings
@@ -51,16 +51,6 @@ def load_minilm(max_length: int) -> HFRewardModel:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # no chat template: the documented plain rendering
         return HFRewardModel(model, tokenizer, ModelSettings(str(path), max_length=max_length), name="all-MiniLM-L6-v2")
-
-
-def samples_of(data: Path, scenarios) -> list:
-    samples = []
-    for scenario in scenarios:
-        for kind in (PAIRWISE, BON):
-            path = data_file(data, scenario.file(kind))
-            if path is not None:
-                samples.extend(load_samples(path, kind, scenario.id))
-    return samples
 
 
 def forward(scorer: HFRewardModel, rows: list[list[int]]) -> list[float]:
@@ -125,13 +115,13 @@ def main() -> None:
     if not args.data.is_dir():
         sys.exit(f"no RMB data at {args.data}; pass --data PATH")
 
-    everything = samples_of(args.data, registry())
+    everything = load_scenarios(args.data, registry())
     slots = sum(len(s.responses) for s in everything)
     unique = len({(s.conversation, r.text) for s in everything for r in s.responses})
     print(f"whole benchmark: {len(everything)} samples, {slots} response slots, {unique} unique texts "
           f"({unique / slots:.1%} of the slots are scored)")
 
-    samples = samples_of(args.data, [s for s in registry() if s.task == args.task])
+    samples = load_scenarios(args.data, [s for s in registry() if s.task == args.task])
     task_slots = sum(len(s.responses) for s in samples)
     print(f"task {args.task}: {len(samples)} samples, {task_slots} response slots; "
           f"max length {args.max_length}, {torch.get_num_threads()} CPU threads")

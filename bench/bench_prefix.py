@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from pytest_rmb.backends import ModelSettings  # noqa: E402
 from pytest_rmb.backends.hf import HFRewardModel  # noqa: E402
-from pytest_rmb.data import BON, PAIRWISE, data_file, load_samples  # noqa: E402
+from pytest_rmb.data import load_scenarios  # noqa: E402
 from pytest_rmb.engine import Engine  # noqa: E402
 from pytest_rmb.models import ScoreRequest  # noqa: E402
 from pytest_rmb.scenarios import registry  # noqa: E402
@@ -50,16 +50,6 @@ TEMPLATE = (
 # attention), where a continuation's attention over its whole prefix saves little. All of RMB takes
 # about 25 minutes at this size on 2 cores; --hidden 128 about 10.
 MODEL_SIZES = {"chat": (256, 2), "all": (256, 2)}
-
-
-def samples_of(data: Path, scenarios) -> list:
-    samples = []
-    for scenario in scenarios:
-        for kind in (PAIRWISE, BON):
-            path = data_file(data, scenario.file(kind))
-            if path is not None:
-                samples.extend(load_samples(path, kind, scenario.id))
-    return samples
 
 
 def build_model(folder: Path, samples: list, hidden: int, layers: int, max_length: int, vocab: int):
@@ -178,7 +168,7 @@ def main() -> None:
         scenarios = [s for s in registry() if s.task.lower() == scope or (scope == "harmlessness" and s.goal == scope)]
         if not scenarios:
             sys.exit(f"--scope {args.scope}: no such task")
-    samples = samples_of(args.data, scenarios)
+    samples = load_scenarios(args.data, scenarios)
     hidden, layers = MODEL_SIZES.get(scope, MODEL_SIZES["chat"])
     hidden, layers = args.hidden or hidden, args.layers or layers
     naive_every = args.naive_every or (10 if scope == "all" else 1)

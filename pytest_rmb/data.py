@@ -8,10 +8,11 @@ inside scoring.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path, PureWindowsPath
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 PAIRWISE = "pairwise"
 BON = "bon"
@@ -156,6 +157,18 @@ def load_samples(path: Path, kind: str, scenario: str) -> list[Sample]:
     if contents.bad:
         raise DataFileError(path, [f"record {bad.index}: {bad.problem}" for bad in contents.bad])
     return contents.samples
+
+
+def load_scenarios(root: Path, scenarios: Iterable[Any]) -> list[Sample]:
+    """Every sample of the given scenarios (anything with ``id`` and ``file(kind)``) found under
+    ``root``, pairwise then Best-of-N per scenario; a missing file contributes nothing."""
+    samples: list[Sample] = []
+    for scenario in scenarios:
+        for kind in (PAIRWISE, BON):
+            path = data_file(root, scenario.file(kind))
+            if path is not None:
+                samples.extend(load_samples(path, kind, scenario.id))
+    return samples
 
 
 def read_samples(path: Path, kind: str, scenario: str) -> FileSamples:

@@ -15,7 +15,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Llam
 from pytest_rmb import prefix
 from pytest_rmb.backends import ModelLoadError, ModelSettings
 from pytest_rmb.backends.hf import HFRewardModel, load_hf
-from pytest_rmb.data import BON, PAIRWISE, Message, data_file, load_samples, sample_dataset
+from pytest_rmb.data import Message, load_scenarios, sample_dataset
 from pytest_rmb.engine import Engine
 from pytest_rmb.models import ScoreRequest
 from pytest_rmb.scenarios import registry
@@ -360,15 +360,7 @@ def test_models_that_cannot_continue_from_a_cache_fall_back_in_auto_and_refuse_o
 
 
 def sample_of_task(task, data=None):
-    root = data or sample_dataset()
-    samples = []
-    for scenario in registry():
-        if task in (None, scenario.task, scenario.id):
-            for kind in (PAIRWISE, BON):
-                path = data_file(root, scenario.file(kind))
-                if path is not None:
-                    samples.extend(load_samples(path, kind, scenario.id))
-    return samples
+    return load_scenarios(data or sample_dataset(), [s for s in registry() if task in (None, s.task, s.id)])
 
 
 def engine_scores(model, samples):
