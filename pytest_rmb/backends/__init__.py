@@ -280,26 +280,22 @@ def _named(name: str):
     return mark
 
 
-@_named("int")
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise ValueError(f"expected a positive integer, got {value}")
-    return value
+def _int_at_least(lowest: int, wanted: str) -> Callable[[str], int]:
+    @_named("int")
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(f"expected {wanted}, got {text!r}") from None
+        if value < lowest:
+            raise ValueError(f"expected {wanted}, got {value}")
+        return value
+
+    return parse
 
 
-@_named("int")
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise ValueError(f"expected an integer >= 0, got {value}")
-    return value
+positive_int = _int_at_least(1, "a positive integer")
+non_negative_int = _int_at_least(0, "an integer >= 0")
 
 
 @_named("int")
