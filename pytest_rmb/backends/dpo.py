@@ -39,8 +39,8 @@ from pytest_rmb.backends.hf import (
     DEFAULT_MAX_LENGTH,
     GPU_BATCH_TOKENS,
     SANE_LIMIT,
-    _dtype_keyword,
     check_spec_before_loading,
+    load_causal_lm,
     plain_render,
     resolve_device,
     resolve_dtype,
@@ -400,30 +400,8 @@ def _load_tokenizer(settings: ModelSettings, label: str):
         raise ModelLoadError(f"{label}: cannot load its tokenizer with transformers: {exc}") from exc
 
 
-def _load_causal_lm(settings: ModelSettings, label: str, dtype, device: str | None):
-    """An ``AutoModelForCausalLM`` with its trained head, on ``device`` (None: by device_map)."""
-    from transformers import AutoModelForCausalLM
-
-    kwargs: dict[str, Any] = {"revision": settings.revision, "trust_remote_code": settings.trust_remote_code,
-                              "dtype": dtype}
-    if settings.attn_implementation:
-        kwargs["attn_implementation"] = settings.attn_implementation
-    if settings.device_map and device is None:
-        kwargs["device_map"] = settings.device_map
-    try:
-        loaded: Any = AutoModelForCausalLM.from_pretrained(settings.target, output_loading_info=True,
-                                                           **_dtype_keyword(kwargs))
-    except (OSError, ValueError, ImportError, KeyError) as exc:
-        raise ModelLoadError(f"{label}: cannot load it as a causal language model with transformers: {exc}") from exc
-    model, info = loaded
-    head = model.get_output_embeddings()
-    head_names = {name for name, p in model.named_parameters(remove_duplicate=False)
-                  if head is not None and p is head.weight}
-    missing = head_names & set(info.get("missing_keys", ()))
-    if head is None or missing:
-        raise ModelLoadError(f"{label}: the checkpoint has no trained language-model head "
-                             f"({', '.join(sorted(missing)) or 'none'}); a DPO reward needs a causal LM")
-    return model if device is None else model.to(device)
+# Ends the error for a checkpoint without a trained language-model head.
+NEEDS = "a DPO reward needs a causal LM"
 
 
 def load_dpo(settings: ModelSettings) -> DPORewardModel:
@@ -468,7 +446,7 @@ def load_dpo(settings: ModelSettings) -> DPORewardModel:
         except ModelLoadError as exc:
             raise ModelLoadError(f"--rmb-model-arg ref_device={args['ref_device']}: "
                                  f"{str(exc).split(': ', 1)[-1]}") from None
-    policy = _load_causal_lm(settings, policy_label, dtype, None if settings.device_map else device)
+    policy = load_causal_lm(settings, policy_label, dtype, None if settings.device_map else device, NEEDS)
     reference = None
     if reference_settings is not None:
         if ref_device is None and not settings.device_map:
@@ -476,7 +454,7 @@ def load_dpo(settings: ModelSettings) -> DPORewardModel:
             ref_device = str(_input_device(policy))
         if ref_device is not None:
             reference_settings = replace(reference_settings, device_map=None)
-        reference = _load_causal_lm(reference_settings, reference_label, dtype, ref_device)
+        reference = load_causal_lm(reference_settings, reference_label, dtype, ref_device, NEEDS)
     return DPORewardModel(policy, reference, tokenizer, settings, beta=args.get("beta") or 1.0,
                           ref_free=ref_free, reference_settings=reference_settings)
 

@@ -15,6 +15,7 @@ import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pytest_rmb.backends import Backend, ModelLoadError, ModelSettings, RMBWarning
 from pytest_rmb.data import Message
@@ -471,6 +472,33 @@ def load_hf(settings: ModelSettings) -> HFRewardModel:
     if not settings.device_map:
         model = model.to(device)
     return HFRewardModel(model, tokenizer, settings)
+
+
+def load_causal_lm(settings: ModelSettings, label: str, dtype, device: str | None, needs: str):
+    """An ``AutoModelForCausalLM`` with its trained head, on ``device`` (None: by device_map);
+    ``needs`` ends the error for a checkpoint without one (why this backend needs a causal LM)."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"revision": settings.revision, "trust_remote_code": settings.trust_remote_code,
+                              "dtype": dtype}
+    if settings.attn_implementation:
+        kwargs["attn_implementation"] = settings.attn_implementation
+    if settings.device_map and device is None:
+        kwargs["device_map"] = settings.device_map
+    try:
+        loaded: Any = AutoModelForCausalLM.from_pretrained(settings.target, output_loading_info=True,
+                                                           **_dtype_keyword(kwargs))
+    except (OSError, ValueError, ImportError, KeyError) as exc:
+        raise ModelLoadError(f"{label}: cannot load it as a causal language model with transformers: {exc}") from exc
+    model, info = loaded
+    head = model.get_output_embeddings()
+    head_names = {name for name, p in model.named_parameters(remove_duplicate=False)
+                  if head is not None and p is head.weight}
+    missing = head_names & set(info.get("missing_keys", ()))
+    if head is None or missing:
+        raise ModelLoadError(f"{label}: the checkpoint has no trained language-model head "
+                             f"({', '.join(sorted(missing)) or 'none'}); {needs}")
+    return model if device is None else model.to(device)
 
 
 def _dtype_keyword(kwargs: dict) -> dict:

@@ -45,8 +45,8 @@ from pytest_rmb.backends.hf import (
     CPU_BATCH_TOKENS,
     GPU_BATCH_TOKENS,
     SANE_LIMIT,
-    _dtype_keyword,
     check_spec_before_loading,
+    load_causal_lm,
     resolve_device,
     resolve_dtype,
     resolved_revision,
@@ -433,7 +433,7 @@ def load_hf_judge(settings: ModelSettings) -> HFJudge:
     except PromptError as exc:
         raise ModelLoadError(f"--rmb-model {settings.model}: {exc}") from None
     try:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
     except ImportError as exc:  # pragma: no cover - a dependency
         raise ModelLoadError(f"--rmb-model {settings.model}: transformers is not importable: {exc}") from exc
     spec = settings.target
@@ -443,28 +443,14 @@ def load_hf_judge(settings: ModelSettings) -> HFJudge:
         raise ModelLoadError(str(exc).replace(f"--rmb-model {spec}", f"--rmb-model {settings.model}")) from None
     device = resolve_device(settings.device, settings.worker_index)
     dtype = resolve_dtype(settings.dtype, device)
-    common = {"revision": settings.revision, "trust_remote_code": settings.trust_remote_code}
+    label = f"--rmb-model {settings.model}"
     try:
-        tokenizer = AutoTokenizer.from_pretrained(spec, **common)
-        kwargs: dict[str, Any] = {**common, "dtype": dtype}
-        if settings.attn_implementation:
-            kwargs["attn_implementation"] = settings.attn_implementation
-        if settings.device_map:
-            kwargs["device_map"] = settings.device_map
-        loaded: Any = AutoModelForCausalLM.from_pretrained(spec, output_loading_info=True, **_dtype_keyword(kwargs))
-        model, info = loaded
+        tokenizer = AutoTokenizer.from_pretrained(spec, revision=settings.revision,
+                                                  trust_remote_code=settings.trust_remote_code)
     except (OSError, ValueError, ImportError, KeyError) as exc:
-        raise ModelLoadError(f"--rmb-model {settings.model}: cannot load it as a causal language model with "
-                             f"transformers: {exc}") from exc
-    head = model.get_output_embeddings()
-    head_names = {name for name, p in model.named_parameters(remove_duplicate=False)
-                  if head is not None and p is head.weight}
-    missing = head_names & set(info.get("missing_keys", ()))
-    if head is None or missing:
-        raise ModelLoadError(f"--rmb-model {settings.model}: the checkpoint has no trained language-model head "
-                             f"({', '.join(sorted(missing)) or 'none'}); a judge must be a causal LM")
-    if not settings.device_map:
-        model = model.to(device)
+        raise ModelLoadError(f"{label}: cannot load it as a causal language model with transformers: {exc}") from exc
+    model = load_causal_lm(settings, label, dtype, None if settings.device_map else device,
+                           "a judge must be a causal LM")
     seed = args.get("seed")
     return HFJudge(model, tokenizer, settings, mode=mode, prompt=prompt, order=args.get("order") or "both",
                    max_new_tokens=args.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS,
