@@ -45,6 +45,7 @@ from pytest_rmb.backends.hf import (
     resolve_device,
     resolve_dtype,
     resolved_revision,
+    right_padded,
     weights_identity,
 )
 from pytest_rmb.data import Message
@@ -230,15 +231,8 @@ class DPORewardModel(PointwiseModel):
     def _response_logprobs(self, model, rows: Sequence[tuple[list[int], int]]) -> list[Any]:
         """Per row, the float64 log-probabilities of its response tokens under ``model``."""
         torch = self._torch
-        width = max(len(ids) for ids, _ in rows)
-        input_ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
-        attention = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, (ids, _) in enumerate(rows):
-            input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            attention[i, : len(ids)] = 1
+        input_ids, attention = right_padded([ids for ids, _ in rows], self._pad_id)
         device = _input_device(model)
-        # Right padding whatever the tokenizer says: real tokens keep positions 0..n-1, so a score
-        # does not depend on the batch it was in.
         with torch.inference_mode():
             logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
             result = []

@@ -312,12 +312,7 @@ class HFRewardModel(PointwiseModel):
 
     def _forward(self, rows: Sequence[Sequence[int]]) -> list[float]:
         torch = self._torch
-        width = max(len(row) for row in rows)
-        input_ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
-        attention = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            attention[i, : len(row)] = 1
+        input_ids, attention = right_padded(rows, self._pad_id)
         with torch.inference_mode():
             logits = self.model(
                 input_ids=input_ids.to(self._device), attention_mask=attention.to(self._device)
@@ -499,6 +494,21 @@ def load_causal_lm(settings: ModelSettings, label: str, dtype, device: str | Non
         raise ModelLoadError(f"{label}: the checkpoint has no trained language-model head "
                              f"({', '.join(sorted(missing)) or 'none'}); {needs}")
     return model if device is None else model.to(device)
+
+
+def right_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, Any]:
+    """(input_ids, attention_mask) of token rows, right-padded to the longest: real tokens keep
+    positions 0..n-1 whatever the tokenizer's padding side, so a score does not depend on the
+    batch it was in."""
+    import torch
+
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        attention[i, : len(row)] = 1
+    return input_ids, attention
 
 
 def _dtype_keyword(kwargs: dict) -> dict:

@@ -50,6 +50,7 @@ from pytest_rmb.backends.hf import (
     resolve_device,
     resolve_dtype,
     resolved_revision,
+    right_padded,
     weights_identity,
 )
 from pytest_rmb.data import Message
@@ -256,12 +257,7 @@ class HFJudge(PairwiseModel):
     def _judge_logits(self, rows: list[Row]) -> list[OrderResult]:
         torch = self._torch
         ids = [self._ids[row] for row in rows]
-        width = max(len(tokens) for tokens in ids)
-        input_ids = torch.full((len(ids), width), self._pad_id, dtype=torch.long)
-        attention = torch.zeros((len(ids), width), dtype=torch.long)
-        for i, tokens in enumerate(ids):
-            input_ids[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-            attention[i, : len(tokens)] = 1
+        input_ids, attention = right_padded(ids, self._pad_id)
         last = [len(tokens) - 1 for tokens in ids]
         kwargs: dict[str, Any] = {}
         wanted = sorted(set(last))
