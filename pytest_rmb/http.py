@@ -424,7 +424,7 @@ def list_models(
             document = await client.get(path)
         data = document.get("data") if isinstance(document, Mapping) else document
         if not isinstance(data, list):
-            raise ValueError(f"{redact_url(url)}{path} is not a model list: {_quoted(document)}")
+            raise ValueError(f"{redact_url(url)}{path} is not a model list: {excerpt_of(document)}")
         listed: dict[str, Any] = {}
         for entry in data:
             name = entry.get("id") if isinstance(entry, Mapping) else entry
@@ -438,7 +438,8 @@ def list_models(
     return asyncio.run(all_servers())
 
 
-def _quoted(value: Any) -> str:
+def excerpt_of(value: Any) -> str:
+    """A decoded reply quoted in an error message, cut to EXCERPT_CHARS."""
     text = repr(value)
     return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + "..."
 

@@ -330,9 +330,11 @@ class ServedRewardModel(PointwiseModel):
         try:
             return self._parse(answer)
         except (KeyError, IndexError, TypeError, ValueError) as exc:
+            from pytest_rmb.http import excerpt_of
+
             raise ServedModelError(
                 f"{self.engine.title} {path}: unexpected response ({type(exc).__name__}: {exc}): "
-                f"{_excerpt(answer)}"
+                f"{excerpt_of(answer)}"
             ) from None
 
     def _parse(self, answer: Any) -> float:
@@ -391,11 +393,6 @@ def _refused(error: BaseException) -> bool:
     from pytest_rmb.http import HTTPFailure
 
     return isinstance(error, HTTPFailure) and error.error_type == "ConnectError"
-
-
-def _excerpt(value: Any, limit: int = 200) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 # -- loading -------------------------------------------------------------------------------------
