@@ -116,7 +116,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         print(f"CPU cores: {os.cpu_count()}, load average: {os.getloadavg()[0]:.1f}")
-        with StubServer(work, "longer", "--latency", str(options.latency)) as stub:
+        # No request log for the throughput part: writing it is the stub's work, not the judge's.
+        with StubServer(work, "longer", "--latency", str(options.latency), log=False) as stub:
             for order, count in (("fixed", options.comparisons), ("both", options.comparisons // 2)):
                 elapsed, sent, cpu = throughput(stub, count, options.concurrency, options.latency, order)
                 ideal = sent * options.latency / options.concurrency

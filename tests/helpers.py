@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "RMB_dataset"
@@ -60,3 +61,11 @@ def expected_correct(record: dict) -> tuple[bool, list[float]]:
     else:
         scores = [len(record["bon_best"]["answer"])] + [len(x["answer"]) for x in record["loser_list"]]
     return all(scores[0] > s for s in scores[1:]), [float(s) for s in scores]
+
+
+def ctrl_c_reaches_it() -> None:
+    """``preexec_fn`` for a child that a test stops with SIGINT, as Ctrl-C would. A shell that
+    starts the suite in the background (``pytest &`` without job control) makes SIGINT ignored,
+    and an ignored signal stays ignored through fork and exec: Python would then never raise
+    KeyboardInterrupt in the child and the run would go on to the end."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

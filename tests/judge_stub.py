@@ -133,9 +133,10 @@ class Stub:
                     name, _, value = header.decode("latin-1").partition(":")
                     headers[name.strip().lower()] = value.strip()
                 body = await reader.readexactly(int(headers.get("content-length", "0") or 0))
+                arrived = asyncio.get_running_loop().time()
                 if self.dying:
                     break
-                status, payload, extra = await self.respond(method, path, headers, body)
+                status, payload, extra = await self.respond(method, path, headers, body, arrived)
                 data = json.dumps(payload).encode()
                 head = [f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}", "Content-Type: application/json",
                         f"Content-Length: {len(data)}"] + [f"{k}: {v}" for k, v in extra.items()]
@@ -158,7 +159,8 @@ class Stub:
             self.server.close()
         asyncio.get_running_loop().call_later(0.3, os._exit, 3)
 
-    async def respond(self, method: str, path: str, headers: dict, body: bytes) -> tuple[int, dict, dict]:
+    async def respond(self, method: str, path: str, headers: dict, body: bytes,
+                      arrived: float) -> tuple[int, dict, dict]:
         options = self.options
         auth = headers.get("authorization")
         entry: dict = {"t": time.time(), "method": method, "path": path,
@@ -175,16 +177,24 @@ class Stub:
         messages = request.get("messages") or []
         self.chat_requests += 1
         number = self.chat_requests
-        found = comparison(messages)
-        pair = None if found is None else found[1:]
-        entry.update(number=number, model=request.get("model"), messages=len(messages),
-                     logprobs=bool(request.get("logprobs")), seed=request.get("seed"),
-                     temperature=request.get("temperature"), max_tokens=request.get("max_tokens"),
-                     # The comparison's identity whatever the order: the question and both answers, sorted.
-                     pair=_digest([found[0].partition("[The Start")[0], sorted(pair)]) if found and pair else None,
-                     a_sha256=hashlib.sha256(pair[0].encode()).hexdigest() if pair else None)
+        if self.log is not None:  # digests only for the log: a bench's stub spends no CPU on them
+            found = comparison(messages)
+            pair = None if found is None else found[1:]
+            entry.update(number=number, model=request.get("model"), messages=len(messages),
+                         logprobs=bool(request.get("logprobs")), seed=request.get("seed"),
+                         temperature=request.get("temperature"), max_tokens=request.get("max_tokens"),
+                         # The comparison's identity whatever the order: the question and both answers, sorted.
+                         pair=_digest([found[0].partition("[The Start")[0], sorted(pair)]) if found and pair else None,
+                         a_sha256=hashlib.sha256(pair[0].encode()).hexdigest() if pair else None)
+        # The latency counts from the moment the request was read, and the reply is worked out
+        # while it runs: the stub's own CPU is not added to the fixed latency it stands for.
+        reply, letter = reply_for(options.behaviour, messages)
+        usage = usage_for(messages, reply)
+        choice: dict = {"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}
+        if request.get("logprobs") and options.logprobs:
+            choice["logprobs"] = logprobs_for(reply, letter)
         if options.latency:
-            await asyncio.sleep(options.latency)
+            await asyncio.sleep(max(0.0, arrived + options.latency - asyncio.get_running_loop().time()))
         if number <= options.rate_limit:
             entry["status"] = 429
             self.record(entry)
@@ -200,11 +210,6 @@ class Stub:
             return 404, {"error": {"message": f"model {request.get('model')!r} not found"}}, {}
         if options.delay:
             await asyncio.sleep(options.delay)
-        reply, letter = reply_for(options.behaviour, messages)
-        usage = usage_for(messages, reply)
-        choice: dict = {"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}
-        if request.get("logprobs") and options.logprobs:
-            choice["logprobs"] = logprobs_for(reply, letter)
         entry.update(status=200, usage=usage, verdict=letter)
         self.record(entry)
         return 200, {"id": f"stub-{number}", "object": "chat.completion", "model": request.get("model"),
@@ -250,10 +255,10 @@ def main(argv: list[str] | None = None) -> None:
 class StubServer:
     """The stub in a child process: ``with StubServer(tmp_path, "longer") as stub: stub.base_url``."""
 
-    def __init__(self, folder: Path, behaviour: str = "longer", *args: str):
+    def __init__(self, folder: Path, behaviour: str = "longer", *args: str, log: bool = True):
         self.log_path = Path(folder) / f"stub-{behaviour}-{os.getpid()}-{time.monotonic_ns()}.jsonl"
         self.command = [sys.executable, str(Path(__file__).resolve()), "--behaviour", behaviour,
-                        "--log", str(self.log_path), *args]
+                        *(["--log", str(self.log_path)] if log else []), *args]
         self.process: subprocess.Popen | None = None
         self.port = 0
 

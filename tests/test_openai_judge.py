@@ -26,7 +26,7 @@ import pytest
 from pytest_rmb.backends import ModelLoadError, ModelSettings
 from pytest_rmb.backends.openai import BACKEND
 from pytest_rmb.judging import judge_stats, load_prompt
-from tests.helpers import SAMPLE_DATA, SHARED_DATA, all_files, expected_correct
+from tests.helpers import SAMPLE_DATA, SHARED_DATA, all_files, ctrl_c_reaches_it, expected_correct
 from tests.judge_stub import VERDICT_PROBABILITY, StubServer
 
 SECTION_OF = {
@@ -468,7 +468,8 @@ def test_ctrl_c_keeps_the_verdicts_received_and_the_rerun_resumes(pytester, stub
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--rmb-model", "openai:stub-judge",
                "--rmb-model-arg", f"base_url={slow.base_url}", "--rmb-model-arg", "concurrency=2",
                "--rmb-data", "sample", "-m", "pairwise"]
-    process = subprocess.Popen(command, cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(command, cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               preexec_fn=ctrl_c_reaches_it)
     try:
         deadline = time.monotonic() + 60
         while len(answered(slow)) < 30 and time.monotonic() < deadline and process.poll() is None:

@@ -15,7 +15,7 @@ import torch
 
 from pytest_rmb.cache import ScoreCache
 from pytest_rmb.backends.hf import resolve_device
-from tests.helpers import SAMPLE_DATA, all_files
+from tests.helpers import SAMPLE_DATA, all_files, ctrl_c_reaches_it
 from tests.tiny_models import save_decoder
 
 SAMPLE_TEXTS = len({
@@ -161,6 +161,7 @@ def test_ctrl_c_prints_and_writes_partial_results(pytester):
         rmb("--rmb-model", "python:slow_scorer:make", "--rmb-batch-size", "2", "--rmb-no-cache",
             "--rmb-json", "partial.json", "--rmb-jsonl", "partial.jsonl"),
         cwd=pytester.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=ctrl_c_reaches_it,
     )
     time.sleep(8)  # long enough for several scenarios to finish, far from all 49
     process.send_signal(signal.SIGINT)
