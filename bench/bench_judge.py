@@ -50,6 +50,7 @@ def throughput(stub: StubServer, count: int, concurrency: int, latency: float, o
     args = BACKEND.parse_args([("base_url", stub.base_url), ("concurrency", str(concurrency)), ("order", order),
                                ("logprobs", "false")])
     model = BACKEND.load(ModelSettings("openai:stub-judge", args=args))
+    model.check_server()  # what a run does before its first request, outside the timed part
     requests = comparisons(count)
     started, cpu = time.perf_counter(), time.process_time()
     verdicts = model.compare(requests)

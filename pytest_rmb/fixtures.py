@@ -7,6 +7,8 @@ README.md).
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 import pytest
 
 from pytest_rmb.backends import ModelLoadError, load_model
@@ -17,8 +19,20 @@ from pytest_rmb.progress import progress_for
 from pytest_rmb.session import SESSION
 
 
+def stop_for_load_error(request: pytest.FixtureRequest, exc: ModelLoadError) -> NoReturn:
+    """End the run at a model that cannot load (or a judge whose server cannot serve it): exit
+    status 4 and an error summary. An xdist worker cannot ``pytest.exit`` (xdist takes that for
+    a crash, INTERNALERROR): it fails the item and stops, and its controller ends the run so."""
+    session = request.config.stash[SESSION]
+    session.load_error = str(exc)
+    if session.is_worker:
+        request.session.shouldstop = f"pytest-rmb: {exc}"
+        pytest.fail(f"pytest-rmb: {exc}", pytrace=False)
+    pytest.exit(f"pytest-rmb: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
+
+
 @pytest.fixture(scope="session")
-def rmb_model(pytestconfig: pytest.Config):
+def rmb_model(pytestconfig: pytest.Config, request: pytest.FixtureRequest):
     """The reward model named by --rmb-model: a pointwise or pairwise model."""
     session = pytestconfig.stash[SESSION]
     settings = session.settings
@@ -28,12 +42,11 @@ def rmb_model(pytestconfig: pytest.Config):
     except ModelLoadError as exc:
         # Every item needs the model: stop the run with one message instead of one error per item,
         # and leave an error summary, never one that a later gate could take for a good run.
-        session.load_error = str(exc)
-        pytest.exit(f"pytest-rmb: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
+        stop_for_load_error(request, exc)
 
 
 @pytest.fixture(scope="session")
-def rmb_engine(rmb_model, pytestconfig: pytest.Config):
+def rmb_engine(rmb_model, pytestconfig: pytest.Config, request: pytest.FixtureRequest):
     """Does each scenario's work in batches on first use; items read the outcomes."""
     session = pytestconfig.stash[SESSION]
     settings = session.settings
@@ -53,9 +66,14 @@ def rmb_engine(rmb_model, pytestconfig: pytest.Config):
         engine = Engine(model, session.plan, max_batch_size=settings.batch_size,
                         max_batch_cost=settings.batch_tokens, progress=progress, cache=cache)
     session.engine = engine
-    if isinstance(engine, PairwiseEngine) and isinstance(model, PairwiseModel) and not session.is_worker:
-        # Before the first request: what the run is about to ask for (and may cost).
-        line = model.preview(engine.planned_requests())
-        if line:
+    if isinstance(engine, PairwiseEngine) and isinstance(model, PairwiseModel):
+        # Before the first request: what the run is about to ask for (and may cost). A judge
+        # checks its server here (in each xdist worker too), only when the cache leaves
+        # something to ask.
+        try:
+            line = model.preview(engine.planned_requests())
+        except ModelLoadError as exc:
+            stop_for_load_error(request, exc)
+        if line and not session.is_worker:
             session.announce(f"rmb: {line}")
     return engine

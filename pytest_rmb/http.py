@@ -115,6 +115,10 @@ def split_base_urls(text: str) -> list[str]:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"expected an http:// or https:// base URL, got {redact_url(url)!r}")
+        try:  # what the client would refuse later (a bad port, a bad host), refused now
+            httpx.URL(url)
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"{redact_url(url)!r} is not a usable URL: {exc}") from None
     return urls
 
 

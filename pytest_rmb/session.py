@@ -41,6 +41,9 @@ from pytest_rmb.self_check import SelfCheck, self_check_gates
 from pytest_rmb.user_sets import UserScenario, user_markers, user_sources
 
 MODEL_INFO = "rmb_model_info"
+# A worker whose model failed to load says why on the report of the item that hit it: the
+# controller loaded nothing and would otherwise not know the run is broken.
+LOAD_ERROR = "rmb_load_error"
 # Setting names that would hold a secret (api_key, token, x_secret; not max_tokens or api_key_env):
 # never written into a summary, whatever a backend takes.
 _SECRET_NAME = re.compile(r"(^|_)(key|token|secret|password|passwd|authorization|auth)$", re.I)
@@ -77,6 +80,7 @@ class RMBSession:
         self.model: Any = None
         # Why the model could not be loaded; the run then writes an error summary, no sections.
         self.load_error: str | None = None
+        self._load_error_sent = False
         # The model's provenance, sent once with the next report of this process.
         self.model_info: dict | None = None
         self._model_info_unsent = False
@@ -164,6 +168,9 @@ class RMBSession:
                 self._model_info_unsent = False
         elif report.failed:
             finish_call_report(item, report, None)
+        if report.failed and self.is_worker and self.load_error is not None and not self._load_error_sent:
+            report.user_properties.append((LOAD_ERROR, self.load_error))
+            self._load_error_sent = True
         return report
 
     def pytest_report_teststatus(self, report: pytest.TestReport):
@@ -189,6 +196,9 @@ class RMBSession:
         if self.load_error is not None:
             self.summary = self._error_summary(self.load_error)
             self._write(session, json_only=True)
+            # Under xdist the workers stopped (pytest.exit there would crash xdist): the run's
+            # status is still the usage error a failed load is without them.
+            session.exitstatus = pytest.ExitCode.USAGE_ERROR
             return
         results = self.results
         partial = exitstatus == pytest.ExitCode.INTERRUPTED
@@ -315,6 +325,10 @@ class _ResultListener:
                 for name, value in properties(report):
                     if name == MODEL_INFO:
                         session.model_info = value
+            if report.failed and session.load_error is None:
+                for name, value in properties(report):
+                    if name == LOAD_ERROR:
+                        session.load_error = value
 
         self.pytest_runtest_logreport = pytest_runtest_logreport
 

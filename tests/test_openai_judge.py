@@ -275,13 +275,30 @@ def test_tokens_are_summed_with_cached_ones_apart_and_reruns_are_free(pytester, 
     assert (engine["prompt_tokens"], engine["completion_tokens"]) == (prompt, completion)
     assert engine["requests"] == len(log)
 
+    listed = len(stub.requests("/models"))
+    assert listed == 1  # the first run checked the server once, before its first request
     again = judge(pytester, stub, *select, "--rmb-json", "again.json")
     assert again.ret == 0
-    assert len(answered(stub)) == len(log)  # an identical rerun asks nothing
+    assert len(answered(stub)) == len(log)  # an identical rerun asks nothing...
+    assert len(stub.requests("/models")) == listed  # ...not even the list of models
+    assert "rmb: 0 requests to stub-judge: the cache holds every verdict this run needs" in output(again)
     engine = json.loads((pytester.path / "again.json").read_text())["engine"]
     assert engine.get("prompt_tokens", 0) == 0
     assert (engine["cached_prompt_tokens"], engine["cached_completion_tokens"]) == (prompt, completion)
     assert sections(pytester.path / "again.json") == sections(pytester.path / "first.json")
+
+    # So the tables of a finished run can be printed again with the server gone; a selection the
+    # cache cannot answer still fails at once, naming the server, before any item runs.
+    base_url = stub.base_url
+    stub.stop()
+    offline = judge(pytester, stub, *select, "--rmb-json", "offline.json")
+    assert offline.ret == 0, output(offline)
+    assert sections(pytester.path / "offline.json") == sections(pytester.path / "first.json")
+    more = judge(pytester, stub, "-m", "helpfulness and pairwise", "--rmb-json", "more.json")
+    assert more.ret == pytest.ExitCode.USAGE_ERROR
+    assert f"cannot list the models at {base_url}/models" in output(more)
+    assert json.loads((pytester.path / "more.json").read_text())["status"] == "error"
+    stub.start()
 
     bypass = judge(pytester, stub, *select, "--rmb-no-cache")
     assert bypass.ret == 0
@@ -517,9 +534,10 @@ def test_progress_moves_with_each_comparison_and_shows_requests_and_tokens(pytes
     assert "rmb: scored custom/q: 30/30 comparisons" in output(result)
 
 
-def test_a_base_url_httpx_cannot_use_fails_at_load_naming_why_without_the_password():
-    args = BACKEND.parse_args([("base_url", "http://user:hunter2@127.0.0.1:abc/v1")])
-    with pytest.raises(ModelLoadError) as failure:
-        BACKEND.load(ModelSettings("openai:stub-judge", args=args))
-    assert str(failure.value) == ("openai judge: cannot list the models at http://user:***@127.0.0.1:abc/v1/models: "
-                                  "InvalidURL: Invalid port: 'abc'")
+def test_a_base_url_httpx_cannot_use_is_a_usage_error_naming_why_without_the_password(pytester):
+    result = pytester.runpytest("-p", "no:cacheprovider", "--rmb-model", "openai:stub-judge", "--rmb-model-arg",
+                                "base_url=http://user:hunter2@127.0.0.1:abc/v1", "--rmb-data", "sample")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert ("--rmb-model-arg base_url: 'http://user:***@127.0.0.1:abc/v1' is not a usable URL: "
+            "Invalid port: 'abc'") in output(result)
+    assert "hunter2" not in output(result)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -36,6 +37,28 @@ def test_a_model_that_fails_to_load_leaves_an_error_summary_that_no_gate_accepts
     gated = run(pytester, "--rmb-model", "length", "--rmb-data", "sample", "--rmb-baseline", "keep.json")
     assert gated.ret == pytest.ExitCode.USAGE_ERROR
     gated.stderr.fnmatch_lines(["*--rmb-baseline *keep.json: that run failed*--rmb-model ./nope: no such directory"])
+
+
+@pytest.mark.parametrize("spec", ["./nope", "openai:judge"])
+def test_a_failed_load_under_xdist_is_the_same_usage_error_with_an_error_summary(pytester, spec):
+    # Each worker loads the model; one that cannot must not crash xdist (INTERNALERROR, exit 3,
+    # a summary that looks like a run). The judge fails before its first request: nothing listens.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}/v1"
+    settings = ["--rmb-model-arg", f"base_url={dead}"] if spec.startswith("openai:") else []
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "2", "--rmb-model", spec, *settings,
+               "--rmb-data", "sample", "--rmb-json", "s.json"]
+    done = subprocess.run(command, cwd=pytester.path, capture_output=True, text=True, timeout=300)
+    printed = done.stdout + done.stderr
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR, printed
+    assert "INTERNALERROR" not in printed
+    reason = ("--rmb-model ./nope: no such directory" if spec == "./nope"
+              else f"openai judge: cannot list the models at {dead}/models: cannot connect")
+    assert reason in printed
+    summary = json.loads((pytester.path / "s.json").read_text())
+    assert summary["status"] == "error" and summary["reason"].startswith(reason)
+    assert "sections" not in summary
 
 
 @pytest.mark.parametrize("option", ["--rmb-json", "--rmb-jsonl", "--rmb-markdown"])

@@ -195,6 +195,7 @@ class OpenAIJudge(PairwiseModel):
         self._clients: list[JSONClient] = []
         self._fatal: BaseException | None = None
         self._counters: dict[str, float] = {}
+        self._server_checked = False
 
     # -- identity -------------------------------------------------------------------------
 
@@ -236,8 +237,12 @@ class OpenAIJudge(PairwiseModel):
     # -- start-up -------------------------------------------------------------------------
 
     def check_server(self) -> None:
-        """List each base URL's models: a dead server, a bad key or a wrong model name fails at
-        load time, within seconds, naming the URL and the status."""
+        """List each base URL's models, once per process: a dead server, a bad key or a wrong
+        model name fails within seconds, naming the URL and the status. Asked before the first
+        request (by ``preview`` and ``compare``), not at load: a rerun that the cache answers in
+        full needs no server at all."""
+        if self._server_checked:
+            return
         from pytest_rmb.http import STARTUP_TIMEOUT, HTTPFailure, list_models
 
         answers = list_models(self.base_urls, "/models", self._api_key, min(self.policy.timeout, STARTUP_TIMEOUT))
@@ -262,6 +267,7 @@ class OpenAIJudge(PairwiseModel):
                 raise ModelLoadError(
                     f"openai judge: {self._safe(url)} does not serve model {self.model_name!r}"
                     + (f" (did you mean {close[0]!r}?)" if close else "") + f"; it serves: {shown or 'nothing'}")
+        self._server_checked = True
 
     def _key_env_name(self) -> str:
         return self._key_env
@@ -300,7 +306,11 @@ class OpenAIJudge(PairwiseModel):
         return 3.0
 
     def preview(self, requests: Sequence[PairRequest]) -> str:
-        """What judging ``requests`` will cost at most: requests and estimated prompt tokens."""
+        """What judging ``requests`` will cost at most: requests and estimated prompt tokens.
+        With anything to ask, the server is checked first (ModelLoadError when it cannot serve)."""
+        if not requests:
+            return f"0 requests to {self.model_name}: the cache holds every verdict this run needs"
+        self.check_server()
         calls = 0
         chars = 0
         for index, request in enumerate(requests):
@@ -319,6 +329,11 @@ class OpenAIJudge(PairwiseModel):
             if isinstance(self._fatal, KeyboardInterrupt):
                 raise KeyboardInterrupt
             raise type(self._fatal)(str(self._fatal))
+        try:
+            self.check_server()  # done already, unless preview was not asked (an xdist worker)
+        except ModelLoadError as exc:
+            self._fatal = JudgeUnavailable(str(exc))
+            raise self._fatal from None
         from pytest_rmb.http import run_concurrently
 
         plans = [self._asks(i, request) for i, request in enumerate(batch)]
@@ -547,9 +562,7 @@ def _read_completion(document: Any) -> tuple[str, list[dict] | None, dict[str, i
 
 
 def load(settings: ModelSettings) -> OpenAIJudge:
-    judge = OpenAIJudge(settings)
-    judge.check_server()
-    return judge
+    return OpenAIJudge(settings)
 
 
 BACKEND = Backend(
