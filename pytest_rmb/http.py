@@ -448,6 +448,9 @@ def excerpt_of(value: Any) -> str:
     return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + "..."
 
 
+_NOT_RUN = object()
+
+
 def run_concurrently(
     client_factory: Callable[[], JSONClient],
     jobs: Sequence[Callable[[JSONClient], Awaitable[T]]],
@@ -456,19 +459,28 @@ def run_concurrently(
     """Run ``jobs`` with one client inside ``asyncio.run``; results in order, exceptions in place.
 
     ``on_done(index, result)`` runs as each job succeeds, so callers can cache results as they
-    arrive; an exception it raises takes that job's place in the results. Concurrency is the
-    client's semaphore, so all jobs may be started at once.
+    arrive; an exception it raises takes that job's place in the results. As many workers as the
+    client's concurrency take the jobs in turn: a batch of thousands costs no task per job, and
+    the first requests go out at once instead of after every job has been started.
     """
 
     async def main() -> list[T | BaseException]:
         async with client_factory() as client:
+            results: list[T | BaseException] = [_NOT_RUN] * len(jobs)  # type: ignore[list-item]
+            turns = iter(range(len(jobs)))
 
-            async def one(index: int, job: Callable[[JSONClient], Awaitable[T]]) -> T:
-                result = await job(client)
-                if on_done is not None:
-                    on_done(index, result)
-                return result
+            async def worker() -> None:
+                for index in turns:
+                    try:
+                        result = await jobs[index](client)
+                        if on_done is not None:
+                            on_done(index, result)
+                    except Exception as exc:  # noqa: BLE001 - the job's own failure, kept in its place
+                        results[index] = exc
+                    else:
+                        results[index] = result
 
-            return await asyncio.gather(*(one(i, job) for i, job in enumerate(jobs)), return_exceptions=True)
+            await asyncio.gather(*(worker() for _ in range(min(client.concurrency, len(jobs)))))
+            return results
 
     return asyncio.run(main())
