@@ -105,6 +105,19 @@ def api_key_from_env(env_name: str | None = None, default: str = "OPENAI_API_KEY
     return value or None
 
 
+def env_var_name(text: str) -> str:
+    """``api_key_env=NAME``: the name of the variable that holds a key. Never echoes the value:
+    a user who pasted the key itself there must not see it printed, here or later (a key such
+    as ``hf_...`` or ``gsk_...`` is a valid identifier, so long mixed names with digits are
+    refused too: variable names are rarely like that, keys always are)."""
+    name = text.strip()
+    looks_like_a_key = len(name) >= 20 and any(c.islower() for c in name) and any(c.isdigit() for c in name)
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or looks_like_a_key:
+        raise ValueError("expected the NAME of an environment variable (letters, digits, _), not the key "
+                         "itself: keys are read from the environment only")
+    return name
+
+
 def split_base_urls(text: str) -> list[str]:
     """``"http://a:8000/v1, http://b:8000/v1/"`` -> ``["http://a:8000/v1", "http://b:8000/v1"]``."""
     urls = [part.strip().rstrip("/") for part in text.split(",")]

@@ -189,7 +189,8 @@ def _builtin(name: str) -> JudgePrompt:
 
 
 def load_prompt(name: str | None = None, file: str | Path | None = None) -> JudgePrompt:
-    """A built-in prompt by name (default ``pair-v2``), or the user's template file.
+    """A built-in prompt by name (default ``pair-v2``), or the user's template file (named
+    ``file:NAME`` in the run's record, whatever ``name`` says: it is not a built-in).
 
     A ``.json`` file holds an object with ``template`` (required), ``system`` and
     ``multi_turn_system``; FastChat's ``prompt_template`` / ``system_prompt`` names work too, so a
@@ -217,9 +218,9 @@ def load_prompt(name: str | None = None, file: str | Path | None = None) -> Judg
             raise PromptError(f"prompt_file {path}: 'template' (required) and 'system' must be strings")
         if multi is not None and not isinstance(multi, str):
             raise PromptError(f"prompt_file {path}: 'multi_turn_system' must be a string")
-        prompt = JudgePrompt(name or path.stem, system, template, multi)
+        prompt = JudgePrompt(f"file:{path.name}", system, template, multi)
     else:
-        prompt = JudgePrompt(name or path.stem, "", text)
+        prompt = JudgePrompt(f"file:{path.name}", "", text)
     _validate(prompt, f"prompt_file {path}")
     return prompt
 
@@ -415,7 +416,8 @@ def find_verdict(text: str) -> ParsedVerdict:
     on_line = {tag for match, tag in tags if match.start() >= line_start}
     if on_line != {last}:
         return ParsedVerdict(None, "final verdict names both [[A]] and [[B]]")
-    letter = last_match.start() + last_match.group(0).index(last, 2)
+    # The tag may be written [[a]] or [[ b ]]: find the letter in the tag as written.
+    letter = last_match.start(1) + last_match.group(1).upper().index(last)
     return ParsedVerdict(last, "", letter)
 
 
@@ -508,9 +510,14 @@ class OrderResult:
         parsed = [v for v in self.votes if v is not None]
         if not parsed:
             return None, None
-        for_chosen = sum(v == self.chosen_slot for v in self.votes)
-        won = 2 * for_chosen > len(self.votes)
-        return won, self.chosen_slot if won else other_slot(self.chosen_slot)
+        other = other_slot(self.chosen_slot)
+        if 2 * sum(v == self.chosen_slot for v in self.votes) > len(self.votes):
+            return True, self.chosen_slot
+        if 2 * sum(v == other for v in self.votes) > len(self.votes):
+            return False, other
+        # No strict majority for either letter (ties, failed votes): a loss, but no letter the
+        # judge gave, so never part of an order flip.
+        return False, None
 
 
 def combine(order_results: Sequence[OrderResult], order: str) -> Verdict:
@@ -520,12 +527,14 @@ def combine(order_results: Sequence[OrderResult], order: str) -> Verdict:
     usage = {"prompt_tokens": 0, "completion_tokens": 0}
     orders = []
     outcomes = []
+    letters = []
     p_chosen = []
     for result in order_results:
         for name in usage:
             usage[name] += int(result.usage.get(name, 0) or 0)
         won, letter = result.outcome()
         outcomes.append(won)
+        letters.append(letter)
         entry: dict[str, Any] = {"chosen": result.chosen_slot, "verdict": letter, "votes": list(result.votes)}
         if result.p_a is not None:
             p = result.p_a if result.chosen_slot == "A" else 1.0 - result.p_a
@@ -534,7 +543,7 @@ def combine(order_results: Sequence[OrderResult], order: str) -> Verdict:
         if result.notes:
             entry["notes"] = list(result.notes)
         orders.append(entry)
-    flip = None not in outcomes and len(set(outcomes)) > 1
+    flip = None not in letters and len(set(outcomes)) > 1
     detail: dict[str, Any] = {
         "order": order,
         "orders": orders,
@@ -554,6 +563,10 @@ def combine(order_results: Sequence[OrderResult], order: str) -> Verdict:
         return Verdict(False, p_first, f"flip: the verdict follows the answer order ({said})", detail=detail)
     if all(outcomes):
         return Verdict(True, p_first, "", detail=detail)
+    split = [r.chosen_slot for r, letter in zip(order_results, letters) if letter is None]
+    if split:
+        where = " and ".join(f"chosen as {slot}" for slot in split)
+        return Verdict(False, p_first, f"no majority of the votes for either answer ({where})", detail=detail)
     return Verdict(False, p_first, "the judge preferred the other answer", detail=detail)
 
 

@@ -122,7 +122,8 @@ def test_prompt_file_json_in_fastchat_names(tmp_path):
     path.write_text(json.dumps({"system_prompt": "Judge fairly.",
                                 "prompt_template": "[Q]\n{question}\n[A]\n{answer_a}\n[B]\n{answer_b}"}))
     prompt = load_prompt(file=path)
-    assert prompt.name == "judge"
+    assert prompt.name == "file:judge.json"
+    assert load_prompt("pair-v2", file=path).name == "file:judge.json"  # never a built-in's name
     assert judge_messages(prompt, (user("q"),), "a", "b")[0] == {"role": "system", "content": "Judge fairly."}
     assert prompt.sha256 != load_prompt().sha256
 
@@ -153,6 +154,9 @@ def test_unknown_prompt_name_lists_the_builtins():
     ("Assistant A is clearer.\n\n[[A]]", "A"),
     ("[[B]]", "B"),
     ("Final verdict: [[ B ]]", "B"),
+    ("The first one wins. [[a]]", "A"),  # small letters are still a verdict, never an error
+    ("Final verdict: [[ b ]]", "B"),
+    ("[[A]] first, then [[b]]", None),  # on one line: both named
     ("A mentions [[B]] in passing.\nOverall: [[A]]", "A"),  # the last verdict wins
     ("[[A]]\n[[B]]", "B"),
     ("<think>I prefer [[A]]</think>\nAfter thought: [[B]]", "B"),
@@ -171,6 +175,9 @@ def test_parse_verdict(reply, verdict):
     found, reason = parse_verdict(reply)
     assert found == verdict
     assert (reason == "") == (verdict is not None)
+    position = find_verdict(reply).position
+    # The offset of the verdict letter as written (its logprob is read there).
+    assert reply[position].upper() == verdict if verdict else position == -1
 
 
 def test_verdict_position_points_at_the_letter():
@@ -228,6 +235,20 @@ def test_votes_need_a_strict_majority_and_failed_votes_count_against():
     assert combine([order("A", "A", "B", None)], "fixed").won is False
     assert combine([order("B", "B", None, None)], "fixed").won is False
     assert combine([order("A", "A", "B")], "fixed").detail["orders"][0]["votes"] == ["A", "B"]
+
+
+def test_an_order_without_a_majority_loses_but_is_no_flip_and_no_letter_the_judge_never_gave():
+    # Chosen as A: one vote for it, two failed. Chosen as B: won. Not "the verdict follows the
+    # answer order": the judge never said B in the first order.
+    split = combine([order("A", "A", None, None), order("B", "B", "B", "B")], "both")
+    assert split.won is False and split.detail["flip"] is False
+    assert [o["verdict"] for o in split.detail["orders"]] == [None, "B"]
+    assert split.reason == "no majority of the votes for either answer (chosen as A)"
+    tied = combine([order("A", "A", "B"), order("B", "B", "B")], "both")  # 1 of 2 is no majority
+    assert tied.won is False and tied.detail["flip"] is False
+    # A majority for the other letter is that letter, and with a win in the other order a flip.
+    flipped = combine([order("A", "B", "B", None), order("B", "B", "B", "B")], "both")
+    assert flipped.detail["flip"] is True and [o["verdict"] for o in flipped.detail["orders"]] == ["B", "B"]
 
 
 def test_random_order_is_a_pure_function_of_seed_and_comparison():

@@ -25,7 +25,7 @@ import pytest
 
 from pytest_rmb.backends import ModelLoadError, ModelSettings
 from pytest_rmb.backends.openai import BACKEND
-from pytest_rmb.judging import judge_stats, load_prompt
+from pytest_rmb.judging import PROMPT_NAMES, judge_stats, load_prompt
 from tests.helpers import SAMPLE_DATA, SHARED_DATA, all_files, ctrl_c_reaches_it, expected_correct
 from tests.judge_stub import VERDICT_PROBABILITY, StubServer
 
@@ -432,13 +432,20 @@ def test_a_model_the_server_does_not_serve_fails_at_load_naming_what_it_serves(p
     (("votes=3",), "set temperature > 0"),
     (("order=sideways",), "expected one of both, random, fixed"),
     (("prompt_file=missing.txt",), "prompt_file missing.txt: cannot read it"),
+    # A key pasted where its variable's name belongs: refused, and never printed.
+    (("api_key_env=hf_AbCdEfGhIjKlMnOp0123456789",), "not the key itself"),
+    (("api_key_env=sk-test-0123",), "not the key itself"),
 ])
 def test_bad_settings_are_usage_errors(pytester, stubs, args, message):
     stub = stubs("longer")
     options = [part for arg in args for part in ("--rmb-model-arg", arg)]
-    result = judge(pytester, stub, *options)
+    result = judge(pytester, stub, *options, "--rmb-json", "s.json")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert message in output(result)
+    for secret in [arg.partition("=")[2] for arg in args if arg.startswith("api_key_env=")]:
+        assert secret not in output(result)
+        written = pytester.path / "s.json"
+        assert not written.exists() or secret not in written.read_text()
 
 
 def test_a_prompt_file_is_what_the_judge_sees(pytester, stubs):
@@ -451,6 +458,12 @@ def test_a_prompt_file_is_what_the_judge_sees(pytester, stubs):
     assert result.ret == 0, output(result)
     assert sections(pytester.path / "s.json") == length_sections(SAMPLE_DATA, goals=("Harmlessness",))
     assert all(entry["messages"] == 1 for entry in answered(stub))  # no system message in a plain template
+    info = json.loads((pytester.path / "s.json").read_text())["provenance"]["model_info"]
+    assert info["prompt"] == "file:judge.txt"
+    assert info["prompt_sha256"] not in {load_prompt(name).sha256 for name in PROMPT_NAMES}
+    both = judge(pytester, stub, "--rmb-model-arg", "prompt_file=judge.txt", "--rmb-model-arg", "prompt=pair-v2")
+    assert both.ret == pytest.ExitCode.USAGE_ERROR
+    assert "give prompt or prompt_file, not both" in output(both)
 
 
 # -- secrets ----------------------------------------------------------------------------------

@@ -334,7 +334,7 @@ def test_nothing_listening_fails_within_seconds_naming_the_url():  # the model c
     ("base_url=ftp://host:8000", "expected an http:// or https:// base URL"),
     ("endpoint=score", "expected one of pooling, classify"),
     ("timeout=0", "expected a number of seconds > 0"),
-    ("api_key_env=MY-KEY", "expected the name of an environment variable"),
+    ("api_key_env=MY-KEY", "expected the NAME of an environment variable"),
     ("temperature=0", "has no setting 'temperature'"),
 ])
 def test_bad_settings_are_usage_errors_before_anything_loads(pytester, setting, message):

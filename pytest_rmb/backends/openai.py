@@ -80,11 +80,9 @@ def _base_urls(text: str) -> tuple[str, ...]:
 
 
 def _env_name(text: str) -> str:
-    name = text.strip()
-    if not name or not all(c.isalnum() or c == "_" for c in name) or name[0].isdigit():
-        # Never echo the value: a user who pasted the key itself here must not see it printed.
-        raise ValueError("expected the NAME of an environment variable (letters, digits, _), not a key")
-    return name
+    from pytest_rmb.http import env_var_name
+
+    return env_var_name(text)
 
 
 ARGS = (
@@ -98,7 +96,7 @@ ARGS = (
     ModelArg("timeout", _named("seconds", positive_float), 120.0, "seconds per request"),
     ModelArg("retries", _named("int", non_negative_int), 4,
              "retries of a failed request (408, 429, 5xx, timeouts; Retry-After honoured)"),
-    ModelArg("prompt", choice(*PROMPT_NAMES), "pair-v2", "built-in judge prompt"),
+    ModelArg("prompt", choice(*PROMPT_NAMES), None, "built-in judge prompt (default pair-v2)"),
     ModelArg("prompt_file", _named("path", text_value), None,
              "your own prompt: a template file, or JSON with system/template (placeholders in README)"),
     ModelArg("order", choice(*ORDERS), "both",
@@ -160,12 +158,12 @@ class OpenAIJudge(PairwiseModel):
         self._api_key = api_key_from_env(key_env)
         if key_env and self._api_key is None:
             raise ModelLoadError(f"openai judge: api_key_env={key_env} but ${key_env} is not set")
+        if args.get("prompt_file") and args.get("prompt"):
+            raise ModelLoadError("openai judge: give prompt or prompt_file, not both")
         try:
             self.prompt: JudgePrompt = load_prompt(args.get("prompt") or "pair-v2", args.get("prompt_file"))
         except PromptError as exc:
             raise ModelLoadError(f"openai judge: {exc}") from None
-        if args.get("prompt_file") and args.get("prompt", "pair-v2") != "pair-v2":
-            raise ModelLoadError("openai judge: give prompt or prompt_file, not both")
         self.concurrency: int = args.get("concurrency", 16)
         self.order: str = args.get("order", "both")
         self.votes: int = args.get("votes", 1)
