@@ -165,19 +165,38 @@ def fmt_share(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 
 
-def judge_table(judge: dict) -> Table:
-    """A pairwise model's protocol figures per section: what the plain accuracy does not show."""
+def judge_table(judge: dict, *, show_scenarios: bool = False) -> Table:
+    """A pairwise model's protocol figures per section (and per scenario with ``show_scenarios``):
+    what the plain accuracy does not show."""
     table = Table(title="Judge", title_justify="left", box=box.SIMPLE_HEAD)
     table.add_column("Section", overflow="fold")
     for column in ("Accuracy", "Tie-adj.", "Flips", "A share", "No verdict", "API fail"):
         table.add_column(column, justify="right", no_wrap=True)
-    rows = [(name, judge["sections"][name]) for name in sorted(judge["sections"])]
-    # Micro over every sample of the run (the headline's Overall is the mean of the sections).
-    for label, entry in [*rows, ("all samples", judge["overall"])]:
+
+    def add(label: str, entry: dict, style: str | None = None) -> None:
         table.add_row(label, fmt_accuracy(entry["accuracy"]), fmt_accuracy(entry["tie_adjusted"]),
                       fmt_share(entry["flip_rate"]), fmt_share(entry["a_share"]), str(entry["no_verdict"]),
-                      str(entry["api_failures"]), style="bold" if label == "all samples" else None)
+                      str(entry["api_failures"]), style=style)
+
+    for name in sorted(judge["sections"]):
+        add(name, judge["sections"][name])
+    # Micro over every sample of the run (the headline's Overall is the mean of the sections).
+    add("all samples", judge["overall"], "bold")
+    if show_scenarios:
+        table.add_section()
+        for scenario, kinds in judge["scenarios"].items():
+            for kind, entry in kinds.items():
+                add(f"{scenario} {kind}", entry)
     return table
+
+
+def inexact_line(judge: dict) -> str:
+    """Best-of-N lists stopped early after a flip: their tie-adjusted value is an upper bound."""
+    count = judge["overall"].get("tie_adjusted_inexact", 0)
+    if not count:
+        return ""
+    return (f"tie-adjusted: {count} Best-of-N list(s) stopped early after a flip count their skipped "
+            "comparisons as won (an upper bound for those lists)")
 
 
 def token_line(engine: dict) -> str:
@@ -270,10 +289,10 @@ class TableRenderer:
             self._tr.write_line("(per-scenario table: -v or --rmb-show-scenarios)")
         self._tr.write_line(engine_line(summary["engine"]))
         if summary.get("judge"):
-            self._print(judge_table(summary["judge"]))
-            usage = token_line(summary["engine"])
-            if usage:
-                self._tr.write_line(usage)
+            self._print(judge_table(summary["judge"], show_scenarios=show_scenarios))
+            for line in (inexact_line(summary["judge"]), token_line(summary["engine"])):
+                if line:
+                    self._tr.write_line(line)
         # Something other than an absent file (an empty file, a directory) is always named.
         for entry in summary["missing"]:
             if entry.get("problem"):

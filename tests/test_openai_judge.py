@@ -23,9 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_rmb.backends import ModelLoadError, ModelSettings
-from pytest_rmb.backends.openai import BACKEND
-from pytest_rmb.judging import PROMPT_NAMES, judge_stats, load_prompt
+from pytest_rmb.judging import PROMPT_NAMES, load_prompt
 from tests.helpers import SAMPLE_DATA, SHARED_DATA, all_files, ctrl_c_reaches_it, expected_correct
 from tests.judge_stub import VERDICT_PROBABILITY, StubServer
 
@@ -158,18 +156,34 @@ def test_prefer_longer_judge_equals_the_length_baseline_on_real_scenarios(pytest
     assert sections(pytester.path / "judge.json") == expected
 
 
-def test_always_a_judge_scores_zero_under_both_orders_with_a_full_flip_rate(pytester, stubs):
+def test_always_a_judge_scores_zero_under_both_orders_with_a_full_flip_rate(pytester, stubs, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "160")  # a terminal wide enough for a scenario's row on one line
     stub = stubs("always-a")
-    result = judge(pytester, stub, "-m", "harmlessness", "--rmb-json", "s.json", "--rmb-jsonl", "s.jsonl")
+    result = judge(pytester, stub, "-m", "harmlessness", "--rmb-json", "s.json", "--rmb-jsonl", "s.jsonl",
+                   "--rmb-show-scenarios")
     assert result.ret == 0, output(result)  # misses are measurements, not errors
     assert {name: correct for name, (correct, _) in sections(pytester.path / "s.json").items()} == {
         "harmlessness.pairwise": 0, "harmlessness.bon": 0}
-    stats = judge_stats(records(pytester.path / "s.jsonl"))["overall"]
+    files = all_files(SAMPLE_DATA)
+    pairs = sum(len(v) for k, v in files.items() if k.startswith("Pairwise_set/Harmlessness/"))
+    lists = sum(len(v) for k, v in files.items() if k.startswith("BoN_set/Harmlessness/"))
+    assert pairs and lists
+    stats = json.loads((pytester.path / "s.json").read_text())["judge"]["overall"]
     judged = [v for r in records(pytester.path / "s.jsonl") for v in r["verdicts"] if v is not None]
     assert all(v["detail"]["flip"] for v in judged)
-    assert stats["flip_rate"] == 1.0 and stats["a_share"] == 1.0
-    assert stats["tie_adjusted"] == pytest.approx(
-        (24 * 0.5 + 12 * 0.5) / 36)  # a flip counts half: 24 pairs and 12 lists, each lost to one flip
+    assert stats["flip_rate"] == 1.0 and stats["a_share"] == 1.0 and stats["samples"] == pairs + lists
+    # A flip counts half; each pair and each list (stopped at its first comparison) lost to one flip.
+    assert stats["tie_adjusted"] == pytest.approx(0.5)
+    # Lists with more than one loser stopped after the first flip: their skipped comparisons are
+    # unknown, so their tie-adjusted 0.5 is an upper bound, and the report says how many.
+    stopped = sum(len(r["verdicts"]) > 1 for r in records(pytester.path / "s.jsonl"))
+    assert stopped > 0 and stats["tie_adjusted_inexact"] == stopped
+    # The terminal: every scenario's row says the same, under the sections.
+    scenarios = {r["scenario"] for r in records(pytester.path / "s.jsonl")}
+    for scenario in scenarios:
+        for kind in ("pairwise", "bon"):
+            result.stdout.re_match_lines([rf"\s*{re.escape(scenario)} {kind}\s+0\.0000\s+0\.5000\s+100\.0%\s+100\.0%\s+0\s+0"])
+    result.stdout.fnmatch_lines([f"tie-adjusted: {stopped} Best-of-N list(s) stopped early after a flip*"])
 
 
 @pytest.mark.parametrize("behaviour", ["both-tags", "starts-with-a", "think-only"])
