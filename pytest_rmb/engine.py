@@ -27,12 +27,14 @@ import random
 import sys
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from pytest_rmb.cache import ScoreCache
 from pytest_rmb.data import Conversation, Sample
 from pytest_rmb.models import (
+    BatchReport,
     PairRequest,
     PairwiseModel,
     PartialBatchError,
@@ -50,6 +52,10 @@ from pytest_rmb.progress import NoProgress
 TextKey = tuple[Conversation, str]
 UNLIMITED = 1 << 62
 DEFAULT_BATCH_SIZE = 64
+# Results a model hands over while its batch runs (an HTTP judge's verdicts) are appended to the
+# cache at most this often: a run killed mid-batch (kill -9, a lost machine) loses about this many
+# seconds of answers, and a batch of thousands costs a few file appends, not one per answer.
+SAVE_EVERY_SECONDS = 1.0
 
 
 class ScoringError(Exception):
@@ -197,25 +203,30 @@ class _BatchRunner:
                 for batch in batches:
                     indices = [todo[j] for j in batch]
                     shown = 0
+                    saved: set[int] = set()
+                    last_save = time.monotonic()
 
-                    def within_batch(finished: int, detail: str) -> None:
+                    def within_batch(finished: int, detail: str, results: Mapping[int, Any] | None = None) -> None:
                         # Never backwards (a batch halved after out-of-memory reports its halves
                         # afresh), never past the batch.
-                        nonlocal shown
+                        nonlocal shown, last_save
                         finished = min(finished, len(batch))
                         if finished > shown:
                             advance(finished - shown, detail)
                             shown = finished
+                        if results is not None and time.monotonic() - last_save >= SAVE_EVERY_SECONDS:
+                            self._save_early(requests, indices, results, cache_keys, saved)
+                            last_save = time.monotonic()
 
                     try:
                         values = self._batch([requests[i] for i in indices], delta, within_batch)
                     except PartialBatchError as partial:
-                        self._keep(requests, indices, partial.done, cache_keys, store, delta)
+                        self._keep(requests, indices, partial.done, cache_keys, store, delta, saved)
                         if isinstance(partial.cause, KeyboardInterrupt):
                             # Ctrl-C: what arrived is cached; stop the run, not just this scenario.
                             raise partial.cause from None
                         raise ScoringError(f"{type(partial.cause).__name__}: {partial.cause}") from partial.cause
-                    self._keep(requests, indices, dict(enumerate(values)), cache_keys, store, delta)
+                    self._keep(requests, indices, dict(enumerate(values)), cache_keys, store, delta, saved)
                     if len(batch) > shown:
                         advance(len(batch) - shown)
         finally:
@@ -225,8 +236,28 @@ class _BatchRunner:
             delta.add(counters)
         return todo
 
+    def _save_early(self, requests: list, indices: list[int], results: Mapping[int, Any], cache_keys: list[str],
+                    saved: set[int]) -> None:
+        """Cache what a running batch has finished and not yet saved (checked as at the batch's
+        end; a failed request is not a result). The batch's end keeps the rest."""
+        if self._cache is None:
+            return
+        entries = []
+        for position in [p for p in list(results) if p not in saved]:
+            try:
+                value = self._check(results[position])
+            except ScoringError:
+                continue  # the batch's end reports it
+            saved.add(position)
+            if self._cacheable(value):
+                facts = dict(self._facts(requests[indices[position]])) if self._facts is not None else {}
+                entries.append((cache_keys[indices[position]], self._encode(value), facts))
+        if entries:
+            self._cache.append(entries)
+
     def _keep(self, requests: list, indices: list[int], results: Mapping[int, Any], cache_keys: list[str],
-              store: Callable[[int, Any, bool], None], delta: EngineStats) -> None:
+              store: Callable[[int, Any, bool], None], delta: EngineStats,
+              saved: AbstractSet[int] = frozenset()) -> None:
         done = sorted(results)
         for position in done:
             store(indices[position], results[position], False)
@@ -236,10 +267,10 @@ class _BatchRunner:
                 facts[position] = dict(self._facts(requests[indices[position]]))
                 self._count_facts(facts[position], delta)
         if self._cache is not None and done:
-            # Saved as each batch finishes: a killed run loses at most one batch. A failed request
-            # is not a result: the next run asks again.
+            # Saved as each batch finishes (and, for a model that hands results over as they come,
+            # while it runs: ``saved``). A failed request is not a result: the next run asks again.
             self._cache.append((cache_keys[indices[p]], self._encode(results[p]), facts.get(p) or {})
-                               for p in done if self._cacheable(results[p]))
+                               for p in done if p not in saved and self._cacheable(results[p]))
 
     def _count_facts(self, facts: Mapping[str, Any], delta: EngineStats) -> None:
         for name, value in facts.items():
@@ -249,7 +280,7 @@ class _BatchRunner:
                 self._fact_names.add(name)
                 delta.add({name: value})
 
-    def _batch(self, batch: list, delta: EngineStats, report: Callable[[int, str], None] | None = None) -> list:
+    def _batch(self, batch: list, delta: EngineStats, report: BatchReport | None = None) -> list:
         try:
             with batch_progress(report):
                 values = list(self._call(batch))
@@ -262,8 +293,14 @@ class _BatchRunner:
             delta.oom_retries += 1
             _release_cached_memory()
             half = len(batch) // 2
-            later = None if report is None else (lambda finished, detail: report(half + finished, detail))
-            return self._batch(batch[:half], delta, report) + self._batch(batch[half:], delta, later)
+
+            def later(finished: int, detail: str, results: Mapping[int, Any] | None = None) -> None:
+                assert report is not None
+                shifted = None if results is None else {half + p: v for p, v in results.items()}
+                report(half + finished, detail, shifted)
+
+            return (self._batch(batch[:half], delta, report)
+                    + self._batch(batch[half:], delta, None if report is None else later))
         delta.batches += 1
         if len(values) != len(batch):
             raise ScoringError(f"model returned {len(values)} {self._noun} for a batch of {len(batch)}")

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 from pytest_rmb.data import Conversation
 
@@ -92,12 +92,17 @@ def conversation_json(conversation: Conversation) -> list[list[str]]:
 # Where report_progress goes while the engine scores one batch. A context variable, not an
 # attribute set on the model: a user's model may be frozen or slotted, and asyncio.run copies the
 # caller's context into the tasks a backend starts.
-_batch_progress: ContextVar[Callable[[int, str], None] | None] = ContextVar("pytest_rmb_batch_progress",
-                                                                           default=None)
+class BatchReport(Protocol):
+    """Where :meth:`RewardModel.report_progress` goes: the engine's per-batch callback."""
+
+    def __call__(self, finished: int, detail: str, results: Mapping[int, Any] | None = None) -> None: ...
+
+
+_batch_progress: ContextVar[BatchReport | None] = ContextVar("pytest_rmb_batch_progress", default=None)
 
 
 @contextmanager
-def batch_progress(callback: Callable[[int, str], None] | None) -> Iterator[None]:
+def batch_progress(callback: BatchReport | None) -> Iterator[None]:
     """Send :meth:`RewardModel.report_progress` to ``callback`` while the block runs."""
     token = _batch_progress.set(callback)
     try:
@@ -117,14 +122,16 @@ class RewardModel:
     # for large batches so that their concurrency has work to overlap.
     batch_size: int | None = None
 
-    def report_progress(self, finished: int, detail: str) -> None:
+    def report_progress(self, finished: int, detail: str, results: Mapping[int, Any] | None = None) -> None:
         """For a backend that finishes a batch's requests one by one (an HTTP judge): how many of
         the batch being scored are finished so far, and a short detail (requests per second,
         tokens so far). The progress bar then moves within a long batch instead of once at its
-        end. Outside the engine, nothing happens."""
+        end. ``results``, when given, are the batch's finished results so far by position (the
+        same values the batch will return): the engine caches them as they come, so a run killed
+        mid-batch keeps them. Outside the engine, nothing happens."""
         callback = _batch_progress.get()
         if callback is not None:
-            callback(finished, detail)
+            callback(finished, detail, results)
 
     def fingerprint(self) -> str | None:
         """Everything the results depend on, hashed: names the cache file. None: not cached."""

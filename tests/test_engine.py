@@ -195,3 +195,50 @@ def test_progress_within_a_batch_is_monotone_through_out_of_memory_halving_and_e
     assert progress.counts == [1, 2, 3, 4, 5]
     assert progress.details == ["1 done", "2 done", "1 done", "1 done", "2 done"]
     Reporting().report_progress(1, "outside the engine: nothing happens")
+
+
+def test_results_handed_over_mid_batch_are_cached_under_their_own_keys_even_if_the_batch_dies(tmp_path,
+                                                                                             monkeypatch):
+    import pytest_rmb.engine as engine_module
+    from pytest_rmb.cache import ScoreCache
+    from pytest_rmb.models import PointwiseModel
+
+    monkeypatch.setattr(engine_module, "SAVE_EVERY_SECONDS", 0.0)  # save at every report
+
+    class Dying(PointwiseModel):
+        """Hands each score over as it comes, halves after out-of-memory, then dies on one text."""
+
+        def fingerprint(self):
+            return "dying-v1"
+
+        def score(self, batch):
+            if len(batch) > 2:
+                raise RuntimeError("CUDA out of memory")
+            done = {}
+            for i, request in enumerate(batch):
+                if request.response == "":  # the shortest: scored last, after every halving
+                    raise ValueError("the machine went away")
+                done[i] = float(len(request.response)) + 0.5
+                self.report_progress(len(done), "", done)
+            return list(done.values())
+
+    samples = [pair_sample(str(i), "q", "x" * (i + 1), "") for i in range(5)]  # texts of 1..5 x and ""
+    cache = ScoreCache(tmp_path, "dying-v1")
+    engine = Engine(Dying(), {"s/a": samples}, max_batch_size=100, cache=cache)
+    with pytest.raises(ValueError, match="the machine went away"):  # the first item sees the model's error
+        engine.scores(samples[0])
+    # Every text scored before the failure is cached with its own score, halves or not.
+    saved = sorted(cache.load().values())
+    assert saved == [1.5, 2.5, 3.5, 4.5, 5.5]
+
+    class Lengths(PointwiseModel):
+        def fingerprint(self):
+            return "dying-v1"
+
+        def score(self, batch):
+            return [float(len(r.response)) for r in batch]
+
+    again = Engine(Lengths(), {"s/a": samples}, max_batch_size=100, cache=ScoreCache(tmp_path, "dying-v1"))
+    # The five saved scores come back from the cache under their own texts; only "" is scored anew.
+    assert [again.scores(s) for s in samples] == [(i + 1.5, 0.0) for i in range(5)]
+    assert again.totals.cache_hits == 5

@@ -539,6 +539,45 @@ def test_ctrl_c_keeps_the_verdicts_received_and_the_rerun_resumes(pytester, stub
 
 
 
+def test_a_run_killed_mid_batch_keeps_the_verdicts_of_that_batch(pytester, stubs):
+    # One scenario of 30 pairs is one batch; kill -9 (no Ctrl-C handling, no batch end) once 20
+    # verdicts have come. Those that came more than a second before the kill are in the cache.
+    rows = [{"id": f"q{i}", "prompt": f"Question {i}?", "chosen": f"A full answer to question {i}.",
+             "rejected": "No."} for i in range(30)]
+    (pytester.path / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (pytester.path / "sets.toml").write_text('[[scenario]]\nname = "q"\nkind = "pairwise"\npath = "pairs.jsonl"\n')
+    slow = stubs("longer", "--latency", "0.2")
+    common = ["--rmb-model", "openai:stub-judge", "--rmb-model-arg", "concurrency=1", "--rmb-model-arg",
+              "order=fixed", "--rmb-scenarios", "sets.toml"]
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *common, "--rmb-model-arg",
+               f"base_url={slow.base_url}"]
+    process = subprocess.Popen(command, cwd=pytester.path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while len(answered(slow)) < 20 and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.02)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+    at_kill = len(answered(slow))
+    assert 20 <= at_kill < 30
+
+    fresh = stubs("longer")
+    resumed = pytester.runpytest("-p", "no:cacheprovider", *common, "--rmb-model-arg", f"base_url={fresh.base_url}",
+                                 "--rmb-json", "s.json")
+    assert resumed.ret == 0, output(resumed)
+    asked = len(answered(fresh))
+    # At 5 answers a second and a save every second, at most 6 answers (and the one in flight)
+    # can be lost; without saves during the batch all 30 would be asked again.
+    assert 30 - at_kill <= asked <= 30 - at_kill + 7
+    summary = json.loads((pytester.path / "s.json").read_text())
+    scored = summary["scenarios"]["custom/q"]["pairwise"]
+    assert (scored["correct"], scored["total"]) == (30, 30)  # saved verdicts read back as whole ones
+
+
 def test_progress_moves_with_each_comparison_and_shows_requests_and_tokens(pytester, stubs):
     # A CI log (not a terminal): the first progress line comes after 2 s, in the middle of the one
     # batch of this one scenario, so it can only come from the judge's per-comparison progress.

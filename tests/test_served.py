@@ -295,7 +295,7 @@ def test_progress_moves_with_each_reward_that_arrives(vllm, long_model):
     model = load(f"vllm:{SERVED_NAME}", ("base_url", vllm.url), ("concurrency", "2"))
     vllm.control(delay=0.02)
     seen: list[tuple[int, str]] = []
-    with batch_progress(lambda finished, detail: seen.append((finished, detail))):
+    with batch_progress(lambda finished, detail, results=None: seen.append((finished, detail))):
         model.score(many_requests(7))
     assert [finished for finished, _ in seen] == [1, 2, 3, 4, 5, 6, 7]
     assert all(re.fullmatch(r"[\d.]+ requests/s", detail) for _, detail in seen)

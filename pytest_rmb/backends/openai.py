@@ -341,7 +341,7 @@ class OpenAIJudge(PairwiseModel):
 
         def on_done(index: int, verdict: Verdict) -> None:
             done[index] = verdict
-            self.report_progress(len(done), state.describe())
+            self.report_progress(len(done), state.describe(), done)
 
         jobs = [self._job(asks, state) for asks in plans]
         try:
