@@ -339,7 +339,7 @@ def resolve(config: pytest.Config) -> RunSettings | None:
         batch_size=_setting(config, "rmb_batch_size", positive_int),
         batch_tokens=_setting(config, "rmb_batch_tokens", positive_int),
         bootstrap=_setting(config, "rmb_bootstrap", positive_int),
-        show_scenarios=config.getoption("rmb_show_scenarios") or config.getoption("verbose") > 0,
+        show_scenarios=config.getoption("rmb_show_scenarios") or config.getoption("verbose", 0) > 0,
         show_misses=config.getoption("rmb_show_misses"),
         markdown_path=outputs["rmb_markdown"],
         cache_dir=_cache_dir(config, dataset),

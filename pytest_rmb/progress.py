@@ -137,7 +137,7 @@ class NoProgress:
 
 
 def progress_for(config: pytest.Config) -> TerminalProgress | LineProgress | NoProgress:
-    if (hasattr(config, "workerinput") or config.getoption("verbose") < -1
+    if (hasattr(config, "workerinput") or config.getoption("verbose", 0) < -1
             or config.pluginmanager.getplugin("terminalreporter") is None):
         return NoProgress()
     # Asked with capture suspended: under capture the standard streams are files, never terminals.

@@ -156,6 +156,18 @@ def test_prefer_longer_judge_equals_the_length_baseline_on_real_scenarios(pytest
     assert sections(pytester.path / "judge.json") == expected
 
 
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"the real RMB data is not at {SHARED_DATA}")
+def test_prefer_longer_judge_equals_the_length_baseline_on_all_of_rmb(pytester, stubs):
+    # Every scenario, both orders, through HTTP and the outcome stage: ~3 minutes on 2 cores.
+    stub = stubs("longer")
+    result = judge(pytester, stub, "--rmb-model-arg", "concurrency=64", "--rmb-no-cache", "--rmb-json", "judge.json",
+                   "-p", "no:terminal", data=str(SHARED_DATA))
+    assert result.ret == 0, output(result)[-3000:]
+    expected = length_sections(SHARED_DATA)
+    assert len(expected) == 4 and sum(total for _, total in expected.values()) > 5000
+    assert sections(pytester.path / "judge.json") == expected
+
+
 def test_always_a_judge_scores_zero_under_both_orders_with_a_full_flip_rate(pytester, stubs, monkeypatch):
     monkeypatch.setenv("COLUMNS", "160")  # a terminal wide enough for a scenario's row on one line
     stub = stubs("always-a")

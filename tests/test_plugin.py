@@ -493,3 +493,14 @@ def test_model_frames_keep_the_users_files_and_drop_only_pytest_rmbs(tmp_path):
     lines = model_frames(failure).splitlines()[1:]
     assert [line.split(" in ")[1].split(":")[0] for line in lines] == ["f0", "f4", "f5", "f6", "f7", "f8"]
     assert all(line.startswith(f"  {sibling}:") for line in lines)
+
+
+def test_a_run_without_pytest_terminal_plugin_still_writes_its_results(pytester):
+    # `-p no:terminal` (quiet CI jobs, IDE runners) drops pytest's terminal options: no crash, and
+    # the summary is the same as with them.
+    quiet = run(pytester, "-p", "no:terminal", "--rmb-model", "length", "--rmb-data", "sample", "--rmb-json", "q.json")
+    assert quiet.ret == 0 and "INTERNALERROR" not in quiet.stdout.str() + quiet.stderr.str()
+    loud = run(pytester, "--rmb-model", "length", "--rmb-data", "sample", "--rmb-json", "l.json")
+    assert loud.ret == 0
+    assert (json.loads((pytester.path / "q.json").read_text())["sections"]
+            == json.loads((pytester.path / "l.json").read_text())["sections"])
