@@ -85,8 +85,10 @@ def length_sections(root: Path, goals=("Helpfulness", "Harmlessness"), kinds=("P
     return {section: (correct[section], total[section]) for section in total}
 
 
-def unique_comparisons(root: Path, goals=("Helpfulness", "Harmlessness"), kinds=("Pairwise_set", "BoN_set")) -> int:
-    """Distinct first-round comparisons (pairs, and best vs first loser), from the raw files."""
+def unique_comparisons(root: Path, goals=("Helpfulness", "Harmlessness"), kinds=("Pairwise_set", "BoN_set"),
+                       every_loser: bool = False) -> int:
+    """Distinct first-round comparisons (pairs, and best vs first loser; with ``every_loser``, best
+    vs each loser), from the raw files."""
     seen = set()
     for relative, records in all_files(root).items():
         kind_dir, goal_dir = relative.split("/")[:2]
@@ -97,7 +99,8 @@ def unique_comparisons(root: Path, goals=("Helpfulness", "Harmlessness"), kinds=
             if "pair_uid" in record:
                 seen.add((conversation, record["chosen"]["answer"], record["reject"]["answer"], goal_dir))
             else:
-                seen.add((conversation, record["bon_best"]["answer"], record["loser_list"][0]["answer"], goal_dir))
+                for loser in record["loser_list"] if every_loser else record["loser_list"][:1]:
+                    seen.add((conversation, record["bon_best"]["answer"], loser["answer"], goal_dir))
     return len(seen)
 
 
@@ -295,8 +298,14 @@ def test_tokens_are_summed_with_cached_ones_apart_and_reruns_are_free(pytester, 
     first = judge(pytester, stub, *select, "--rmb-json", "first.json")
     assert first.ret == 0, output(first)
     log = answered(stub)
+    # Announced before the first request: every comparison the selection may need, in both orders.
+    planned = 2 * unique_comparisons(SAMPLE_DATA, goals=("Harmlessness",), every_loser=True)
+    announced = re.search(r"rmb: (\d+) requests, ~(\d+) prompt tokens to stub-judge \(fewer when Best-of-N lists "
+                          r"stop early\)", output(first))
+    assert announced and int(announced.group(1)) == planned >= len(log)
     prompt = sum(entry["usage"]["prompt_tokens"] for entry in log)
     completion = sum(entry["usage"]["completion_tokens"] for entry in log)
+    assert prompt <= int(announced.group(2)) <= 2 * prompt  # the estimate errs high, not wildly
     engine = json.loads((pytester.path / "first.json").read_text())["engine"]
     assert (engine["prompt_tokens"], engine["completion_tokens"]) == (prompt, completion)
     assert engine["requests"] == len(log)
