@@ -289,13 +289,19 @@ def read_jsonl(path: Path) -> list[dict]:
 def test_run_with_the_tiny_judge_matches_the_reference_and_reruns_from_cache(pytester, tiny, order):
     reference = Reference(tiny)
     expected = {}
+    p_chosen = {}  # the reference's P(chosen) per comparison: the mean over the orders asked
     for key, (goal, conversation, best, others) in sample_records().items():
         won = []
-        for other in others:
+        for i, other in enumerate(others):
             request = PairRequest(conversation, best, other, goal)
-            won.append(reference.p_a(request, "A") > 0.5 and (order == "fixed" or reference.p_a(request, "B") < 0.5))
+            as_a = reference.p_a(request, "A")
+            as_b = reference.p_a(request, "B") if order == "both" else None
+            won.append(as_a > 0.5 and (as_b is None or as_b < 0.5))
+            p_chosen[key, i] = as_a if as_b is None else (as_a + 1 - as_b) / 2
         expected[key] = all(won)
     if order == "fixed":
+        # Both outcomes present, so a flipped comparison anywhere in the protocol shows. (Under
+        # both orders this judge passes none; the soft scores below still tell the orders apart.)
         assert 0 < sum(expected.values()) < len(expected), "the tiny judge should pass some samples and miss others"
     cache = pytester.path / "cache"
     args = ("--rmb-model-arg", f"order={order}", "--rmb-cache-dir", str(cache))
@@ -308,6 +314,9 @@ def test_run_with_the_tiny_judge_matches_the_reference_and_reruns_from_cache(pyt
     assert result.ret == 0
     for record in records:
         assert all(v is None or v["detail"]["order"] == order for v in record["verdicts"])
+        for i, verdict in enumerate(record["verdicts"]):
+            if verdict is not None:
+                assert verdict["p_first"] == pytest.approx(p_chosen[(record["kind"], record["uid"]), i], abs=1e-4)
         if all(v is not None for v in record["verdicts"]):
             assert 0.0 <= record["p_chosen"] <= 1.0
     # A rerun reads every verdict from the cache: the same records, no forward pass.
