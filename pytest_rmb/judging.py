@@ -591,6 +591,7 @@ class _Tally:
         self.both_orders = 0
         self.flips = 0
         self.no_verdict = 0
+        self.no_majority = 0
         self.api_failures = 0
         self.skipped = 0
         self.letters = 0
@@ -628,10 +629,13 @@ class _Tally:
             self.comparisons += 1
             orders = detail.get("orders") or []
             for entry in orders:
-                for vote in entry.get("votes") or []:
+                votes = entry.get("votes") or []
+                for vote in votes:
                     if vote in SLOTS:
                         self.letters += 1
                         self.a_letters += vote == "A"
+                # Votes were given, but neither letter has a strict majority (a split, or failed votes).
+                self.no_majority += entry.get("verdict") is None and any(vote in SLOTS for vote in votes)
             if len(orders) > 1 and verdict.get("won") is not None:
                 self.both_orders += 1
             if verdict.get("won") is None:
@@ -667,6 +671,7 @@ class _Tally:
             "flip_rate": ratio(self.flips, self.both_orders),
             "a_share": ratio(self.a_letters, self.letters),
             "no_verdict": self.no_verdict,
+            "no_majority": self.no_majority,
             "parse_failures": self.parse_failures,
             "parse_retries": self.parse_retries,
             "api_failures": self.api_failures,

@@ -249,6 +249,9 @@ def test_an_order_without_a_majority_loses_but_is_no_flip_and_no_letter_the_judg
     # A majority for the other letter is that letter, and with a win in the other order a flip.
     flipped = combine([order("A", "B", "B", None), order("B", "B", "B", "B")], "both")
     assert flipped.detail["flip"] is True and [o["verdict"] for o in flipped.detail["orders"]] == ["B", "B"]
+    # The statistics count the orders without a majority apart, and the split ones are no flips.
+    stats = judge_stats([record("s/a", "pairwise", [v]) for v in (split, tied, flipped)])["overall"]
+    assert (stats["no_majority"], stats["flips"], stats["no_verdict"], stats["correct"]) == (2, 1, 0, 0)
 
 
 def test_random_order_is_a_pure_function_of_seed_and_comparison():
