@@ -27,7 +27,6 @@ import random
 import sys
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -154,13 +153,14 @@ class _BatchRunner:
         self._noun = "scores" if isinstance(model, PointwiseModel) else "verdicts"
         self._unit = "texts" if isinstance(model, PointwiseModel) else "comparisons"
 
-    def uncached(self, requests: list) -> list:
-        """The requests the cache does not hold (all of them without a cache)."""
+    def cached(self, request: Any) -> Any | None:
+        """The cache's result for ``request``, decoded; None when it holds none."""
         if self._cache is None:
-            return list(requests)
+            return None
         if self._cached is None:
             self._cached, self._cached_facts = self._cache.load_with_facts()
-        return [r for r in requests if self._model.cache_key(r) not in self._cached]
+        raw = self._cached.get(self._model.cache_key(request))
+        return None if raw is None else self._decode(raw)
 
     def run(self, requests: list, delta: EngineStats, label: str, store: Callable[[int, Any, bool], None]) -> list[int]:
         """Results of ``requests`` through ``store(index, result, from_cache)``; returns the indices
@@ -203,7 +203,7 @@ class _BatchRunner:
                 for batch in batches:
                     indices = [todo[j] for j in batch]
                     shown = 0
-                    saved: set[int] = set()
+                    saved: dict[int, dict[str, Any]] = {}  # position -> its facts, once cached
                     last_save = time.monotonic()
 
                     def within_batch(finished: int, detail: str, results: Mapping[int, Any] | None = None) -> None:
@@ -237,34 +237,42 @@ class _BatchRunner:
         return todo
 
     def _save_early(self, requests: list, indices: list[int], results: Mapping[int, Any], cache_keys: list[str],
-                    saved: set[int]) -> None:
+                    saved: dict[int, dict[str, Any]]) -> None:
         """Cache what a running batch has finished and not yet saved (checked as at the batch's
-        end; a failed request is not a result). The batch's end keeps the rest."""
+        end; a failed request is not a result). Best effort: whatever goes wrong here is left to
+        the batch's end, which keeps the rest; it never reaches the model."""
         if self._cache is None:
             return
         entries = []
-        for position in [p for p in list(results) if p not in saved]:
-            try:
-                value = self._check(results[position])
-            except ScoringError:
-                continue  # the batch's end reports it
-            saved.add(position)
-            if self._cacheable(value):
-                facts = dict(self._facts(requests[indices[position]])) if self._facts is not None else {}
-                entries.append((cache_keys[indices[position]], self._encode(value), facts))
-        if entries:
-            self._cache.append(entries)
+        facts_of: dict[int, dict[str, Any]] = {}
+        try:
+            for position in [p for p in list(results) if p not in saved]:
+                try:
+                    value = self._check(results[position])
+                except Exception:  # noqa: BLE001 - the batch's end reports it
+                    continue
+                # Facts are asked for once per text: the batch's end counts these.
+                facts_of[position] = dict(self._facts(requests[indices[position]])) if self._facts is not None else {}
+                if self._cacheable(value):
+                    entries.append((cache_keys[indices[position]], self._encode(value), facts_of[position]))
+            if entries:
+                self._cache.append(entries)
+        except Exception:  # noqa: BLE001 - a full disk, say: the batch's end tries again and reports
+            return
+        saved.update(facts_of)  # only once they are on disk
 
     def _keep(self, requests: list, indices: list[int], results: Mapping[int, Any], cache_keys: list[str],
               store: Callable[[int, Any, bool], None], delta: EngineStats,
-              saved: AbstractSet[int] = frozenset()) -> None:
+              saved: Mapping[int, dict[str, Any]] | None = None) -> None:
+        saved = saved or {}
         done = sorted(results)
         for position in done:
             store(indices[position], results[position], False)
         facts: dict[int, dict[str, Any]] = {}
         if self._facts is not None:
             for position in done:
-                facts[position] = dict(self._facts(requests[indices[position]]))
+                facts[position] = (saved[position] if position in saved
+                                   else dict(self._facts(requests[indices[position]])))
                 self._count_facts(facts[position], delta)
         if self._cache is not None and done:
             # Saved as each batch finishes (and, for a model that hands results over as they come,
@@ -293,14 +301,21 @@ class _BatchRunner:
             delta.oom_retries += 1
             _release_cached_memory()
             half = len(batch) // 2
+            first = self._batch(batch[:half], delta, report)
 
             def later(finished: int, detail: str, results: Mapping[int, Any] | None = None) -> None:
                 assert report is not None
                 shifted = None if results is None else {half + p: v for p, v in results.items()}
                 report(half + finished, detail, shifted)
 
-            return (self._batch(batch[:half], delta, report)
-                    + self._batch(batch[half:], delta, None if report is None else later))
+            try:
+                second = self._batch(batch[half:], delta, None if report is None else later)
+            except PartialBatchError as partial:
+                # Positions of the whole batch: the first half's results, then the second's shifted.
+                done = dict(enumerate(first))
+                done.update({half + p: v for p, v in partial.done.items()})
+                raise PartialBatchError(done, partial.cause) from partial.cause
+            return first + second
         delta.batches += 1
         if len(values) != len(batch):
             raise ScoringError(f"model returned {len(values)} {self._noun} for a batch of {len(batch)}")
@@ -492,12 +507,18 @@ class PairwiseEngine(_ScenarioEngine):
 
     def planned_requests(self) -> list[PairRequest]:
         """Every comparison the selection may need that the cache does not hold: what the run will
-        ask the model for, at most (Best-of-N early stop can skip some)."""
+        ask the model for, at most (Best-of-N early stop can skip some). A list that lost a cached
+        comparison under early stop needs nothing after it: a rerun of a finished run plans none."""
         unique: dict[PairRequest, None] = {}
         for samples in self._plan.values():
             for sample in samples:
-                unique.update(dict.fromkeys(self.requests_of(sample)))
-        return self._runner.uncached(list(unique))
+                for request in self.requests_of(sample):
+                    verdict = self._runner.cached(request)
+                    if verdict is None:
+                        unique[request] = None
+                    elif verdict.won is not True and self._model.bon_early_stop:
+                        break
+        return list(unique)
 
     def requests_of(self, sample: Sample) -> list[PairRequest]:
         """The sample's comparisons: chosen (or best) first against each other answer in turn."""

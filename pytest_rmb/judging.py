@@ -474,8 +474,9 @@ def verdict_probability(tokens: Sequence[Mapping[str, Any]], reply: str, positio
                 text, logprob = candidate.get("token"), candidate.get("logprob")
                 if not isinstance(text, str) or not isinstance(logprob, (int, float)):
                     continue
-                if len(text) > inner and text[:inner] == head and text[inner] in mass:
-                    mass[text[inner]] += math.exp(logprob)
+                # [[a]] is a verdict as [[A]] is: either case counts for its letter.
+                if len(text) > inner and text[:inner] == head and text[inner].upper() in mass:
+                    mass[text[inner].upper()] += math.exp(logprob)
             total = mass["A"] + mass["B"]
             return mass["A"] / total if total > 0 else None
         offset += len(piece)

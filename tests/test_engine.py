@@ -230,6 +230,7 @@ def test_results_handed_over_mid_batch_are_cached_under_their_own_keys_even_if_t
     # Every text scored before the failure is cached with its own score, halves or not.
     saved = sorted(cache.load().values())
     assert saved == [1.5, 2.5, 3.5, 4.5, 5.5]
+    assert len(cache.path.read_text().splitlines()) == 5  # each once: the batch's end skips the saved
 
     class Lengths(PointwiseModel):
         def fingerprint(self):
@@ -242,3 +243,41 @@ def test_results_handed_over_mid_batch_are_cached_under_their_own_keys_even_if_t
     # The five saved scores come back from the cache under their own texts; only "" is scored anew.
     assert [again.scores(s) for s in samples] == [(i + 1.5, 0.0) for i in range(5)]
     assert again.totals.cache_hits == 5
+
+
+def test_a_partial_failure_after_out_of_memory_halving_keeps_both_halves_under_their_own_texts(tmp_path):
+    from pytest_rmb.cache import ScoreCache
+    from pytest_rmb.models import PartialBatchError, PointwiseModel
+
+    class HalvedThenPartial(PointwiseModel):
+        def fingerprint(self):
+            return "halved-v1"
+
+        def score(self, batch):
+            if len(batch) > 3:
+                raise RuntimeError("CUDA out of memory")
+            scores = {i: float(len(r.response)) + 0.25 for i, r in enumerate(batch)}
+            if any(r.response == "" for r in batch):  # the second half: its last text fails
+                del scores[len(batch) - 1]
+                raise PartialBatchError(scores, ValueError("lost the last one"))
+            return list(scores.values())
+
+    samples = [pair_sample(str(i), "q", "x" * (i + 1), "") for i in range(5)]  # 6 texts: 3 + 3
+    cache = ScoreCache(tmp_path, "halved-v1")
+    engine = Engine(HalvedThenPartial(), {"s/a": samples}, max_batch_size=100, cache=cache)
+    with pytest.raises(ScoringError, match="lost the last one"):
+        engine.scores(samples[0])
+    # Both halves' scores, each under its own text: x*5..x*3 from the first half, x*2 and x from
+    # the second (whose positions are shifted by the first half's three).
+    by_score = sorted(cache.load().values())
+    assert by_score == [1.25, 2.25, 3.25, 4.25, 5.25]
+
+    class Lengths(PointwiseModel):
+        def fingerprint(self):
+            return "halved-v1"
+
+        def score(self, batch):
+            return [float(len(r.response)) for r in batch]
+
+    again = Engine(Lengths(), {"s/a": samples}, max_batch_size=100, cache=ScoreCache(tmp_path, "halved-v1"))
+    assert [again.scores(s) for s in samples] == [(i + 1.25, 0.0) for i in range(5)]

@@ -404,6 +404,21 @@ def test_run_concurrently_keeps_exceptions_in_place() -> None:
     assert seen == {0: {"i": 0}, 2: {"i": 2}}
 
 
+def test_an_exception_from_on_done_takes_its_jobs_place_and_the_rest_go_on() -> None:
+    def refuse_two(index: int, result: object) -> None:
+        if index == 2:
+            raise ValueError("cannot keep result 2")
+
+    with LocalServer(lambda r, i: Reply(body=json.loads(r.body))) as server:
+        results = run_concurrently(
+            lambda: JSONClient([server.url], concurrency=2, policy=FAST),
+            [lambda c, i=i: c.post("/s", {"i": i}) for i in range(6)],
+            on_done=refuse_two,
+        )
+    assert [r for i, r in enumerate(results) if i != 2] == [{"i": i} for i in range(6) if i != 2]
+    assert isinstance(results[2], ValueError) and str(results[2]) == "cannot keep result 2"
+
+
 # -- streaming download --------------------------------------------------------------------------
 
 

@@ -196,6 +196,16 @@ def test_verdict_probability_from_top_logprobs_even_inside_a_merged_token():
               {"token": "]]", "logprob": 0.0}]
     p = verdict_probability(tokens, reply, find_verdict(reply).position)
     assert p == pytest.approx(0.6 / 0.9)
+    # A reply in small letters: its alternatives count for their letters, whatever the case.
+    small = reply.replace("[[A]]", "[[a]]").replace("[[B]]", "[[b]]")
+    def small_letters(text: str) -> str:
+        return text.replace("[[A", "[[a").replace("[[B", "[[b")
+
+    lowered = [{**t, "token": small_letters(t["token"]),
+                "top_logprobs": [{**c, "token": small_letters(c["token"])} for c in t.get("top_logprobs") or []]}
+               for t in tokens]
+    assert lowered[1]["token"] == " [[a" and lowered[1]["top_logprobs"][1]["token"] == " [[b"
+    assert verdict_probability(lowered, small, find_verdict(small).position) == pytest.approx(p)
     assert verdict_probability(tokens[:1], reply, find_verdict(reply).position) is None
 
 

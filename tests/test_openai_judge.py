@@ -200,6 +200,15 @@ def test_always_a_judge_scores_zero_under_both_orders_with_a_full_flip_rate(pyte
             result.stdout.re_match_lines([rf"\s*{re.escape(scenario)} {kind}\s+0\.0000\s+0\.5000\s+100\.0%\s+100\.0%\s+0\s+0"])
     result.stdout.fnmatch_lines([f"tie-adjusted: {stopped} Best-of-N list(s) stopped early after a flip*"])
 
+    # Lists stopped early leave comparisons nobody asked; a rerun needs none of them, so it needs
+    # no server either.
+    stub.stop()
+    again = judge(pytester, stub, "-m", "harmlessness", "--rmb-json", "again.json")
+    assert again.ret == 0, output(again)
+    assert "rmb: 0 requests to stub-judge: the cache holds every verdict this run needs" in output(again)
+    assert sections(pytester.path / "again.json") == sections(pytester.path / "s.json")
+    stub.start()
+
 
 @pytest.mark.parametrize("behaviour", ["both-tags", "starts-with-a", "think-only"])
 def test_judges_without_a_usable_verdict_never_score(pytester, stubs, behaviour):
@@ -468,8 +477,10 @@ def test_a_model_the_server_does_not_serve_fails_at_load_naming_what_it_serves(p
     (("order=sideways",), "expected one of both, random, fixed"),
     (("prompt_file=missing.txt",), "prompt_file missing.txt: cannot read it"),
     # A key pasted where its variable's name belongs: refused, and never printed.
-    (("api_key_env=hf_AbCdEfGhIjKlMnOp0123456789",), "not the key itself"),
-    (("api_key_env=sk-test-0123",), "not the key itself"),
+    (("api_key_env=hf_AbCdEfGhIjKlMnOp0123456789",), "not something that looks like a key"),
+    (("api_key_env=sk-test-0123",), "not something that looks like a key"),
+    (("api_key_env=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",), "not something that looks like a key"),
+    (("api_key_env=hf_short",), "not something that looks like a key"),
 ])
 def test_bad_settings_are_usage_errors(pytester, stubs, args, message):
     stub = stubs("longer")
