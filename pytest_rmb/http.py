@@ -105,25 +105,6 @@ def api_key_from_env(env_name: str | None = None, default: str = "OPENAI_API_KEY
     return value or None
 
 
-def env_var_name(text: str) -> str:
-    """``api_key_env=NAME``: the name of the variable that holds a key. Never echoes the value:
-    a user who pasted the key itself there must not see it printed, here or later. A key such as
-    ``hf_...`` or ``gsk_...`` is a valid identifier, so what looks like one is refused too: a known
-    key prefix, or a long name in mixed case or with small letters and digits (variable names are
-    rarely like that; keys are)."""
-    name = text.strip()
-    long_and_keylike = len(name) >= 20 and any(c.islower() for c in name) and (
-        any(c.isupper() for c in name) or any(c.isdigit() for c in name))
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or name.lower().startswith(_KEY_PREFIXES) or long_and_keylike:
-        raise ValueError("expected the NAME of an environment variable, such as MY_JUDGE_KEY (letters, digits, "
-                         "_; not something that looks like a key): keys are read from the environment only")
-    return name
-
-
-# Prefixes of API keys and tokens (Hugging Face, OpenAI, Groq, xAI, GitHub, Stripe-style keys).
-_KEY_PREFIXES = ("hf_", "sk_", "gsk_", "xai_", "ghp_", "gho_", "github_pat_", "pk_", "rk_")
-
-
 def split_base_urls(text: str) -> list[str]:
     """``"http://a:8000/v1, http://b:8000/v1/"`` -> ``["http://a:8000/v1", "http://b:8000/v1"]``."""
     urls = [part.strip().rstrip("/") for part in text.split(",")]
@@ -235,7 +216,6 @@ def _ssl_context() -> Any:
     # Reading the CA bundle costs 30-60 ms, and the backends make a client per batch (one
     # asyncio.run each): one context per process, shared by every client.
     return httpx.create_ssl_context()
-
 
 
 class JSONClient:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import re
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -333,6 +334,26 @@ def boolean(text: str) -> bool:
     if lowered in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"expected true or false, got {text!r}")
+
+
+# Prefixes of API keys and tokens (Hugging Face, OpenAI, Groq, xAI, GitHub, Stripe-style keys).
+_KEY_PREFIXES = ("hf_", "sk_", "gsk_", "xai_", "ghp_", "gho_", "github_pat_", "pk_", "rk_")
+
+
+@_named("name")
+def env_var_name(text: str) -> str:
+    """``api_key_env=NAME``: the name of the variable that holds a key. Never echoes the value:
+    a user who pasted the key itself there must not see it printed, here or later. A key such as
+    ``hf_...`` or ``gsk_...`` is a valid identifier, so what looks like one is refused too: a known
+    key prefix, or a long name in mixed case or with small letters and digits (variable names are
+    rarely like that; keys are)."""
+    name = text.strip()
+    long_and_keylike = len(name) >= 20 and any(c.islower() for c in name) and (
+        any(c.isupper() for c in name) or any(c.isdigit() for c in name))
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or name.lower().startswith(_KEY_PREFIXES) or long_and_keylike:
+        raise ValueError("expected the NAME of an environment variable, such as MY_JUDGE_KEY (letters, digits, "
+                         "_; not something that looks like a key): keys are read from the environment only")
+    return name
 
 
 @_named("text")

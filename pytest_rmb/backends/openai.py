@@ -31,6 +31,7 @@ from pytest_rmb.backends import (
     boolean,
     choice,
     closest_names,
+    env_var_name,
     integer,
     non_negative_float,
     non_negative_int,
@@ -79,17 +80,11 @@ def _base_urls(text: str) -> tuple[str, ...]:
     return tuple(split_base_urls(text))
 
 
-def _env_name(text: str) -> str:
-    from pytest_rmb.http import env_var_name
-
-    return env_var_name(text)
-
-
 ARGS = (
     ModelArg("base_url", _named("url[,url...]", _base_urls), None,
              "server base URL(s), comma-separated replicas share the load (default: $OPENAI_BASE_URL, "
              f"then {DEFAULT_BASE_URL})"),
-    ModelArg("api_key_env", _named("name", _env_name), None,
+    ModelArg("api_key_env", env_var_name, None,
              "environment variable holding the API key (default OPENAI_API_KEY); the key is read "
              "from the environment only"),
     ModelArg("concurrency", positive_int, 16, "requests in flight at once"),

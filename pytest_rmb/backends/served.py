@@ -51,6 +51,7 @@ from pytest_rmb.backends import (
     ModelLoadError,
     ModelSettings,
     choice,
+    env_var_name,
     non_negative_int,
     positive_int,
 )
@@ -114,19 +115,12 @@ def positive_seconds(text: str) -> float:
     return value
 
 
-def env_name(text: str) -> str:
-    from pytest_rmb.http import env_var_name
-
-    return env_var_name(text)
-
-
 def model_id(text: str) -> str:
     if not text.strip():
         raise ValueError("expected a Hugging Face id or a local directory")
     return text
 
 
-env_name.type_name = "name"  # type: ignore[attr-defined]
 model_id.type_name = "id_or_dir"  # type: ignore[attr-defined]
 positive_seconds.type_name = "seconds"  # type: ignore[attr-defined]
 
@@ -157,7 +151,7 @@ def _args(engine: Engine) -> tuple[ModelArg, ...]:
                  f"texts handed over per engine batch (default {BATCH_PER_SLOT} x concurrency x replicas)"),
         ModelArg("timeout", positive_seconds, 120.0, "seconds per request before it is retried"),
         ModelArg("retries", non_negative_int, 4, "retries of a request after 429, 5xx, timeouts, dropped connections"),
-        ModelArg("api_key_env", env_name, engine.key_env,
+        ModelArg("api_key_env", env_var_name, engine.key_env,
                  "environment variable holding the server's API key (sent as a Bearer token)"),
     )
 
