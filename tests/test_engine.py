@@ -5,6 +5,7 @@ import pytest
 
 from pytest_rmb.data import BonSample, Message, PairSample, Response
 from pytest_rmb.engine import Engine, ScoringError, pack_batches
+from pytest_rmb.models import PointwiseModel
 
 
 def conv(text):
@@ -197,11 +198,23 @@ def test_progress_within_a_batch_is_monotone_through_out_of_memory_halving_and_e
     Reporting().report_progress(1, "outside the engine: nothing happens")
 
 
+class CachedLengths(PointwiseModel):
+    """Scores a text by its length, under a given fingerprint: reads another model's cache file."""
+
+    def __init__(self, fingerprint: str):
+        self._fingerprint = fingerprint
+
+    def fingerprint(self):
+        return self._fingerprint
+
+    def score(self, batch):
+        return [float(len(r.response)) for r in batch]
+
+
 def test_results_handed_over_mid_batch_are_cached_under_their_own_keys_even_if_the_batch_dies(tmp_path,
                                                                                              monkeypatch):
     import pytest_rmb.engine as engine_module
     from pytest_rmb.cache import ScoreCache
-    from pytest_rmb.models import PointwiseModel
 
     monkeypatch.setattr(engine_module, "SAVE_EVERY_SECONDS", 0.0)  # save at every report
 
@@ -232,14 +245,8 @@ def test_results_handed_over_mid_batch_are_cached_under_their_own_keys_even_if_t
     assert saved == [1.5, 2.5, 3.5, 4.5, 5.5]
     assert len(cache.path.read_text().splitlines()) == 5  # each once: the batch's end skips the saved
 
-    class Lengths(PointwiseModel):
-        def fingerprint(self):
-            return "dying-v1"
-
-        def score(self, batch):
-            return [float(len(r.response)) for r in batch]
-
-    again = Engine(Lengths(), {"s/a": samples}, max_batch_size=100, cache=ScoreCache(tmp_path, "dying-v1"))
+    again = Engine(CachedLengths("dying-v1"), {"s/a": samples}, max_batch_size=100,
+                   cache=ScoreCache(tmp_path, "dying-v1"))
     # The five saved scores come back from the cache under their own texts; only "" is scored anew.
     assert [again.scores(s) for s in samples] == [(i + 1.5, 0.0) for i in range(5)]
     assert again.totals.cache_hits == 5
@@ -247,7 +254,7 @@ def test_results_handed_over_mid_batch_are_cached_under_their_own_keys_even_if_t
 
 def test_a_partial_failure_after_out_of_memory_halving_keeps_both_halves_under_their_own_texts(tmp_path):
     from pytest_rmb.cache import ScoreCache
-    from pytest_rmb.models import PartialBatchError, PointwiseModel
+    from pytest_rmb.models import PartialBatchError
 
     class HalvedThenPartial(PointwiseModel):
         def fingerprint(self):
@@ -271,13 +278,6 @@ def test_a_partial_failure_after_out_of_memory_halving_keeps_both_halves_under_t
     # the second (whose positions are shifted by the first half's three).
     by_score = sorted(cache.load().values())
     assert by_score == [1.25, 2.25, 3.25, 4.25, 5.25]
-
-    class Lengths(PointwiseModel):
-        def fingerprint(self):
-            return "halved-v1"
-
-        def score(self, batch):
-            return [float(len(r.response)) for r in batch]
-
-    again = Engine(Lengths(), {"s/a": samples}, max_batch_size=100, cache=ScoreCache(tmp_path, "halved-v1"))
+    again = Engine(CachedLengths("halved-v1"), {"s/a": samples}, max_batch_size=100,
+                   cache=ScoreCache(tmp_path, "halved-v1"))
     assert [again.scores(s) for s in samples] == [(i + 1.25, 0.0) for i in range(5)]

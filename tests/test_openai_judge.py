@@ -116,6 +116,30 @@ def complete_comparisons(stub: StubServer) -> set[str]:
     return {pair for pair, shown_first in orders.items() if len(shown_first) == 2}
 
 
+def thirty_pair_scenario(folder: Path) -> None:
+    """One custom scenario ``q`` of 30 pairs (a full answer against "No."): one batch, and one
+    the prefer-longer judge gets right every time."""
+    rows = [{"id": f"q{i}", "prompt": f"Question {i}?", "chosen": f"A full answer to question {i}.",
+             "rejected": "No."} for i in range(30)]
+    (folder / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (folder / "sets.toml").write_text('[[scenario]]\nname = "q"\nkind = "pairwise"\npath = "pairs.jsonl"\n')
+
+
+def signal_after_answers(process: subprocess.Popen, stub: StubServer, answers: int, signum: int) -> str:
+    """Send ``signum`` to ``process`` once ``stub`` has answered ``answers`` requests; what it printed."""
+    try:
+        deadline = time.monotonic() + 60
+        while len(answered(stub)) < answers and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.02)
+        os.kill(process.pid, signum)
+        printed, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+    return printed or ""
+
+
 def records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -546,16 +570,7 @@ def test_ctrl_c_keeps_the_verdicts_received_and_the_rerun_resumes(pytester, stub
                "--rmb-data", "sample", "-m", "pairwise"]
     process = subprocess.Popen(command, cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                preexec_fn=ctrl_c_reaches_it)
-    try:
-        deadline = time.monotonic() + 60
-        while len(answered(slow)) < 30 and time.monotonic() < deadline and process.poll() is None:
-            time.sleep(0.05)
-        os.kill(process.pid, signal.SIGINT)
-        printed, _ = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
+    printed = signal_after_answers(process, slow, 30, signal.SIGINT)
     assert process.returncode == pytest.ExitCode.INTERRUPTED, printed
     complete = len(complete_comparisons(slow))
     total = unique_comparisons(SAMPLE_DATA, kinds=("Pairwise_set",))
@@ -574,26 +589,14 @@ def test_ctrl_c_keeps_the_verdicts_received_and_the_rerun_resumes(pytester, stub
 def test_a_run_killed_mid_batch_keeps_the_verdicts_of_that_batch(pytester, stubs):
     # One scenario of 30 pairs is one batch; kill -9 (no Ctrl-C handling, no batch end) once 20
     # verdicts have come. Those that came more than a second before the kill are in the cache.
-    rows = [{"id": f"q{i}", "prompt": f"Question {i}?", "chosen": f"A full answer to question {i}.",
-             "rejected": "No."} for i in range(30)]
-    (pytester.path / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    (pytester.path / "sets.toml").write_text('[[scenario]]\nname = "q"\nkind = "pairwise"\npath = "pairs.jsonl"\n')
+    thirty_pair_scenario(pytester.path)
     slow = stubs("longer", "--latency", "0.2")
     common = ["--rmb-model", "openai:stub-judge", "--rmb-model-arg", "concurrency=1", "--rmb-model-arg",
               "order=fixed", "--rmb-scenarios", "sets.toml"]
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *common, "--rmb-model-arg",
                f"base_url={slow.base_url}"]
     process = subprocess.Popen(command, cwd=pytester.path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while len(answered(slow)) < 20 and time.monotonic() < deadline and process.poll() is None:
-            time.sleep(0.02)
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
+    signal_after_answers(process, slow, 20, signal.SIGKILL)
     at_kill = len(answered(slow))
     assert 20 <= at_kill < 30
 
@@ -613,10 +616,7 @@ def test_a_run_killed_mid_batch_keeps_the_verdicts_of_that_batch(pytester, stubs
 def test_progress_moves_with_each_comparison_and_shows_requests_and_tokens(pytester, stubs):
     # A CI log (not a terminal): the first progress line comes after 2 s, in the middle of the one
     # batch of this one scenario, so it can only come from the judge's per-comparison progress.
-    rows = [{"id": f"q{i}", "prompt": f"Question {i}?", "chosen": f"A full answer to question {i}.",
-             "rejected": "No."} for i in range(30)]
-    (pytester.path / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    (pytester.path / "sets.toml").write_text('[[scenario]]\nname = "q"\nkind = "pairwise"\npath = "pairs.jsonl"\n')
+    thirty_pair_scenario(pytester.path)
     stub = stubs("longer", "--latency", "0.1")
     result = pytester.runpytest("-p", "no:cacheprovider", "--rmb-model", "openai:stub-judge", "--rmb-model-arg",
                                 f"base_url={stub.base_url}", "--rmb-scenarios", "sets.toml", "--rmb-model-arg",
