@@ -13,8 +13,7 @@ from pytest_rmb.models import (
     Verdict,
     as_chat,
 )
-
-__version__ = "0.2.0"
+from pytest_rmb.version import __version__
 
 __all__ = [
     "BonSample",

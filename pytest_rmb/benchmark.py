@@ -1,7 +1,7 @@
 """The RMB benchmark as pytest tests.
 
-Every scenario collects this module (see collection.py); ``pytest_generate_tests`` below gives each
-test one parameter per sample of that scenario's data file.
+Every scenario collects this module (see collection.py); the session's ``pytest_generate_tests``
+gives each test one parameter per sample of that scenario's data file (session.py).
 """
 
 from __future__ import annotations
@@ -11,13 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_rmb.collection import BadData, ScenarioModule
-from pytest_rmb.data import BON, PAIRWISE
+from pytest_rmb.data import BadData
 from pytest_rmb.engine import ScoringError
-from pytest_rmb.results import OUTCOME_KEY
-from pytest_rmb.session import SESSION
+from pytest_rmb.state import OUTCOME, SESSION
 
-_KIND_OF_TEST = {"test_pairwise": PAIRWISE, "test_bon": BON}
 _OUR_CODE = Path(__file__).resolve().parent
 # Frames of the model's own code shown under the first failed item of a scenario.
 _FRAMES_SHOWN = 6
@@ -34,17 +31,6 @@ def model_frames(exc: BaseException) -> str:
         frames = [frames[0], *frames[-(_FRAMES_SHOWN - 1):]]
     return "".join(f"\n  {frame.filename}:{frame.lineno} in {frame.name}: {(frame.line or '').strip()}"
                    for frame in frames)
-
-
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    module = metafunc.definition.getparent(ScenarioModule)
-    assert module is not None, "the benchmark module is collected only under a scenario"
-    values, ids, marks = module.parameters(_KIND_OF_TEST[metafunc.function.__name__])
-    if marks:
-        values = [pytest.param(v, id=i, marks=marks) for v, i in zip(values, ids)]
-        metafunc.parametrize("rmb_sample", values)
-    else:
-        metafunc.parametrize("rmb_sample", values, ids=ids)
 
 
 def _judge(sample, request: pytest.FixtureRequest) -> None:
@@ -67,7 +53,7 @@ def _judge(sample, request: pytest.FixtureRequest) -> None:
         # Outside the except block: the item's report is this one line, not the chain of causes.
         pytest.fail(failure, pytrace=False)
     # A miss is turned into a compact failed report by the session's makereport hook.
-    request.node.stash[OUTCOME_KEY] = outcome
+    request.node.stash[OUTCOME] = outcome
 
 
 @pytest.mark.pairwise

@@ -13,51 +13,15 @@ can end up as ``/``, and a ``conftest.py`` beside the user would no longer reach
 
 from __future__ import annotations
 
-import difflib
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from pytest_rmb.data import BonSample, DataFileError, PairSample, Sample
+from pytest_rmb.data import EMPTY, BadData, BonSample, DataFileError, MissingData, PairSample, Sample
+from pytest_rmb.nodeids import NODE_ROOT, closest, is_under
 from pytest_rmb.options import sample_limit
-from pytest_rmb.scenarios import Scenario, registry
-
-NODE_ROOT = "rmb"
-
-
-EMPTY = "empty"
-TEST_NAMES = ("test_pairwise", "test_bon")
-
-
-@dataclass(frozen=True)
-class MissingData:
-    """Stands in for the samples of a scenario whose data file is absent or holds no records."""
-
-    scenario: str
-    kind: str
-    file: str
-    # "" when nothing is there, EMPTY for a file without records, else what was found instead.
-    problem: str = ""
-
-    def as_dict(self) -> dict:
-        """What the item's report carries to the controller (plain builtins)."""
-        entry = {"scenario": self.scenario, "kind": self.kind, "file": self.file}
-        if self.problem:
-            entry["problem"] = self.problem
-        return entry
-
-
-@dataclass(frozen=True)
-class BadData:
-    """Stands in for the samples of a scenario whose data file is invalid."""
-
-    scenario: str
-    kind: str
-    file: str
-    message: str
+from pytest_rmb.scenarios import Scenario
 
 
 class ScenarioModule(pytest.Module):
@@ -236,58 +200,6 @@ def selection_plan(items: list[pytest.Item]) -> tuple[dict[str, list[Sample]], l
     return plan, missing
 
 
-def split_node_args(args: list[str], scenarios: Sequence[Scenario] | None = None) -> tuple[list[str], tuple[str, ...]]:
-    """Separate ``rmb/...`` node ids (which name no file) from the paths pytest should collect.
-
-    A node id naming no scenario, task or test of the run's scenarios (default: the registry) is a
-    usage error that names the closest ones: selecting nothing would otherwise pass for a run.
-    """
-    known = registry() if scenarios is None else scenarios
-    paths, prefixes = [], []
-    for arg in args:
-        if arg == NODE_ROOT or arg.startswith(f"{NODE_ROOT}/"):
-            prefix = arg
-        elif (printed := _as_printed_from_outside_rootdir(arg)) is not None:
-            prefix = printed
-        else:
-            paths.append(arg)
-            continue
-        path, sep, test = prefix.partition("::")
-        path = path.rstrip("/") or NODE_ROOT
-        _check_node_id(arg, path, test if sep else None, known)
-        prefixes.append(path + sep + test)
-    return paths, tuple(prefixes)
-
-
-def _check_node_id(typed: str, path: str, test: str | None, scenarios: Sequence[Scenario]) -> None:
-    scenario_paths = [f"{NODE_ROOT}/{s.id}" for s in scenarios]
-    task_paths = sorted({p.rsplit("/", 1)[0] for p in scenario_paths})
-    valid = scenario_paths if test is not None else [NODE_ROOT, *task_paths, *scenario_paths]
-    if path not in valid:
-        task = path.rsplit("/", 1)[0]
-        candidates = [p for p in scenario_paths if p.startswith(f"{task}/")] if task in task_paths else []
-        if not candidates:
-            candidates = scenario_paths if test is not None else [*task_paths, *scenario_paths]
-        what = "scenario" if test is not None else "scenario or task"
-        raise pytest.UsageError(
-            f"pytest-rmb: {typed}: no RMB {what} has this node id; did you mean "
-            f"{_closest(path, candidates)}? (ids look like rmb/<task>/<scenario>; "
-            "--collect-only -q lists them)"
-        )
-    if test is None:
-        return
-    name = test.split("[", 1)[0]
-    if name not in TEST_NAMES:
-        raise pytest.UsageError(
-            f"pytest-rmb: {typed}: RMB scenarios have no test {name!r}; did you mean "
-            f"{_closest(f'{path}::{name}', [f'{path}::{t}' for t in TEST_NAMES])}?"
-        )
-
-
-def _closest(typed: str, candidates: list[str], count: int = 3) -> str:
-    return ", ".join(difflib.get_close_matches(typed, candidates, n=count, cutoff=0.0))
-
-
 def select_by_node_prefixes(
     items: list[pytest.Item], prefixes: tuple[str, ...], strict: bool = True
 ) -> tuple[list[pytest.Item], list[pytest.Item]]:
@@ -306,7 +218,7 @@ def select_by_node_prefixes(
             continue
         nodeid = f"{item.parent.relative_id}::{item.name}"
         rmb_ids.append(nodeid)
-        matched = [prefix for prefix in prefixes if _under(nodeid, prefix)]
+        matched = [prefix for prefix in prefixes if is_under(nodeid, prefix)]
         unused.difference_update(matched)
         (kept if matched else dropped).append(item)
     for prefix in sorted(unused) if strict else ():
@@ -316,42 +228,8 @@ def select_by_node_prefixes(
         path = prefix.split("::", 1)[0]
         candidates = [nodeid for nodeid in rmb_ids if nodeid.startswith(f"{path}::")] or rmb_ids
         raise pytest.UsageError(
-            f"pytest-rmb: {prefix}: no RMB item has this node id; did you mean {_closest(prefix, candidates)}?"
+            f"pytest-rmb: {prefix}: no RMB item has this node id; did you mean {closest(prefix, candidates)}?"
         )
     return kept, dropped
 
 
-def _under(nodeid: str, prefix: str) -> bool:
-    return nodeid == prefix or nodeid.startswith((f"{prefix}/", f"{prefix}::", f"{prefix}["))
-
-
-def display_nodeid(nodeid: str) -> str:
-    """An RMB node id as typed from the invocation dir: no rootdir prefix, no xdist group."""
-    path, sep, test = nodeid.partition("::")
-    start = path.rfind(f"{NODE_ROOT}/")
-    if start < 0:
-        return nodeid
-    return f"{path[start:]}{sep}{test.split('@', 1)[0]}"
-
-
-def scenario_and_kind(nodeid: str) -> tuple[str, str] | None:
-    """(scenario id, kind) of an RMB item's node id, or None for any other test."""
-    path, _, test = nodeid.partition("::")
-    parts = path.split("/")
-    if len(parts) < 3 or parts[-3] != NODE_ROOT or not test.startswith("test_"):
-        return None
-    return f"{parts[-2]}/{parts[-1]}", test.split("[", 1)[0].removeprefix("test_")
-
-
-def _as_printed_from_outside_rootdir(arg: str) -> str | None:
-    """``../project/rmb/chat/discussion::test_bon[3]`` -> ``rmb/chat/discussion::test_bon[3]``.
-
-    Started from a directory outside the rootdir, pytest prints node ids relative to the rootdir's
-    place (``--rmb-data /data/RMB_dataset`` alone can make that folder the rootdir), so a node id
-    copied from ``-v`` output carries such a prefix; one that names no existing path is ours.
-    """
-    path, sep, test = arg.partition("::")
-    parts = path.split("/")
-    if parts[0] != ".." or NODE_ROOT not in parts or Path(path).exists():
-        return None
-    return "/".join(parts[parts.index(NODE_ROOT):]) + sep + test

@@ -11,41 +11,36 @@ from __future__ import annotations
 import argparse
 import html
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from pytest_rmb.gate import (
-    SECTION_NAMES,
-    SummaryError,
-    compare_shared,
-    outcomes_by_section,
-    provenance_differences,
-    read_summary,
-)
+from pytest_rmb.gate import SECTION_NAMES, compare_shared, outcomes_by_section, provenance_differences
 from pytest_rmb.metrics import KINDS, outcome_records, split_outcome_key, summarize
 from pytest_rmb.report import KIND_TITLES, fit_width, fmt_accuracy
-from pytest_rmb.scenarios import Scenario, registry
+from pytest_rmb.summary import RunSummary, ScenarioRef, SummaryError, read_summary, scenario_refs
 
 RUN_COLOURS = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#ff9da6", "#9d755d")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
-def load_summary(path: Path) -> dict:
+def load_summary(path: Path) -> RunSummary:
     try:
         return read_summary(path, need_outcomes=False)
     except SummaryError as exc:
         raise SystemExit(f"pytest-rmb compare: {path}: {exc}") from None
 
 
-def significance(reference: dict, other: dict, seed: int, resamples: int) -> dict[str, dict]:
+def significance(reference: Mapping[str, Any], other: Mapping[str, Any], seed: int, resamples: int) -> dict[str, dict]:
     """Paired comparison per section and overall, on the samples both runs share."""
     if "outcomes" not in reference or "outcomes" not in other:
         return {}
-    goal_of = {s.id: s.goal for s in registry()}
+    goal_of = {sid: ref.goal for sid, ref in scenario_refs([reference, other]).items()}
     return compare_shared(
         outcomes_by_section(reference["outcomes"], goal_of),
         outcomes_by_section(other["outcomes"], goal_of),
@@ -63,7 +58,7 @@ class Comparison:
     provenance: list[list[str]] = field(default_factory=list)  # per later run, against the reference
 
 
-def _values(summary: dict) -> dict[str, float | None]:
+def _values(summary: Mapping[str, Any]) -> dict[str, float | None]:
     """metric -> accuracy, in the row order of the table."""
     out: dict[str, float | None] = {"overall": summary["overall"]}
     for section in SECTION_NAMES:
@@ -77,15 +72,16 @@ def _values(summary: dict) -> dict[str, float | None]:
     return out
 
 
-def _on_keys(summary: dict, keys: list[str], scenarios: dict[str, Scenario]) -> dict[str, float | None]:
+def _on_keys(summary: Mapping[str, Any], keys: list[str], scenarios: dict[str, ScenarioRef]) -> dict[str, float | None]:
     return _values(summarize(outcome_records(summary["outcomes"], keys), scenarios, resamples=1))
 
 
-def compare_runs(runs: list[dict], seed: int = 0, resamples: int = 1000) -> Comparison:
-    """Each later run against the first, on the samples the two share."""
-    scenarios = {s.id: s for s in registry()}
+def compare_runs(runs: Sequence[Mapping[str, Any]], seed: int = 0, resamples: int = 1000) -> Comparison:
+    """Each later run against the first, on the samples the two share; scenarios are placed as the
+    summaries themselves describe them, so that runs on a user's own sets compare row by row."""
+    scenarios = scenario_refs(runs)
 
-    def known(summary: dict) -> set[str] | None:
+    def known(summary: Mapping[str, Any]) -> set[str] | None:
         if "outcomes" not in summary:
             return None
         return {k for k in summary["outcomes"] if split_outcome_key(k)[0] in scenarios}

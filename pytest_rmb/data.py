@@ -70,6 +70,40 @@ class BonSample:
 Sample = PairSample | BonSample
 
 
+# Stand-ins for the samples of a scenario whose data file is missing, empty or invalid: each
+# becomes one item, so that the run reports the problem where the samples would have been.
+
+EMPTY = "empty"
+
+
+@dataclass(frozen=True)
+class MissingData:
+    """Stands in for the samples of a scenario whose data file is absent or holds no records."""
+
+    scenario: str
+    kind: str
+    file: str
+    # "" when nothing is there, EMPTY for a file without records, else what was found instead.
+    problem: str = ""
+
+    def as_dict(self) -> dict:
+        """What the item's report carries to the controller (plain builtins)."""
+        entry = {"scenario": self.scenario, "kind": self.kind, "file": self.file}
+        if self.problem:
+            entry["problem"] = self.problem
+        return entry
+
+
+@dataclass(frozen=True)
+class BadData:
+    """Stands in for the samples of a scenario whose data file is invalid."""
+
+    scenario: str
+    kind: str
+    file: str
+    message: str
+
+
 class DataFileError(Exception):
     """A data file that cannot be used; ``problems`` name record index and field."""
 

@@ -16,7 +16,7 @@ from pytest_rmb.cache import ScoreCache
 from pytest_rmb.engine import Engine, PairwiseEngine
 from pytest_rmb.models import PairwiseModel, as_model
 from pytest_rmb.progress import progress_for
-from pytest_rmb.session import SESSION
+from pytest_rmb.state import SESSION
 
 
 def stop_for_load_error(request: pytest.FixtureRequest, exc: ModelLoadError) -> NoReturn:

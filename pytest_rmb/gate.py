@@ -9,19 +9,24 @@ when the two runs share no samples at all (nothing was compared) unless empty ga
 
 from __future__ import annotations
 
-import json
 import operator
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 from pytest_rmb.metrics import SECTIONS, paired_comparison, section_key, split_outcome_key
+from pytest_rmb.summary import GateRow, SummaryError, read_summary
 
 OPERATORS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
 SECTION_NAMES = tuple(section_key(goal, kind) for goal, kind in SECTIONS)
 _GATE = re.compile(r"^\s*(?P<metric>[A-Za-z0-9_:/.]+)\s*(?P<op>>=|<=|>|<)\s*(?P<bar>[-+0-9.eE]+)\s*$")
 
-PASS, FAIL, NOT_EVALUATED = "PASS", "FAIL", "NOT EVALUATED"
+GateStatus = Literal["PASS", "FAIL", "NOT EVALUATED"]
+PASS: GateStatus = "PASS"
+FAIL: GateStatus = "FAIL"
+NOT_EVALUATED: GateStatus = "NOT EVALUATED"
 
 
 class GateError(ValueError):
@@ -82,7 +87,7 @@ def check_metric(metric: str, scenario_ids: set[str] | None, task_ids: set[str] 
     )
 
 
-def metric_value(summary: dict, metric: str) -> tuple[float | None, list[float] | None]:
+def metric_value(summary: Mapping[str, Any], metric: str) -> tuple[float | None, list[float] | None]:
     """(value, 95% interval) of a metric in a summary; value None when it has no samples."""
     if metric == "overall":
         return summary["overall"], summary["overall_ci95"]
@@ -102,15 +107,15 @@ class GateResult:
     value: float | None
     reference: str
     interval: list[float] | None
-    status: str
+    status: GateStatus
     detail: str = ""
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> GateRow:
         return {"metric": self.metric, "value": self.value, "reference": self.reference,
                 "interval": self.interval, "status": self.status, "detail": self.detail}
 
 
-def evaluate_thresholds(gates: list[Gate], summary: dict, allow_empty: bool) -> list[GateResult]:
+def evaluate_thresholds(gates: list[Gate], summary: Mapping[str, Any], allow_empty: bool) -> list[GateResult]:
     results = []
     for gate in gates:
         value, interval = metric_value(summary, gate.metric)
@@ -124,31 +129,9 @@ def evaluate_thresholds(gates: list[Gate], summary: dict, allow_empty: bool) -> 
     return results
 
 
-class SummaryError(ValueError):
-    """A file given as a --rmb-json summary that cannot be used as one; says why."""
-
-
-def read_summary(path: Path, *, need_outcomes: bool) -> dict:
-    """A ``--rmb-json`` summary, refusing what cannot stand for a run's results: an unreadable
-    file, invalid JSON, a run that failed (``status: error``), anything else."""
+def load_baseline(path: Path) -> dict[str, Any]:
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SummaryError(exc.strerror or str(exc)) from None
-    except json.JSONDecodeError as exc:
-        raise SummaryError(f"invalid JSON at line {exc.lineno} column {exc.colno}") from None
-    if isinstance(document, dict) and document.get("status") == "error":
-        reason = document.get("reason") or "no reason given"
-        raise SummaryError(f"that run failed and has no results: {reason}")
-    if not isinstance(document, dict) or "sections" not in document or (need_outcomes and "outcomes" not in document):
-        wanted = " with per-sample outcomes (write one with --rmb-json from pytest-rmb 0.1 or later)"
-        raise SummaryError("not a pytest-rmb --rmb-json summary" + (wanted if need_outcomes else ""))
-    return document
-
-
-def load_baseline(path: Path) -> dict:
-    try:
-        return read_summary(path, need_outcomes=True)
+        return dict(read_summary(path, need_outcomes=True))
     except SummaryError as exc:
         raise GateError(f"--rmb-baseline {path}: {exc}") from None
 
@@ -157,9 +140,10 @@ def outcomes_by_section(outcomes: dict[str, bool], goal_of: dict[str, str]) -> d
     by_section: dict[str, dict[str, bool]] = {name: {} for name in SECTION_NAMES}
     for key, correct in outcomes.items():
         scenario, kind, _ = split_outcome_key(key)
-        goal = goal_of.get(scenario)
-        if goal is not None:
-            by_section[section_key(goal, kind)][key] = bool(correct)
+        section = by_section.get(section_key(goal_of.get(scenario, ""), kind))
+        # A scenario of neither RMB goal (a user's own set) has no section to count in.
+        if section is not None:
+            section[key] = bool(correct)
     return by_section
 
 
@@ -217,7 +201,7 @@ def provenance_differences(a: dict | None, b: dict | None, names: tuple[str, str
 
 
 def compare_with_baseline(
-    summary: dict, baseline: dict, goal_of: dict[str, str], *, max_drop: float, alpha: float,
+    summary: Mapping[str, Any], baseline: Mapping[str, Any], goal_of: dict[str, str], *, max_drop: float, alpha: float,
     seed: int, resamples: int, allow_empty: bool = False,
 ) -> tuple[list[GateResult], dict]:
     """Gate rows for overall and each section, and a JSON-ready account of the comparison.
@@ -288,7 +272,7 @@ def compare_with_baseline(
     return rows, account
 
 
-def evaluate(summary: dict, settings, goal_of: dict[str, str]) -> tuple[list[GateResult], dict | None]:
+def evaluate(summary: Mapping[str, Any], settings, goal_of: dict[str, str]) -> tuple[list[GateResult], dict | None]:
     """Every gate of the run: thresholds first, then the baseline comparison if one was given."""
     rows = evaluate_thresholds(list(settings.gates), summary, settings.allow_empty_gates)
     account = None

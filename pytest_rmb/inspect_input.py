@@ -6,8 +6,8 @@ as the model's ``explain(request)`` tells it (the Hugging Face backend has one).
 ``explain`` is shown the generic way: the conversation and the response as the engine passes them.
 
 The explanations are made where the model lives (an xdist worker, or the one process) with the
-first item that runs, travel to the controller in that item's report as plain strings, and are
-printed in the terminal summary.
+first item that runs (session.py), travel to the controller in that item's report as plain strings
+(``wire.Message.SHOWN_INPUT``), and are printed in the terminal summary (controller.py).
 """
 
 from __future__ import annotations
@@ -15,50 +15,26 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import pytest
-
 from pytest_rmb.data import PAIRWISE, Sample
 from pytest_rmb.models import PairRequest, PairwiseModel, ScoreRequest
 
-SHOWN_INPUT = "rmb_shown_input"
 TOKENS_PER_LINE = 100  # characters of joined tokens per printed line
 
 
-class InputInspector:
-    """A plugin beside the :class:`~pytest_rmb.session.RMBSession` whose model and plan it reads."""
+def input_key(entry: Mapping[str, Any]) -> tuple:
+    """Which sample an explanation is of: every xdist worker explains the same selection."""
+    return (entry["selector"], entry.get("scenario"), entry.get("kind"), entry.get("uid"))
 
-    def __init__(self, session: Any, selectors: Sequence[str]):
-        self._session = session
-        self._selectors = list(selectors)
-        self._sent = False
-        self._entries: dict[tuple, dict[str, Any]] = {}
 
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
-        report = yield
-        if call.when == "call" and not self._sent and self._session.model is not None:
-            self._sent = True
-            report.user_properties.append((SHOWN_INPUT, explain_selection(
-                self._session.model, self._session.plan, self._selectors, self._session.engine)))
-        return report
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        for name, value in report.user_properties:
-            if name == SHOWN_INPUT and isinstance(value, list):
-                # Every xdist worker explains the same selection; the first copy is kept.
-                for entry in value:
-                    key = (entry["selector"], entry.get("scenario"), entry.get("kind"), entry.get("uid"))
-                    self._entries.setdefault(key, entry)
-
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        for entry in self._entries.values():
-            if "scenario" not in entry:
-                terminalreporter.write_line(f"rmb: --rmb-show-input {entry['selector']}: {entry['lines'][0]}",
-                                            yellow=True)
-                continue
-            terminalreporter.section(f"RMB input: {entry['scenario']} {entry['kind']} uid {entry['uid']}", sep="-")
-            for line in entry["lines"]:
-                terminalreporter.write_line(line)
+def print_shown_input(terminalreporter: Any, entries: Iterable[Mapping[str, Any]]) -> None:
+    for entry in entries:
+        if "scenario" not in entry:
+            terminalreporter.write_line(f"rmb: --rmb-show-input {entry['selector']}: {entry['lines'][0]}",
+                                        yellow=True)
+            continue
+        terminalreporter.section(f"RMB input: {entry['scenario']} {entry['kind']} uid {entry['uid']}", sep="-")
+        for line in entry["lines"]:
+            terminalreporter.write_line(line)
 
 
 def parse_selector(selector: str) -> tuple[str, str]:

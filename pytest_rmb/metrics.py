@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
-
-from pytest_rmb.scenarios import Scenario
 
 SECTIONS = (
     ("helpfulness", "pairwise"),
@@ -24,6 +23,19 @@ SECTIONS = (
     ("harmlessness", "bon"),
 )
 KINDS = ("pairwise", "bon")
+
+
+class ScenarioLike(Protocol):
+    """What aggregation needs of a scenario: a registry's, a user's, or one a summary describes."""
+
+    @property
+    def goal(self) -> str: ...
+    @property
+    def task(self) -> str: ...
+    @property
+    def task_id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
 
 
 def is_correct(scores: Sequence[float]) -> bool:
@@ -99,7 +111,7 @@ def section_key(goal: str, kind: str) -> str:
 
 def summarize(
     records: Iterable[Mapping],
-    scenarios: Mapping[str, Scenario],
+    scenarios: Mapping[str, ScenarioLike],
     *,
     seed: int = 0,
     resamples: int = 1000,

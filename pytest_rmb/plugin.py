@@ -1,5 +1,6 @@
 """pytest hooks of pytest-rmb. Options, markers and node selection; with ``--rmb-model`` the run
-itself belongs to the :class:`~pytest_rmb.session.RMBSession` registered here."""
+itself belongs to the :class:`~pytest_rmb.session.RMBSession` registered here on every process,
+and its results to the :class:`~pytest_rmb.controller.RunController` on the one that aggregates."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import os
 
 import pytest
 
-from pytest_rmb.collection import select_by_node_prefixes, split_node_args
+from pytest_rmb.collection import select_by_node_prefixes
+from pytest_rmb.controller import RunController
 from pytest_rmb.fixtures import rmb_engine, rmb_model  # noqa: F401 (registered as plugin fixtures)
+from pytest_rmb.nodeids import NodeIdError, split_node_args
 from pytest_rmb.options import add_options, cacheprovider_writes_into_dataset, resolve
 from pytest_rmb.scenarios import all_markers, join_spaced_words
-from pytest_rmb.session import SESSION, RMBSession
-from pytest_rmb.state import NODE_PREFIXES
+from pytest_rmb.session import RMBSession
+from pytest_rmb.state import CONTROLLER, NODE_PREFIXES, SESSION
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -36,12 +39,19 @@ def pytest_configure(config: pytest.Config) -> None:
     session = RMBSession(config, settings)
     config.stash[SESSION] = session
     config.pluginmanager.register(session, "rmb-session")
+    if not hasattr(config, "workerinput"):
+        controller = RunController(config, settings)
+        config.stash[CONTROLLER] = controller
+        config.pluginmanager.register(controller, "rmb-controller")
     # Undoes the freeze in RMBSession.pytest_collection_finish; registered this early so that it
     # runs after pytest's own end-of-session collections (cleanups run last-in, first-out).
     config.add_cleanup(gc.unfreeze)
     if config.option.keyword:
         config.option.keyword = join_spaced_words(config.option.keyword)
-    paths, prefixes = split_node_args(list(config.args), settings.scenarios)
+    try:
+        paths, prefixes = split_node_args(list(config.args), settings.scenarios)
+    except NodeIdError as exc:
+        raise pytest.UsageError(str(exc)) from None
     config.stash[NODE_PREFIXES] = prefixes
     # With --rmb-model the benchmark is the run: the user's own tests join only when named.
     config.args = paths if config.args_source == pytest.Config.ArgsSource.ARGS else []

@@ -8,9 +8,9 @@ lives beside it in compare.py.
 from __future__ import annotations
 
 import io
-import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import jsonlines
 from rich import box
@@ -90,7 +90,7 @@ def fit_width(console: Console, table: Table) -> Console:
                    color_system=console.color_system, highlight=False)  # type: ignore[arg-type]
 
 
-def run_title(summary: dict) -> str:
+def run_title(summary: Mapping[str, Any]) -> str:
     title = f"RMB: {summary['model']} on {summary['dataset']}"
     if summary.get("limit"):
         title += f", limited to {summary['limit']} samples per scenario and kind (seed {summary['seed']})"
@@ -106,7 +106,7 @@ def missing_line(entry: dict) -> str:
     return f"missing data: {where}" + (f" ({problem})" if problem else "")
 
 
-def headline_table(summary: dict, *, null_baseline: bool = True) -> Table:
+def headline_table(summary: Mapping[str, Any], *, null_baseline: bool = True) -> Table:
     entries = [summary["sections"][section_key(goal, kind)] for goal, kind in SECTIONS]
     show_null = null_baseline and has_null(entries)
     # No edges: with the Length column the table then still fits 80 columns on the full data.
@@ -274,7 +274,7 @@ class TableRenderer:
         for line in buffer.getvalue().rstrip("\n").split("\n"):
             self._tr.write_line(line)
 
-    def render(self, summary: dict, *, show_scenarios: bool, misses: list, misses_shown: int,
+    def render(self, summary: Mapping[str, Any], *, show_scenarios: bool, misses: list, misses_shown: int,
                null_baseline: bool = True) -> None:
         self._tr.section(run_title(summary), sep="=")
         if summary.get("partial"):
@@ -312,7 +312,7 @@ class TableRenderer:
             )
         self._render_misses(misses, misses_shown)
 
-    def render_self_check(self, entry: dict | None) -> None:
+    def render_self_check(self, entry: Mapping[str, Any] | None) -> None:
         """The self-check's verdict: one line when it passed, the worst text and a hint when not."""
         if entry is None:
             return
@@ -330,7 +330,7 @@ class TableRenderer:
             "check padding, the pad token and the attention mask (--rmb-show-input UID shows what the model reads)",
             red=True)
 
-    def render_gates(self, summary: dict) -> None:
+    def render_gates(self, summary: Mapping[str, Any]) -> None:
         self._tr.section("RMB gates", sep="=")
         self._print(gates_table(summary["gates"]))
         for gate in summary["gates"]:
@@ -357,18 +357,13 @@ class TableRenderer:
             )
 
 
-def write_json(path: Path, summary: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
 def write_jsonl(path: Path, records: Iterable[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with jsonlines.open(path, mode="w") as writer:
         writer.write_all(records)
 
 
-def markdown_document(summary: dict, *, null_baseline: bool = True) -> str:
+def markdown_document(summary: Mapping[str, Any], *, null_baseline: bool = True) -> str:
     """The tables and gates as GitHub-flavoured Markdown, for $GITHUB_STEP_SUMMARY or a PR comment."""
     lines = [f"## RMB: `{summary['model']}` on `{summary['dataset']}`", ""]
     if summary.get("limit"):
@@ -414,6 +409,6 @@ def markdown_document(summary: dict, *, null_baseline: bool = True) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_markdown(path: Path, summary: dict, *, null_baseline: bool = True) -> None:
+def write_markdown(path: Path, summary: Mapping[str, Any], *, null_baseline: bool = True) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(markdown_document(summary, null_baseline=null_baseline), encoding="utf-8")

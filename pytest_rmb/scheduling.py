@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-from pytest_rmb.collection import scenario_and_kind
+from pytest_rmb.nodeids import scenario_and_kind
 
 
 def unit_of(nodeid: str) -> str:

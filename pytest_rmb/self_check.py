@@ -6,65 +6,32 @@ batch, and a gate on such a number is not a gate. So after the batched scoring, 
 scored re-scores ``--rmb-self-check N`` of its texts alone (no padding) and compares. Only model
 backends are checked (pointwise models with a cache fingerprint); the free baselines are exact.
 
-Each pytest-xdist worker checks the texts it scored and hands its result to the controller in
-``workeroutput``; the controller reports the largest difference of all.
+Each process that scored checks its own texts when its session finishes (session.py); an xdist
+worker hands its result to the controller (``wire.Message.SELF_CHECK``), which reports the largest
+difference of all (``merge``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
-
-import pytest
 
 from pytest_rmb.engine import Engine, self_check_tolerance
 from pytest_rmb.gate import FAIL, PASS, GateResult
 
-WORKER_OUTPUT = "rmb_self_check"
 METRIC = "self-check"
 
 
-class SelfCheck:
-    """A plugin beside the :class:`~pytest_rmb.session.RMBSession` it reads the engine and model of."""
-
-    def __init__(self, session: Any):
-        self._session = session
-        self._results: list[dict[str, Any]] = []
-
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        # First: the session's own hook closes the model and writes the summary.
-        result = self._check(exitstatus)
-        if result is None:
-            return
-        config = session.config
-        if hasattr(config, "workerinput"):
-            config.workeroutput[WORKER_OUTPUT] = result  # type: ignore[attr-defined]
-        else:
-            self._results.append(result)
-
-    @pytest.hookimpl(optionalhook=True)
-    def pytest_testnodedown(self, node: Any, error: Any) -> None:
-        result = getattr(node, "workeroutput", {}).get(WORKER_OUTPUT)
-        if result:
-            self._results.append(result)
-
-    def _check(self, exitstatus: int) -> dict[str, Any] | None:
-        rmb = self._session
-        count = rmb.settings.self_check
-        engine, model = rmb.engine, rmb.model
-        if count <= 0 or exitstatus == pytest.ExitCode.INTERRUPTED or rmb.load_error is not None:
-            return None
-        if not isinstance(engine, Engine) or model is None or model.fingerprint() is None:
-            return None
-        tolerance = self_check_tolerance(model.describe().get("dtype"))
-        result = engine.self_check(count, rmb.settings.scorer.seed or 0, tolerance)
-        if result is not None:
-            result["dtype"] = str(model.describe().get("dtype") or "float32")
-        return result
-
-    def summary(self) -> dict[str, Any] | None:
-        """The run's self-check for the JSON summary; None when none ran."""
-        return merge(self._results)
+def run_self_check(engine: Any, model: Any, count: int, seed: int | None) -> dict[str, Any] | None:
+    """Re-score ``count`` of the texts this process scored, each alone; None when nothing is checked
+    (no engine or model here, a free baseline, a pairwise model, or ``count`` 0)."""
+    if count <= 0 or not isinstance(engine, Engine) or model is None or model.fingerprint() is None:
+        return None
+    tolerance = self_check_tolerance(model.describe().get("dtype"))
+    result = engine.self_check(count, seed or 0, tolerance)
+    if result is not None:
+        result["dtype"] = str(model.describe().get("dtype") or "float32")
+    return result
 
 
 def merge(results: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -86,7 +53,7 @@ def merge(results: list[dict[str, Any]]) -> dict[str, Any] | None:
     return merged
 
 
-def describe(entry: dict[str, Any]) -> str:
+def describe(entry: Mapping[str, Any]) -> str:
     if entry.get("error"):
         return (f"re-scoring texts alone failed after {entry['checked']}: {entry['error']}; "
                 "batch invariance is unchecked")
@@ -95,7 +62,7 @@ def describe(entry: dict[str, Any]) -> str:
             f"tolerance {entry['tolerance']:g} for {entry['dtype']})")
 
 
-def self_check_gates(entry: dict[str, Any] | None, gated: bool) -> list[GateResult]:
+def self_check_gates(entry: Mapping[str, Any] | None, gated: bool) -> list[GateResult]:
     """A gate row for the self-check in a gated run: scores that depend on the batch fail the gate."""
     if entry is None or not gated:
         return []
