@@ -1,6 +1,8 @@
 # Our own test suite drives the plugin the way users do: through pytester.
 import os
 
+import pytest
+
 pytest_plugins = ["pytester"]
 
 # No test reaches the model hub: tiny models are built offline. huggingface_hub reads this when it
@@ -39,3 +41,28 @@ def _use_the_http_stack_once() -> None:
 
 
 _use_the_http_stack_once()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def every_summary_written_validates(tmp_path_factory):
+    """After the suite: every run summary any test wrote (under pytest's temporary folders) holds to
+    the schema shipped in the package. Hand-made summaries (no schema_version) are not the plugin's."""
+    yield
+    import json
+
+    import jsonschema
+
+    from pytest_rmb.summary import SCHEMA_VERSION, shipped_schema
+
+    validator = jsonschema.Draft202012Validator(shipped_schema())
+    invalid = []
+    for path in tmp_path_factory.getbasetemp().rglob("*.json"):
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(document, dict) and document.get("schema_version") == SCHEMA_VERSION:
+            errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(document)]
+            if errors:
+                invalid.append(f"{path}: {errors[:3]}")
+    assert not invalid, "summaries that do not hold to the shipped schema:\n" + "\n".join(invalid)

@@ -14,7 +14,7 @@ from pytest_rmb.controller import RunController
 from pytest_rmb.fixtures import rmb_engine, rmb_model  # noqa: F401 (registered as plugin fixtures)
 from pytest_rmb.nodeids import NodeIdError, split_node_args
 from pytest_rmb.options import add_options, cacheprovider_writes_into_dataset, resolve
-from pytest_rmb.scenarios import all_markers, join_spaced_words
+from pytest_rmb.scenarios import RegistryError, all_markers, join_spaced_words
 from pytest_rmb.session import RMBSession
 from pytest_rmb.state import CONTROLLER, NODE_PREFIXES, SESSION
 
@@ -31,7 +31,12 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    for name, description in all_markers().items():
+    try:
+        markers = all_markers()
+    except RegistryError as exc:
+        # A scenario definition shipped with the plugin (or a local edit of one) that cannot be used.
+        raise pytest.UsageError(f"pytest-rmb: invalid scenario definition: {exc}") from None
+    for name, description in markers.items():
         config.addinivalue_line("markers", f"{name}: {description}")
     settings = resolve(config)
     if settings is None:

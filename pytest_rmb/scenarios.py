@@ -89,7 +89,7 @@ def registry() -> tuple[Scenario, ...]:
     scenarios: list[Scenario] = []
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".toml"):
-            scenarios.extend(parse_scenarios(entry.read_text(encoding="utf-8"), entry.name))
+            scenarios.extend(parse_scenarios(entry.read_text(encoding="utf-8"), str(entry)))
     seen: set[str] = set()
     for scenario in scenarios:
         if scenario.id in seen:
@@ -109,21 +109,23 @@ def parse_scenarios(text: str, source: str) -> list[Scenario]:
     parsed = []
     for index, table in enumerate(tables):
         where = f"{source}: scenario {index}"
+        # Which scenario, when it says: the index alone is hard to find in a file of twenty.
+        named = f" (id {table['id']!r})" if isinstance(table.get("id"), str) and table["id"] else ""
         for field in FIELDS:
             if not isinstance(table.get(field), str) or not table[field]:
-                raise RegistryError(f"{where}: field '{field}' must be a non-empty string")
+                raise RegistryError(f"{where}: field '{field}' must be a non-empty string{named}")
         unknown = sorted(set(table) - set(FIELDS))
         if unknown:
-            raise RegistryError(f"{where}: unknown field(s) {', '.join(unknown)}")
+            raise RegistryError(f"{where}: unknown field(s) {', '.join(unknown)}{named}")
         if table["goal"] not in GOALS:
-            raise RegistryError(f"{where}: field 'goal' must be one of {', '.join(GOALS)}")
+            raise RegistryError(f"{where}: field 'goal' must be one of {', '.join(GOALS)}{named}")
         if not re.fullmatch(r"[a-z0-9_]+/[a-z0-9_]+", table["id"]):
-            raise RegistryError(f"{where}: field 'id' must look like 'task/name' in snake_case")
+            raise RegistryError(f"{where}: field 'id' must look like 'task/name' in snake_case{named}")
         for field in ("pairwise", "bon"):
             # A data path is joined to the user's data folder: it must not lead out of it.
             escape = path_escape(table[field])
             if escape:
-                raise RegistryError(f"{where} ({table['id']}): field '{field}' {table[field]!r} {escape}")
+                raise RegistryError(f"{where}: field '{field}' {table[field]!r} {escape}{named}")
         parsed.append(Scenario(**{field: table[field] for field in FIELDS}))
     return parsed
 

@@ -412,13 +412,12 @@ def upgrade(document: dict[str, Any], version: int) -> RunSummary:
     """An older summary in this version's shape; what it never recorded is null, not guessed."""
     document = dict(document)
     if version < 2:
-        tasks = document.get("tasks") or {}
-        scenarios = {}
-        for scenario_id, row in (document.get("scenarios") or {}).items():
-            task = tasks.get(row.get("task"), {})
-            scenarios[scenario_id] = {**row, "task_name": row.get("task_name", task.get("name", row.get("task"))),
-                                      "source": row.get("source")}
-        document["scenarios"] = scenarios
+        if "scenarios" in document:
+            tasks = document.get("tasks") or {}
+            document["scenarios"] = {
+                scenario_id: {**row, "task_name": tasks.get(row.get("task"), {}).get("name", row.get("task")),
+                              "source": None}
+                for scenario_id, row in document["scenarios"].items()}
         document.setdefault("status", PARTIAL if document.get("partial") else OK)
         document.setdefault("model", None)
         document.setdefault("dataset", None)

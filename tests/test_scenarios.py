@@ -104,3 +104,33 @@ def test_scenario_files_are_inside_the_package_data_folder():
     assert sorted(p.name for p in (root / "scenarios").glob("*.toml")) == sorted(
         f"{task}.toml" for task in {s.task_id for s in registry()}
     )
+
+
+@pytest.mark.parametrize(
+    ("table", "said"),
+    [
+        ("pairwise='../../etc/passwd.json'\nbon='b.json'", "field 'pairwise' '../../etc/passwd.json'"),
+        ("pairwise='p.json'\nbonn='b.json'", "field 'bon' must be a non-empty string (id 'chat/broken')"),
+    ],
+)
+def test_a_broken_shipped_scenario_file_is_a_usage_error_naming_file_scenario_and_field(
+        pytester, monkeypatch, tmp_path, table, said):
+    import pytest_rmb.scenarios as scenarios_module
+
+    shipped = Path(__file__).resolve().parents[1] / "scenarios"
+    folder = tmp_path / "scenario_files"
+    folder.mkdir()
+    for path in shipped.glob("*.toml"):
+        (folder / path.name).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+    (folder / "zz_broken.toml").write_text(
+        "[[scenario]]\nid='chat/broken'\ngoal='helpfulness'\ntask='Chat'\nname='Broken'\ndescription='d'\n"
+        f"{table}\n", encoding="utf-8")
+    monkeypatch.setattr(scenarios_module, "files", lambda package: folder)
+    registry.cache_clear()
+    try:
+        result = pytester.runpytest("-p", "no:cacheprovider", "--rmb-model", "length", "--rmb-data", "sample")
+    finally:
+        registry.cache_clear()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*pytest-rmb: invalid scenario definition: *zz_broken.toml: scenario 0*{said}*"])
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
