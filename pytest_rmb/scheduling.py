@@ -7,7 +7,9 @@ size and loses work when a crashed worker is replaced (#1323, #1327, #1378). Thi
 of our own written against xdist's documented ``Scheduling`` protocol, returned from the public
 ``pytest_xdist_make_scheduler`` hook; it subclasses nothing and touches no private state.
 
-- Units: all items of one RMB scenario (both kinds); any other test is grouped by its module.
+- Units: all items of one RMB scenario (both kinds); any other test is grouped by its
+  ``xdist_group`` where xdist tagged its node id with one (``@name``; pytest 9.2 and later no
+  longer let xdist do that, #1386), else by its module, so that a user's own groups stay together.
 - A worker gets a unit when it has fewer than two tests left (xdist holds a worker's last test
   until it knows the next one), and every worker is told to finish once no unit is left.
 - A worker that dies: the test it died on is reported by xdist as crashed; its other pending tests
@@ -24,11 +26,15 @@ from pytest_rmb.nodeids import scenario_and_kind
 
 
 def unit_of(nodeid: str) -> str:
-    """The scheduling unit of a node id: its RMB scenario, or its module for any other test."""
+    """The scheduling unit of a node id: its RMB scenario; for any other test the ``xdist_group``
+    xdist tagged it with (``::test@group``), else its module."""
     rmb_item = scenario_and_kind(nodeid)
     if rmb_item is not None:
         return f"rmb scenario {rmb_item[0]}"
-    return nodeid.split("::", 1)[0]
+    module, _, test = nodeid.partition("::")
+    if "@" in test:
+        return f"xdist group {test.rsplit('@', 1)[1]}"
+    return module
 
 
 def worker_count(config: Any) -> int:

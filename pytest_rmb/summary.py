@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -525,5 +526,9 @@ def _type_schema(hint: Any, definitions: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """``pytest-rmb schema``: print the summary's JSON Schema."""
+    if argv:
+        print("usage: pytest-rmb schema\n\nPrints the JSON Schema of the --rmb-json run summary "
+              f"(schema version {SCHEMA_VERSION}).", file=sys.stdout if argv[0] in ("-h", "--help") else sys.stderr)
+        return 0 if argv[0] in ("-h", "--help") else 2
     print(json.dumps(json_schema(), indent=2))
     return 0
