@@ -218,7 +218,7 @@ def read_samples(path: Path, kind: str, scenario: str) -> FileSamples:
     for index, record in enumerate(records):
         try:
             sample = parse(record, scenario)
-        except _Invalid as invalid:
+        except InvalidRecord as invalid:
             bad.append(BadRecord(index, _uid_of(record, kind), str(invalid)))
             continue
         if sample.uid in first_index:
@@ -246,7 +246,7 @@ def uid_sort_key(uid: str) -> tuple[int, int, str]:
 _UID = {PAIRWISE: "pair_uid", BON: "bon_uid"}
 
 
-class _Invalid(Exception):
+class InvalidRecord(Exception):
     pass
 
 
@@ -278,11 +278,11 @@ def _parse_records(raw: bytes, path: Path) -> list:
             path, [f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"]
         ) from None
     if not isinstance(records, list):
-        raise DataFileError(path, [f"expected a JSON array of records, got {_type(records)}"])
+        raise DataFileError(path, [f"expected a JSON array of records, got {json_type(records)}"])
     return records
 
 
-def _type(value: object) -> str:
+def json_type(value: object) -> str:
     return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
         type(value), type(value).__name__
     )
@@ -294,31 +294,31 @@ _WANTED: dict[type, str] = {str: "a string", list: "an array", dict: "an object"
 def _field(record: dict, name: str, expected: type, where: str = ""):
     label = f"{where}{name}"
     if name not in record:
-        raise _Invalid(f"field '{label}': missing")
+        raise InvalidRecord(f"field '{label}': missing")
     value = record[name]
     if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
         wanted = _WANTED[expected]
-        raise _Invalid(f"field '{label}': expected {wanted}, got {_type(value)}")
+        raise InvalidRecord(f"field '{label}': expected {wanted}, got {json_type(value)}")
     return value
 
 
 def _conversation(record: dict) -> Conversation:
     turns = _field(record, "conversation_input", list)
     if not turns:
-        raise _Invalid("field 'conversation_input': empty")
+        raise InvalidRecord("field 'conversation_input': empty")
     messages = []
     for i, turn in enumerate(turns):
         where = f"conversation_input[{i}]."
         if not isinstance(turn, dict):
-            raise _Invalid(f"field 'conversation_input[{i}]': expected an object, got {_type(turn)}")
+            raise InvalidRecord(f"field 'conversation_input[{i}]': expected an object, got {json_type(turn)}")
         language = turn.get("language")
         if language is not None and not isinstance(language, str):
-            raise _Invalid(f"field '{where}language': expected a string, got {_type(language)}")
+            raise InvalidRecord(f"field '{where}language': expected a string, got {json_type(language)}")
         messages.append(
             Message(_field(turn, "role", str, where), _field(turn, "content", str, where), language)
         )
     if messages[-1].role != "user":
-        raise _Invalid(
+        raise InvalidRecord(
             f"field 'conversation_input[{len(messages) - 1}].role': the last message must come "
             f"from the user, got {messages[-1].role!r}"
         )
@@ -327,19 +327,19 @@ def _conversation(record: dict) -> Conversation:
 
 def _response(value: object, label: str) -> Response:
     if not isinstance(value, dict):
-        raise _Invalid(f"field '{label}': expected an object, got {_type(value)}")
+        raise InvalidRecord(f"field '{label}': expected an object, got {json_type(value)}")
     where = f"{label}."
     # An empty answer is real RMB data (Harmlessness S5 pairs 13586, 13587): valid, scored as is.
     text = _field(value, "answer", str, where)
     model = value.get("llm_name", "")
     if not isinstance(model, str):
-        raise _Invalid(f"field '{where}llm_name': expected a string, got {_type(model)}")
+        raise InvalidRecord(f"field '{where}llm_name': expected a string, got {json_type(model)}")
     return Response(model, text)
 
 
 def _record(record: object) -> dict:
     if not isinstance(record, dict):
-        raise _Invalid(f"expected an object, got {_type(record)}")
+        raise InvalidRecord(f"expected an object, got {json_type(record)}")
     return record
 
 
@@ -348,9 +348,9 @@ def _parse_pair(record: object, scenario: str) -> PairSample:
     uid = _field(record, "pair_uid", str)
     conversation = _conversation(record)
     if "chosen" not in record:
-        raise _Invalid("field 'chosen': missing")
+        raise InvalidRecord("field 'chosen': missing")
     if "reject" not in record:
-        raise _Invalid("field 'reject': missing")
+        raise InvalidRecord("field 'reject': missing")
     return PairSample(
         scenario,
         uid,
@@ -365,10 +365,10 @@ def _parse_bon(record: object, scenario: str) -> BonSample:
     uid = _field(record, "bon_uid", str)
     conversation = _conversation(record)
     if "bon_best" not in record:
-        raise _Invalid("field 'bon_best': missing")
+        raise InvalidRecord("field 'bon_best': missing")
     losers = _field(record, "loser_list", list)
     if not losers:
-        raise _Invalid("field 'loser_list': empty (a Best-of-N list needs at least one loser)")
+        raise InvalidRecord("field 'loser_list': empty (a Best-of-N list needs at least one loser)")
     return BonSample(
         scenario,
         uid,
@@ -376,11 +376,6 @@ def _parse_bon(record: object, scenario: str) -> BonSample:
         _response(record["bon_best"], "bon_best"),
         tuple(_response(loser, f"loser_list[{i}]") for i, loser in enumerate(losers)),
     )
-
-
-# Public names for other row formats (user_sets.py), which accept RMB's records as they are.
-InvalidRecord = _Invalid
-json_type = _type
 
 
 def parse_record(record: object, kind: str, scenario: str) -> Sample:

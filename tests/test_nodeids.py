@@ -54,6 +54,7 @@ def test_messages_travel_as_plain_strings_and_foreign_properties_are_skipped():
     assert wire.find(report, Message.MISSING) is None
     config = SimpleNamespace(workeroutput={})
     wire.send_at_finish(config, Message.SELF_CHECK, {"ok": True})
-    assert wire.received_at_finish(SimpleNamespace(workeroutput=config.workeroutput), Message.SELF_CHECK) == {"ok": True}
+    finished = SimpleNamespace(workeroutput=config.workeroutput)
+    assert wire.received_at_finish(finished, Message.SELF_CHECK) == {"ok": True}
     assert wire.received_at_finish(SimpleNamespace(), Message.SELF_CHECK) is None
     assert len({m.value for m in Message}) == len(Message)
