@@ -103,7 +103,7 @@ class RunController:
         self.config = config
         self.settings = settings
         self.results = RunResults()
-        # Self-checks of the processes that scored: this one's, and each finished worker's.
+        # Self-checks of the xdist workers that scored, as each finishes.
         self.self_checks: list[dict[str, Any]] = []
         self.summary: RunSummary | None = None
         self.records: list[dict] = []
@@ -119,8 +119,8 @@ class RunController:
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         settings, results = self.settings, self.results
-        # This process's own failed load, or a worker's.
-        load_error = self.config.stash[SESSION].load_error or results.load_error
+        own = self.config.stash[SESSION]  # this process's side of the run: its load, its self-check
+        load_error = own.load_error or results.load_error
         if load_error is not None:
             self.summary = self._publish(error_summary(settings, load_error))
             self._write(json_only=True)
@@ -139,7 +139,7 @@ class RunController:
             partial=exitstatus == pytest.ExitCode.INTERRUPTED,
             model_info=model_info,
             judge=self._judge_stats(records) if model_info.get("kind") == PAIRWISE_MODEL else None,
-            self_check=merge_self_checks(self.self_checks),
+            self_check=merge_self_checks([*self.self_checks, *([own.self_check] if own.self_check else [])]),
         )
         summary = build_summary(settings, facts)
         # A user's scenario with a goal of its own stays out of the sections the baseline compares.

@@ -16,7 +16,7 @@ from pytest_rmb.nodeids import NodeIdError, split_node_args
 from pytest_rmb.options import add_options, cacheprovider_writes_into_dataset, resolve
 from pytest_rmb.scenarios import RegistryError, all_markers, join_spaced_words
 from pytest_rmb.session import RMBSession
-from pytest_rmb.state import CONTROLLER, NODE_PREFIXES, SESSION
+from pytest_rmb.state import NODE_PREFIXES, SESSION
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -45,9 +45,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SESSION] = session
     config.pluginmanager.register(session, "rmb-session")
     if not hasattr(config, "workerinput"):
-        controller = RunController(config, settings)
-        config.stash[CONTROLLER] = controller
-        config.pluginmanager.register(controller, "rmb-controller")
+        config.pluginmanager.register(RunController(config, settings), "rmb-controller")
     # Undoes the freeze in RMBSession.pytest_collection_finish; registered this early so that it
     # runs after pytest's own end-of-session collections (cleanups run last-in, first-out).
     config.add_cleanup(gc.unfreeze)

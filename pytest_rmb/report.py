@@ -8,7 +8,7 @@ lives beside it in compare.py.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from rich.text import Text
 
 from pytest_rmb.metrics import KINDS, SECTIONS, section_key
 from pytest_rmb.self_check import describe as describe_self_check
+from pytest_rmb.summary import RunSummary
 
 KIND_TITLES = {"pairwise": "Pairwise", "bon": "BoN"}
 # Pointing at a partial copy of RMB should not print a line for each of 98 files.
@@ -36,7 +37,7 @@ def fmt_interval(interval: list[float] | None) -> str:
     return "-" if interval is None else f"[{interval[0]:.4f}, {interval[1]:.4f}]"
 
 
-def fmt_tally(tally: dict) -> str:
+def fmt_tally(tally: Mapping[str, Any]) -> str:
     if not tally["total"]:
         return "-"
     return f"{tally['accuracy']:.4f} ({tally['correct']}/{tally['total']})"
@@ -55,7 +56,7 @@ def fmt_null(null: float | None, beats: bool | None) -> str:
     return f"{null:.4f}{NULL_MARK}" if beats is False else f"{null:.4f} "
 
 
-def has_null(entries: Iterable[dict]) -> bool:
+def has_null(entries: Iterable[Mapping[str, Any]]) -> bool:
     return any(entry.get("null_accuracy") is not None for entry in entries)
 
 
@@ -90,14 +91,14 @@ def fit_width(console: Console, table: Table) -> Console:
                    color_system=console.color_system, highlight=False)  # type: ignore[arg-type]
 
 
-def run_title(summary: Mapping[str, Any]) -> str:
+def run_title(summary: RunSummary) -> str:
     title = f"RMB: {summary['model']} on {summary['dataset']}"
     if summary.get("limit"):
         title += f", limited to {summary['limit']} samples per scenario and kind (seed {summary['seed']})"
     return title
 
 
-def missing_line(entry: dict) -> str:
+def missing_line(entry: Mapping[str, Any]) -> str:
     """One line for a scenario and kind without data: absent, empty, or something else there."""
     where = f"{entry['scenario']} {entry['kind']}: {entry['file']}"
     problem = entry.get("problem", "")
@@ -106,7 +107,7 @@ def missing_line(entry: dict) -> str:
     return f"missing data: {where}" + (f" ({problem})" if problem else "")
 
 
-def headline_table(summary: Mapping[str, Any], *, null_baseline: bool = True) -> Table:
+def headline_table(summary: RunSummary, *, null_baseline: bool = True) -> Table:
     entries = [summary["sections"][section_key(goal, kind)] for goal, kind in SECTIONS]
     show_null = null_baseline and has_null(entries)
     # No edges: with the Length column the table then still fits 80 columns on the full data.
@@ -139,7 +140,8 @@ def headline_table(summary: Mapping[str, Any], *, null_baseline: bool = True) ->
     return table
 
 
-def grouped_table(title: str, first_column: str, rows: dict, name_key: str, *, null_baseline: bool = True) -> Table:
+def grouped_table(title: str, first_column: str, rows: Mapping[str, Mapping[str, Any]], name_key: str, *,
+                  null_baseline: bool = True) -> Table:
     null_kinds = {kind for kind in KINDS if null_baseline and has_null(row[kind] for row in rows.values())}
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD,
                   caption=NULL_CAPTION if null_kinds else None, caption_justify="left")
@@ -165,7 +167,7 @@ def fmt_share(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 
 
-def judge_table(judge: dict, *, show_scenarios: bool = False) -> Table:
+def judge_table(judge: Mapping[str, Any], *, show_scenarios: bool = False) -> Table:
     """A pairwise model's protocol figures per section (and per scenario with ``show_scenarios``):
     what the plain accuracy does not show."""
     table = Table(title="Judge", title_justify="left", box=box.SIMPLE_HEAD)
@@ -190,7 +192,7 @@ def judge_table(judge: dict, *, show_scenarios: bool = False) -> Table:
     return table
 
 
-def inexact_line(judge: dict) -> str:
+def inexact_line(judge: Mapping[str, Any]) -> str:
     """Best-of-N lists stopped early after a flip: their tie-adjusted value is an upper bound."""
     count = judge["overall"].get("tie_adjusted_inexact", 0)
     if not count:
@@ -233,7 +235,7 @@ def engine_line(engine: dict) -> str:
 GATE_STYLES = {"PASS": "green", "FAIL": "bold red", "NOT EVALUATED": "yellow"}
 
 
-def gates_table(gates: list[dict]) -> Table:
+def gates_table(gates: Sequence[Mapping[str, Any]]) -> Table:
     """Metric, value, bar or baseline, interval, result. For a baseline gate the interval is that
     of the paired difference; the details go on lines of their own below."""
     table = Table(box=box.SIMPLE_HEAD)
@@ -274,7 +276,7 @@ class TableRenderer:
         for line in buffer.getvalue().rstrip("\n").split("\n"):
             self._tr.write_line(line)
 
-    def render(self, summary: Mapping[str, Any], *, show_scenarios: bool, misses: list, misses_shown: int,
+    def render(self, summary: RunSummary, *, show_scenarios: bool, misses: list, misses_shown: int,
                null_baseline: bool = True) -> None:
         self._tr.section(run_title(summary), sep="=")
         if summary.get("partial"):
@@ -330,13 +332,14 @@ class TableRenderer:
             "check padding, the pad token and the attention mask (--rmb-show-input UID shows what the model reads)",
             red=True)
 
-    def render_gates(self, summary: Mapping[str, Any]) -> None:
+    def render_gates(self, summary: RunSummary) -> None:
         self._tr.section("RMB gates", sep="=")
         self._print(gates_table(summary["gates"]))
         for gate in summary["gates"]:
             if gate["detail"]:
                 self._tr.write_line(f"  {gate['metric']}: {gate['detail']}")
-        for note in (summary.get("baseline") or {}).get("notes", []):
+        baseline = summary.get("baseline")
+        for note in baseline["notes"] if baseline else []:
             self._tr.write_line(f"baseline: {note}", yellow=True)
         failed = [g["metric"] for g in summary["gates"] if g["status"] == "FAIL"]
         if failed:
@@ -363,7 +366,7 @@ def write_jsonl(path: Path, records: Iterable[dict]) -> None:
         writer.write_all(records)
 
 
-def markdown_document(summary: Mapping[str, Any], *, null_baseline: bool = True) -> str:
+def markdown_document(summary: RunSummary, *, null_baseline: bool = True) -> str:
     """The tables and gates as GitHub-flavoured Markdown, for $GITHUB_STEP_SUMMARY or a PR comment."""
     lines = [f"## RMB: `{summary['model']}` on `{summary['dataset']}`", ""]
     if summary.get("limit"):
@@ -396,11 +399,13 @@ def markdown_document(summary: Mapping[str, Any], *, null_baseline: bool = True)
                 f"| `{gate['metric']}` | {fmt_accuracy(gate['value'])} | {gate['reference']} | "
                 f"{fmt_interval(gate['interval'])} | {icons[gate['status']]} | {gate['detail']} |"
             )
-    for title, rows, key in (("Per task", summary["tasks"], "name"), ("Per scenario", summary["scenarios"], None)):
+    tables: tuple[tuple[str, Mapping[str, Mapping[str, Any]], bool], ...] = (
+        ("Per task", summary["tasks"], True), ("Per scenario", summary["scenarios"], False))
+    for title, rows, named in tables:
         lines += ["", f"<details><summary>{title}</summary>", "",
                   f"| {title[4:].capitalize()} | Goal | Pairwise | BoN |", "| --- | --- | ---: | ---: |"]
         for row_id, row in rows.items():
-            label = row[key] if key else f"`{row_id}`"
+            label = row["name"] if named else f"`{row_id}`"
             lines.append(f"| {label} | {row['goal']} | {fmt_tally(row['pairwise'])} | {fmt_tally(row['bon'])} |")
         lines += ["", "</details>"]
     missing, errors = summary["missing"], summary["errors"]
@@ -409,6 +414,6 @@ def markdown_document(summary: Mapping[str, Any], *, null_baseline: bool = True)
     return "\n".join(lines) + "\n"
 
 
-def write_markdown(path: Path, summary: Mapping[str, Any], *, null_baseline: bool = True) -> None:
+def write_markdown(path: Path, summary: RunSummary, *, null_baseline: bool = True) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(markdown_document(summary, null_baseline=null_baseline), encoding="utf-8")

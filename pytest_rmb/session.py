@@ -25,7 +25,7 @@ from pytest_rmb.metrics import margin
 from pytest_rmb.options import RunSettings
 from pytest_rmb.scenarios import all_markers
 from pytest_rmb.self_check import run_self_check
-from pytest_rmb.state import CONTROLLER, OUTCOME
+from pytest_rmb.state import OUTCOME
 from pytest_rmb.user_sets import UserScenario, user_markers, user_sources
 from pytest_rmb.wire import Message
 
@@ -44,6 +44,8 @@ class RMBSession:
         self._load_error_sent = False
         self._model_info_unsent = False
         self._input_shown = not settings.show_input
+        # This process's self-check, once its session finishes (an xdist worker sends it on).
+        self.self_check: dict[str, Any] | None = None
         self.is_worker = hasattr(config, "workerinput")
         # JUnit XML wants the per-sample properties on each item; asked once, not per item.
         self.junit = bool(config.getoption("xmlpath", None))
@@ -178,12 +180,10 @@ class RMBSession:
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         # First, so that the controller's summary has this process's self-check.
         if self.load_error is None and exitstatus != pytest.ExitCode.INTERRUPTED:
-            result = run_self_check(self.engine, self.model, self.settings.self_check, self.settings.scorer.seed)
-            if result is not None:
-                if self.is_worker:
-                    wire.send_at_finish(self.config, Message.SELF_CHECK, result)
-                else:
-                    self.config.stash[CONTROLLER].self_checks.append(result)
+            self.self_check = run_self_check(self.engine, self.model, self.settings.self_check,
+                                             self.settings.scorer.seed)
+            if self.self_check is not None and self.is_worker:
+                wire.send_at_finish(self.config, Message.SELF_CHECK, self.self_check)
         if self.model is not None:
             self.model.close()
 

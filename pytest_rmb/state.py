@@ -12,14 +12,11 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from pytest_rmb.controller import RunController
     from pytest_rmb.outcomes import Outcome
     from pytest_rmb.session import RMBSession
 
 # The benchmark run's session plugin: registered on every process of a run with --rmb-model.
 SESSION: pytest.StashKey[RMBSession] = pytest.StashKey()
-# The process that aggregates (the only one without xdist, xdist's controller otherwise).
-CONTROLLER: pytest.StashKey[RunController] = pytest.StashKey()
 # The ``rmb/...`` node ids given on the command line, matched against items after collection.
 NODE_PREFIXES: pytest.StashKey[tuple[str, ...]] = pytest.StashKey()
 # On an item: what its sample scored, read by the session's makereport hook.

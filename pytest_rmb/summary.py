@@ -46,7 +46,7 @@ OK, PARTIAL, ERROR = "ok", "partial", "error"
 # --- the shape ------------------------------------------------------------------------------------
 
 
-class Tally(TypedDict):
+class Accuracy(TypedDict):
     """Right and total samples of a group; with the length baseline when every sample has it."""
 
     correct: int
@@ -54,12 +54,12 @@ class Tally(TypedDict):
     accuracy: Annotated[float | None, "correct / total; null when the group has no samples"]
 
 
-class TallyWithNull(Tally, total=False):
+class AccuracyWithNull(Accuracy, total=False):
     null_accuracy: Annotated[float, "the length baseline (longer answer wins) on the same samples"]
     beats_null: Annotated[bool, "the model is right on more of these samples than the length baseline"]
 
 
-class Section(TallyWithNull):
+class Section(AccuracyWithNull):
     """One of the four headline sections (goal x kind): the micro average over its samples."""
 
     ci95: Annotated[list[float] | None, "95% percentile bootstrap interval of the accuracy"]
@@ -69,8 +69,8 @@ class Section(TallyWithNull):
 class TaskRow(TypedDict):
     name: Annotated[str, "the task's display name"]
     goal: str
-    pairwise: TallyWithNull
-    bon: TallyWithNull
+    pairwise: AccuracyWithNull
+    bon: AccuracyWithNull
 
 
 class ScenarioRow(TypedDict):
@@ -79,8 +79,8 @@ class ScenarioRow(TypedDict):
     task_name: Annotated[str, "the task's display name"]
     goal: Annotated[str, "helpfulness, harmlessness, or a goal of the user's own sets"]
     source: Annotated[str | None, "'rmb', or the TOML file(s) of the user's own set; null before schema 2"]
-    pairwise: TallyWithNull
-    bon: TallyWithNull
+    pairwise: AccuracyWithNull
+    bon: AccuracyWithNull
 
 
 class _MissingRequired(TypedDict):
