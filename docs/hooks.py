@@ -19,7 +19,7 @@ if str(ROOT) not in sys.path:
 
 SCHEMA_PATH = ROOT / "pytest_rmb" / "summary.schema.json"
 
-# TEMPORARY (remove once options_reference() and summary.schema.json are merged): a placeholder
+# TEMPORARY (remove once options_reference() is merged): a placeholder
 # instead of the generated text when the package does not provide it yet.
 PLACEHOLDER = (
     "!!! warning \"Placeholder\"\n"
@@ -43,7 +43,7 @@ def _cell(text: Any) -> str:
 
 
 def backends_markdown() -> str:
-    """pytest-rmb's own backends and their ``--rmb-model-arg`` settings (what ``python -m pytest_rmb
+    """pytest-rmb's own backends and their ``--rmb-model-arg`` settings (what ``pytest-rmb
     backends`` lists), leaving out any third-party backend installed where the docs are built."""
     from pytest_rmb.backends import installed_backends
 
@@ -83,18 +83,32 @@ def _type_of(spec: dict[str, Any]) -> str:
     return " or ".join(kinds)
 
 
-def summary_markdown() -> str:
-    """The run summary's top-level properties as a table, then the whole JSON Schema."""
-    if not SCHEMA_PATH.is_file():  # TEMPORARY fallback, see PLACEHOLDER
-        return PLACEHOLDER.format(what="`pytest_rmb/summary.schema.json`")
-    text = SCHEMA_PATH.read_text(encoding="utf-8")
-    schema = json.loads(text)
+def _properties_table(schema: dict[str, Any]) -> list[str]:
     required = set(schema.get("required", ()))
     out = ["| property | type | required | description |", "| --- | --- | --- | --- |"]
     for name, spec in schema.get("properties", {}).items():
         out.append(f"| `{name}` | {_cell(_type_of(spec))} | {'yes' if name in required else ''} | "
                    f"{_cell(spec.get('description', ''))} |")
-    out += ["", "The whole schema (`pytest_rmb/summary.schema.json`):", "", "```json", text.rstrip(), "```", ""]
+    return out
+
+
+def summary_markdown() -> str:
+    """The run summary's properties as tables, top level then each named part, then the whole schema."""
+    text = SCHEMA_PATH.read_text(encoding="utf-8")
+    schema = json.loads(text)
+    out = _properties_table(schema)
+    for condition in schema.get("allOf", ()):
+        status = condition["if"]["properties"]["status"]
+        which = " or ".join(f"`{value}`" for value in status.get("enum", [status.get("const")]))
+        keys = ", ".join(f"`{key}`" for key in condition["then"]["required"])
+        out += ["", f"With `status` {which}, also required: {keys}."]
+    for name, part in schema.get("$defs", {}).items():
+        out += ["", f"### `{name}`", ""]
+        if part.get("description"):
+            out += [_cell(part["description"]), ""]
+        out += _properties_table(part)
+    out += ["", "The whole schema (`pytest_rmb/summary.schema.json`, also printed by `pytest-rmb schema`):", "",
+            "```json", text.rstrip(), "```", ""]
     return "\n".join(out)
 
 
