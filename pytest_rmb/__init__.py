@@ -1,7 +1,7 @@
 """pytest-rmb: benchmark reward models on RMB as a pytest plugin.
 
-The names exported here are what a user needs to write their own model or backend (see README.md,
-"Plugging in your own model").
+The names exported here are what a user needs to write their own model or backend (see
+docs/how-to/own-model.md and docs/how-to/backend-package.md).
 """
 
 from pytest_rmb.data import BonSample, Conversation, Message, PairSample, Response

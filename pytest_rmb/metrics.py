@@ -1,4 +1,4 @@
-"""Pure functions: correctness, accuracies, aggregation and bootstrap intervals (DESIGN.md section 1).
+"""Pure functions: correctness, accuracies, aggregation and bootstrap intervals (docs/reference/metrics.md).
 
 - A pair is correct iff score(chosen) > score(rejected); a BoN list iff score(best) > every loser.
   Strict: a tie is wrong.

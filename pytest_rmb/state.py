@@ -1,7 +1,7 @@
 """Every key of the run's state in ``config.stash`` and ``item.stash``, and nothing else.
 
-Typed keys instead of module globals or private attributes (DESIGN.md section 3); they live here,
-at the bottom of the house, so that any module can reach the run's objects without importing the
+Typed keys instead of module globals or private attributes. They live here, at the bottom of the
+house, so that any module can reach the run's objects without importing the
 module that defines them (the types are named for the type checker only).
 """
 
