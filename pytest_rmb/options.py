@@ -12,6 +12,16 @@ import pytest
 from pytest_rmb.backends import Backend, BackendError, ModelSettings, backend_for, installed_backends, model_args
 from pytest_rmb.data import BON, PAIRWISE, data_file, sample_dataset
 from pytest_rmb.gate import Gate, GateError, check_metric, load_baseline, parse_gate
+from pytest_rmb.parsers import (
+    DEVICE_HELP,
+    SettingError,
+    choice,
+    device_name,
+    dtype_name,
+    fraction,
+    non_negative_int,
+    positive_int,
+)
 from pytest_rmb.scenarios import Scenario, registry
 from pytest_rmb.user_sets import UserSetsError, load_user_scenarios, user_sources
 
@@ -19,52 +29,8 @@ DATA_ENV = "RMB_DATA"
 SAMPLE = "sample"
 # --rmb-data rmb: the copy `python -m pytest_rmb fetch` verified into the user cache.
 FETCHED = "rmb"
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-DEVICE_HELP = "auto|cpu|cuda|cuda:N"
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-
-
-def device_name(text: str) -> str:
-    if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
-        return text
-    raise argparse.ArgumentTypeError(f"expected {DEVICE_HELP}, got {text!r}")
-
-
-def dtype_name(text: str) -> str:
-    if text in DTYPES:
-        return text
-    raise argparse.ArgumentTypeError(f"expected one of {', '.join(DTYPES)}, got {text!r}")
-
-
-def fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {value}")
-    return value
+PREFIX_SHARING_MODES = ("auto", "on", "off")
+prefix_sharing_mode = choice(*PREFIX_SHARING_MODES)
 
 
 def gate_expression(text: str) -> Gate:
@@ -72,7 +38,7 @@ def gate_expression(text: str) -> Gate:
     try:
         return parse_gate(text, None, None)
     except GateError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        raise SettingError(str(exc)) from None
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -544,15 +510,6 @@ def _find_dataset(config: pytest.Config, given: str | None) -> tuple[Path, str]:
             f"({len(wanted)} files in all)"
         )
     return path, str(path)
-
-
-PREFIX_SHARING_MODES = ("auto", "on", "off")
-
-
-def prefix_sharing_mode(text: str) -> str:
-    if text in PREFIX_SHARING_MODES:
-        return text
-    raise argparse.ArgumentTypeError(f"expected one of {', '.join(PREFIX_SHARING_MODES)}, got {text!r}")
 
 
 def sample_limit(config: pytest.Config) -> tuple[int, int] | None:
