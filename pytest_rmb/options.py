@@ -411,7 +411,6 @@ class RunSettings:
     gates: tuple[Gate, ...]
     allow_empty_gates: bool
     baseline: dict | None
-    baseline_path: Path | None
     max_drop: float
     alpha: float
     null_baseline: bool = True  # show the length baseline beside the model's accuracies
@@ -471,7 +470,6 @@ def resolve(config: pytest.Config) -> RunSettings | None:
         gates=_gates(config, (*registry(), *user_scenarios)),
         allow_empty_gates=setting(config, "rmb_gate_allow_empty"),
         baseline=_baseline(config),
-        baseline_path=_output(config, "rmb_baseline"),
         max_drop=setting(config, "rmb_max_drop"),
         alpha=setting(config, "rmb_alpha"),
         limit=setting(config, "rmb_limit"),
