@@ -22,6 +22,7 @@ from rich.table import Table
 
 from pytest_rmb.gate import SECTION_NAMES, compare_shared, outcomes_by_section, provenance_differences
 from pytest_rmb.metrics import KINDS, outcome_records, split_outcome_key, summarize
+from pytest_rmb.options import add_arguments
 from pytest_rmb.report import KIND_TITLES, fit_width, fmt_accuracy
 from pytest_rmb.summary import RunSummary, ScenarioRef, SummaryError, read_summary, scenario_refs
 
@@ -296,25 +297,17 @@ tr.overall td {{ font-weight: bold; }}
 """
 
 
-def _alpha(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {value}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pytest_rmb compare", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("summaries", nargs="+", type=Path, metavar="SUMMARY.json")
     parser.add_argument("--html", type=Path, metavar="OUT", help="also write a self-contained HTML page")
     parser.add_argument("--scenarios", action="store_true", help="include the per-scenario rows in the table")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the paired bootstrap (default 0)")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
-    parser.add_argument("--alpha", type=_alpha, default=0.05,
-                        help="significance level of the * marks (default 0.05)")
+    # The plugin's own declarations of these settings: the same values are refused, with the same words.
+    add_arguments(parser, {
+        "rmb_seed": ("--seed", "seed of the paired bootstrap"),
+        "rmb_bootstrap": ("--bootstrap", "bootstrap resamples"),
+        "rmb_alpha": ("--alpha", "significance level of the * marks"),
+    })
     args = parser.parse_args(argv)
     if len(args.summaries) < 2:
         parser.error("give at least two summaries to compare")

@@ -1,17 +1,38 @@
-"""The ``--rmb-*`` options: declaration, parse-time validation, and resolution into RunSettings."""
+"""The ``--rmb-*`` options: declared once, in one table, and resolved into RunSettings.
+
+Each option is one :class:`Option` in ``OPTIONS``: its flag, parser, default, help, section and ini
+mirror. Everything else is generated from that table, so that nothing can drift apart: the pytest
+options and ini settings (``add_options``), the value lookup (``setting``: command line first, then
+the ini file, parsed by the same parser), the options reference of the docs (``options_reference``)
+and the shared flags of ``python -m pytest_rmb compare`` (``add_argument``). How text becomes a value
+lives in parsers.py; what a value means for the run (paths, data, gates, the backend) is resolved here.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import pytest
 
 from pytest_rmb.backends import Backend, BackendError, ModelSettings, backend_for, installed_backends, model_args
 from pytest_rmb.data import BON, PAIRWISE, data_file, sample_dataset
 from pytest_rmb.gate import Gate, GateError, check_metric, load_baseline, parse_gate
+from pytest_rmb.parsers import (
+    DEVICE_HELP,
+    SettingError,
+    choice,
+    device_name,
+    dtype_name,
+    fraction,
+    non_negative_int,
+    positive_int,
+    significance_level,
+)
 from pytest_rmb.scenarios import Scenario, registry
 from pytest_rmb.user_sets import UserSetsError, load_user_scenarios, user_sources
 
@@ -19,52 +40,10 @@ DATA_ENV = "RMB_DATA"
 SAMPLE = "sample"
 # --rmb-data rmb: the copy `python -m pytest_rmb fetch` verified into the user cache.
 FETCHED = "rmb"
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-DEVICE_HELP = "auto|cpu|cuda|cuda:N"
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-
-
-def device_name(text: str) -> str:
-    if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
-        return text
-    raise argparse.ArgumentTypeError(f"expected {DEVICE_HELP}, got {text!r}")
-
-
-def dtype_name(text: str) -> str:
-    if text in DTYPES:
-        return text
-    raise argparse.ArgumentTypeError(f"expected one of {', '.join(DTYPES)}, got {text!r}")
-
-
-def fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {value}")
-    return value
+PREFIX_SHARING_MODES = ("auto", "on", "off")
+prefix_sharing_mode = choice(*PREFIX_SHARING_MODES)
+# An ini default left to pytest ("" for a string, [] for a linelist).
+NOT_SET: Any = object()
 
 
 def gate_expression(text: str) -> Gate:
@@ -72,199 +51,346 @@ def gate_expression(text: str) -> Gate:
     try:
         return parse_gate(text, None, None)
     except GateError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        raise SettingError(str(exc)) from None
 
 
-def add_options(parser: pytest.Parser) -> None:
-    group = parser.getgroup("rmb", "reward-model benchmark (RMB)")
-    group.addoption(
-        "--rmb-model",
-        metavar="NAME",
+# Sections of the options reference, in its order; --help keeps one group, in the table's order.
+MODEL, DATA, OUTPUT, STATISTICS, GATES, ENGINE = (
+    "Model", "Data and scenarios", "Output", "Statistics", "Gates and baselines", "Scoring engine and cache",
+)
+SECTIONS = (MODEL, DATA, OUTPUT, STATISTICS, GATES, ENGINE)
+
+
+@dataclass(frozen=True)
+class Ini:
+    """The ini mirror of an option: what a project pins in its pytest.ini or pyproject.toml."""
+
+    name: str
+    help: str
+    type: Literal["string", "bool", "linelist"] = "string"
+    default: Any = NOT_SET  # NOT_SET: pytest's own ("" for a string, [] for a linelist)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One ``--rmb-*`` option: its command line, its ini mirror and its place in the reference.
+
+    ``parse`` validates the command-line text at parse time (argparse's ``type=``) and the ini text
+    alike. An option with an ini mirror defaults to None on the command line, so that "not given"
+    can fall back to the ini value, whose default is then the option's.
+    """
+
+    flag: str
+    section: str
+    help: str
+    metavar: str | None = None
+    parse: Callable[[str], Any] | None = None
+    choices: tuple[str, ...] | None = None  # argparse checks these itself, in its own words
+    action: str | None = None
+    const: Any = None
+    default: Any = None
+    dest: str | None = None  # None: the flag's, --rmb-seed -> rmb_seed
+    ini: Ini | None = None
+
+    @property
+    def name(self) -> str:
+        return self.dest or self.flag.removeprefix("--").replace("-", "_")
+
+    @property
+    def takes_value(self) -> bool:
+        return self.action not in ("store_true", "store_const")
+
+    @property
+    def default_value(self) -> Any:
+        """The value a run gets when neither the command line nor an ini file gives one."""
+        if self.ini is not None and self.ini.type == "string" and self.ini.default not in (NOT_SET, ""):
+            return self.parse(self.ini.default) if self.parse else self.ini.default
+        return self.default
+
+    def argparse_kwargs(self) -> dict[str, Any]:
+        given = {
+            "action": self.action,
+            "type": None if self.choices else self.parse,
+            "choices": self.choices,
+            "const": self.const,
+            "metavar": self.metavar,
+            "dest": self.dest,
+        }
+        # The default always goes in: None must stay None for a store_true flag with an ini mirror.
+        return {key: value for key, value in given.items() if value is not None} | {
+            "default": self.default, "help": self.help}
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "--rmb-model", MODEL, metavar="NAME",
         help="run the RMB benchmark on this reward model: a built-in baseline (length, random), a "
         "Hugging Face id or checkpoint (hf: optional), python:package.module:factory, or SCHEME:NAME "
         "of any installed backend (python -m pytest_rmb backends lists them). Without it the plugin "
         "does nothing.",
-    )
-    group.addoption(
-        "--rmb-model-arg", action="append", default=None, metavar="KEY=VALUE",
+    ),
+    Option(
+        "--rmb-model-arg", MODEL, action="append", metavar="KEY=VALUE",
         help="a setting of the model's backend, repeatable (python -m pytest_rmb backends lists each "
         "backend's keys; ini rmb_model_args, one per line)",
-    )
-    group.addoption(
-        "--rmb-data",
-        metavar="PATH",
+        ini=Ini("rmb_model_args", "backend settings, one KEY=VALUE per line", type="linelist", default=[]),
+    ),
+    Option(
+        "--rmb-data", DATA, metavar="PATH",
         help=f"RMB_dataset folder in the upstream layout, or 'sample' for the bundled sample "
         f"(also env {DATA_ENV}, ini rmb_data)",
-    )
-    group.addoption("--rmb-json", metavar="PATH", help="write the summary (sections, tasks, scenarios) as JSON")
-    group.addoption("--rmb-jsonl", metavar="PATH", help="write one JSON line per sample: scores and outcome")
-    group.addoption(
-        "--rmb-seed",
-        type=non_negative_int,
-        default=None,
-        metavar="N",
+        ini=Ini("rmb_data", "RMB_dataset folder (relative to the ini file) or 'sample'"),
+    ),
+    Option("--rmb-json", OUTPUT, metavar="PATH", help="write the summary (sections, tasks, scenarios) as JSON"),
+    Option("--rmb-jsonl", OUTPUT, metavar="PATH", help="write one JSON line per sample: scores and outcome"),
+    Option(
+        "--rmb-seed", STATISTICS, parse=non_negative_int, metavar="N",
         help="seed for the random baseline and the bootstrap intervals (default 0; ini rmb_seed)",
-    )
-    group.addoption(
-        "--rmb-batch-size",
-        type=positive_int,
-        default=None,
-        metavar="N",
+        ini=Ini("rmb_seed", "seed for the random baseline and bootstrap intervals", default="0"),
+    ),
+    Option(
+        "--rmb-batch-size", ENGINE, parse=positive_int, metavar="N",
         help="most requests sent to the model in one call (default: the model's own, else 64; "
         "ini rmb_batch_size)",
-    )
-    group.addoption(
-        "--rmb-bootstrap",
-        type=positive_int,
-        default=None,
-        metavar="N",
+        ini=Ini("rmb_batch_size", "most requests per model call (default 64, or the model's own)", default=""),
+    ),
+    Option(
+        "--rmb-bootstrap", STATISTICS, parse=positive_int, metavar="N",
         help="bootstrap resamples for the 95%% intervals (default 1000; ini rmb_bootstrap)",
-    )
-    group.addoption(
-        "--rmb-show-scenarios",
-        action="store_true",
-        default=False,
+        ini=Ini("rmb_bootstrap", "bootstrap resamples for the 95% intervals", default="1000"),
+    ),
+    Option(
+        "--rmb-show-scenarios", OUTPUT, action="store_true", default=False,
         help="print the per-scenario table (also shown with -v)",
-    )
-    group.addoption(
-        "--rmb-show-misses",
-        type=non_negative_int,
-        default=10,
-        metavar="N",
+    ),
+    Option(
+        "--rmb-show-misses", OUTPUT, parse=non_negative_int, default=10, metavar="N",
         help="list at most N missed samples, one line each (default 10; all are in --rmb-jsonl)",
-    )
-    group.addoption("--rmb-revision", metavar="REV", help="model revision: branch, tag or commit (ini rmb_revision)")
-    group.addoption(
-        "--rmb-trust-remote-code",
-        action="store_true",
-        default=None,
+    ),
+    Option(
+        "--rmb-revision", MODEL, metavar="REV", help="model revision: branch, tag or commit (ini rmb_revision)",
+        ini=Ini("rmb_revision", "model revision", default=""),
+    ),
+    Option(
+        "--rmb-trust-remote-code", MODEL, action="store_true",
         help="allow the model's own Python code from its repository to run (off by default; "
         "ini rmb_trust_remote_code)",
-    )
-    group.addoption(
-        "--rmb-device", type=device_name, metavar="DEVICE",
+        ini=Ini("rmb_trust_remote_code", "allow the model's own code to run", type="bool", default=False),
+    ),
+    Option(
+        "--rmb-device", MODEL, parse=device_name, metavar="DEVICE",
         help=f"{DEVICE_HELP}; auto is CUDA when available (default auto; ini rmb_device)",
-    )
-    group.addoption(
-        "--rmb-dtype", type=dtype_name, metavar="DTYPE",
+        ini=Ini("rmb_device", DEVICE_HELP, default="auto"),
+    ),
+    Option(
+        "--rmb-dtype", MODEL, parse=dtype_name, metavar="DTYPE",
         help="auto|float32|bfloat16|float16; auto is bfloat16 on a CUDA device that supports it, "
         "float32 on CPU (default auto; ini rmb_dtype)",
-    )
-    group.addoption(
-        "--rmb-max-length", type=positive_int, metavar="N",
+        ini=Ini("rmb_dtype", "auto|float32|bfloat16|float16", default="auto"),
+    ),
+    Option(
+        "--rmb-max-length", MODEL, parse=positive_int, metavar="N",
         help="token limit per text; longer texts lose their start (default: the smaller of the "
         "model's limit and 4096; ini rmb_max_length)",
-    )
-    group.addoption(
-        "--rmb-batch-tokens", type=positive_int, metavar="N",
+        ini=Ini("rmb_max_length", "token limit per text", default=""),
+    ),
+    Option(
+        "--rmb-batch-tokens", ENGINE, parse=positive_int, metavar="N",
         help="token budget per batch, padding included (default: 16384 on a GPU, 4096 on CPU; "
         "ini rmb_batch_tokens)",
-    )
-    group.addoption(
-        "--rmb-attn-implementation", metavar="NAME",
+        ini=Ini("rmb_batch_tokens", "token budget per batch (default: the scorer's own)", default=""),
+    ),
+    Option(
+        "--rmb-attn-implementation", MODEL, metavar="NAME",
         help="attention implementation passed to transformers, e.g. sdpa, flash_attention_2, eager "
         "(ini rmb_attn_implementation)",
-    )
-    group.addoption(
-        "--rmb-chat-template", metavar="FILE",
+        ini=Ini("rmb_attn_implementation", "attention implementation for transformers", default=""),
+    ),
+    Option(
+        "--rmb-chat-template", MODEL, metavar="FILE",
         help="Jinja chat template for a tokenizer that has none (ini rmb_chat_template)",
-    )
-    group.addoption(
-        "--rmb-reward-index", type=non_negative_int, metavar="N",
+        ini=Ini("rmb_chat_template", "Jinja chat template file (relative to the ini file)", default=""),
+    ),
+    Option(
+        "--rmb-reward-index", MODEL, parse=non_negative_int, metavar="N",
         help="which output logit is the reward, for a model with several labels (ini rmb_reward_index)",
-    )
-    group.addoption(
-        "--rmb-gate", action="append", type=gate_expression, default=None, metavar="EXPR",
+        ini=Ini("rmb_reward_index", "which output logit is the reward", default=""),
+    ),
+    Option(
+        "--rmb-gate", GATES, action="append", parse=gate_expression, metavar="EXPR",
         help="fail the run unless METRIC OP NUMBER holds, e.g. 'overall>=0.7', "
         "'helpfulness.bon>0.6', 'task:code.pairwise>=0.75', 'scenario:chat/discussion.bon>=0.5'; "
         "repeatable (ini rmb_gates, one per line)",
-    )
-    group.addoption(
-        "--rmb-gate-allow-empty", action="store_true", default=False,
+        ini=Ini("rmb_gates", "threshold gates, one METRIC OP NUMBER per line", type="linelist", default=[]),
+    ),
+    Option(
+        "--rmb-gate-allow-empty", GATES, action="store_true", default=False,
         help="a gate on a metric with no samples in this run is not evaluated instead of failing",
-    )
-    group.addoption(
-        "--rmb-baseline", metavar="FILE",
+    ),
+    Option(
+        "--rmb-baseline", GATES, metavar="FILE",
         help="an earlier --rmb-json summary: fail when overall or a section dropped by more than "
         "--rmb-max-drop and significantly (paired bootstrap over shared samples)",
-    )
-    group.addoption(
-        "--rmb-max-drop", type=fraction, metavar="D",
+    ),
+    Option(
+        "--rmb-max-drop", GATES, parse=fraction, metavar="D",
         help="allowed accuracy drop against the baseline (default 0.01; ini rmb_max_drop)",
-    )
-    group.addoption(
-        "--rmb-alpha", type=fraction, metavar="A",
+        ini=Ini("rmb_max_drop", "allowed accuracy drop against the baseline", default="0.01"),
+    ),
+    Option(
+        "--rmb-alpha", STATISTICS, parse=significance_level, metavar="A",
         help="significance level of the baseline comparison (default 0.05; ini rmb_alpha)",
-    )
-    group.addoption("--rmb-markdown", metavar="PATH", help="write the tables and gates as GitHub-flavoured Markdown")
-    group.addoption(
-        "--rmb-cache-dir", metavar="DIR",
+        ini=Ini("rmb_alpha", "significance level of the baseline comparison", default="0.05"),
+    ),
+    Option("--rmb-markdown", OUTPUT, metavar="PATH", help="write the tables and gates as GitHub-flavoured Markdown"),
+    Option(
+        "--rmb-cache-dir", ENGINE, metavar="DIR",
         help="where scores are cached between runs, one file per model fingerprint "
         "(default .rmb_cache under the rootdir; ini rmb_cache_dir)",
-    )
-    group.addoption("--rmb-no-cache", action="store_true", default=False, help="neither read nor write the score cache")
-    group.addoption(
-        "--rmb-limit", type=positive_int, default=None, metavar="N",
+        ini=Ini("rmb_cache_dir", "score cache directory (relative to the ini file)", default=""),
+    ),
+    Option("--rmb-no-cache", ENGINE, action="store_true", default=False, help="neither read nor write the score cache"),
+    Option(
+        "--rmb-limit", DATA, parse=positive_int, metavar="N",
         help="quick smoke run: score at most N samples per scenario and kind, drawn with --rmb-seed, "
         "the same for every model (ini rmb_limit)",
-    )
-    group.addoption(
-        "--rmb-device-map", choices=("auto",), default=None,
+        ini=Ini("rmb_limit", "at most this many samples per scenario and kind (smoke runs)", default=""),
+    ),
+    Option(
+        "--rmb-device-map", MODEL, choices=("auto",),
         help="spread a model too large for one GPU over all visible GPUs (transformers device_map); "
         "single process only, not with -n",
-    )
-    group.addoption(
-        "--rmb-no-null-baseline", action="store_true", default=False,
+    ),
+    # The flag stores False into the setting its ini mirror sets, so the two resolve like the others.
+    Option(
+        "--rmb-no-null-baseline", OUTPUT, action="store_const", const=False, dest="rmb_null_baseline",
         help="do not show the length baseline's accuracy on the same samples beside the model's "
         "(ini rmb_null_baseline = false)",
-    )
-    parser.addini("rmb_null_baseline", "show the length baseline beside every score", type="bool", default=True)
-    parser.addini("rmb_model_args", "backend settings, one KEY=VALUE per line", type="linelist", default=[])
-    parser.addini("rmb_cache_dir", "score cache directory (relative to the ini file)", default="")
-    parser.addini("rmb_gates", "threshold gates, one METRIC OP NUMBER per line", type="linelist", default=[])
-    parser.addini("rmb_max_drop", "allowed accuracy drop against the baseline", default="0.01")
-    parser.addini("rmb_alpha", "significance level of the baseline comparison", default="0.05")
-    parser.addini("rmb_data", "RMB_dataset folder (relative to the ini file) or 'sample'")
-    parser.addini("rmb_seed", "seed for the random baseline and bootstrap intervals", default="0")
-    parser.addini("rmb_batch_size", "most requests per model call (default 64, or the model's own)", default="")
-    parser.addini("rmb_bootstrap", "bootstrap resamples for the 95% intervals", default="1000")
-    parser.addini("rmb_revision", "model revision", default="")
-    parser.addini("rmb_trust_remote_code", "allow the model's own code to run", type="bool", default=False)
-    parser.addini("rmb_device", DEVICE_HELP, default="auto")
-    parser.addini("rmb_dtype", "auto|float32|bfloat16|float16", default="auto")
-    parser.addini("rmb_max_length", "token limit per text", default="")
-    parser.addini("rmb_batch_tokens", "token budget per batch (default: the scorer's own)", default="")
-    parser.addini("rmb_attn_implementation", "attention implementation for transformers", default="")
-    parser.addini("rmb_chat_template", "Jinja chat template file (relative to the ini file)", default="")
-    parser.addini("rmb_reward_index", "which output logit is the reward", default="")
-    parser.addini("rmb_limit", "at most this many samples per scenario and kind (smoke runs)", default="")
-    group.addoption(
-        "--rmb-prefix-sharing", choices=PREFIX_SHARING_MODES, default=None,
+        ini=Ini("rmb_null_baseline", "show the length baseline beside every score", type="bool", default=True),
+    ),
+    Option(
+        "--rmb-prefix-sharing", ENGINE, parse=prefix_sharing_mode, choices=PREFIX_SHARING_MODES,
         help="score each conversation once and its answers as continuations of it (decoder models "
         "that take a cache): auto uses it when the model supports it and the texts share enough "
         "(default auto; ini rmb_prefix_sharing)",
-    )
-    parser.addini("rmb_prefix_sharing", "auto|on|off: score each conversation prefix once", default="auto")
-    group.addoption(
-        "--rmb-scenarios", action="append", default=None, metavar="TOML",
+        ini=Ini("rmb_prefix_sharing", "auto|on|off: score each conversation prefix once", default="auto"),
+    ),
+    Option(
+        "--rmb-scenarios", DATA, action="append", metavar="TOML",
         help="your own preference sets as extra scenarios: a TOML file of [[scenario]] tables (name, "
         "kind, path to JSONL rows, optional task, goal, markers); repeatable. Without RMB data (--rmb-data, "
         f"env {DATA_ENV}, ini rmb_data) only these run (ini rmb_scenarios, one per line)",
-    )
-    parser.addini("rmb_scenarios", "TOML files of your own scenarios (relative to the ini file), one per line",
-                  type="linelist", default=[])
-    group.addoption(
-        "--rmb-self-check", type=non_negative_int, default=None, metavar="N",
+        ini=Ini("rmb_scenarios", "TOML files of your own scenarios (relative to the ini file), one per line",
+                type="linelist", default=[]),
+    ),
+    Option(
+        "--rmb-self-check", ENGINE, parse=non_negative_int, metavar="N",
         help="after scoring, re-score N seeded texts one at a time and compare with their batched scores; "
         "a difference above the dtype's tolerance is a warning, and fails a gated run (default 16, 0 "
         "turns it off; models with a score cache only; ini rmb_self_check)",
-    )
-    parser.addini("rmb_self_check", "texts re-scored alone to check batch invariance (0: off)", default="16")
-    group.addoption(
-        "--rmb-show-input", action="append", default=None, metavar="UID",
+        ini=Ini("rmb_self_check", "texts re-scored alone to check batch invariance (0: off)", default="16"),
+    ),
+    Option(
+        "--rmb-show-input", OUTPUT, action="append", metavar="UID",
         help="print what the model reads for the sample(s) with this uid (or SCENARIO_ID/UID): the "
         "rendered text, the tokens, the truncation and where the reward is read; repeatable",
-    )
+    ),
+)
+BY_NAME = {option.name: option for option in OPTIONS}
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("rmb", "reward-model benchmark (RMB)")
+    for option in OPTIONS:
+        group.addoption(option.flag, **option.argparse_kwargs())
+        if option.ini is not None:
+            ini = option.ini
+            extra = {} if ini.default is NOT_SET else {"default": ini.default}
+            parser.addini(ini.name, ini.help, type=None if ini.type == "string" else ini.type, **extra)
+
+
+def add_arguments(parser: argparse.ArgumentParser, flags: dict[str, tuple[str, str]]) -> None:
+    """Declare options of this table on another command line (``compare --seed``), each under its
+    own flag and help (``{"rmb_seed": ("--seed", "seed of the paired bootstrap")}``) and in a group
+    named after its section: the same parser and default, so both refuse and default alike."""
+    groups: dict[str, Any] = {}  # section -> argparse's argument group
+    for name, (flag, help) in flags.items():
+        option = BY_NAME[name]
+        if option.section not in groups:
+            groups[option.section] = parser.add_argument_group(option.section.lower())
+        groups[option.section].add_argument(
+            flag, type=option.parse or str, default=option.default_value, metavar=option.metavar,
+            help=f"{help} (default {option.default_value})")
+
+
+def setting(config: pytest.Config, name: str) -> Any:
+    """An option's value: the command line's, else its ini mirror's parsed alike (None when both
+    are empty). A repeatable option gets the ini lines first, then the command line's."""
+    option = BY_NAME[name]
+    given = config.getoption(option.name)
+    ini = option.ini
+    if ini is None:
+        return given
+    if ini.type == "linelist":
+        return [*(_ini_value(option, line) for line in config.getini(ini.name)), *(given or ())]
+    if given is not None:
+        return given
+    text = config.getini(ini.name)
+    if ini.type == "bool":
+        return bool(text)
+    return None if text == "" else _ini_value(option, text)
+
+
+def _ini_value(option: Option, text: str) -> Any:
+    if option.parse is None:
+        return text
+    try:
+        return option.parse(text)
+    except argparse.ArgumentTypeError as exc:
+        raise pytest.UsageError(f"ini option {option.ini.name if option.ini else option.name}: {exc}") from None
+
+
+def options_reference() -> str:
+    """Every ``--rmb-*`` option as a Markdown page, grouped by section: the docs' options reference."""
+    lines = [
+        "# Options",
+        "",
+        "Every option of the pytest plugin. An option with an ini name can be pinned in the project's",
+        "ini file (`[pytest]` in pytest.ini, `[tool.pytest.ini_options]` in pyproject.toml); the command",
+        "line wins over it, and a repeatable option adds to the ini file's lines. Paths in an ini file are",
+        "relative to that file.",
+    ]
+    for section in SECTIONS:
+        lines += ["", f"## {section}"]
+        for option in (o for o in OPTIONS if o.section == section):
+            lines += ["", f"### `{_usage(option)}`"]
+            facts = _facts(option)
+            if facts:
+                lines += ["", *(f"- {fact}" for fact in facts)]
+            # argparse formats help with %, so the table's help writes a percent sign as %%.
+            text = option.help.replace("%%", "%")
+            lines += ["", text if text.endswith(".") else f"{text}."]
+    return "\n".join(lines) + "\n"
+
+
+def _usage(option: Option) -> str:
+    if option.choices:
+        return f"{option.flag}={'|'.join(option.choices)}"
+    return f"{option.flag}={option.metavar}" if option.takes_value else option.flag
+
+
+def _facts(option: Option) -> list[str]:
+    facts = []
+    if option.ini is not None:
+        kind = {"string": "", "bool": " (true or false)", "linelist": " (one per line)"}[option.ini.type]
+        facts.append(f"ini: `{option.ini.name}`{kind}")
+    if option.action == "append":
+        facts.append("repeatable")
+    if option.takes_value and option.action != "append" and option.default_value is not None:
+        facts.append(f"default: `{option.default_value}`")
+    elif option.ini is not None and option.ini.type == "bool":
+        facts.append(f"default: `{option.ini.name} = {str(option.ini.default).lower()}`")
+    return facts
 
 
 @dataclass(frozen=True)
@@ -285,7 +411,6 @@ class RunSettings:
     gates: tuple[Gate, ...]
     allow_empty_gates: bool
     baseline: dict | None
-    baseline_path: Path | None
     max_drop: float
     alpha: float
     null_baseline: bool = True  # show the length baseline beside the model's accuracies
@@ -308,22 +433,21 @@ def resolve(config: pytest.Config) -> RunSettings | None:
     if dataset is None:
         label = ", ".join(user_sources(user_scenarios))
     scenarios = tuple(sorted((*(registry() if dataset is not None else ()), *user_scenarios), key=lambda s: s.id))
-    trust = config.getoption("rmb_trust_remote_code")
     scorer = ModelSettings(
         model=model,
         args=args,
-        seed=_setting(config, "rmb_seed", non_negative_int),
-        revision=_setting(config, "rmb_revision", str),
-        trust_remote_code=bool(config.getini("rmb_trust_remote_code") if trust is None else trust),
-        device=_setting(config, "rmb_device", device_name),
-        dtype=_setting(config, "rmb_dtype", dtype_name),
-        max_length=_setting(config, "rmb_max_length", positive_int),
-        attn_implementation=_setting(config, "rmb_attn_implementation", str),
+        seed=setting(config, "rmb_seed"),
+        revision=setting(config, "rmb_revision"),
+        trust_remote_code=setting(config, "rmb_trust_remote_code"),
+        device=setting(config, "rmb_device"),
+        dtype=setting(config, "rmb_dtype"),
+        max_length=setting(config, "rmb_max_length"),
+        attn_implementation=setting(config, "rmb_attn_implementation"),
         chat_template=_chat_template(config),
-        reward_index=_setting(config, "rmb_reward_index", non_negative_int),
+        reward_index=setting(config, "rmb_reward_index"),
         device_map=_device_map(config),
         worker_index=_worker_index(config),
-        prefix_sharing=_setting(config, "rmb_prefix_sharing", prefix_sharing_mode) or "auto",
+        prefix_sharing=setting(config, "rmb_prefix_sharing") or "auto",
     )
     outputs = {name: _output(config, name) for name in ("rmb_json", "rmb_jsonl", "rmb_markdown")}
     for name, path in outputs.items():
@@ -336,39 +460,24 @@ def resolve(config: pytest.Config) -> RunSettings | None:
         dataset_label=label,
         json_path=outputs["rmb_json"],
         jsonl_path=outputs["rmb_jsonl"],
-        batch_size=_setting(config, "rmb_batch_size", positive_int),
-        batch_tokens=_setting(config, "rmb_batch_tokens", positive_int),
-        bootstrap=_setting(config, "rmb_bootstrap", positive_int),
-        show_scenarios=config.getoption("rmb_show_scenarios") or config.getoption("verbose", 0) > 0,
-        show_misses=config.getoption("rmb_show_misses"),
+        batch_size=setting(config, "rmb_batch_size"),
+        batch_tokens=setting(config, "rmb_batch_tokens"),
+        bootstrap=setting(config, "rmb_bootstrap"),
+        show_scenarios=setting(config, "rmb_show_scenarios") or config.getoption("verbose", 0) > 0,
+        show_misses=setting(config, "rmb_show_misses"),
         markdown_path=outputs["rmb_markdown"],
         cache_dir=_cache_dir(config, dataset),
         gates=_gates(config, (*registry(), *user_scenarios)),
-        allow_empty_gates=config.getoption("rmb_gate_allow_empty"),
+        allow_empty_gates=setting(config, "rmb_gate_allow_empty"),
         baseline=_baseline(config),
-        baseline_path=_output(config, "rmb_baseline"),
-        max_drop=_setting(config, "rmb_max_drop", fraction),
-        alpha=_setting(config, "rmb_alpha", fraction),
-        limit=_setting(config, "rmb_limit", positive_int),
-        null_baseline=not config.getoption("rmb_no_null_baseline") and bool(config.getini("rmb_null_baseline")),
-        self_check=_setting(config, "rmb_self_check", non_negative_int),
-        show_input=tuple(config.getoption("rmb_show_input") or ()),
+        max_drop=setting(config, "rmb_max_drop"),
+        alpha=setting(config, "rmb_alpha"),
+        limit=setting(config, "rmb_limit"),
+        null_baseline=setting(config, "rmb_null_baseline"),
+        self_check=setting(config, "rmb_self_check"),
+        show_input=tuple(setting(config, "rmb_show_input") or ()),
         scenarios=scenarios,
     )
-
-
-def _setting(config: pytest.Config, name: str, parse):
-    """The command-line value, else the ini value parsed like it; None when both are empty."""
-    value = config.getoption(name)
-    if value is not None:
-        return value
-    text = config.getini(name)
-    if text == "":
-        return None
-    try:
-        return parse(text)
-    except argparse.ArgumentTypeError as exc:
-        raise pytest.UsageError(f"ini option {name}: {exc}") from None
 
 
 def _ini_dir(config: pytest.Config) -> Path:
@@ -395,7 +504,7 @@ def check_writable(path: Path, option: str) -> None:
 
 def _backend(config: pytest.Config, spec: str) -> tuple[Backend, dict]:
     """The spec's backend and its validated settings: usage errors before anything loads."""
-    given = [*config.getini("rmb_model_args"), *(config.getoption("rmb_model_arg") or [])]
+    given = setting(config, "rmb_model_arg")
     extra = [backend for found in config.hook.pytest_rmb_add_backends(config=config) for backend in found or ()]
     try:
         backend = backend_for(spec, installed_backends(extra))
@@ -439,12 +548,10 @@ def _gates(config: pytest.Config, scenarios: tuple[Scenario, ...]) -> tuple[Gate
     """Every gate, its scenario or task checked against RMB's and the user's (a gate on RMB in a
     run of the user's sets alone is no typo: it has no samples, and says so)."""
     scenario_ids, task_ids = {s.id for s in scenarios}, {s.task_id for s in scenarios}
-    given = [(gate, "pytest-rmb: argument --rmb-gate") for gate in config.getoption("rmb_gate") or []]
-    for line in config.getini("rmb_gates"):
-        try:
-            given.append((gate_expression(line), "ini option rmb_gates"))
-        except argparse.ArgumentTypeError as exc:
-            raise pytest.UsageError(f"ini option rmb_gates: {exc}") from None
+    gates = setting(config, "rmb_gate")
+    from_ini = len(config.getini("rmb_gates"))  # the ini file's gates come first
+    given = [(gate, "ini option rmb_gates" if i < from_ini else "pytest-rmb: argument --rmb-gate")
+             for i, gate in enumerate(gates)]
     for gate, source in given:
         try:
             check_metric(gate.metric, scenario_ids, task_ids, f"{gate.metric}{gate.op}{gate.bar:g}")
@@ -546,21 +653,12 @@ def _find_dataset(config: pytest.Config, given: str | None) -> tuple[Path, str]:
     return path, str(path)
 
 
-PREFIX_SHARING_MODES = ("auto", "on", "off")
-
-
-def prefix_sharing_mode(text: str) -> str:
-    if text in PREFIX_SHARING_MODES:
-        return text
-    raise argparse.ArgumentTypeError(f"expected one of {', '.join(PREFIX_SHARING_MODES)}, got {text!r}")
-
-
 def sample_limit(config: pytest.Config) -> tuple[int, int] | None:
     """(samples per scenario and kind, seed) of ``--rmb-limit``; None for a full run."""
-    limit = _setting(config, "rmb_limit", positive_int)
+    limit = setting(config, "rmb_limit")
     if limit is None:
         return None
-    return limit, _setting(config, "rmb_seed", non_negative_int)
+    return limit, setting(config, "rmb_seed")
 
 
 def is_inside(path: Path, folder: Path) -> bool:

@@ -169,7 +169,8 @@ def pytest_rmb_add_backends(config):
 
 def test_credentials_in_a_list_of_urls_and_rejected_values_never_reach_output(pytester):
     pytester.makeconftest('''
-from pytest_rmb.backends import Backend, ModelArg, positive_int
+from pytest_rmb.backends import Backend, ModelArg
+from pytest_rmb.parsers import positive_int
 from pytest_rmb.backends.baselines import LengthScorer
 
 def pytest_rmb_add_backends(config):

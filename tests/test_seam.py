@@ -46,7 +46,8 @@ ECHO_PACKAGE = '''
 from pathlib import Path
 
 from pytest_rmb import PointwiseModel
-from pytest_rmb.backends import Backend, ModelArg, positive_int
+from pytest_rmb.backends import Backend, ModelArg
+from pytest_rmb.parsers import positive_int
 
 
 class Echo(PointwiseModel):

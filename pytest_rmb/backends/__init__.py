@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
-import re
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,21 @@ from pathlib import Path
 from typing import Any
 
 from pytest_rmb.models import PairwiseModel, PointwiseModel
+
+# The parsers a ModelArg takes, importable from here too: a backend package then needs this module
+# alone (Backend, ModelArg and the parsers of its settings), as the README shows.
+from pytest_rmb.parsers import (  # noqa: F401
+    boolean,
+    choice,
+    env_var_name,
+    integer,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    text_value,
+    type_name,
+)
 
 ENTRY_POINT_GROUP = "pytest_rmb.backends"
 # pytest-rmb's own backends, imported only when used (the HF one imports torch).
@@ -64,7 +78,7 @@ class ModelArg:
 
     @property
     def type_name(self) -> str:
-        return getattr(self.parse, "type_name", getattr(self.parse, "__name__", "value"))
+        return type_name(self.parse)
 
 
 @dataclass(frozen=True)
@@ -271,100 +285,3 @@ def describe_backends(backends: Mapping[str, Backend]) -> str:
         if backend.accepts_any_args:
             lines.append("    KEY=VALUE  any other setting is passed on as a string")
     return "\n".join(lines)
-
-
-# Parsers for ModelArg.parse with readable type names in listings and errors.
-def _named(name: str):
-    def mark(function):
-        function.type_name = name
-        return function
-    return mark
-
-
-def _int_at_least(lowest: int, wanted: str) -> Callable[[str], int]:
-    @_named("int")
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise ValueError(f"expected {wanted}, got {text!r}") from None
-        if value < lowest:
-            raise ValueError(f"expected {wanted}, got {value}")
-        return value
-
-    return parse
-
-
-positive_int = _int_at_least(1, "a positive integer")
-non_negative_int = _int_at_least(0, "an integer >= 0")
-
-
-@_named("int")
-def integer(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"expected an integer, got {text!r}") from None
-
-
-@_named("float")
-def positive_float(text: str) -> float:
-    value = non_negative_float(text)
-    if value <= 0:
-        raise ValueError(f"expected a number > 0, got {value}")
-    return value
-
-
-@_named("float")
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"expected a number >= 0, got {text!r}") from None
-    if not value >= 0:
-        raise ValueError(f"expected a number >= 0, got {value}")
-    return value
-
-
-@_named("bool")
-def boolean(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, got {text!r}")
-
-
-# Prefixes of API keys and tokens (Hugging Face, OpenAI, Groq, xAI, GitHub, Stripe-style keys).
-_KEY_PREFIXES = ("hf_", "sk_", "gsk_", "xai_", "ghp_", "gho_", "github_pat_", "pk_", "rk_")
-
-
-@_named("name")
-def env_var_name(text: str) -> str:
-    """``api_key_env=NAME``: the name of the variable that holds a key. Never echoes the value:
-    a user who pasted the key itself there must not see it printed, here or later. A key such as
-    ``hf_...`` or ``gsk_...`` is a valid identifier, so what looks like one is refused too: a known
-    key prefix, or a long name in mixed case or with small letters and digits (variable names are
-    rarely like that; keys are)."""
-    name = text.strip()
-    long_and_keylike = len(name) >= 20 and any(c.islower() for c in name) and (
-        any(c.isupper() for c in name) or any(c.isdigit() for c in name))
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or name.lower().startswith(_KEY_PREFIXES) or long_and_keylike:
-        raise ValueError("expected the NAME of an environment variable, such as MY_JUDGE_KEY (letters, digits, "
-                         "_; not something that looks like a key): keys are read from the environment only")
-    return name
-
-
-@_named("text")
-def text_value(text: str) -> str:
-    return text
-
-
-def choice(*options: str) -> Callable[[str], str]:
-    @_named("|".join(options))
-    def parse(text: str) -> str:
-        if text not in options:
-            raise ValueError(f"expected one of {', '.join(options)}, got {text!r}")
-        return text
-    return parse

@@ -31,8 +31,6 @@ from pytest_rmb.backends import (
     ModelLoadError,
     ModelSettings,
     RMBWarning,
-    choice,
-    text_value,
 )
 from pytest_rmb.backends.hf import (
     CPU_BATCH_TOKENS,
@@ -50,6 +48,7 @@ from pytest_rmb.backends.hf import (
 )
 from pytest_rmb.data import Message
 from pytest_rmb.models import PointwiseModel, ScoreRequest, as_chat, request_key
+from pytest_rmb.parsers import choice, text_value
 
 # Part of the cache fingerprint: bump it when rendering or scoring changes what a text scores.
 SCORER_VERSION = "1"

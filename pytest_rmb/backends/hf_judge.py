@@ -36,10 +36,6 @@ from pytest_rmb.backends import (
     ModelArg,
     ModelLoadError,
     ModelSettings,
-    choice,
-    integer,
-    non_negative_int,
-    positive_int,
 )
 from pytest_rmb.backends.hf import (
     CPU_BATCH_TOKENS,
@@ -70,6 +66,7 @@ from pytest_rmb.judging import (
     verdict_first_prefix,
 )
 from pytest_rmb.models import PairRequest, PairwiseModel, Verdict
+from pytest_rmb.parsers import choice, integer, non_negative_int, positive_int
 
 MODES = ("logits", "generate")
 DEFAULT_PROMPT = {"logits": "verdict-first", "generate": "pair-v2"}

@@ -28,16 +28,7 @@ from pytest_rmb.backends import (
     ModelArg,
     ModelLoadError,
     ModelSettings,
-    boolean,
-    choice,
     closest_names,
-    env_var_name,
-    integer,
-    non_negative_float,
-    non_negative_int,
-    positive_float,
-    positive_int,
-    text_value,
 )
 from pytest_rmb.judging import (
     ORDERS,
@@ -55,6 +46,17 @@ from pytest_rmb.judging import (
     verdict_probability,
 )
 from pytest_rmb.models import PairRequest, PairwiseModel, PartialBatchError, Verdict
+from pytest_rmb.parsers import (
+    boolean,
+    choice,
+    env_var_name,
+    integer,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    text_value,
+)
 
 if TYPE_CHECKING:
     from pytest_rmb.http import JSONClient

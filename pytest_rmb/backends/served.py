@@ -50,12 +50,9 @@ from pytest_rmb.backends import (
     ModelArg,
     ModelLoadError,
     ModelSettings,
-    choice,
-    env_var_name,
-    non_negative_int,
-    positive_int,
 )
 from pytest_rmb.models import PartialBatchError, PointwiseModel, ScoreRequest, as_chat
+from pytest_rmb.parsers import choice, env_var_name, non_negative_int, positive_int
 
 if TYPE_CHECKING:
     from pytest_rmb.backends.hf import ChatRenderer
