@@ -19,23 +19,11 @@ if str(ROOT) not in sys.path:
 
 SCHEMA_PATH = ROOT / "pytest_rmb" / "summary.schema.json"
 
-# TEMPORARY (remove once options_reference() is merged): a placeholder
-# instead of the generated text when the package does not provide it yet.
-PLACEHOLDER = (
-    "!!! warning \"Placeholder\"\n"
-    "    This build of pytest-rmb does not provide {what} yet, so this part of the reference is "
-    "not generated. `pytest --help` lists every option in its \"reward-model benchmark (RMB)\" group.\n"
-)
-
-
 def options_markdown() -> str:
     """Every ``--rmb-*`` option and ini setting, from ``pytest_rmb.options.options_reference()``."""
-    from pytest_rmb import options
+    from pytest_rmb.options import options_reference
 
-    reference = getattr(options, "options_reference", None)
-    if reference is None:  # TEMPORARY fallback, see PLACEHOLDER
-        return PLACEHOLDER.format(what="`pytest_rmb.options.options_reference()`")
-    return reference()
+    return options_reference()
 
 
 def _cell(text: Any) -> str:

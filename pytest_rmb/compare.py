@@ -1,4 +1,4 @@
-"""``python -m pytest_rmb compare A.json B.json [C.json ...] [--html OUT]``: runs side by side.
+"""``pytest-rmb compare A.json B.json [C.json ...] [--html OUT]``: runs side by side.
 
 The first file is the reference. Every other run is compared with it on the samples the two share
 (matched by scenario, kind and uid from the per-sample ``outcomes`` every --rmb-json carries): both
@@ -298,7 +298,7 @@ tr.overall td {{ font-weight: bold; }}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pytest_rmb compare", description=(__doc__ or "").splitlines()[0])
+    parser = argparse.ArgumentParser(prog="pytest-rmb compare", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("summaries", nargs="+", type=Path, metavar="SUMMARY.json")
     parser.add_argument("--html", type=Path, metavar="OUT", help="also write a self-contained HTML page")
     parser.add_argument("--scenarios", action="store_true", help="include the per-scenario rows in the table")

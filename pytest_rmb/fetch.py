@@ -1,4 +1,4 @@
-"""``python -m pytest_rmb fetch``: download RMB's ``RMB_dataset/`` and verify every byte.
+"""``pytest-rmb fetch``: download RMB's ``RMB_dataset/`` and verify every byte.
 
 The package ships a manifest (``rmb_manifest.tsv``) of the git blob sha1 of every upstream file at
 the pinned commit. A file only ever appears under its final name after its bytes matched the
@@ -360,7 +360,7 @@ async def _fetch_one(
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pytest_rmb fetch",
+        prog="pytest-rmb fetch",
         description="Download RMB's RMB_dataset/ (98 JSON files) from the pinned upstream commit and "
         "verify each file against the git blob sha1s shipped with pytest-rmb. Reruns resume.",
     )

@@ -4,7 +4,7 @@ Each option is one :class:`Option` in ``OPTIONS``: its flag, parser, default, he
 mirror. Everything else is generated from that table, so that nothing can drift apart: the pytest
 options and ini settings (``add_options``), the value lookup (``setting``: command line first, then
 the ini file, parsed by the same parser), the options reference of the docs (``options_reference``)
-and the shared flags of ``python -m pytest_rmb compare`` (``add_argument``). How text becomes a value
+and the shared flags of ``pytest-rmb compare`` (``add_argument``). How text becomes a value
 lives in parsers.py; what a value means for the run (paths, data, gates, the backend) is resolved here.
 """
 
@@ -38,7 +38,7 @@ from pytest_rmb.user_sets import UserSetsError, load_user_scenarios, user_source
 
 DATA_ENV = "RMB_DATA"
 SAMPLE = "sample"
-# --rmb-data rmb: the copy `python -m pytest_rmb fetch` verified into the user cache.
+# --rmb-data rmb: the copy `pytest-rmb fetch` verified into the user cache.
 FETCHED = "rmb"
 PREFIX_SHARING_MODES = ("auto", "on", "off")
 prefix_sharing_mode = choice(*PREFIX_SHARING_MODES)
@@ -126,12 +126,12 @@ OPTIONS: tuple[Option, ...] = (
         "--rmb-model", MODEL, metavar="NAME",
         help="run the RMB benchmark on this reward model: a built-in baseline (length, random), a "
         "Hugging Face id or checkpoint (hf: optional), python:package.module:factory, or SCHEME:NAME "
-        "of any installed backend (python -m pytest_rmb backends lists them). Without it the plugin "
+        "of any installed backend (pytest-rmb backends lists them). Without it the plugin "
         "does nothing.",
     ),
     Option(
         "--rmb-model-arg", MODEL, action="append", metavar="KEY=VALUE",
-        help="a setting of the model's backend, repeatable (python -m pytest_rmb backends lists each "
+        help="a setting of the model's backend, repeatable (pytest-rmb backends lists each "
         "backend's keys; ini rmb_model_args, one per line)",
         ini=Ini("rmb_model_args", "backend settings, one KEY=VALUE per line", type="linelist", default=[]),
     ),
@@ -621,10 +621,10 @@ def _find_dataset(config: pytest.Config, given: str | None) -> tuple[Path, str]:
         if given == FETCHED:
             raise pytest.UsageError(
                 f"pytest-rmb: --rmb-data {FETCHED}: no fetched copy of RMB under {default_dest()}; "
-                "get one with `python -m pytest_rmb fetch`, or give --rmb-data PATH"
+                "get one with `pytest-rmb fetch`, or give --rmb-data PATH"
             )
         raise pytest.UsageError(
-            "pytest-rmb: no RMB data configured. Get the benchmark with `python -m pytest_rmb fetch` "
+            "pytest-rmb: no RMB data configured. Get the benchmark with `pytest-rmb fetch` "
             f"(then --rmb-data {FETCHED} or nothing at all), point at a checkout of the RMB repository's "
             f"RMB_dataset folder with --rmb-data PATH (or env {DATA_ENV}, or ini rmb_data), "
             "or try the bundled sample with --rmb-data sample."

@@ -1,7 +1,7 @@
 """Setting parsers: a setting's text in, its typed value out, or an error that says what was expected.
 
 Every way a user sets something parses its text here: the ``--rmb-*`` options and their ini mirrors,
-the ``--rmb-model-arg KEY=VALUE`` settings of each backend, and the flags of ``python -m pytest_rmb
+the ``--rmb-model-arg KEY=VALUE`` settings of each backend, and the flags of ``pytest-rmb
 compare``. One module, so that the same setting is refused by the same rule with the same words
 wherever it is given.
 
@@ -12,7 +12,7 @@ Errors are :class:`SettingError`, an ``argparse.ArgumentTypeError`` (argparse th
 itself: ``argument --rmb-seed: expected an integer >= 0, got -1``) that is also a ``ValueError`` (code
 that parses outside argparse catches the kind of error it expects). Messages read ``expected WHAT,
 got GIVEN``: the text as typed when it does not parse, the parsed value when it is out of range.
-Each parser carries a ``type_name``, the short word ``python -m pytest_rmb backends`` lists it by.
+Each parser carries a ``type_name``, the short word ``pytest-rmb backends`` lists it by.
 """
 
 from __future__ import annotations

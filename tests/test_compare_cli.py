@@ -1,4 +1,4 @@
-"""``python -m pytest_rmb compare`` as users run it: a subprocess over real --rmb-json files."""
+"""``pytest-rmb compare`` as users run it: a subprocess over real --rmb-json files."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``python -m pytest_rmb fetch`` against real HTTP servers on 127.0.0.1 and real files."""
+"""``pytest-rmb fetch`` against real HTTP servers on 127.0.0.1 and real files."""
 
 from __future__ import annotations
 
@@ -395,7 +395,7 @@ def test_the_fetched_copy_is_what_rmb_data_rmb_and_no_rmb_data_run_on(tmp_path: 
 
     before = pytest_run("--rmb-data", "rmb")
     assert before.returncode == 4
-    assert "no fetched copy of RMB" in before.stderr and "python -m pytest_rmb fetch" in before.stderr
+    assert "no fetched copy of RMB" in before.stderr and "`pytest-rmb fetch`" in before.stderr
 
     tree = SampleTree(tmp_path)
     with LocalServer(tree.app) as server:
