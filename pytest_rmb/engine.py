@@ -30,6 +30,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from pytest_rmb.batching import DEFAULT_BATCH_SIZE, UNLIMITED, pack_batches
 from pytest_rmb.cache import ScoreCache
 from pytest_rmb.data import Conversation, Sample
 from pytest_rmb.models import (
@@ -49,8 +50,6 @@ from pytest_rmb.outcomes import Outcome, outcome_from_scores, outcome_from_verdi
 from pytest_rmb.progress import NoProgress
 
 TextKey = tuple[Conversation, str]
-UNLIMITED = 1 << 62
-DEFAULT_BATCH_SIZE = 64
 # Results a model hands over while its batch runs (an HTTP judge's verdicts) are appended to the
 # cache at most this often: a run killed mid-batch (kill -9, a lost machine) loses about this many
 # seconds of answers, and a batch of thousands costs a few file appends, not one per answer.
@@ -94,32 +93,6 @@ class EngineStats:
 
 
 _STAT_FIELDS = tuple(f.name for f in fields(EngineStats) if f.name != "extra")
-
-
-def pack_batches(
-    costs: Sequence[int], max_batch_size: int, max_batch_cost: int
-) -> list[list[int]]:
-    """Indices grouped into batches, longest first, so that padding is small and an OOM shows early.
-
-    A batch holds at most ``max_batch_size`` requests and at most ``max_batch_cost`` padded units
-    (its size times its longest cost); a single request longer than the budget gets a batch alone.
-    """
-    order = sorted(range(len(costs)), key=costs.__getitem__, reverse=True)
-    batches: list[list[int]] = []
-    current: list[int] = []
-    longest = 0
-    for index in order:
-        longest_if_added = max(longest, costs[index], 1)
-        if current and (
-            len(current) >= max_batch_size or longest_if_added * (len(current) + 1) > max_batch_cost
-        ):
-            batches.append(current)
-            current, longest_if_added = [], max(costs[index], 1)
-        current.append(index)
-        longest = longest_if_added
-    if current:
-        batches.append(current)
-    return batches
 
 
 class _BatchRunner:

@@ -286,7 +286,7 @@ class HFRewardModel(PointwiseModel):
     def plan_batches(self, requests: Sequence[ScoreRequest], costs: Sequence[int], max_batch_size: int,
                      max_batch_cost: int) -> list[list[int]]:
         """The engine's batches: a shared prefix's answers together when sharing is on."""
-        from pytest_rmb.engine import pack_batches
+        from pytest_rmb.batching import pack_batches
 
         if self._sharing is None:
             return pack_batches(costs, max_batch_size, max_batch_cost)
