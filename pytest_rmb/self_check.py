@@ -56,6 +56,10 @@ class SelfCheck:
             return None
         if not isinstance(engine, Engine) or model is None or model.fingerprint() is None:
             return None
+        if engine.totals.texts_scored == 0:
+            # Every score came from the cache: checked by the run that made them, and checking
+            # again would load the model (or call its server) for nothing else.
+            return None
         tolerance = self_check_tolerance(model.describe().get("dtype"))
         result = engine.self_check(count, rmb.settings.scorer.seed or 0, tolerance)
         if result is not None:
