@@ -389,3 +389,28 @@ class LazyWeights:
     def release(self) -> None:
         self._model = None
         self._load = None
+
+
+class OneNetwork:
+    """For a backend over one network held in ``self._net`` (a :class:`LazyWeights`): the
+    ``model`` that loads on first use, and the model protocol's ``loaded`` and ``load()``;
+    ``_loaded(model)`` does what needs the weights, once."""
+
+    _net: LazyWeights
+
+    @property
+    def model(self):
+        """The weights, loaded on first use."""
+        self.load()
+        return self._net.get()
+
+    @property
+    def loaded(self) -> bool:
+        return self._net.loaded
+
+    def load(self) -> None:
+        if not self._net.loaded:
+            self._loaded(self._net.get())
+
+    def _loaded(self, model) -> None:
+        raise NotImplementedError

@@ -17,6 +17,7 @@ from pytest_rmb.backends._transformers import (
     CPU_BATCH_TOKENS,
     ChatRenderer,
     LazyWeights,
+    OneNetwork,
     batch_tokens_for,
     check_spec_before_loading,
     dtype_name,
@@ -40,7 +41,7 @@ from pytest_rmb.prefix import PrefixRunner, PrefixSharing, split_points, unsuppo
 SCORER_VERSION = "1"
 
 
-class HFRewardModel(PointwiseModel):
+class HFRewardModel(OneNetwork, PointwiseModel):
     """A scorer over a loaded ``AutoModelForSequenceClassification`` and its tokenizer."""
 
     def __init__(self, model, tokenizer, settings: ModelSettings, name: str | None = None, weights: str = "", *,
@@ -82,21 +83,6 @@ class HFRewardModel(PointwiseModel):
         self._sharing_off = ("off (--rmb-prefix-sharing off)" if self._sharing_mode == "off"
                              else "undecided (the model was not loaded: every score came from the cache)")
         if model is not None:
-            self._loaded(self._net.get())
-
-    @property
-    def model(self):
-        """The weights, loaded on first use."""
-        if not self._net.loaded:
-            self.load()
-        return self._net.get()
-
-    @property
-    def loaded(self) -> bool:
-        return self._net.loaded
-
-    def load(self) -> None:
-        if not self._net.loaded:
             self._loaded(self._net.get())
 
     def _loaded(self, model) -> None:

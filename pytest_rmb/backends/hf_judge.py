@@ -42,6 +42,7 @@ from pytest_rmb.backends import (
 )
 from pytest_rmb.backends._transformers import (
     LazyWeights,
+    OneNetwork,
     batch_tokens_for,
     check_spec_before_loading,
     context_limit,
@@ -98,7 +99,7 @@ def path_value(text: str) -> str:
 path_value.type_name = "path"  # type: ignore[attr-defined]
 
 
-class HFJudge(PairwiseModel):
+class HFJudge(OneNetwork, PairwiseModel):
     """A causal LM answering pairwise judge prompts; ``compare`` returns one Verdict per request
     (``first`` = the chosen answer), combined over the answer orders by :func:`judging.combine`."""
 
@@ -144,20 +145,6 @@ class HFJudge(PairwiseModel):
             self._loaded(self._net.get())
 
     # -- set-up ---------------------------------------------------------------------------------
-
-    @property
-    def model(self):
-        """The weights, loaded on first use."""
-        self.load()
-        return self._net.get()
-
-    @property
-    def loaded(self) -> bool:
-        return self._net.loaded
-
-    def load(self) -> None:
-        if not self._net.loaded:
-            self._loaded(self._net.get())
 
     def _loaded(self, model) -> None:
         """What needs the weights: where a device_map put them, and how they take a forward pass."""
