@@ -9,7 +9,7 @@ per-text difference.
         --data ../shared/data/RMB_dataset --task Chat --device cuda --dtype bfloat16
 
 - ours: the unique texts of the pairs, length-sorted and packed to the backend's token budget the
-  way the engine packs them (pytest_rmb.engine.pack_batches), one forward per model per batch.
+  way the engine packs them (pytest_rmb.batching.pack_batches), one forward per model per batch.
 - rewardbench: DPOInference as its scripts/run_dpo.py drives it: each pair's chosen and rejected
   in one row, batches of 6 rows in dataset order, right padding.
 
@@ -37,8 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 from pytest_rmb.backends import ModelSettings  # noqa: E402
 from pytest_rmb.backends.dpo import BACKEND, DPORewardModel  # noqa: E402
+from pytest_rmb.batching import pack_batches  # noqa: E402
 from pytest_rmb.data import Message, sample_dataset  # noqa: E402
-from pytest_rmb.engine import pack_batches  # noqa: E402
 from pytest_rmb.models import ScoreRequest  # noqa: E402
 
 

@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pytest_rmb.data import load_scenarios  # noqa: E402
-from pytest_rmb.engine import Engine, pack_batches  # noqa: E402
+from pytest_rmb.batching import pack_batches  # noqa: E402
+from pytest_rmb.engine import Engine  # noqa: E402
 from pytest_rmb.scenarios import registry  # noqa: E402
 from pytest_rmb.backends import ModelSettings
 from pytest_rmb.models import ScoreRequest  # noqa: E402

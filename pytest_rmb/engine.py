@@ -30,6 +30,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from pytest_rmb.batching import DEFAULT_BATCH_SIZE, UNLIMITED, pack_batches
 from pytest_rmb.cache import ScoreCache
 from pytest_rmb.data import Conversation, Sample
 from pytest_rmb.models import (
@@ -49,8 +50,6 @@ from pytest_rmb.outcomes import Outcome, outcome_from_scores, outcome_from_verdi
 from pytest_rmb.progress import NoProgress
 
 TextKey = tuple[Conversation, str]
-UNLIMITED = 1 << 62
-DEFAULT_BATCH_SIZE = 64
 # Results a model hands over while its batch runs (an HTTP judge's verdicts) are appended to the
 # cache at most this often: a run killed mid-batch (kill -9, a lost machine) loses about this many
 # seconds of answers, and a batch of thousands costs a few file appends, not one per answer.
@@ -74,6 +73,8 @@ class EngineStats:
     oom_retries: int = 0
     truncated: int = 0
     cache_hits: int = 0
+    # Processes that loaded the model (weights, a checked server): 0 when the cache answered all.
+    model_loads: int = 0
     scoring_seconds: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)
 
@@ -96,32 +97,6 @@ class EngineStats:
 _STAT_FIELDS = tuple(f.name for f in fields(EngineStats) if f.name != "extra")
 
 
-def pack_batches(
-    costs: Sequence[int], max_batch_size: int, max_batch_cost: int
-) -> list[list[int]]:
-    """Indices grouped into batches, longest first, so that padding is small and an OOM shows early.
-
-    A batch holds at most ``max_batch_size`` requests and at most ``max_batch_cost`` padded units
-    (its size times its longest cost); a single request longer than the budget gets a batch alone.
-    """
-    order = sorted(range(len(costs)), key=costs.__getitem__, reverse=True)
-    batches: list[list[int]] = []
-    current: list[int] = []
-    longest = 0
-    for index in order:
-        longest_if_added = max(longest, costs[index], 1)
-        if current and (
-            len(current) >= max_batch_size or longest_if_added * (len(current) + 1) > max_batch_cost
-        ):
-            batches.append(current)
-            current, longest_if_added = [], max(costs[index], 1)
-        current.append(index)
-        longest = longest_if_added
-    if current:
-        batches.append(current)
-    return batches
-
-
 class _BatchRunner:
     """Runs unique requests through a model in batches: cache first, then OOM-safe batches."""
 
@@ -142,6 +117,9 @@ class _BatchRunner:
         self._cache = cache
         self._cached: dict[str, Any] | None = None
         self._cached_facts: dict[str, dict[str, Any]] = {}
+        # Cache keys render each request (a chat template for hf:): asked for when planning and
+        # again when running, they are computed once.
+        self._keys: dict[Any, str] = {}
         self._facts = facts
         # Names the model reports per text; a backend counter of the same name would count twice.
         self._fact_names: set[str] = set()
@@ -159,8 +137,14 @@ class _BatchRunner:
             return None
         if self._cached is None:
             self._cached, self._cached_facts = self._cache.load_with_facts()
-        raw = self._cached.get(self._model.cache_key(request))
+        raw = self._cached.get(self._key(request))
         return None if raw is None else self._decode(raw)
+
+    def _key(self, request: Any) -> str:
+        key = self._keys.get(request)
+        if key is None:
+            key = self._keys[request] = self._model.cache_key(request)
+        return key
 
     def run(self, requests: list, delta: EngineStats, label: str, store: Callable[[int, Any, bool], None]) -> list[int]:
         """Results of ``requests`` through ``store(index, result, from_cache)``; returns the indices
@@ -169,7 +153,7 @@ class _BatchRunner:
         if self._cache is not None:
             if self._cached is None:
                 self._cached, self._cached_facts = self._cache.load_with_facts()
-            cache_keys = [self._model.cache_key(r) for r in requests]
+            cache_keys = [self._keys.pop(r, "") or self._model.cache_key(r) for r in requests]
             todo = []
             completed: list[tuple[str, Any, dict[str, Any]]] = []
             for i, key in enumerate(cache_keys):
@@ -344,6 +328,7 @@ class _ScenarioEngine:
         self._failed: dict[str, str] = {}
         self._unreported = EngineStats()
         self.totals = EngineStats()
+        self._load_counted = False
 
     def outcome(self, sample: Sample) -> Outcome:
         """The sample's outcome; does the work of its whole scenario on first use."""
@@ -372,11 +357,20 @@ class _ScenarioEngine:
         try:
             self._do_work(samples, label, delta)
         finally:
+            if not self._load_counted and self._model_loaded():
+                delta.model_loads, self._load_counted = 1, True
             delta.scoring_seconds = time.perf_counter() - started
             self._unreported.add(delta.as_dict())
             self.totals.add(delta.as_dict())
 
     def _do_work(self, samples: Iterable[Sample], label: str, delta: EngineStats) -> None:
+        raise NotImplementedError
+
+    def _model_loaded(self) -> bool:
+        raise NotImplementedError
+
+    def has_work(self) -> bool:
+        """Whether the plan needs anything the cache does not hold: if not, the model need not load."""
         raise NotImplementedError
 
     def _outcome(self, sample: Sample) -> Outcome:
@@ -403,6 +397,22 @@ class Engine(_ScenarioEngine):
                                     progress=self._progress, cache=cache, call=model.score, check=_finite,
                                     encode=lambda v: v, decode=float, facts=model.facts)
         self._scores: dict[TextKey, float] = {}
+
+    def _model_loaded(self) -> bool:
+        return self._model.loaded
+
+    def has_work(self) -> bool:
+        seen: set[TextKey] = set()
+        for samples in self._plan.values():
+            for sample in samples:
+                for response in sample.responses:
+                    key = (sample.conversation, response.text)
+                    if key in seen or key in self._scores:
+                        continue
+                    seen.add(key)
+                    if self._runner.cached(ScoreRequest(*key)) is None:
+                        return True
+        return False
 
     def self_check(self, count: int, seed: int, tolerance: float) -> dict[str, Any] | None:
         """Re-score a seeded sample of ``count`` of the texts scored so far one at a time (no
@@ -504,6 +514,12 @@ class PairwiseEngine(_ScenarioEngine):
                                     encode=Verdict.as_json, decode=Verdict.from_json,
                                     cacheable=lambda verdict: verdict.error is None)
         self._verdicts: dict[PairRequest, Verdict] = {}
+
+    def _model_loaded(self) -> bool:
+        return self._model.loaded
+
+    def has_work(self) -> bool:
+        return bool(self.planned_requests())
 
     def planned_requests(self) -> list[PairRequest]:
         """Every comparison the selection may need that the cache does not hold: what the run will

@@ -1,6 +1,9 @@
 """Session fixtures: the model under test and the engine that does the work with it.
 
-Both are session scoped, so a process loads the model once. ``rmb_model`` is the extension point:
+Both are session scoped, so a process loads the model once, and only when the score cache leaves
+it something to do: a backend that can is only prepared (tokenizer, config, settings: enough for
+the cache's fingerprint and keys), and its weights load, or its server is contacted, once the
+engine knows what the cache does not hold. ``rmb_model`` is the extension point:
 a ``conftest.py`` fixture of the same name replaces it with any pointwise or pairwise object (see
 README.md).
 """
@@ -38,7 +41,7 @@ def rmb_model(pytestconfig: pytest.Config, request: pytest.FixtureRequest):
     settings = session.settings
     try:
         with progress_for(pytestconfig).loading(settings.scorer.model):
-            return load_model(settings.scorer, settings.backend)
+            return load_model(settings.scorer, settings.backend, lazy=True)
     except ModelLoadError as exc:
         # Every item needs the model: stop the run with one message instead of one error per item,
         # and leave an error summary, never one that a later gate could take for a good run.
@@ -51,7 +54,6 @@ def rmb_engine(rmb_model, pytestconfig: pytest.Config, request: pytest.FixtureRe
     session = pytestconfig.stash[SESSION]
     settings = session.settings
     model = as_model(rmb_model)
-    session.model_loaded(model)
     # Only models that can say what their results depend on are cached; the baselines are
     # cheaper to recompute than to look up.
     fingerprint = model.fingerprint()
@@ -66,6 +68,14 @@ def rmb_engine(rmb_model, pytestconfig: pytest.Config, request: pytest.FixtureRe
         engine = Engine(model, session.plan, max_batch_size=settings.batch_size,
                         max_batch_cost=settings.batch_tokens, progress=progress, cache=cache)
     session.engine = engine
+    if not model.loaded and engine.has_work():
+        try:
+            with progress.loading(settings.scorer.model):
+                model.load()
+        except ModelLoadError as exc:
+            stop_for_load_error(request, exc)
+    # After loading: what the loaded model says of itself (device, prefix sharing) goes in the summary.
+    session.model_loaded(model)
     if isinstance(engine, PairwiseEngine) and isinstance(model, PairwiseModel):
         # Before the first request: what the run is about to ask for (and may cost). A judge
         # checks its server here (in each xdist worker too), only when the cache leaves

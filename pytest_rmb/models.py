@@ -133,6 +133,16 @@ class RewardModel:
         if callback is not None:
             callback(finished, detail, results)
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the model holds what scoring needs (weights, a checked server). A backend that
+        loads on first need stays unloaded through a rerun the cache answers in full."""
+        return True
+
+    def load(self) -> None:
+        """Load what scoring needs now, so that a failure stops the run before its first batch;
+        a backend that loads on first need does it here or at its first request, never twice."""
+
     def fingerprint(self) -> str | None:
         """Everything the results depend on, hashed: names the cache file. None: not cached."""
         return None

@@ -30,7 +30,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_rmb.engine import pack_batches
+from pytest_rmb.batching import pack_batches
 
 # auto: below this share of tokens saved over a selection, the second forward is not worth it.
 MIN_SAVED_FRACTION = 0.10

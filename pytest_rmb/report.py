@@ -215,15 +215,18 @@ def engine_line(engine: dict) -> str:
     seconds = f"{engine.get('scoring_seconds', 0):.2f} s"
     batches = f"{engine.get('batches', 0)} batches"
     cached = engine.get("cache_hits", 0)
+    # Stats written before the engine counted loads do not say: take the model as loaded.
+    not_loaded = "; model not loaded;" if engine.get("model_loads", 1) == 0 else ","
     if engine.get("comparison_slots"):
         made = engine.get("comparisons_made", 0)
-        line = (f"engine: {made} comparisons judged now, {cached} from the cache, for "
+        line = (f"engine: {made} comparisons judged now{not_loaded} {cached} from the cache, for "
                 f"{engine['comparison_slots']} comparison slots in {batches}, {seconds}")
         if engine.get("comparisons_skipped"):
             line += f", {engine['comparisons_skipped']} skipped after a lost comparison"
     else:
         scored = engine.get("texts_scored", 0)
-        line = (f"engine: {scored} unique texts scored now, {cached} from the score cache, for "
+        texts = "texts" if not_loaded != "," else "unique texts"
+        line = (f"engine: {scored} {texts} scored now{not_loaded} {cached} from the score cache, for "
                 f"{engine.get('response_slots', 0)} response slots in {batches}, {seconds}")
         if engine.get("truncated"):
             line += f"; {engine['truncated']} of {scored + cached} truncated"

@@ -24,8 +24,12 @@ METRIC = "self-check"
 
 def run_self_check(engine: Any, model: Any, count: int, seed: int | None) -> dict[str, Any] | None:
     """Re-score ``count`` of the texts this process scored, each alone; None when nothing is checked
-    (no engine or model here, a free baseline, a pairwise model, or ``count`` 0)."""
+    (no engine or model here, a free baseline, a pairwise model, ``count`` 0, or nothing scored now)."""
     if count <= 0 or not isinstance(engine, Engine) or model is None or model.fingerprint() is None:
+        return None
+    if engine.totals.texts_scored == 0:
+        # Every score came from the cache: checked by the run that made them, and checking
+        # again would load the model (or call its server) for nothing else.
         return None
     tolerance = self_check_tolerance(model.describe().get("dtype"))
     result = engine.self_check(count, seed or 0, tolerance)

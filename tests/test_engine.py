@@ -3,8 +3,9 @@ from contextlib import contextmanager
 
 import pytest
 
+from pytest_rmb.batching import pack_batches
 from pytest_rmb.data import BonSample, Message, PairSample, Response
-from pytest_rmb.engine import Engine, ScoringError, pack_batches
+from pytest_rmb.engine import Engine, ScoringError
 from pytest_rmb.models import PointwiseModel
 
 

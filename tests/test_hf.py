@@ -14,7 +14,7 @@ from pytest_rmb.data import Message
 from pytest_rmb.backends import ModelLoadError, ModelSettings, load_spec
 from pytest_rmb.models import ScoreRequest
 from pytest_rmb.backends import RMBWarning
-from pytest_rmb.backends.hf import plain_render
+from pytest_rmb.backends._transformers import plain_render
 from tests.helpers import SHARED_DATA, all_files
 from tests.tiny_models import save_decoder, save_encoder
 

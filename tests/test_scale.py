@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from pytest_rmb.cache import ScoreCache
-from pytest_rmb.backends.hf import resolve_device
+from pytest_rmb.backends._transformers import resolve_device
 from tests.helpers import SAMPLE_DATA, all_files, ctrl_c_reaches_it
 from tests.tiny_models import save_decoder
 
@@ -74,7 +74,7 @@ def test_a_second_identical_run_scores_nothing(pytester, tiny_model):
     warm = engine_of(pytester.path / "two.json")
     assert (warm["texts_scored"], warm["cache_hits"]) == (0, SAMPLE_TEXTS)
     assert (pytester.path / "one.jsonl").read_text() == (pytester.path / "two.jsonl").read_text()
-    second.stdout.fnmatch_lines([f"engine: 0 unique texts scored *, {SAMPLE_TEXTS} from the score cache*"])
+    second.stdout.fnmatch_lines([f"engine: 0 texts scored now; model not loaded; {SAMPLE_TEXTS} from the score cache*"])
 
     # A different max length is a different fingerprint: a new file, scored afresh.
     pytester.runpytest(*args, "--rmb-max-length", "32", "--rmb-json", "three.json")

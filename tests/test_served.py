@@ -503,8 +503,10 @@ def test_vllm_run_reproduces_the_hf_backend_and_never_writes_the_key(pytester, v
     assert_same_results(again, hf_reference)
     assert again[1]["engine"]["texts_scored"] == 0
     assert again[1]["engine"]["cache_hits"] == served[1]["engine"]["texts_scored"] > 0
-    # The start-up probe and the end-of-run self-check (texts re-scored alone), nothing else.
-    assert len([e for e in logged(log) if e["texts"]]) == 1 + again[1]["self_check"]["checked"]
+    # The cache answers in full: no start-up probe, no self-check, not one request.
+    assert [e for e in logged(log) if e["texts"]] == []
+    assert again[1]["self_check"] is None and again[1]["engine"]["model_loads"] == 0
+    again[0].stdout.fnmatch_lines(["engine: 0 texts scored now; model not loaded; *"])
 
 
 def test_sglang_run_under_xdist_reproduces_the_hf_backend(pytester, sglang_server, long_model, hf_reference):

@@ -124,6 +124,10 @@ class Backend:
     summary: str = ""
     accepts_any_args: bool = False
     source: str = "pytest-rmb"
+    # Builds the model without its weights or a server's answer, which its ``load()`` fetches on
+    # first need: what a run uses, so that a rerun the score cache answers in full loads nothing.
+    # None: ``load`` is all the backend has.
+    prepare: Callable[[ModelSettings], PointwiseModel | PairwiseModel] | None = None
 
     def parse_args(self, given: Sequence[tuple[str, str]]) -> dict[str, Any]:
         """Validate ``KEY=VALUE`` pairs against the declared args; defaults fill the rest."""
@@ -234,9 +238,21 @@ def backend_for(spec: str, backends: BackendRegistry) -> Backend:
     return backend
 
 
-def load_model(settings: ModelSettings, backend: Backend) -> PointwiseModel | PairwiseModel:
-    """Load the spec's model with its backend; whatever it returns must be a model of one kind."""
-    model = backend.load(settings)
+def prepared_then_loaded(prepare: Callable[[ModelSettings], Any]) -> Callable[[ModelSettings], Any]:
+    """The ``load`` of a backend that can ``prepare``: prepare, then load at once, so that every
+    load error shows here."""
+    def load(settings: ModelSettings) -> Any:
+        model = prepare(settings)
+        model.load()
+        return model
+
+    return load
+
+
+def load_model(settings: ModelSettings, backend: Backend, lazy: bool = False) -> PointwiseModel | PairwiseModel:
+    """Load the spec's model with its backend; whatever it returns must be a model of one kind.
+    ``lazy``: only prepare it where the backend can (the model's ``load()`` does the rest)."""
+    model = backend.prepare(settings) if lazy and backend.prepare is not None else backend.load(settings)
     if not isinstance(model, (PointwiseModel, PairwiseModel)):
         raise ModelLoadError(f"--rmb-model {settings.model}: the {backend.scheme} backend returned "
                              f"{type(model).__name__}, not a PointwiseModel or PairwiseModel")

@@ -18,11 +18,9 @@ template did not write it (zephyr's template, for one, leaves BOS to the tokeniz
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from pytest_rmb.backends import (
@@ -31,19 +29,29 @@ from pytest_rmb.backends import (
     ModelLoadError,
     ModelSettings,
     RMBWarning,
+    prepared_then_loaded,
 )
-from pytest_rmb.backends.hf import (
-    CPU_BATCH_TOKENS,
-    DEFAULT_MAX_LENGTH,
-    GPU_BATCH_TOKENS,
-    SANE_LIMIT,
+from pytest_rmb.backends._transformers import (
+    LazyWeights,
+    batch_tokens_for,
     check_spec_before_loading,
+    context_limit,
+    dtype_name,
+    fingerprint,
+    input_device,
     load_causal_lm,
+    load_config,
+    load_tokenizer,
+    override_chat_template,
+    pad_id,
     plain_render,
     resolve_device,
     resolve_dtype,
     resolved_revision,
     right_padded,
+    template_digest,
+    template_identity,
+    truncate_left,
     weights_identity,
 )
 from pytest_rmb.data import Message
@@ -85,31 +93,42 @@ class DPORewardModel(PointwiseModel):
 
     def __init__(self, policy, reference, tokenizer, settings: ModelSettings, *, beta: float = 1.0,
                  ref_free: str | None = None, reference_settings: ModelSettings | None = None,
-                 policy_weights: str = "", reference_weights: str = ""):
+                 policy_weights: str = "", reference_weights: str = "", configs: tuple[Any, Any] | None = None,
+                 load: Any = None, device: str = "cpu", reference_device: str | None = None, dtype: Any = None):
+        """``policy`` and ``reference`` loaded, or both None with their ``configs`` (the reference's
+        None without one), the devices and ``dtype`` they will load to, and ``load()`` that loads
+        them on first need and returns (policy, reference)."""
         import torch
 
         self._torch = torch
-        self.policy = policy.eval()
-        self.reference = reference.eval() if reference is not None else None
+        self._nets = LazyWeights(load, None if policy is None else
+                                 (policy.eval(), reference.eval() if reference is not None else None))
+        if policy is not None:
+            configs = (policy.config, reference.config if reference is not None else None)
+        assert configs is not None
+        policy_config, reference_config = configs
+        has_reference = reference_config is not None
         self.tokenizer = tokenizer
         self.name = settings.target
         self.beta = float(beta)
-        self.mode = reward_mode(settings.model, reference is not None, ref_free)
+        self.mode = reward_mode(settings.model, has_reference, ref_free)
         self._reference_settings = reference_settings
-        self._policy_weights = policy_weights or weights_identity(settings, policy)
-        self._policy_revision = resolved_revision(settings, policy)
+        self._policy_weights = policy_weights or weights_identity(settings, policy_config)
+        self._policy_revision = resolved_revision(settings, policy_config)
         self._reference_revision: str | None
-        if self.reference is not None and reference_settings is not None:
-            self._reference_weights = reference_weights or weights_identity(reference_settings, self.reference)
-            self._reference_revision = resolved_revision(reference_settings, self.reference)
+        if has_reference and reference_settings is not None:
+            self._reference_weights = reference_weights or weights_identity(reference_settings, reference_config)
+            self._reference_revision = resolved_revision(reference_settings, reference_config)
         else:
             self._reference_weights = reference_weights
             self._reference_revision = None
-        self._device = _input_device(self.policy)
-        self.batch_tokens: int | None = GPU_BATCH_TOKENS if self._device.type == "cuda" else CPU_BATCH_TOKENS
-        if settings.chat_template:
-            tokenizer.chat_template = Path(settings.chat_template).read_text(encoding="utf-8")
-        self._templated = bool(getattr(tokenizer, "chat_template", None))
+        self._has_reference = has_reference
+        self._device = input_device(policy) if policy is not None else torch.device(device)
+        self._reference_device = (input_device(reference) if reference is not None
+                                  else torch.device(reference_device or device) if has_reference else None)
+        self._dtype = policy.dtype if policy is not None else dtype
+        self.batch_tokens: int | None = batch_tokens_for(self._device)
+        self._templated = override_chat_template(tokenizer, settings.chat_template)
         if not self._templated:
             warnings.warn(
                 f"{self.name}: the tokenizer has no chat template; rendering conversations as "
@@ -118,12 +137,38 @@ class DPORewardModel(PointwiseModel):
                 RMBWarning,
                 stacklevel=2,
             )
-        self._pad_id = _pad_id(tokenizer)
+        self._pad_id = pad_id(tokenizer)
         self._bos = self._leading_bos()
         self._special = set(tokenizer.all_special_ids)
-        self.max_length = self._max_length(settings.max_length)
+        if settings.max_length is not None and settings.max_length < 2:
+            raise ModelLoadError(f"--rmb-max-length {settings.max_length}: a DPO reward needs at least 2 tokens")
+        self.max_length = context_limit(self.name, settings.max_length, tokenizer,
+                                        [c for c in configs if c is not None])
         self._tokens: dict[ScoreRequest, tuple[list[int], int]] = {}
         self._counters: dict[str, float] = {"truncated": 0}
+
+    @property
+    def loaded(self) -> bool:
+        return self._nets.loaded
+
+    def load(self) -> None:
+        if not self._nets.loaded:
+            policy, reference = self._nets.get()
+            self._device = input_device(policy)
+            if reference is not None:
+                self._reference_device = input_device(reference)
+
+    @property
+    def policy(self):
+        self.load()
+        return self._nets.get()[0]
+
+    @property
+    def reference(self):
+        if not self._has_reference:
+            return None
+        self.load()
+        return self._nets.get()[1]
 
     # -- rendering and tokens ---------------------------------------------------------------------
 
@@ -138,26 +183,6 @@ class DPORewardModel(PointwiseModel):
             return None
         plain = self.tokenizer("x", add_special_tokens=True)["input_ids"]
         return bos if plain and plain[0] == bos else None
-
-    def _max_length(self, requested: int | None) -> int:
-        limits = [
-            limit
-            for model in (self.policy, self.reference)
-            if model is not None
-            for limit in (getattr(model.config, "max_position_embeddings", None),)
-            if isinstance(limit, int) and 0 < limit < SANE_LIMIT
-        ]
-        tokenizer_limit = getattr(self.tokenizer, "model_max_length", None)
-        if isinstance(tokenizer_limit, int) and 0 < tokenizer_limit < SANE_LIMIT:
-            limits.append(tokenizer_limit)
-        model_limit = min(limits) if limits else None
-        if requested is not None:
-            if model_limit is not None and requested > model_limit:
-                raise ModelLoadError(f"--rmb-max-length {requested}: {self.name} accepts at most {model_limit} tokens")
-            if requested < 2:
-                raise ModelLoadError(f"--rmb-max-length {requested}: a DPO reward needs at least 2 tokens")
-            return requested
-        return min(DEFAULT_MAX_LENGTH, model_limit) if model_limit else DEFAULT_MAX_LENGTH
 
     def encode(self, requests: Sequence[ScoreRequest]) -> list[tuple[list[int], int]]:
         """Each request's token ids and the index of its first response token, before truncation."""
@@ -180,16 +205,14 @@ class DPORewardModel(PointwiseModel):
         return encoded
 
     def _truncate(self, ids: list[int], start: int) -> tuple[list[int], int]:
-        limit = self.max_length
-        if len(ids) <= limit:
+        # As the classifier backend truncates, keeping a leading BOS (or the template's first
+        # special token); the response's first token moves with what was dropped.
+        kept = truncate_left(ids, self.max_length, bool(ids) and ids[0] in self._special)
+        if len(kept) == len(ids):
             return ids, start
         self._counters["truncated"] += 1
-        # Keep the end, where the response is; lose the start of the conversation, but keep a
-        # leading BOS (or the template's first special token), as the classifier backend does.
-        dropped = len(ids) - limit
-        if ids[0] in self._special:
-            return ids[:1] + ids[dropped + 1:], max(start - dropped, 1)
-        return ids[dropped:], max(start - dropped, 0)
+        dropped = len(ids) - len(kept)
+        return kept, max(start - dropped, 1 if ids[0] in self._special else 0)
 
     def cost(self, requests: Sequence[ScoreRequest]) -> list[int]:
         """Token counts after rendering and truncation (each model reads them once); keeps the ids."""
@@ -209,7 +232,7 @@ class DPORewardModel(PointwiseModel):
         self.cost(batch)
         rows = [self._tokens[r] for r in batch]
         policy = self._response_logprobs(self.policy, rows)
-        if self.reference is not None:
+        if self._has_reference:
             reference = self._response_logprobs(self.reference, rows)
             values = [self.beta * (p.sum().item() - r.sum().item()) for p, r in zip(policy, reference)]
         else:
@@ -231,7 +254,7 @@ class DPORewardModel(PointwiseModel):
         """Per row, the float64 log-probabilities of its response tokens under ``model``."""
         torch = self._torch
         input_ids, attention = right_padded([ids for ids, _ in rows], self._pad_id)
-        device = _input_device(model)
+        device = input_device(model)
         with torch.inference_mode():
             logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
             result = []
@@ -252,23 +275,15 @@ class DPORewardModel(PointwiseModel):
     # -- provenance -------------------------------------------------------------------------------
 
     def fingerprint(self) -> str:
-        """Everything a reward depends on, hashed: names the score-cache file."""
-        if self.reference is None:
+        """Everything a reward depends on, hashed: names the score-cache file (no weights loaded)."""
+        if not self._has_reference:
             reference = f"ref_free {self.mode}"
         else:
             target = self._reference_settings.target if self._reference_settings else ""
             reference = f"reference {target} {self._reference_weights}"
-        parts = [
-            f"scorer dpo {SCORER_VERSION}",
-            self.name,
-            self._policy_weights,
-            reference,
-            f"beta {self.beta!r}",
-            str(self.policy.dtype),
-            str(self.max_length),
-            self.tokenizer.chat_template if self._templated else "plain",
-        ]
-        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
+        return fingerprint([f"scorer dpo {SCORER_VERSION}", self.name, self._policy_weights, reference,
+                            f"beta {self.beta!r}", str(self._dtype), str(self.max_length),
+                            template_identity(self.tokenizer, self._templated)])
 
     def cache_key(self, request: ScoreRequest) -> str:
         """A hash of the exact context and text the models see."""
@@ -276,14 +291,13 @@ class DPORewardModel(PointwiseModel):
         return request_key(f"{len(prompt)}:{prompt}{full}")
 
     def describe(self) -> dict[str, Any]:
-        template = self.tokenizer.chat_template if self._templated else "plain"
         reference: dict[str, Any] | None = None
-        if self.reference is not None:
+        if self._has_reference:
             reference = {
                 "model": self._reference_settings.target if self._reference_settings else None,
                 "revision": self._reference_revision,
                 "weights": self._reference_weights,
-                "device": str(_input_device(self.reference)),
+                "device": str(self._reference_device),
             }
         return {
             "policy": {"model": self.name, "revision": self._policy_revision, "weights": self._policy_weights,
@@ -293,15 +307,15 @@ class DPORewardModel(PointwiseModel):
             else f"beta * reference-free log p_policy of the response ({self.mode})",
             "beta": self.beta,
             "ref_free": None if reference else self.mode,
-            "dtype": str(self.policy.dtype).removeprefix("torch."),
+            "dtype": dtype_name(self._dtype),
             "max_length": self.max_length,
             "truncation_side": "left (the start of the conversation is dropped)",
-            "chat_template_sha256": hashlib.sha256(str(template).encode()).hexdigest()[:16],
+            "chat_template_sha256": template_digest(template_identity(self.tokenizer, self._templated)),
         }
 
     def close(self) -> None:
         self._tokens.clear()
-        self.policy = self.reference = None
+        self._nets.release()
         torch = self._torch
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -341,18 +355,6 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def _input_device(model):
-    return model.get_input_embeddings().weight.device
-
-
-def _pad_id(tokenizer) -> int:
-    # Any id works: padded positions are masked and come after every real token.
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id):
-        if candidate is not None:
-            return int(candidate)
-    return 0
-
-
 def check_same_tokenizer(policy_tokenizer, reference_tokenizer, policy: str, reference: str,
                          probe: str) -> None:
     """Log-ratios compare token by token: both models must split every text the same way."""
@@ -375,33 +377,15 @@ def check_same_tokenizer(policy_tokenizer, reference_tokenizer, policy: str, ref
         )
 
 
-def _check_spec(spec: str, label: str) -> None:
-    try:
-        check_spec_before_loading(spec)
-    except ModelLoadError as exc:
-        # Its message names --rmb-model; say which of the two models it was.
-        raise ModelLoadError(f"{label}: {str(exc).split(': ', 1)[-1]}") from None
-
-
-def _load_tokenizer(settings: ModelSettings, label: str):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(settings.target, revision=settings.revision,
-                                             trust_remote_code=settings.trust_remote_code)
-    except (OSError, ValueError, ImportError, KeyError) as exc:
-        raise ModelLoadError(f"{label}: cannot load its tokenizer with transformers: {exc}") from exc
-
-
 # Ends the error for a checkpoint without a trained language-model head.
 NEEDS = "a DPO reward needs a causal LM"
 
 
-def load_dpo(settings: ModelSettings) -> DPORewardModel:
-    """``dpo:POLICY`` [``ref=REFERENCE``]: both models load once, in one dtype.
+def prepare_dpo(settings: ModelSettings) -> DPORewardModel:
+    """``dpo:POLICY`` [``ref=REFERENCE``]: both models load once, in one dtype, on first need.
 
-    Everything that can be checked without the weights (both specs, the mode, the tokenizers) is
-    checked before either model loads, so a mistake costs seconds, not minutes.
+    Everything that can be checked without the weights (both specs, the mode, the tokenizers, the
+    configs) is checked now, so a mistake costs seconds, not minutes.
     """
     policy_spec = settings.target.strip()
     if not policy_spec:
@@ -416,18 +400,16 @@ def load_dpo(settings: ModelSettings) -> DPORewardModel:
     reward_mode(settings.model, reference_spec is not None, ref_free)
     policy_label = f"--rmb-model {settings.model}"
     reference_label = f"--rmb-model-arg ref={reference_spec}"
-    _check_spec(policy_spec, policy_label)
+    check_spec_before_loading(policy_spec, policy_label)
     reference_settings = None
     if reference_spec is not None:
         reference_settings = replace(settings, model=f"hf:{reference_spec}", revision=args.get("ref_revision"))
-        _check_spec(reference_spec, reference_label)
-    tokenizer = _load_tokenizer(settings, policy_label)
-    if settings.chat_template:
-        tokenizer.chat_template = Path(settings.chat_template).read_text(encoding="utf-8")
+        check_spec_before_loading(reference_spec, reference_label)
+    tokenizer = load_tokenizer(settings, policy_label)
+    templated = override_chat_template(tokenizer, settings.chat_template)
     if reference_settings is not None:
-        _, probe = render(tokenizer, ScoreRequest(PROBE_CONVERSATION, PROBE_RESPONSE),
-                          templated=bool(getattr(tokenizer, "chat_template", None)))
-        check_same_tokenizer(tokenizer, _load_tokenizer(reference_settings, reference_label), policy_spec,
+        _, probe = render(tokenizer, ScoreRequest(PROBE_CONVERSATION, PROBE_RESPONSE), templated=templated)
+        check_same_tokenizer(tokenizer, load_tokenizer(reference_settings, reference_label), policy_spec,
                              reference_spec or "", probe)
 
     device = resolve_device(settings.device, settings.worker_index)
@@ -439,21 +421,30 @@ def load_dpo(settings: ModelSettings) -> DPORewardModel:
         except ModelLoadError as exc:
             raise ModelLoadError(f"--rmb-model-arg ref_device={args['ref_device']}: "
                                  f"{str(exc).split(': ', 1)[-1]}") from None
-    policy = load_causal_lm(settings, policy_label, dtype, None if settings.device_map else device, NEEDS)
-    reference = None
-    if reference_settings is not None:
-        if ref_device is None and not settings.device_map:
-            # Beside the policy (with a device_map, spread by the same map).
-            ref_device = str(_input_device(policy))
-        if ref_device is not None:
-            reference_settings = replace(reference_settings, device_map=None)
-        reference = load_causal_lm(reference_settings, reference_label, dtype, ref_device, NEEDS)
-    return DPORewardModel(policy, reference, tokenizer, settings, beta=args.get("beta") or 1.0,
-                          ref_free=ref_free, reference_settings=reference_settings)
+    failure = "cannot load it as a causal language model with transformers"
+    configs = (load_config(settings, policy_label, failure),
+               load_config(reference_settings, reference_label, failure) if reference_settings else None)
+
+    def load() -> tuple[Any, Any]:
+        policy = load_causal_lm(settings, policy_label, dtype, None if settings.device_map else device, NEEDS)
+        reference = None
+        if reference_settings is not None:
+            # Beside the policy unless ref_device says (with a device_map, spread by the same map).
+            where = ref_device or (None if settings.device_map else str(input_device(policy)))
+            chosen = replace(reference_settings, device_map=None) if where is not None else reference_settings
+            reference = load_causal_lm(chosen, reference_label, dtype, where, NEEDS).eval()
+        return policy.eval(), reference
+
+    return DPORewardModel(None, None, tokenizer, settings, beta=args.get("beta") or 1.0, ref_free=ref_free,
+                          reference_settings=reference_settings, configs=configs, load=load, device=device,
+                          reference_device=ref_device, dtype=dtype)
+
+
+load_dpo = prepared_then_loaded(prepare_dpo)
 
 
 BACKEND = Backend(
-    "dpo", load_dpo,
+    "dpo", load_dpo, prepare=prepare_dpo,
     args=(
         ModelArg("ref", _text("model"), None, "the reference model (hub id or local checkpoint); the reward is "
                  "beta * (log p_policy - log p_ref) of the response. Without it, a reference-free reward"),

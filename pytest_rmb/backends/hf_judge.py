@@ -25,10 +25,8 @@ conversation): its order gets no verdict, with the reason, and the comparison co
 from __future__ import annotations
 
 import copy
-import hashlib
 import inspect
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from pytest_rmb.backends import (
@@ -36,17 +34,27 @@ from pytest_rmb.backends import (
     ModelArg,
     ModelLoadError,
     ModelSettings,
+    prepared_then_loaded,
 )
-from pytest_rmb.backends.hf import (
-    CPU_BATCH_TOKENS,
-    GPU_BATCH_TOKENS,
-    SANE_LIMIT,
+from pytest_rmb.backends._transformers import (
+    LazyWeights,
+    OneNetwork,
+    batch_tokens_for,
     check_spec_before_loading,
+    context_limit,
+    dtype_name,
+    fingerprint,
+    input_device,
     load_causal_lm,
+    load_config,
+    load_tokenizer,
+    override_chat_template,
+    pad_id,
     resolve_device,
     resolve_dtype,
     resolved_revision,
     right_padded,
+    template_digest,
     weights_identity,
 )
 from pytest_rmb.data import Message
@@ -88,14 +96,17 @@ def path_value(text: str) -> str:
 path_value.type_name = "path"  # type: ignore[attr-defined]
 
 
-class HFJudge(PairwiseModel):
+class HFJudge(OneNetwork, PairwiseModel):
     """A causal LM answering pairwise judge prompts; ``compare`` returns one Verdict per request
     (``first`` = the chosen answer), combined over the answer orders by :func:`judging.combine`."""
 
     def __init__(self, model, tokenizer, settings: ModelSettings, *, mode: str = "logits",
                  prompt: JudgePrompt | None = None, order: str = "both",
                  max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, parse_retries: int = DEFAULT_PARSE_RETRIES,
-                 seed: int = 0, weights: str = ""):
+                 seed: int = 0, weights: str = "", config: Any = None, load: Any = None, device: str = "cpu",
+                 dtype: Any = None):
+        """``model`` loaded, or None with its ``config``, the ``device`` and ``dtype`` it will
+        load to, and ``load()`` that loads it on first need."""
         import torch
 
         if mode not in MODES:
@@ -103,7 +114,8 @@ class HFJudge(PairwiseModel):
         if order not in ORDERS:
             raise ModelLoadError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
         self._torch = torch
-        self.model = model.eval()
+        self._net = LazyWeights(load, model.eval() if model is not None else None)
+        config = model.config if model is not None else config
         self.tokenizer = tokenizer
         self.name = settings.target
         self.mode = mode
@@ -112,40 +124,32 @@ class HFJudge(PairwiseModel):
         self.max_new_tokens = max_new_tokens
         self.parse_retries = parse_retries
         self.seed = seed
-        self._weights = weights or weights_identity(settings, model)
-        self._revision = resolved_revision(settings, model)
-        self._device = model.get_input_embeddings().weight.device
-        self.batch_tokens: int | None = GPU_BATCH_TOKENS if self._device.type == "cuda" else CPU_BATCH_TOKENS
-        if settings.chat_template:
-            tokenizer.chat_template = Path(settings.chat_template).read_text(encoding="utf-8")
-        if not getattr(tokenizer, "chat_template", None):
+        self._weights = weights or weights_identity(settings, config)
+        self._revision = resolved_revision(settings, config)
+        self._device = input_device(model) if model is not None else torch.device(device)
+        self._dtype = model.dtype if model is not None else dtype
+        self.batch_tokens: int | None = batch_tokens_for(self._device)
+        if not override_chat_template(tokenizer, settings.chat_template):
             raise ModelLoadError(f"--rmb-model {settings.model}: the tokenizer has no chat template, and a judge "
                                  "is asked in chat messages; pass --rmb-chat-template FILE")
-        self.context = self._context(settings.max_length)
-        self._pad_id = _pad_id(tokenizer)
+        self.context = context_limit(self.name, settings.max_length, tokenizer, [config], default=None)
+        self._pad_id = pad_id(tokenizer)
         self._ids: dict[Row, list[int]] = {}
         self._counters: dict[str, float] = {}
         if mode == "logits":
             self._letters = self._letter_tokens()
-            self._keep_arg = "logits_to_keep" in inspect.signature(model.forward).parameters
-        else:
-            self._generation = self._generation_config()
+        if model is not None:
+            self._loaded(self._net.get())
 
     # -- set-up ---------------------------------------------------------------------------------
 
-    def _context(self, requested: int | None) -> int:
-        limits = [limit for limit in (getattr(self.tokenizer, "model_max_length", None),
-                                      getattr(self.model.config, "max_position_embeddings", None))
-                  if isinstance(limit, int) and 0 < limit < SANE_LIMIT]
-        model_limit = min(limits) if limits else None
-        if requested is not None:
-            if model_limit is not None and requested > model_limit:
-                raise ModelLoadError(f"--rmb-max-length {requested}: {self.name} accepts at most {model_limit} tokens")
-            return requested
-        if model_limit is None:
-            raise ModelLoadError(f"{self.name}: neither the tokenizer nor the config gives a context length; "
-                                 "pass --rmb-max-length N")
-        return model_limit
+    def _loaded(self, model) -> None:
+        """What needs the weights: where a device_map put them, and how they take a forward pass."""
+        self._device = input_device(model)
+        if self.mode == "logits":
+            self._keep_arg = "logits_to_keep" in inspect.signature(model.forward).parameters
+        else:
+            self._generation = self._generation_config(model)
 
     def _letter_tokens(self) -> tuple[int, int]:
         """The token ids of ``A`` and ``B`` right after ``[[``, checked on a rendered prompt: the
@@ -165,10 +169,10 @@ class HFJudge(PairwiseModel):
             raise ModelLoadError(f"{self.name}: 'A' and 'B' are the same token; use mode=generate")
         return found[0], found[1]
 
-    def _generation_config(self):
+    def _generation_config(self, model):
         # The model's own generation defaults (repetition penalty, end-of-turn ids), as a server
         # uses them for a temperature-0 request: greedy, with the requested number of new tokens.
-        config = copy.deepcopy(self.model.generation_config)
+        config = copy.deepcopy(model.generation_config)
         config.do_sample = False
         for name in ("temperature", "top_p", "top_k", "typical_p", "min_p"):
             if hasattr(config, name):
@@ -231,6 +235,7 @@ class HFJudge(PairwiseModel):
     # -- judging --------------------------------------------------------------------------------
 
     def compare(self, batch: Sequence[PairRequest]) -> list[Verdict]:
+        self.load()
         self.cost(batch)
         rows = [row for request in batch for row in self._rows(request)]
         # Reading logits needs the prompt to fit; generating needs room for one token more.
@@ -375,13 +380,13 @@ class HFJudge(PairwiseModel):
 
     def fingerprint(self) -> str:
         parts = [
-            f"judge hf {JUDGE_VERSION}", self.name, self._weights, str(self.model.dtype), self.mode,
+            f"judge hf {JUDGE_VERSION}", self.name, self._weights, str(self._dtype), self.mode,
             self.prompt.sha256, self.order, str(self.seed) if self.order == "random" else "",
             str(self.context), str(self.tokenizer.chat_template),
         ]
         if self.mode == "generate":
             parts += [str(self.max_new_tokens), str(self.parse_retries)]
-        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
+        return fingerprint(parts)
 
     def describe(self) -> dict[str, Any]:
         described: dict[str, Any] = {
@@ -392,10 +397,10 @@ class HFJudge(PairwiseModel):
             "order": self.order,
             "revision": self._revision,
             "weights": self._weights,
-            "dtype": str(self.model.dtype).removeprefix("torch."),
+            "dtype": dtype_name(self._dtype),
             "device": str(self._device),
             "context": self.context,
-            "chat_template_sha256": hashlib.sha256(str(self.tokenizer.chat_template).encode()).hexdigest()[:16],
+            "chat_template_sha256": template_digest(str(self.tokenizer.chat_template)),
         }
         if self.order == "random":
             described["seed"] = self.seed
@@ -407,16 +412,9 @@ class HFJudge(PairwiseModel):
         self._ids.clear()
 
 
-def _pad_id(tokenizer) -> int:
-    # Any id works: padded positions are masked out.
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id):
-        if candidate is not None:
-            return int(candidate)
-    return 0
-
-
-def load_hf_judge(settings: ModelSettings) -> HFJudge:
-    """``hf-judge:PATH_OR_ID``: a causal LM and its tokenizer, loaded once in one dtype."""
+def prepare_hf_judge(settings: ModelSettings) -> HFJudge:
+    """``hf-judge:PATH_OR_ID``: a causal LM and its tokenizer; the tokenizer and the config now,
+    the weights (in one dtype) on first need."""
     args = settings.args
     mode = args.get("mode") or "logits"
     if args.get("prompt") and args.get("prompt_file"):
@@ -425,34 +423,27 @@ def load_hf_judge(settings: ModelSettings) -> HFJudge:
         prompt = load_prompt(args.get("prompt") or DEFAULT_PROMPT[mode], args.get("prompt_file"))
     except PromptError as exc:
         raise ModelLoadError(f"--rmb-model {settings.model}: {exc}") from None
-    try:
-        from transformers import AutoTokenizer
-    except ImportError as exc:  # pragma: no cover - a dependency
-        raise ModelLoadError(f"--rmb-model {settings.model}: transformers is not importable: {exc}") from exc
-    spec = settings.target
-    try:
-        check_spec_before_loading(spec)
-    except ModelLoadError as exc:
-        raise ModelLoadError(str(exc).replace(f"--rmb-model {spec}", f"--rmb-model {settings.model}")) from None
+    label = f"--rmb-model {settings.model}"
+    check_spec_before_loading(settings.target, label)
     device = resolve_device(settings.device, settings.worker_index)
     dtype = resolve_dtype(settings.dtype, device)
-    label = f"--rmb-model {settings.model}"
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(spec, revision=settings.revision,
-                                                  trust_remote_code=settings.trust_remote_code)
-    except (OSError, ValueError, ImportError, KeyError) as exc:
-        raise ModelLoadError(f"{label}: cannot load it as a causal language model with transformers: {exc}") from exc
-    model = load_causal_lm(settings, label, dtype, None if settings.device_map else device,
-                           "a judge must be a causal LM")
+    failure = "cannot load it as a causal language model with transformers"
+    tokenizer = load_tokenizer(settings, label, failure)
+    config = load_config(settings, label, failure)
+    target = None if settings.device_map else device
     seed = args.get("seed")
-    return HFJudge(model, tokenizer, settings, mode=mode, prompt=prompt, order=args.get("order") or "both",
+    return HFJudge(None, tokenizer, settings, mode=mode, prompt=prompt, order=args.get("order") or "both",
                    max_new_tokens=args.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS,
                    parse_retries=DEFAULT_PARSE_RETRIES if args.get("parse_retries") is None else args["parse_retries"],
-                   seed=settings.seed if seed is None else seed)
+                   seed=settings.seed if seed is None else seed, config=config, device=device, dtype=dtype,
+                   load=lambda: load_causal_lm(settings, label, dtype, target, "a judge must be a causal LM").eval())
+
+
+load_hf_judge = prepared_then_loaded(prepare_hf_judge)
 
 
 BACKEND = Backend(
-    "hf-judge", load_hf_judge,
+    "hf-judge", load_hf_judge, prepare=prepare_hf_judge,
     args=(
         ModelArg("mode", choice(*MODES), "logits",
                  "logits: the verdict read from the next-token logits of A vs B after '[[' (verdict-first prompt; "

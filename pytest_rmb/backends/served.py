@@ -11,9 +11,12 @@ What is sent, per (conversation, response):
   own chat template, the same way ``hf:`` renders locally (no generation prompt, no extra special
   tokens).
 - ``template=client``: token ids rendered and tokenized here by the HF backend's own code path
-  (:class:`pytest_rmb.backends.hf.ChatRenderer`: chat template or plain fallback, truncation that
+  (:class:`pytest_rmb.backends._transformers.ChatRenderer`: chat template or plain fallback, truncation that
   keeps the response), from the tokenizer alone (``tokenizer=`` or the model name). SGLang's
   ``/classify`` takes only text or token ids, so this is its only mode.
+
+The servers are checked (and sent one test request) on first need, not when the model is built:
+a rerun that the score cache answers in full sends nothing.
 
 Routes and shapes (from each project's protocol definitions):
 
@@ -50,12 +53,13 @@ from pytest_rmb.backends import (
     ModelArg,
     ModelLoadError,
     ModelSettings,
+    prepared_then_loaded,
 )
 from pytest_rmb.models import PartialBatchError, PointwiseModel, ScoreRequest, as_chat
 from pytest_rmb.parsers import choice, env_var_name, non_negative_int, positive_int
 
 if TYPE_CHECKING:
-    from pytest_rmb.backends.hf import ChatRenderer
+    from pytest_rmb.backends._transformers import ChatRenderer
 
 # Part of the cache fingerprint: bump it when requests or parsing change what a text scores.
 SCORER_VERSION = "1"
@@ -157,7 +161,7 @@ class ServedRewardModel(PointwiseModel):
     """Scores from a vLLM or SGLang server, many requests in flight, one per text."""
 
     def __init__(self, engine: Engine, settings: ModelSettings, *, api_key: str | None,
-                 renderer: ChatRenderer | None = None, served_root: str | None = None):
+                 renderer: ChatRenderer | None = None):
         args = settings.args
         self.engine = engine
         self.name = settings.target
@@ -173,8 +177,11 @@ class ServedRewardModel(PointwiseModel):
         self.chat_template = (Path(settings.chat_template).read_text(encoding="utf-8")
                               if settings.chat_template and renderer is None else None)
         self._api_key = api_key
+        self._key_env: str = args["api_key_env"]
+        self._spec = settings.model
         self._renderer = renderer
-        self._served_root = served_root
+        self._served_root: str | None = None
+        self._checked = False
         from pytest_rmb.http import RetryPolicy
 
         self._policy = RetryPolicy(retries=args["retries"], timeout=args["timeout"])
@@ -222,11 +229,30 @@ class ServedRewardModel(PointwiseModel):
 
     def take_counters(self) -> dict[str, float]:
         counters, self._counters = self._counters, {}
-        if self._renderer is not None:
-            truncated = self._renderer.take_truncated()
-            if truncated:
-                counters["truncated"] = truncated
         return counters
+
+    @property
+    def loaded(self) -> bool:
+        return self._checked
+
+    def load(self) -> None:
+        """Check every server and send one test request: a server that is down, wants a key,
+        serves another model or lacks the route fails here within seconds, naming it."""
+        if self._checked:
+            return
+        from pytest_rmb.http import HTTPFailure
+
+        self._served_root = check_servers(self.engine, self.name, self.base_urls, self._api_key, self._key_env,
+                                          self._spec)
+        try:
+            self.probe()
+        except LabelError as exc:
+            raise ModelLoadError(f"--rmb-model {self._spec}: {exc}") from None
+        except (HTTPFailure, ServedModelError) as exc:
+            raise ModelLoadError(f"--rmb-model {self._spec}: a test request to {self.engine.path(self.endpoint)} "
+                                 f"failed: {exc}") from None
+        self._counters = {}  # the run's counters start after the test request
+        self._checked = True
 
     # -- requests --------------------------------------------------------------------------------
 
@@ -235,7 +261,11 @@ class ServedRewardModel(PointwiseModel):
         bodies: list[dict[str, Any]]
         if self._renderer is not None:
             key = "input_ids" if self.engine is SGLANG else "input"
-            bodies = [{"model": self.name, key: ids} for ids in self._renderer.token_ids(batch)]
+            rows = self._renderer.rows(batch)
+            truncated = sum(len(ids) < rendered for ids, rendered in rows)
+            if truncated:
+                self._counters["truncated"] = self._counters.get("truncated", 0) + truncated
+            bodies = [{"model": self.name, key: ids} for ids, _ in rows]
         else:
             bodies = [{"model": self.name, "messages": as_chat(r.conversation, r.response)} for r in batch]
             for body in bodies:
@@ -253,6 +283,7 @@ class ServedRewardModel(PointwiseModel):
         return bodies
 
     def score(self, batch: Sequence[ScoreRequest]) -> list[float]:
+        self.load()
         if self._unreachable is not None:
             raise ServedModelError(self._unreachable)
         results = self._send(batch)
@@ -422,24 +453,18 @@ def check_servers(engine: Engine, model: str, urls: Sequence[str], api_key: str 
 
 def load_renderer(settings: ModelSettings, tokenizer_name: str):
     """The HF backend's renderer over the tokenizer alone (no weights are loaded)."""
-    try:
-        from transformers import AutoTokenizer
-    except ImportError as exc:  # pragma: no cover - a dependency
-        raise ModelLoadError(f"--rmb-model {settings.model}: transformers is not importable: {exc}") from exc
-    from pytest_rmb.backends.hf import ChatRenderer
+    from pytest_rmb.backends._transformers import ChatRenderer, load_tokenizer
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_name, revision=settings.revision,
-                                                  trust_remote_code=settings.trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"--rmb-model {settings.model}: template=client needs the model's tokenizer, and "
-                             f"{tokenizer_name!r} cannot be loaded ({exc}); pass --rmb-model-arg "
-                             "tokenizer=ID_OR_DIR") from exc
+    tokenizer = load_tokenizer(settings, f"--rmb-model {settings.model}", "template=client needs the model's "
+                               f"tokenizer, and {tokenizer_name!r} cannot be loaded (pass --rmb-model-arg "
+                               "tokenizer=ID_OR_DIR)", target=tokenizer_name)
     return ChatRenderer(tokenizer, tokenizer_name, chat_template=settings.chat_template, max_length=settings.max_length)
 
 
-def load_served(engine: Engine, settings: ModelSettings) -> ServedRewardModel:
-    from pytest_rmb.http import HTTPFailure, api_key_from_env
+def prepare_served(engine: Engine, settings: ModelSettings) -> ServedRewardModel:
+    """The served model from its settings (and the tokenizer, for template=client); the servers
+    are checked by its ``load()``, on first need."""
+    from pytest_rmb.http import api_key_from_env
 
     args = dict(_defaults(engine))
     args.update(settings.args)
@@ -451,20 +476,10 @@ def load_served(engine: Engine, settings: ModelSettings) -> ServedRewardModel:
         args["base_url"] = base_url_list(args["base_url"])
     settings = _with_args(settings, args)
     api_key = api_key_from_env(args["api_key_env"], default=engine.key_env)
-    served_root = check_servers(engine, settings.target, args["base_url"], api_key, args["api_key_env"], settings.model)
     renderer = None
     if args["template"] == "client":
         renderer = load_renderer(settings, args.get("tokenizer") or settings.target)
-    model = ServedRewardModel(engine, settings, api_key=api_key, renderer=renderer, served_root=served_root)
-    try:
-        model.probe()
-        model.take_counters()  # the run's counters start after the probe
-    except LabelError as exc:
-        raise ModelLoadError(f"--rmb-model {settings.model}: {exc}") from None
-    except (HTTPFailure, ServedModelError) as exc:
-        raise ModelLoadError(f"--rmb-model {settings.model}: a test request to {engine.path(model.endpoint)} failed: "
-                             f"{exc}") from None
-    return model
+    return ServedRewardModel(engine, settings, api_key=api_key, renderer=renderer)
 
 
 def _defaults(engine: Engine) -> dict[str, Any]:
@@ -478,12 +493,13 @@ def _with_args(settings: ModelSettings, args: dict[str, Any]) -> ModelSettings:
 
 
 VLLM_BACKEND = Backend(
-    "vllm", partial(load_served, VLLM), _args(VLLM),
+    "vllm", prepared_then_loaded(partial(prepare_served, VLLM)), _args(VLLM), prepare=partial(prepare_served, VLLM),
     summary="a reward or classification model served by vLLM's pooling API (vllm serve MODEL --runner pooling); "
     "MODEL is the served model name",
 )
 SGLANG_BACKEND = Backend(
-    "sglang", partial(load_served, SGLANG), _args(SGLANG),
+    "sglang", prepared_then_loaded(partial(prepare_served, SGLANG)), _args(SGLANG),
+    prepare=partial(prepare_served, SGLANG),
     summary="a reward model served by SGLang (python -m sglang.launch_server --is-embedding), native /classify; "
     "MODEL is the served model name",
 )
