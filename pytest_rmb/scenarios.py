@@ -125,7 +125,7 @@ def parse_scenarios(text: str, source: str) -> list[Scenario]:
             # A data path is joined to the user's data folder: it must not lead out of it.
             escape = path_escape(table[field])
             if escape:
-                raise RegistryError(f"{where}: field '{field}' {table[field]!r} {escape}{named}")
+                raise RegistryError(f"{where} ({table['id']}): field '{field}' {table[field]!r} {escape}")
         parsed.append(Scenario(**{field: table[field] for field in FIELDS}))
     return parsed
 

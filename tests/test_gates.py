@@ -268,7 +268,7 @@ def test_compare_needs_two_summaries():
                           capture_output=True, text=True, check=False)
     assert done.returncode == 2 and "at least two summaries" in done.stderr
     done = subprocess.run([sys.executable, "-m", "pytest_rmb"], capture_output=True, text=True, check=False)
-    assert done.returncode == 2 and "usage: pytest-rmb compare" in done.stderr
+    assert done.returncode == 2 and "usage: pytest-rmb COMMAND" in done.stderr and "\n  compare " in done.stderr
 
 
 def test_a_baseline_sharing_no_samples_fails_and_says_nothing_was_compared(pytester):

@@ -425,6 +425,8 @@ def test_xdist_gives_the_same_results_as_one_process(pytester):
     multi.stdout.fnmatch_lines(["*rmb: each scenario runs on one xdist worker (--dist loadgroup)*"])
     one, two = (json.loads((pytester.path / f"{n}.json").read_text()) for n in ("one", "two"))
     one["engine"].pop("scoring_seconds"), two["engine"].pop("scoring_seconds")
+    # Each process that scored loaded the model once: the one process, or both workers.
+    assert (one["engine"].pop("model_loads"), two["engine"].pop("model_loads")) == (1, 2)
     # Each scenario ran on one worker: no text was scored twice, batches are the same.
     assert one["engine"]["texts_scored"] == 245
     assert one == two

@@ -292,6 +292,8 @@ def test_xdist_gives_the_same_results_as_one_process(pytester, sets):
     multi = pytester.runpytest_subprocess(*args, "-n", "2", "--rmb-json", "two.json", "--rmb-jsonl", "two.jsonl")
     assert single.ret == multi.ret == 0
     one, two = (json.loads((pytester.path / f"{n}.json").read_text()) for n in ("one", "two"))
+    # Each process that scored loaded the model once: the one process, or both workers.
+    assert (one["engine"].pop("model_loads"), two["engine"].pop("model_loads")) == (1, 2)
     for summary in one, two:
         summary["engine"].pop("scoring_seconds")
     assert one == two
