@@ -69,7 +69,7 @@ def bare_httpx(stub: StubServer, count: int, concurrency: int) -> float:
 
     import httpx
 
-    from pytest_rmb.judging import judge_messages, load_prompt
+    from pytest_rmb.judging.prompts import judge_messages, load_prompt
 
     prompt = load_prompt("pair-v2")
     bodies = [json.dumps({"model": "stub-judge", "temperature": 0, "max_tokens": 1024,

@@ -157,7 +157,7 @@ class RunController:
             session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
 
     def _judge_stats(self, records: list[dict]) -> dict[str, Any]:
-        from pytest_rmb.judging import judge_stats
+        from pytest_rmb.metrics import judge_stats
 
         goal_of = {s.id: s.goal for s in self.settings.scenarios}
         return judge_stats([{**r, "goal": goal_of.get(r["scenario"], "")} for r in records])

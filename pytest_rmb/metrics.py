@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
+
+from pytest_rmb.judging.prompts import SLOTS
 
 SECTIONS = (
     ("helpfulness", "pairwise"),
@@ -260,4 +262,146 @@ def _comparison(old: float, new: float, draws: np.ndarray, n: int, lost: int, ga
         "shared": n,
         "lost": lost,
         "gained": gained,
+    }
+
+
+# --- judge statistics ---------------------------------------------------------------------------
+
+
+def _judge_goal(record: Mapping[str, Any]) -> str:
+    goal = record.get("goal")
+    if isinstance(goal, str) and goal:
+        return goal
+    return "harmlessness" if str(record.get("scenario", "")).startswith("harmlessness/") else "helpfulness"
+
+
+class JudgeTally:
+    """A pairwise model's protocol figures over a group of records: what the plain accuracy hides."""
+
+    def __init__(self) -> None:
+        self.samples = 0
+        self.correct = 0
+        self.errors = 0
+        self.tie_adjusted = 0.0
+        self.inexact = 0
+        self.comparisons = 0
+        self.both_orders = 0
+        self.flips = 0
+        self.no_verdict = 0
+        self.no_majority = 0
+        self.api_failures = 0
+        self.skipped = 0
+        self.letters = 0
+        self.a_letters = 0
+        self.parse_failures = 0
+        self.parse_retries = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+
+    def add(self, record: Mapping[str, Any]) -> None:
+        verdicts = record.get("verdicts") or []
+        self.samples += 1
+        self.correct += bool(record.get("correct"))
+        errored = False
+        # Expected pass rate of a single random order: a flipped comparison passes half the time.
+        value = 1.0
+        seen_loss = False
+        unknown = False
+        for verdict in verdicts:
+            if verdict is None:
+                self.skipped += 1
+                # Skipped after a flip (not a plain loss): its own chance is unknown.
+                unknown = unknown or not seen_loss
+                continue
+            if verdict.get("error"):
+                self.api_failures += 1
+                errored = True
+                continue
+            detail = verdict.get("detail") or {}
+            usage = detail.get("usage") or {}
+            self.prompt_tokens += int(usage.get("prompt_tokens", 0) or 0)
+            self.completion_tokens += int(usage.get("completion_tokens", 0) or 0)
+            self.parse_failures += int(detail.get("parse_failures", 0) or 0)
+            self.parse_retries += int(detail.get("parse_retries", 0) or 0)
+            self.comparisons += 1
+            orders = detail.get("orders") or []
+            for entry in orders:
+                votes = entry.get("votes") or []
+                for vote in votes:
+                    if vote in SLOTS:
+                        self.letters += 1
+                        self.a_letters += vote == "A"
+                # Votes were given, but neither letter has a strict majority (a split, or failed votes).
+                self.no_majority += entry.get("verdict") is None and any(vote in SLOTS for vote in votes)
+            if len(orders) > 1 and verdict.get("won") is not None:
+                self.both_orders += 1
+            if verdict.get("won") is None:
+                self.no_verdict += 1
+                value, seen_loss = 0.0, True
+            elif detail.get("flip"):
+                self.flips += 1
+                value *= 0.5
+            elif verdict.get("won") is not True:
+                value, seen_loss = 0.0, True
+        if errored:
+            self.errors += 1
+        elif verdicts:
+            self.tie_adjusted += value
+            self.inexact += unknown and value > 0
+
+    def as_dict(self) -> dict[str, Any]:
+        def ratio(part: float, whole: int) -> float | None:
+            return part / whole if whole else None
+
+        return {
+            "samples": self.samples,
+            "correct": self.correct,
+            "accuracy": ratio(self.correct, self.samples),
+            "tie_adjusted": ratio(self.tie_adjusted, self.samples),
+            # Best-of-N lists stopped early after a flip: their tie-adjusted value counts the
+            # skipped comparisons as won, so it is an upper bound for them.
+            "tie_adjusted_inexact": self.inexact,
+            "errors": self.errors,
+            "comparisons": self.comparisons,
+            "comparisons_skipped": self.skipped,
+            "flips": self.flips,
+            "flip_rate": ratio(self.flips, self.both_orders),
+            "a_share": ratio(self.a_letters, self.letters),
+            "no_verdict": self.no_verdict,
+            "no_majority": self.no_majority,
+            "parse_failures": self.parse_failures,
+            "parse_retries": self.parse_retries,
+            "api_failures": self.api_failures,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+        }
+
+
+def judge_stats(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Judge statistics from per-sample records (``scenario``, ``kind``, ``correct``, ``verdicts``
+    as :meth:`Verdict.as_json` or None for a skipped comparison; ``goal`` optional).
+
+    Per section (``goal.kind``), per scenario and kind, and overall: accuracy (both orders must
+    agree), tie-adjusted accuracy (a flipped comparison counts 0.5, a list's value is the product
+    over its comparisons: comparable with tools that ask one random order), flip rate among
+    comparisons judged in both orders, the share of "A" among all parsed votes (position bias),
+    comparisons without a verdict, parse failures and retries, API failures, and the tokens the
+    verdicts cost when they were asked for. Records without ``verdicts`` (pointwise models) are
+    ignored.
+    """
+    overall = JudgeTally()
+    sections: dict[str, JudgeTally] = {}
+    scenarios: dict[str, dict[str, JudgeTally]] = {}
+    for record in records:
+        if "verdicts" not in record:
+            continue
+        kind = str(record.get("kind", ""))
+        overall.add(record)
+        sections.setdefault(f"{_judge_goal(record)}.{kind}", JudgeTally()).add(record)
+        scenarios.setdefault(str(record.get("scenario", "")), {}).setdefault(kind, JudgeTally()).add(record)
+    return {
+        "overall": overall.as_dict(),
+        "sections": {name: tally.as_dict() for name, tally in sorted(sections.items())},
+        "scenarios": {scenario: {kind: tally.as_dict() for kind, tally in sorted(kinds.items())}
+                      for scenario, kinds in sorted(scenarios.items())},
     }

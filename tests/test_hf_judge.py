@@ -19,7 +19,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from pytest_rmb.backends import BackendError, ModelLoadError, ModelSettings, load_spec
 from pytest_rmb.backends.hf_judge import BACKEND
 from pytest_rmb.data import Message
-from pytest_rmb.judging import FOLLOW_UP, chosen_slots, judge_messages, load_prompt, parse_verdict
+from pytest_rmb.judging.orders import chosen_slots
+from pytest_rmb.judging.parsing import FOLLOW_UP, parse_verdict
+from pytest_rmb.judging.prompts import judge_messages, load_prompt
 from pytest_rmb.models import PairRequest
 from pytest_rmb.scenarios import registry
 from tests import smollm

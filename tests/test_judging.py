@@ -8,22 +8,10 @@ import math
 import pytest
 
 from pytest_rmb.data import Message
-from pytest_rmb.judging import (
-    PLACEHOLDERS,
-    PROMPT_NAMES,
-    OrderResult,
-    PromptError,
-    chosen_slots,
-    combine,
-    find_verdict,
-    judge_messages,
-    judge_stats,
-    load_prompt,
-    neutralise,
-    parse_verdict,
-    verdict_first_prefix,
-    verdict_probability,
-)
+from pytest_rmb.judging.orders import OrderResult, chosen_slots, combine
+from pytest_rmb.judging.parsing import find_verdict, parse_verdict, verdict_probability
+from pytest_rmb.judging.prompts import PLACEHOLDERS, PROMPT_NAMES, PromptError, judge_messages, load_prompt, neutralise, verdict_first_prefix
+from pytest_rmb.metrics import judge_stats
 
 A_START, A_END = "[The Start of Assistant A's Answer]", "[The End of Assistant A's Answer]"
 B_START, B_END = "[The Start of Assistant B's Answer]", "[The End of Assistant B's Answer]"

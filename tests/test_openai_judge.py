@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_rmb.judging import PROMPT_NAMES, load_prompt
+from pytest_rmb.judging.prompts import PROMPT_NAMES, load_prompt
 from tests.helpers import SAMPLE_DATA, SHARED_DATA, all_files, ctrl_c_reaches_it, expected_correct
 from tests.judge_stub import VERDICT_PROBABILITY, StubServer
 

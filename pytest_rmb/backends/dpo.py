@@ -56,7 +56,7 @@ from pytest_rmb.backends._transformers import (
 )
 from pytest_rmb.data import Message
 from pytest_rmb.models import PointwiseModel, ScoreRequest, as_chat, request_key
-from pytest_rmb.parsers import choice, text_value
+from pytest_rmb.parsers import choice, renamed, text_value
 
 # Part of the cache fingerprint: bump it when rendering or scoring changes what a text scores.
 SCORER_VERSION = "1"
@@ -78,14 +78,6 @@ def positive_float(text: str) -> float:
 
 
 positive_float.type_name = "float"  # type: ignore[attr-defined]
-
-
-def _text(type_name: str):
-    """A text setting with its own name in listings (a new function: shared parsers stay as they are)."""
-    def parse(text: str) -> str:
-        return text_value(text)
-    parse.type_name = type_name  # type: ignore[attr-defined]
-    return parse
 
 
 class DPORewardModel(PointwiseModel):
@@ -446,14 +438,17 @@ load_dpo = prepared_then_loaded(prepare_dpo)
 BACKEND = Backend(
     "dpo", load_dpo, prepare=prepare_dpo,
     args=(
-        ModelArg("ref", _text("model"), None, "the reference model (hub id or local checkpoint); the reward is "
+        ModelArg("ref", renamed("model", text_value), None,
+                 "the reference model (hub id or local checkpoint); the reward is "
                  "beta * (log p_policy - log p_ref) of the response. Without it, a reference-free reward"),
         ModelArg("ref_free", choice(*REF_FREE_MODES), None,
                  "without ref: the policy's log-probability of the response averaged over its tokens (avg, "
                  "the default), summed (sum), or minus the L2 norm of the per-token values (norm)"),
         ModelArg("beta", positive_float, 1.0, "multiplies every reward (the DPO beta); rankings do not depend on it"),
-        ModelArg("ref_device", _text("device"), None, "device for the reference model (default: the policy's)"),
-        ModelArg("ref_revision", _text("revision"), None, "revision of a hub reference model (default: main)"),
+        ModelArg("ref_device", renamed("device", text_value), None,
+                 "device for the reference model (default: the policy's)"),
+        ModelArg("ref_revision", renamed("revision", text_value), None,
+                 "revision of a hub reference model (default: main)"),
     ),
     summary="a DPO-trained causal LM as an implicit reward model: dpo:POLICY with ref=REFERENCE, or "
     "reference-free (settings through --rmb-dtype, --rmb-max-length, --rmb-chat-template, ...)",

@@ -36,6 +36,7 @@ from pytest_rmb.backends import (
     ModelSettings,
     prepared_then_loaded,
 )
+from pytest_rmb.backends._judges import DEFAULT_PARSE_RETRIES, protocol_args, resolve_protocol
 from pytest_rmb.backends._transformers import (
     LazyWeights,
     OneNetwork,
@@ -58,28 +59,20 @@ from pytest_rmb.backends._transformers import (
     weights_identity,
 )
 from pytest_rmb.data import Message
-from pytest_rmb.judging import (
-    ORDERS,
-    PROMPT_NAMES,
+from pytest_rmb.judging.orders import ORDERS, OrderResult, chosen_slots, combine
+from pytest_rmb.judging.parsing import follow_up, miss_note, parse_verdict
+from pytest_rmb.judging.prompts import (
     JudgePrompt,
-    OrderResult,
-    PromptError,
-    chosen_slots,
-    combine,
-    follow_up,
     judge_messages,
     load_prompt,
-    miss_note,
-    parse_verdict,
     verdict_first_prefix,
 )
 from pytest_rmb.models import PairRequest, PairwiseModel, Verdict
-from pytest_rmb.parsers import choice, integer, non_negative_int, positive_int
+from pytest_rmb.parsers import choice, positive_int
 
 MODES = ("logits", "generate")
 DEFAULT_PROMPT = {"logits": "verdict-first", "generate": "pair-v2"}
 DEFAULT_MAX_NEW_TOKENS = 1024
-DEFAULT_PARSE_RETRIES = 2
 # Part of the cache fingerprint: bump it when rendering or decoding changes what a judge says.
 JUDGE_VERSION = "1"
 # A one-turn comparison for checking, at load, that the verdict letters are single tokens.
@@ -89,16 +82,9 @@ _PROBE = PairRequest((Message("user", "Which answer is better?"),), "The first a
 Row = tuple[PairRequest, str]
 
 
-def path_value(text: str) -> str:
-    return text
-
-
-path_value.type_name = "path"  # type: ignore[attr-defined]
-
-
 class HFJudge(OneNetwork, PairwiseModel):
     """A causal LM answering pairwise judge prompts; ``compare`` returns one Verdict per request
-    (``first`` = the chosen answer), combined over the answer orders by :func:`judging.combine`."""
+    (``first`` = the chosen answer), combined over the answer orders by :func:`~pytest_rmb.judging.orders.combine`."""
 
     def __init__(self, model, tokenizer, settings: ModelSettings, *, mode: str = "logits",
                  prompt: JudgePrompt | None = None, order: str = "both",
@@ -417,13 +403,8 @@ def prepare_hf_judge(settings: ModelSettings) -> HFJudge:
     the weights (in one dtype) on first need."""
     args = settings.args
     mode = args.get("mode") or "logits"
-    if args.get("prompt") and args.get("prompt_file"):
-        raise ModelLoadError(f"--rmb-model {settings.model}: give prompt or prompt_file, not both")
-    try:
-        prompt = load_prompt(args.get("prompt") or DEFAULT_PROMPT[mode], args.get("prompt_file"))
-    except PromptError as exc:
-        raise ModelLoadError(f"--rmb-model {settings.model}: {exc}") from None
     label = f"--rmb-model {settings.model}"
+    protocol = resolve_protocol(settings, default_prompt=DEFAULT_PROMPT[mode], label=label)
     check_spec_before_loading(settings.target, label)
     device = resolve_device(settings.device, settings.worker_index)
     dtype = resolve_dtype(settings.dtype, device)
@@ -431,11 +412,9 @@ def prepare_hf_judge(settings: ModelSettings) -> HFJudge:
     tokenizer = load_tokenizer(settings, label, failure)
     config = load_config(settings, label, failure)
     target = None if settings.device_map else device
-    seed = args.get("seed")
-    return HFJudge(None, tokenizer, settings, mode=mode, prompt=prompt, order=args.get("order") or "both",
+    return HFJudge(None, tokenizer, settings, mode=mode, prompt=protocol.prompt, order=protocol.order,
                    max_new_tokens=args.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS,
-                   parse_retries=DEFAULT_PARSE_RETRIES if args.get("parse_retries") is None else args["parse_retries"],
-                   seed=settings.seed if seed is None else seed, config=config, device=device, dtype=dtype,
+                   parse_retries=protocol.parse_retries, seed=protocol.seed, config=config, device=device, dtype=dtype,
                    load=lambda: load_causal_lm(settings, label, dtype, target, "a judge must be a causal LM").eval())
 
 
@@ -448,17 +427,10 @@ BACKEND = Backend(
         ModelArg("mode", choice(*MODES), "logits",
                  "logits: the verdict read from the next-token logits of A vs B after '[[' (verdict-first prompt; "
                  "exact, one forward pass, gives P(chosen)); generate: greedy generation and parsing (pair-v2)"),
-        ModelArg("prompt", choice(*PROMPT_NAMES), None,
-                 "the judge prompt (default: verdict-first with mode=logits, pair-v2 with mode=generate)"),
-        ModelArg("prompt_file", path_value, None,
-                 "your own prompt: a template file, or JSON with system/template (placeholders in README)"),
-        ModelArg("order", choice(*ORDERS), "both",
-                 "both: ask with the chosen answer as A and as B, it must win both; random: one order per "
-                 "comparison from a hash of the seed; fixed: the chosen answer always as A"),
         ModelArg("max_new_tokens", positive_int, DEFAULT_MAX_NEW_TOKENS, "mode=generate: tokens the reply may use"),
-        ModelArg("parse_retries", non_negative_int, DEFAULT_PARSE_RETRIES,
-                 "mode=generate: follow-up turns asking for the verdict when a reply has none"),
-        ModelArg("seed", integer, None, "order=random: the seed positions are hashed from (default: --rmb-seed)"),
+        *protocol_args(prompt_default="verdict-first with mode=logits, pair-v2 with mode=generate",
+                       parse_retries_help="mode=generate: follow-up turns asking for the verdict when a reply has none",
+                       seed_help="order=random: the seed positions are hashed from (default: --rmb-seed)"),
     ),
     summary="a local LLM judge: a causal LM (hub id or local checkpoint) compares the two answers, from the "
     "logits of A vs B (mode=logits) or by greedy generation (mode=generate)",

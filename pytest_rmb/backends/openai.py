@@ -30,32 +30,20 @@ from pytest_rmb.backends import (
     ModelSettings,
     closest_names,
 )
-from pytest_rmb.judging import (
-    ORDERS,
-    PROMPT_NAMES,
-    JudgePrompt,
-    OrderResult,
-    PromptError,
-    chosen_slots,
-    combine,
-    find_verdict,
-    follow_up,
-    judge_messages,
-    load_prompt,
-    miss_note,
-    verdict_probability,
-)
+from pytest_rmb.backends._judges import protocol_args, resolve_protocol
+from pytest_rmb.judging.orders import OrderResult, chosen_slots, combine
+from pytest_rmb.judging.parsing import find_verdict, follow_up, miss_note, verdict_probability
+from pytest_rmb.judging.prompts import JudgePrompt, judge_messages
 from pytest_rmb.models import PairRequest, PairwiseModel, PartialBatchError, Verdict
 from pytest_rmb.parsers import (
     boolean,
     choice,
     env_var_name,
-    integer,
     non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
-    text_value,
+    renamed,
 )
 
 if TYPE_CHECKING:
@@ -67,15 +55,6 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 TOP_LOGPROBS = 5
 
 
-def _named(name: str, parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    """``parse`` under the type name shown in listings; a wrapper, so shared parsers keep theirs."""
-    def named(text: str) -> Any:
-        return parse(text)
-
-    named.type_name = name  # type: ignore[attr-defined]
-    return named
-
-
 def _base_urls(text: str) -> tuple[str, ...]:
     from pytest_rmb.http import split_base_urls
 
@@ -83,34 +62,28 @@ def _base_urls(text: str) -> tuple[str, ...]:
 
 
 ARGS = (
-    ModelArg("base_url", _named("url[,url...]", _base_urls), None,
+    ModelArg("base_url", renamed("url[,url...]", _base_urls), None,
              "server base URL(s), comma-separated replicas share the load (default: $OPENAI_BASE_URL, "
              f"then {DEFAULT_BASE_URL})"),
     ModelArg("api_key_env", env_var_name, None,
              "environment variable holding the API key (default OPENAI_API_KEY); the key is read "
              "from the environment only"),
     ModelArg("concurrency", positive_int, 16, "requests in flight at once"),
-    ModelArg("timeout", _named("seconds", positive_float), 120.0, "seconds per request"),
-    ModelArg("retries", _named("int", non_negative_int), 4,
+    ModelArg("timeout", renamed("seconds", positive_float), 120.0, "seconds per request"),
+    ModelArg("retries", renamed("int", non_negative_int), 4,
              "retries of a failed request (408, 429, 5xx, timeouts; Retry-After honoured)"),
-    ModelArg("prompt", choice(*PROMPT_NAMES), None, "built-in judge prompt (default pair-v2)"),
-    ModelArg("prompt_file", _named("path", text_value), None,
-             "your own prompt: a template file, or JSON with system/template (placeholders in README)"),
-    ModelArg("order", choice(*ORDERS), "both",
-             "both: ask each comparison in both answer orders, won only if both agree; random: one "
-             "order from a hash of seed and comparison; fixed: chosen answer always shown as A"),
     ModelArg("votes", positive_int, 1, "samples per comparison and order; a strict majority decides"),
     ModelArg("temperature", non_negative_float, 0.0, "sampling temperature (votes > 1 needs > 0)"),
     ModelArg("max_tokens", positive_int, 1024, "most tokens per reply"),
-    ModelArg("parse_retries", _named("int", non_negative_int), 2,
-             "follow-up turns asking for the verdict when a reply has none"),
     ModelArg("logprobs", choice("auto", "true", "false"), "auto",
              "ask for the verdict token's logprobs (P(chosen) in the JSONL); auto drops them if refused"),
     ModelArg("bon_early_stop", boolean, True, "stop judging a Best-of-N list once one comparison is lost"),
     ModelArg("budget_tokens", positive_int, None,
              "stop (exit non-zero, verdicts kept) before this process's requests would exceed N tokens"),
-    ModelArg("seed", _named("int", integer), None,
-             "seed of order=random and, when given, sent to the server (vote i gets seed+i); default --rmb-seed"),
+    *protocol_args(prompt_default="pair-v2",
+                   parse_retries_help="follow-up turns asking for the verdict when a reply has none",
+                   seed_help="seed of order=random and, when given, sent to the server (vote i gets seed+i); "
+                   "default --rmb-seed"),
 )
 
 
@@ -155,26 +128,22 @@ class OpenAIJudge(PairwiseModel):
         self._api_key = api_key_from_env(key_env)
         if key_env and self._api_key is None:
             raise ModelLoadError(f"openai judge: api_key_env={key_env} but ${key_env} is not set")
-        if args.get("prompt_file") and args.get("prompt"):
-            raise ModelLoadError("openai judge: give prompt or prompt_file, not both")
-        try:
-            self.prompt: JudgePrompt = load_prompt(args.get("prompt") or "pair-v2", args.get("prompt_file"))
-        except PromptError as exc:
-            raise ModelLoadError(f"openai judge: {exc}") from None
+        protocol = resolve_protocol(settings, default_prompt="pair-v2", label="openai judge")
+        self.prompt: JudgePrompt = protocol.prompt
         self.concurrency: int = args.get("concurrency", 16)
-        self.order: str = args.get("order", "both")
+        self.order: str = protocol.order
         self.votes: int = args.get("votes", 1)
         self.temperature: float = args.get("temperature", 0.0)
         if self.votes > 1 and self.temperature == 0:
             raise ModelLoadError(f"openai judge: votes={self.votes} at temperature 0 would ask the same "
                                  "question several times for the same answer; set temperature > 0")
         self.max_tokens: int = args.get("max_tokens", 1024)
-        self.parse_retries: int = args.get("parse_retries", 2)
+        self.parse_retries: int = protocol.parse_retries
         self.logprobs_mode: str = args.get("logprobs", "auto")
         self.bon_early_stop = bool(args.get("bon_early_stop", True))
         self.budget_tokens: int | None = args.get("budget_tokens")
-        self.server_seed: int | None = args.get("seed")
-        self.seed: int = self.server_seed if self.server_seed is not None else settings.seed
+        self.server_seed: int | None = protocol.given_seed
+        self.seed: int = protocol.seed
         self.policy = RetryPolicy(retries=args.get("retries", 4), timeout=args.get("timeout", 120.0))
         # HTTP backends want large batches so that their concurrency has work to overlap.
         self.batch_size = max(64, 8 * self.concurrency)

@@ -1,0 +1,20 @@
+"""LLM-as-a-judge, the parts every judge backend shares: ``prompts`` (what the judge is asked),
+``parsing`` (what its reply says) and ``orders`` (both answer orders combined into one verdict).
+Pure functions: no HTTP, no torch. The judge statistics are metrics (``metrics.judge_stats``).
+
+The protocol, and why each piece is there:
+
+- **Prompt.** ``pair-v2`` is MT-Bench's pairwise judge prompt (FastChat ``judge_prompts.jsonl``,
+  ``pair-v2`` and, for conversations with earlier turns, ``pair-v2-multi-turn``) without the tie
+  option: RMB has no ties. Earlier turns are rendered in full in the question part for any number
+  of turns, never dropped or cut.
+- **Injection.** An answer that contains ``[[A]]``/``[[B]]`` or the answer markers could steer the
+  judge or the parser; such spans are neutralised (brackets swapped for parentheses, so lengths are
+  unchanged) before they enter the prompt.
+- **Parsing.** ``<think>`` blocks are masked first; the verdict is the last ``[[A]]``/``[[B]]``; a
+  final verdict line that names both, or ends in a tie tag, is no verdict. There is no fallback to
+  the reply's first character and no default.
+- **Orders.** A comparison is won only when the chosen answer is preferred in every order asked;
+  a disagreement between orders is a flip (lost, counted apart); an order without a verdict makes
+  the comparison "no verdict". Failed requests never reach here: they are errors, not verdicts.
+"""

@@ -1,0 +1,121 @@
+"""The answer orders a comparison is asked in, and their results combined into one verdict.
+
+A comparison is won only when the chosen answer is preferred in every order asked; a disagreement
+between orders is a flip (lost, counted apart); an order without a verdict makes the comparison "no
+verdict". Failed requests never reach here: they are errors, not verdicts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pytest_rmb.judging.prompts import SLOTS
+from pytest_rmb.models import Verdict
+
+ORDERS = ("both", "random", "fixed")
+
+
+def chosen_slots(order: str, seed: int, key: str) -> tuple[str, ...]:
+    """Where the chosen answer is shown in each order asked: ``both`` -> ("A", "B"); ``fixed`` ->
+    ("A",); ``random`` -> one slot from a hash of the seed and ``key`` (the comparison's identity),
+    so reruns, other models and other processes put it in the same place."""
+    if order == "both":
+        return SLOTS
+    if order == "fixed":
+        return ("A",)
+    if order == "random":
+        digest = hashlib.sha256(f"{seed}\x00{key}".encode()).digest()
+        return (SLOTS[digest[0] & 1],)
+    raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
+
+
+def other_slot(slot: str) -> str:
+    return "B" if slot == "A" else "A"
+
+
+@dataclass(frozen=True)
+class OrderResult:
+    """What the judge said in one answer order.
+
+    ``chosen_slot``: where the chosen (first) answer was shown. ``votes``: each sample's verdict
+    letter after its parse retries, None when it gave none. ``p_a``: P("A") from logprobs or
+    logits (mean over the votes that had it), None when unknown. ``notes``: why votes failed
+    (reason and a short excerpt of the reply), for the JSONL. ``usage``: tokens this order cost.
+    """
+
+    chosen_slot: str
+    votes: tuple[str | None, ...]
+    p_a: float | None = None
+    usage: Mapping[str, int] = field(default_factory=dict)
+    parse_retries: int = 0
+    notes: tuple[str, ...] = ()
+
+    def outcome(self) -> tuple[bool | None, str | None]:
+        """(chosen preferred?, the order's majority letter); (None, None) when no vote parsed.
+
+        A strict majority of all votes decides for the chosen answer; failed votes and ties count
+        against it."""
+        parsed = [v for v in self.votes if v is not None]
+        if not parsed:
+            return None, None
+        other = other_slot(self.chosen_slot)
+        if 2 * sum(v == self.chosen_slot for v in self.votes) > len(self.votes):
+            return True, self.chosen_slot
+        if 2 * sum(v == other for v in self.votes) > len(self.votes):
+            return False, other
+        # No strict majority for either letter (ties, failed votes): a loss, but no letter the
+        # judge gave, so never part of an order flip.
+        return False, None
+
+
+def combine(order_results: Sequence[OrderResult], order: str) -> Verdict:
+    """One comparison's :class:`Verdict` (``first`` = the chosen answer) from its orders."""
+    if not order_results:
+        raise ValueError("combine needs at least one order's result")
+    usage = {"prompt_tokens": 0, "completion_tokens": 0}
+    orders = []
+    outcomes = []
+    letters = []
+    p_chosen = []
+    for result in order_results:
+        for name in usage:
+            usage[name] += int(result.usage.get(name, 0) or 0)
+        won, letter = result.outcome()
+        outcomes.append(won)
+        letters.append(letter)
+        entry: dict[str, Any] = {"chosen": result.chosen_slot, "verdict": letter, "votes": list(result.votes)}
+        if result.p_a is not None:
+            p = result.p_a if result.chosen_slot == "A" else 1.0 - result.p_a
+            entry["p_chosen"] = round(p, 6)
+            p_chosen.append(p)
+        if result.notes:
+            entry["notes"] = list(result.notes)
+        orders.append(entry)
+    flip = None not in letters and len(set(outcomes)) > 1
+    detail: dict[str, Any] = {
+        "order": order,
+        "orders": orders,
+        "flip": flip,
+        "usage": usage,
+        "parse_retries": sum(r.parse_retries for r in order_results),
+        "parse_failures": sum(v is None for r in order_results for v in r.votes),
+    }
+    p_first = sum(p_chosen) / len(p_chosen) if p_chosen else None
+    if None in outcomes:
+        missing = [r.chosen_slot for r, won in zip(order_results, outcomes) if won is None]
+        where = " and ".join(f"chosen as {slot}" for slot in missing)
+        return Verdict(None, p_first, f"no verdict ({where})", detail=detail)
+    if flip:
+        said = ", ".join(f"chosen as {r.chosen_slot}: {'won' if won else 'lost'}"
+                         for r, won in zip(order_results, outcomes))
+        return Verdict(False, p_first, f"flip: the verdict follows the answer order ({said})", detail=detail)
+    if all(outcomes):
+        return Verdict(True, p_first, "", detail=detail)
+    split = [r.chosen_slot for r, letter in zip(order_results, letters) if letter is None]
+    if split:
+        where = " and ".join(f"chosen as {slot}" for slot in split)
+        return Verdict(False, p_first, f"no majority of the votes for either answer ({where})", detail=detail)
+    return Verdict(False, p_first, "the judge preferred the other answer", detail=detail)

@@ -1,0 +1,135 @@
+"""What a judge's reply says: the verdict letter, why there is none, P("A") from logprobs.
+
+``<think>`` blocks are masked first; the verdict is the last ``[[A]]``/``[[B]]``; a final verdict
+line that names both, or ends in a tie tag, is no verdict. There is no fallback to the reply's first
+character and no default.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pytest_rmb.judging.prompts import SLOTS, TAG_LIKE
+
+_THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
+_THINK_OPEN = re.compile(r"<think>", re.IGNORECASE)
+_THINK_CLOSE = re.compile(r"</think>", re.IGNORECASE)
+_TIE_WORDS = {"C", "TIE", "DRAW", "EQUAL", "BOTH", "NEITHER"}
+
+
+@dataclass(frozen=True)
+class ParsedVerdict:
+    verdict: str | None
+    reason: str
+    # Offset of the verdict letter in the reply (for reading its logprob); -1 without a verdict.
+    position: int = -1
+
+
+def _mask_thinking(text: str) -> str:
+    """Reasoning replaced by spaces, offsets kept: closed blocks, an unclosed one to the end, and
+    everything before a stray closing tag (templates that open ``<think>`` in the prompt)."""
+    blank = _THINK_BLOCK.sub(lambda m: " " * len(m.group()), text)
+    stray = list(_THINK_CLOSE.finditer(blank))
+    if stray:
+        end = stray[-1].end()
+        blank = " " * end + blank[end:]
+    opened = _THINK_OPEN.search(blank)
+    if opened:
+        blank = blank[:opened.start()] + " " * (len(blank) - opened.start())
+    return blank
+
+
+def find_verdict(text: str) -> ParsedVerdict:
+    """:func:`parse_verdict` with the verdict letter's offset in ``text``."""
+    if not text or not text.strip():
+        return ParsedVerdict(None, "empty reply")
+    visible = _mask_thinking(text)
+    if not visible.strip():
+        return ParsedVerdict(None, "verdict only inside <think>" if "[[" in text else "reply is all <think>")
+    tags = []
+    for match in TAG_LIKE.finditer(visible):
+        inner = match.group(1).strip().upper()
+        letters = set(re.findall(r"\b[AB]\b", inner))
+        if inner in SLOTS:
+            tags.append((match, inner))
+        elif inner in _TIE_WORDS or len(letters) == 2 or "A" in inner and "B" in inner and len(inner) <= 5:
+            tags.append((match, "?"))
+    if not tags:
+        return ParsedVerdict(None, "no [[A]] or [[B]] in the reply")
+    last_match, last = tags[-1]
+    if last == "?":
+        return ParsedVerdict(None, f"final verdict {last_match.group(0)!r} names no single answer")
+    # The final verdict is the line of the last tag: naming both answers there is ambiguous.
+    line_start = visible.rfind("\n", 0, last_match.start()) + 1
+    on_line = {tag for match, tag in tags if match.start() >= line_start}
+    if on_line != {last}:
+        return ParsedVerdict(None, "final verdict names both [[A]] and [[B]]")
+    # The tag may be written [[a]] or [[ b ]]: find the letter in the tag as written.
+    letter = last_match.start(1) + last_match.group(1).upper().index(last)
+    return ParsedVerdict(last, "", letter)
+
+
+def parse_verdict(text: str) -> tuple[str | None, str]:
+    """("A" | "B" | None, reason): the judge's verdict, or None with why there is none."""
+    parsed = find_verdict(text)
+    return parsed.verdict, parsed.reason
+
+
+# A reply without a usable verdict is asked again as a follow-up turn (asking the identical request
+# again at temperature 0 would mostly repeat the same reply). The local judge and a served one use
+# the same turn, so that the same model asked both ways is asked the same thing.
+FOLLOW_UP = ('Your reply did not end with a verdict in the required format. Output your final verdict now, '
+             'only "[[A]]" if assistant A is better or "[[B]]" if assistant B is better.')
+# How much of a reply without a verdict a miss's note quotes.
+NOTE_CHARS = 160
+
+
+def miss_note(reason: str, reply: str) -> str:
+    """Why a reply gave no verdict, with the start of the reply (whitespace collapsed)."""
+    excerpt = " ".join(reply.split())[:NOTE_CHARS]
+    return f"{reason}: {excerpt!r}" if excerpt else reason
+
+
+def follow_up(messages: Sequence[Mapping[str, str]], reply: str) -> list[dict[str, str]]:
+    """The conversation asked again: the judge's reply without a verdict, then :data:`FOLLOW_UP`."""
+    return [*map(dict, messages), {"role": "assistant", "content": reply}, {"role": "user", "content": FOLLOW_UP}]
+
+
+def verdict_probability(tokens: Sequence[Mapping[str, Any]], reply: str, position: int) -> float | None:
+    """P("A") against "B" at the verdict letter, from OpenAI-style ``logprobs.content``.
+
+    ``tokens`` are ``{"token", "logprob", "top_logprobs": [{"token", "logprob"}]}`` covering
+    ``reply`` in order; ``position`` is the letter's offset (:func:`find_verdict`). The letter may
+    sit inside a larger token (``[[A``): alternatives count for the letter they have at the same
+    place. A letter missing from the top alternatives counts as probability 0. None when the
+    tokens do not line up with the reply or the letter is not found.
+    """
+    if position < 0 or not tokens:
+        return None
+    offset = 0
+    for token in tokens:
+        piece = token.get("token")
+        if not isinstance(piece, str):
+            return None
+        if offset <= position < offset + len(piece):
+            inner = position - offset
+            head = piece[:inner]
+            mass = {"A": 0.0, "B": 0.0}
+            candidates = list(token.get("top_logprobs") or [])
+            if not any(c.get("token") == piece for c in candidates):
+                candidates.append({"token": piece, "logprob": token.get("logprob")})
+            for candidate in candidates:
+                text, logprob = candidate.get("token"), candidate.get("logprob")
+                if not isinstance(text, str) or not isinstance(logprob, (int, float)):
+                    continue
+                # [[a]] is a verdict as [[A]] is: either case counts for its letter.
+                if len(text) > inner and text[:inner] == head and text[inner].upper() in mass:
+                    mass[text[inner].upper()] += math.exp(logprob)
+            total = mass["A"] + mass["B"]
+            return mass["A"] / total if total > 0 else None
+        offset += len(piece)
+    return None
