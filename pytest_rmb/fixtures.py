@@ -5,7 +5,7 @@ it something to do: a backend that can is only prepared (tokenizer, config, sett
 the cache's fingerprint and keys), and its weights load, or its server is contacted, once the
 engine knows what the cache does not hold. ``rmb_model`` is the extension point:
 a ``conftest.py`` fixture of the same name replaces it with any pointwise or pairwise object (see
-README.md).
+docs/how-to/own-model.md).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from typing import Any
 from pytest_rmb.models import PairwiseModel, PointwiseModel
 
 # The parsers a ModelArg takes, importable from here too: a backend package then needs this module
-# alone (Backend, ModelArg and the parsers of its settings), as the README shows.
+# alone (Backend, ModelArg and the parsers of its settings), as docs/how-to/backend-package.md shows.
 from pytest_rmb.parsers import (  # noqa: F401
     boolean,
     choice,
@@ -270,9 +270,9 @@ def closest_names(name: str, candidates: Iterable[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pytest_rmb backends``: every installed scheme and its --rmb-model-arg keys."""
+    """``pytest-rmb backends``: every installed scheme and its --rmb-model-arg keys."""
     if argv:
-        print("usage: python -m pytest_rmb backends", file=sys.stderr)
+        print("usage: pytest-rmb backends", file=sys.stderr)
         return 2
     registry = installed_backends()
     backends: dict[str, Backend] = {}
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def describe_backends(backends: Mapping[str, Backend]) -> str:
-    """The ``python -m pytest_rmb backends`` listing: schemes, what they load, their settings."""
+    """The ``pytest-rmb backends`` listing: schemes, what they load, their settings."""
     lines = []
     for scheme in sorted(backends):
         backend = backends[scheme]
