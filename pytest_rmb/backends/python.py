@@ -23,7 +23,7 @@ def load_python_object(settings: ModelSettings) -> PointwiseModel | PairwiseMode
     module_name, _, attribute = target.partition(":")
     if not module_name or not attribute:
         raise ModelLoadError(f"--rmb-model {PREFIX}{target}: expected {PREFIX}package.module:factory")
-    # As `python -m` would: a module beside the user is importable (the my_rms.py example of README.md and docs/how-to/own-model.md).
+    # As `python -m` would: a module beside the user is importable (the my_rms.py example of the docs).
     here = str(Path.cwd())
     if here not in sys.path:
         sys.path.insert(0, here)
