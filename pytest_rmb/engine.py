@@ -382,7 +382,7 @@ class Engine(_ScenarioEngine):
 
     def __init__(
         self,
-        scorer: object,
+        given: object,
         plan: Mapping[str, Sequence[Sample]],
         max_batch_size: int | None = None,
         max_batch_cost: int | None = None,
@@ -390,7 +390,8 @@ class Engine(_ScenarioEngine):
         cache: ScoreCache | None = None,
     ):
         super().__init__(plan, progress)
-        model = as_model(scorer)
+        # A pointwise model, or any object with score(batch) that as_model adapts.
+        model = as_model(given)
         assert isinstance(model, PointwiseModel), "Engine scores pointwise models; use PairwiseEngine"
         self._model = model
         self._runner = _BatchRunner(model, max_batch_size=max_batch_size, max_batch_cost=max_batch_cost,

@@ -40,8 +40,8 @@ def rmb_model(pytestconfig: pytest.Config, request: pytest.FixtureRequest):
     session = pytestconfig.stash[SESSION]
     settings = session.settings
     try:
-        with progress_for(pytestconfig).loading(settings.scorer.model):
-            return load_model(settings.scorer, settings.backend, lazy=True)
+        with progress_for(pytestconfig).loading(settings.model.model):
+            return load_model(settings.model, settings.backend, lazy=True)
     except ModelLoadError as exc:
         # Every item needs the model: stop the run with one message instead of one error per item,
         # and leave an error summary, never one that a later gate could take for a good run.
@@ -70,7 +70,7 @@ def rmb_engine(rmb_model, pytestconfig: pytest.Config, request: pytest.FixtureRe
     session.engine = engine
     if not model.loaded and engine.has_work():
         try:
-            with progress.loading(settings.scorer.model):
+            with progress.loading(settings.model.model):
                 model.load()
         except ModelLoadError as exc:
             stop_for_load_error(request, exc)

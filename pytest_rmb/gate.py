@@ -279,7 +279,7 @@ def evaluate(summary: Mapping[str, Any], settings, goal_of: dict[str, str]) -> t
     if settings.baseline is not None:
         baseline_rows, account = compare_with_baseline(
             summary, settings.baseline, goal_of, max_drop=settings.max_drop, alpha=settings.alpha,
-            seed=settings.scorer.seed, resamples=settings.bootstrap, allow_empty=settings.allow_empty_gates,
+            seed=settings.model.seed, resamples=settings.bootstrap, allow_empty=settings.allow_empty_gates,
         )
         rows.extend(baseline_rows)
     return rows, account

@@ -198,7 +198,7 @@ OPTIONS: tuple[Option, ...] = (
         "--rmb-batch-tokens", ENGINE, parse=positive_int, metavar="N",
         help="token budget per batch, padding included (default: 16384 on a GPU, 4096 on CPU; "
         "ini rmb_batch_tokens)",
-        ini=Ini("rmb_batch_tokens", "token budget per batch (default: the scorer's own)", default=""),
+        ini=Ini("rmb_batch_tokens", "token budget per batch (default: the model's own)", default=""),
     ),
     Option(
         "--rmb-attn-implementation", MODEL, metavar="NAME",
@@ -395,14 +395,14 @@ def _facts(option: Option) -> list[str]:
 
 @dataclass(frozen=True)
 class RunSettings:
-    scorer: ModelSettings
+    model: ModelSettings  # what --rmb-model and its settings name
     backend: Backend
     dataset: Path | None  # None: no RMB data, only the user's own scenarios (--rmb-scenarios)
     dataset_label: str
     json_path: Path | None
     jsonl_path: Path | None
     batch_size: int | None  # None: the model's own, else 64
-    batch_tokens: int | None  # None: the scorer's preferred budget
+    batch_tokens: int | None  # None: the model's preferred budget
     bootstrap: int
     show_scenarios: bool
     show_misses: int
@@ -424,17 +424,17 @@ class RunSettings:
 
 def resolve(config: pytest.Config) -> RunSettings | None:
     """The run's settings, or None when no --rmb-model was given (the plugin stays idle)."""
-    model = config.getoption("rmb_model")
-    if not model:
+    spec = config.getoption("rmb_model")
+    if not spec:
         return None
-    backend, args = _backend(config, model)
+    backend, args = _backend(config, spec)
     user_scenarios = _user_scenarios(config)
     dataset, label = _dataset(config, optional=bool(user_scenarios))
     if dataset is None:
         label = ", ".join(user_sources(user_scenarios))
     scenarios = tuple(sorted((*(registry() if dataset is not None else ()), *user_scenarios), key=lambda s: s.id))
-    scorer = ModelSettings(
-        model=model,
+    model = ModelSettings(
+        model=spec,
         args=args,
         seed=setting(config, "rmb_seed"),
         revision=setting(config, "rmb_revision"),
@@ -454,7 +454,7 @@ def resolve(config: pytest.Config) -> RunSettings | None:
         if path is not None:
             check_writable(path, "--" + name.replace("_", "-"))
     return RunSettings(
-        scorer=scorer,
+        model=model,
         backend=backend,
         dataset=dataset,
         dataset_label=label,

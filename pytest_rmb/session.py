@@ -66,7 +66,7 @@ class RMBSession:
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         settings = self.settings
         own = sum(isinstance(s, UserScenario) for s in settings.scenarios)
-        line = f"rmb: model {settings.scorer.model}"
+        line = f"rmb: model {settings.model.model}"
         if settings.dataset is not None:
             line += f", data {settings.dataset_label}, {len(settings.scenarios) - own} scenarios"
         if own:
@@ -181,7 +181,7 @@ class RMBSession:
         # First, so that the controller's summary has this process's self-check.
         if self.load_error is None and exitstatus != pytest.ExitCode.INTERRUPTED:
             self.self_check = run_self_check(self.engine, self.model, self.settings.self_check,
-                                             self.settings.scorer.seed)
+                                             self.settings.model.seed)
             if self.self_check is not None and self.is_worker:
                 wire.send_at_finish(self.config, Message.SELF_CHECK, self.self_check)
         if self.model is not None:

@@ -248,7 +248,7 @@ def build_summary(settings: Any, facts: RunFacts) -> RunSummary:
     """The summary of a run with results; gates are added by :func:`with_gates`."""
     scenarios = {s.id: s for s in settings.scenarios}
     records = facts.records
-    metrics = summarize(records, scenarios, seed=settings.scorer.seed, resamples=settings.bootstrap)
+    metrics = summarize(records, scenarios, seed=settings.model.seed, resamples=settings.bootstrap)
     for scenario_id, row in metrics["scenarios"].items():
         scenario = scenarios[scenario_id]
         row["task_name"] = scenario.task
@@ -257,7 +257,7 @@ def build_summary(settings: Any, facts: RunFacts) -> RunSummary:
         **_header(settings, "partial" if facts.partial else "ok"),
         # A --rmb-limit run scores a seeded subset: its numbers are not the benchmark's.
         "limit": settings.limit,
-        "seed": settings.scorer.seed,
+        "seed": settings.model.seed,
         "sections": metrics["sections"],
         "overall": metrics["overall"],
         "overall_ci95": metrics["overall_ci95"],
@@ -298,7 +298,7 @@ def with_gates(summary: RunSummary, gates: Iterable[GateRow], baseline: Mapping 
 
 
 def _header(settings: Any, status: Literal["ok", "partial", "error"]) -> _Header:
-    return {"schema_version": SCHEMA_VERSION, "status": status, "model": settings.scorer.model,
+    return {"schema_version": SCHEMA_VERSION, "status": status, "model": settings.model.model,
             "dataset": settings.dataset_label, "pytest_rmb": __version__}
 
 
@@ -329,7 +329,7 @@ def public_args(args: Mapping[str, Any]) -> dict[str, Any]:
 
 def provenance(settings: Any, records: list[dict], model_info: Mapping[str, Any]) -> Provenance:
     """What the numbers depend on: versions, model, settings, and the data files actually read."""
-    scorer = settings.scorer
+    model = settings.model
     scenarios = {s.id: s for s in settings.scenarios}
     data_files: dict[str, str] = {}
     for scenario_id, kind in sorted({(r["scenario"], r["kind"]) for r in records}):
@@ -339,14 +339,14 @@ def provenance(settings: Any, records: list[dict], model_info: Mapping[str, Any]
             data_files[scenario.file(kind)] = file_digest(path)
     return {
         "pytest_rmb": __version__,
-        "model": scorer.model,
+        "model": model.model,
         "model_info": dict(model_info),
-        "model_args": public_args(scorer.args),
-        "revision": scorer.revision,
-        "dtype": scorer.dtype,
-        "device": scorer.device,
-        "max_length": scorer.max_length,
-        "seed": scorer.seed,
+        "model_args": public_args(model.args),
+        "revision": model.revision,
+        "dtype": model.dtype,
+        "device": model.device,
+        "max_length": model.max_length,
+        "seed": model.seed,
         "limit": settings.limit,
         "data_files": data_files,
     }

@@ -73,7 +73,7 @@ STARTUP_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
-class Engine:
+class ServerKind:
     """What differs between the two servers."""
 
     scheme: str
@@ -88,11 +88,11 @@ class Engine:
         return f"/{endpoint}"
 
 
-VLLM = Engine(
+VLLM = ServerKind(
     "vllm", "vLLM", ("pooling", "classify"), ("server", "client"), 8000, "VLLM_API_KEY",
     "vllm serve MODEL --runner pooling",
 )
-SGLANG = Engine(
+SGLANG = ServerKind(
     "sglang", "SGLang", ("classify",), ("client", "server"), 30000, "SGLANG_API_KEY",
     "python -m sglang.launch_server --model-path MODEL --is-embedding",
 )
@@ -137,7 +137,7 @@ def base_url_list(text: str) -> list[str]:
 base_url_list.type_name = "urls"  # type: ignore[attr-defined]
 
 
-def _args(engine: Engine) -> tuple[ModelArg, ...]:
+def _args(engine: ServerKind) -> tuple[ModelArg, ...]:
     return (
         ModelArg("base_url", base_url_list, f"http://127.0.0.1:{engine.default_port}",
                  "server root(s), comma-separated; requests are spread across the replicas"),
@@ -160,7 +160,7 @@ def _args(engine: Engine) -> tuple[ModelArg, ...]:
 class ServedRewardModel(PointwiseModel):
     """Scores from a vLLM or SGLang server, many requests in flight, one per text."""
 
-    def __init__(self, engine: Engine, settings: ModelSettings, *, api_key: str | None,
+    def __init__(self, engine: ServerKind, settings: ModelSettings, *, api_key: str | None,
                  renderer: ChatRenderer | None = None):
         args = settings.args
         self.engine = engine
@@ -418,7 +418,7 @@ def _refused(error: BaseException) -> bool:
 # -- loading -------------------------------------------------------------------------------------
 
 
-def check_servers(engine: Engine, model: str, urls: Sequence[str], api_key: str | None, key_env: str,
+def check_servers(engine: ServerKind, model: str, urls: Sequence[str], api_key: str | None, key_env: str,
                   spec: str) -> str | None:
     """Fail within seconds, naming the URL, when a server is down, wants a key, or serves another
     model; returns what the first server says it loaded for the model (its ``root``), if it says."""
@@ -461,7 +461,7 @@ def load_renderer(settings: ModelSettings, tokenizer_name: str):
     return ChatRenderer(tokenizer, tokenizer_name, chat_template=settings.chat_template, max_length=settings.max_length)
 
 
-def prepare_served(engine: Engine, settings: ModelSettings) -> ServedRewardModel:
+def prepare_served(engine: ServerKind, settings: ModelSettings) -> ServedRewardModel:
     """The served model from its settings (and the tokenizer, for template=client); the servers
     are checked by its ``load()``, on first need."""
     from pytest_rmb.http import api_key_from_env
@@ -482,7 +482,7 @@ def prepare_served(engine: Engine, settings: ModelSettings) -> ServedRewardModel
     return ServedRewardModel(engine, settings, api_key=api_key, renderer=renderer)
 
 
-def _defaults(engine: Engine) -> dict[str, Any]:
+def _defaults(engine: ServerKind) -> dict[str, Any]:
     return {arg.name: arg.default for arg in _args(engine)}
 
 
