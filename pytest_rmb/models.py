@@ -23,8 +23,10 @@ from typing import Any, ClassVar, NamedTuple, Protocol
 
 from pytest_rmb.data import Conversation
 
-POINTWISE = "pointwise"
-PAIRWISE_MODEL = "pairwise"
+# Model kinds, in the summary's provenance (model_info.kind). Not "pairwise" alone: that is a kind
+# of sample (RMB's pairwise set), which any model kind is scored on.
+POINTWISE_MODEL = "pointwise-model"
+PAIRWISE_MODEL = "pairwise-model"
 
 
 class ScoreRequest(NamedTuple):
@@ -162,7 +164,7 @@ class RewardModel:
 class PointwiseModel(RewardModel):
     """One score per (conversation, response); higher means better."""
 
-    kind: ClassVar[str] = POINTWISE
+    kind: ClassVar[str] = POINTWISE_MODEL
 
     def score(self, batch: Sequence[ScoreRequest]) -> Sequence[float]:
         raise NotImplementedError

@@ -12,7 +12,8 @@ Version history:
 - 1 (pytest-rmb up to 0.2): no ``schema_version``; scenario rows without ``task_name`` and ``source``.
 - 2: ``schema_version``; every scenario row says its task's name and where the scenario is defined,
   so that a reader needs no scenario registry (a user's own sets compare like RMB's); an error
-  summary has the same header as any other.
+  summary has the same header as any other; model kinds are ``pointwise-model`` and
+  ``pairwise-model`` (1 said ``pointwise`` and ``pairwise``, like the kinds of sample).
 """
 
 from __future__ import annotations
@@ -420,6 +421,13 @@ def upgrade(document: dict[str, Any], version: int) -> RunSummary:
                               "source": None}
                 for scenario_id, row in document["scenarios"].items()}
         document.setdefault("status", PARTIAL if document.get("partial") else OK)
+        provenance = document.get("provenance")
+        if isinstance(provenance, dict) and isinstance(provenance.get("model_info"), dict):
+            model_info = provenance["model_info"]
+            if model_info.get("kind") in ("pointwise", "pairwise"):
+                # Schema 1 named model kinds like sample kinds.
+                kind = f"{model_info['kind']}-model"
+                document["provenance"] = {**provenance, "model_info": {**model_info, "kind": kind}}
         document.setdefault("model", None)
         document.setdefault("dataset", None)
         document.setdefault("pytest_rmb", None)

@@ -52,10 +52,10 @@ def test_first_model_info_load_error_and_missing_entry_win_and_inputs_are_kept_o
     shown = [{"selector": "7", "scenario": "chat/discussion", "kind": "pairwise", "uid": "7", "lines": ["a"]}]
     for worker in ("gw0", "gw1"):
         results.add(report(6, when="setup", missing=missing))
-        results.add(report(6, result=record(6, True), model_info={"kind": "pointwise", "worker": worker},
+        results.add(report(6, result=record(6, True), model_info={"kind": "pointwise-model", "worker": worker},
                            shown_input=shown))
         results.add(report(7, outcome="failed", longrepr="x", load_error=f"cannot load on {worker}"))
-    assert results.model_info == {"kind": "pointwise", "worker": "gw0"}
+    assert results.model_info == {"kind": "pointwise-model", "worker": "gw0"}
     assert results.load_error == "cannot load on gw0"
     assert list(results.missing.values()) == [missing]
     assert list(results.shown_input.values()) == shown

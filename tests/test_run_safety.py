@@ -144,7 +144,7 @@ def test_the_summary_records_provenance_and_the_digest_of_every_file_read(pytest
     assert provenance["data_files"] == {
         "Pairwise_set/Helpfulness/Code/Documentation.json": hashlib.sha256(data_file.read_bytes()).hexdigest()
     }
-    assert (provenance["model"], provenance["seed"], provenance["model_info"]["kind"]) == ("random", 7, "pointwise")
+    assert (provenance["model"], provenance["seed"], provenance["model_info"]["kind"]) == ("random", 7, "pointwise-model")
     from pytest_rmb import __version__
 
     assert provenance["pytest_rmb"] == __version__

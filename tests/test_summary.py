@@ -16,7 +16,7 @@ import jsonschema
 import pytest
 
 import pytest_rmb
-from pytest_rmb.summary import SCHEMA_VERSION, json_schema, shipped_schema
+from pytest_rmb.summary import SCHEMA_VERSION, json_schema, read_summary, shipped_schema
 from tests.test_user_sets import BON_ROWS, PAIR_ROWS, TOML, write_rows
 
 if sys.version_info >= (3, 11):
@@ -79,17 +79,28 @@ def as_version_1(summary: dict) -> dict:
     old["pytest_rmb"] = "0.2.0"
     old["scenarios"] = {sid: {k: v for k, v in row.items() if k not in ("task_name", "source")}
                         for sid, row in summary["scenarios"].items()}
+    model_info = summary["provenance"]["model_info"]
+    old["provenance"] = {**summary["provenance"],
+                         "model_info": {**model_info, "kind": model_info["kind"].removesuffix("-model")}}
     return old
 
 
 def test_a_version_1_summary_is_still_a_baseline_and_compares(pytester):
     assert run(pytester, "--rmb-model", "length", "--rmb-data", "sample", "--rmb-json", "new.json").ret == 0
     new = json.loads((pytester.path / "new.json").read_text())
-    (pytester.path / "old.json").write_text(json.dumps(as_version_1(new)))
+    old = as_version_1(new)
+    assert old["provenance"]["model_info"]["kind"] == "pointwise"
+    (pytester.path / "old.json").write_text(json.dumps(old))
+    upgraded = read_summary(pytester.path / "old.json", need_outcomes=True)
+    assert upgraded["provenance"]["model_info"]["kind"] == "pointwise-model"
+    assert upgraded["scenarios"]["chat/discussion"]["task_name"] == "Chat"
+    assert upgraded["scenarios"]["chat/discussion"]["source"] is None
 
     gated = run(pytester, "--rmb-model", "length", "--rmb-data", "sample", "--rmb-baseline", "old.json",
                 "--rmb-json", "again.json")
     assert gated.ret == 0
+    # Upgraded, the old record's provenance differs from this run's in nothing but the version.
+    assert "model_info" not in gated.stdout.str()
     again = json.loads((pytester.path / "again.json").read_text())
     # Same model, same samples: nothing lost, nothing gained on the overall row.
     overall = again["baseline"]["sections"]["overall"]
