@@ -69,3 +69,11 @@ def ctrl_c_reaches_it() -> None:
     and an ignored signal stays ignored through fork and exec: Python would then never raise
     KeyboardInterrupt in the child and the run would go on to the end."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def run_rmb(pytester, *args: str, options: tuple[str, ...] = ()):
+    """A run as a user starts it, inside this process: every test file's runs go through here.
+
+    pytest's own cache is off (it would write beside the data); ``options`` are a file's standing
+    options (``--rmb-data sample``), given before the test's own."""
+    return pytester.runpytest("-p", "no:cacheprovider", *options, *args)

@@ -8,11 +8,13 @@ import os
 import re
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 import pytest_rmb
+from tests.helpers import run_rmb
 from tests.test_numbers import expected_paired
 
 # The package under test, whichever checkout it is imported from.
@@ -20,8 +22,7 @@ PACKAGE_ROOT = str(Path(pytest_rmb.__file__).resolve().parents[1])
 SECTIONS = ("helpfulness.pairwise", "helpfulness.bon", "harmlessness.pairwise", "harmlessness.bon")
 
 
-def run(pytester, *args):
-    return pytester.runpytest("-p", "no:cacheprovider", "--rmb-data", "sample", *args)
+run = partial(run_rmb, options=("--rmb-data", "sample"))
 
 
 def compare(cwd, *args, columns=200):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import pytest
 
 from pytest_rmb.gate import GateError, evaluate_thresholds, parse_gate
 from pytest_rmb.metrics import paired_comparison
-from tests.helpers import SAMPLE_DATA, all_files, expected_correct
+from tests.helpers import SAMPLE_DATA, all_files, expected_correct, run_rmb
 
 SCENARIOS = {"code/data_management", "chat/discussion"}
 TASKS = {"code", "chat"}
@@ -76,8 +77,7 @@ def test_overall_comparison_is_the_mean_of_the_sections():
     assert result["overall"]["delta"] == pytest.approx(0.0)
 
 
-def run(pytester, *args):
-    return pytester.runpytest("-p", "no:cacheprovider", "--rmb-data", "sample", *args)
+run = partial(run_rmb, options=("--rmb-data", "sample"))
 
 
 def sample_accuracy(section):

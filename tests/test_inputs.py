@@ -20,12 +20,11 @@ from tests.helpers import (
     bon,
     expected_correct,
     pair,
+    run_rmb,
     write_dataset,
 )
 
-
-def run(pytester, *args):
-    return pytester.runpytest("-p", "no:cacheprovider", *args)
+run = run_rmb
 
 
 def scenario_ids(task: str) -> set[str]:

@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from tests.helpers import SAMPLE_DATA, all_files, bon, expected_correct, pair, write_dataset
+from tests.helpers import SAMPLE_DATA, all_files, bon, expected_correct, pair, run_rmb, write_dataset
 
 SECTION_OF = {
     ("Pairwise_set", "Helpfulness"): "helpfulness.pairwise",
@@ -31,8 +31,7 @@ def length_expectation(root):
     return correct, total
 
 
-def run(pytester, *args):
-    return pytester.runpytest("-p", "no:cacheprovider", *args)
+run = run_rmb
 
 
 @pytest.fixture

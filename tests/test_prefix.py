@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+from functools import partial
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ from pytest_rmb.data import Message, load_scenarios, sample_dataset
 from pytest_rmb.engine import Engine
 from pytest_rmb.models import ScoreRequest
 from pytest_rmb.scenarios import registry
-from tests.helpers import SHARED_DATA
+from tests.helpers import SHARED_DATA, run_rmb
 from tests.tiny_models import decoder_tokenizer, save_decoder, save_encoder, save_long_decoder
 
 SORT = (Message("user", "How do I sort a list of strings in Python?"),)
@@ -414,9 +415,7 @@ def test_real_data_scores_the_same_with_and_without_sharing(tmp_path):
     assert sections(samples, shared) == sections(samples, plain)
 
 
-def run(pytester, *args):
-    return pytester.runpytest("-p", "no:cacheprovider", "--rmb-data", "sample", "--rmb-device", "cpu",
-                              "--rmb-no-cache", *args)
+run = partial(run_rmb, options=("--rmb-data", "sample", "--rmb-device", "cpu", "--rmb-no-cache"))
 
 
 def test_plugin_option_and_ini_mirror(pytester, models):

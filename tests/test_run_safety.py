@@ -15,11 +15,9 @@ import sys
 
 import pytest
 
-from tests.helpers import pair, write_dataset
+from tests.helpers import pair, run_rmb, write_dataset
 
-
-def run(pytester, *args):
-    return pytester.runpytest("-p", "no:cacheprovider", *args)
+run = run_rmb
 
 
 def test_a_model_that_fails_to_load_leaves_an_error_summary_that_no_gate_accepts(pytester):

@@ -17,6 +17,7 @@ import pytest
 
 import pytest_rmb
 from pytest_rmb.summary import SCHEMA_VERSION, json_schema, read_summary, shipped_schema
+from tests.helpers import run_rmb
 from tests.test_user_sets import BON_ROWS, PAIR_ROWS, TOML, write_rows
 
 if sys.version_info >= (3, 11):
@@ -28,8 +29,7 @@ PACKAGE_ROOT = Path(pytest_rmb.__file__).resolve().parents[1]
 VALIDATOR = jsonschema.Draft202012Validator
 
 
-def run(pytester, *args):
-    return pytester.runpytest("-p", "no:cacheprovider", *args)
+run = run_rmb
 
 
 def registry_tasks() -> dict[str, tuple[str, str]]:

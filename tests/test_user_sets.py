@@ -7,13 +7,14 @@ never read back from pytest-rmb.
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from pytest_rmb.data import DataFileError
 from pytest_rmb.user_sets import read_rows
-from tests.helpers import turn
+from tests.helpers import run_rmb, turn
 
 SYSTEM = {"role": "system", "content": "You are the support assistant of Acme."}
 
@@ -102,8 +103,7 @@ def sets(pytester) -> Path:
     return toml
 
 
-def run(pytester, *args):
-    return pytester.runpytest("-p", "no:cacheprovider", "--strict-markers", *args)
+run = partial(run_rmb, options=("--strict-markers",))
 
 
 # --- what the rows mean, worked out here without pytest-rmb -------------------------------------
