@@ -125,28 +125,21 @@ def _sentences(*parts: str) -> str:
     return " ".join(parts)
 
 
+# Each built-in prompt: the sentences between the opening and the verdict instruction, that
+# instruction, and the user turn's template. The multi-turn system prompt differs only in its opening.
+_BUILTIN = {
+    "pair-v2": ((_FACTORS, _EXPLAIN, _FAIRNESS), _VERDICT_AFTER, "[User Question]\n{question}\n\n" + _ANSWERS),
+    "pair-v2-criteria": ((_CRITERIA_SENTENCE, _EXPLAIN, _FAIRNESS), _VERDICT_AFTER,
+                         "[User Question]\n{question}\n\n[Evaluation Criteria]\n{criteria}\n\n" + _ANSWERS),
+    "verdict-first": ((_FACTORS, _FAIRNESS), _VERDICT_FIRST, "[User Question]\n{question}\n\n" + _ANSWERS),
+}
+
+
 def _builtin(name: str) -> JudgePrompt:
-    if name == "pair-v2":
-        return JudgePrompt(
-            name,
-            _sentences(_OPENING, _FACTORS, _EXPLAIN, _FAIRNESS, _VERDICT_AFTER),
-            "[User Question]\n{question}\n\n" + _ANSWERS,
-            _sentences(_OPENING_MULTI, _FACTORS, _EXPLAIN, _FAIRNESS, _VERDICT_AFTER),
-        )
-    if name == "pair-v2-criteria":
-        return JudgePrompt(
-            name,
-            _sentences(_OPENING, _CRITERIA_SENTENCE, _EXPLAIN, _FAIRNESS, _VERDICT_AFTER),
-            "[User Question]\n{question}\n\n[Evaluation Criteria]\n{criteria}\n\n" + _ANSWERS,
-            _sentences(_OPENING_MULTI, _CRITERIA_SENTENCE, _EXPLAIN, _FAIRNESS, _VERDICT_AFTER),
-        )
-    if name == "verdict-first":
-        return JudgePrompt(
-            name,
-            _sentences(_OPENING, _FACTORS, _FAIRNESS, _VERDICT_FIRST),
-            "[User Question]\n{question}\n\n" + _ANSWERS,
-            _sentences(_OPENING_MULTI, _FACTORS, _FAIRNESS, _VERDICT_FIRST),
-        )
+    if name in _BUILTIN:
+        middle, verdict, template = _BUILTIN[name]
+        return JudgePrompt(name, _sentences(_OPENING, *middle, verdict), template,
+                           _sentences(_OPENING_MULTI, *middle, verdict))
     raise PromptError(f"unknown judge prompt {name!r}; built in: {', '.join(PROMPT_NAMES)} "
                       "(or prompt_file=PATH for your own)")
 
