@@ -322,6 +322,8 @@ def _verdict(value: Any) -> Verdict:
 class _ScenarioEngine:
     """What both engines share: the plan, the once-per-scenario rule, failures, stats."""
 
+    _model: Any  # the pointwise or pairwise model, set by each engine
+
     def __init__(self, plan: Mapping[str, Sequence[Sample]], progress=None):
         self._plan = dict(plan)
         self._progress = progress or NoProgress()
@@ -367,7 +369,7 @@ class _ScenarioEngine:
         raise NotImplementedError
 
     def _model_loaded(self) -> bool:
-        raise NotImplementedError
+        return self._model.loaded
 
     def has_work(self) -> bool:
         """Whether the plan needs anything the cache does not hold: if not, the model need not load."""
@@ -398,9 +400,6 @@ class Engine(_ScenarioEngine):
                                     progress=self._progress, cache=cache, call=model.score, check=_finite,
                                     encode=lambda v: v, decode=float, facts=model.facts)
         self._scores: dict[TextKey, float] = {}
-
-    def _model_loaded(self) -> bool:
-        return self._model.loaded
 
     def has_work(self) -> bool:
         seen: set[TextKey] = set()
@@ -515,9 +514,6 @@ class PairwiseEngine(_ScenarioEngine):
                                     encode=Verdict.as_json, decode=Verdict.from_json,
                                     cacheable=lambda verdict: verdict.error is None)
         self._verdicts: dict[PairRequest, Verdict] = {}
-
-    def _model_loaded(self) -> bool:
-        return self._model.loaded
 
     def has_work(self) -> bool:
         return bool(self.planned_requests())

@@ -216,7 +216,8 @@ def engine_line(engine: dict) -> str:
     batches = f"{engine.get('batches', 0)} batches"
     cached = engine.get("cache_hits", 0)
     # Stats written before the engine counted loads do not say: take the model as loaded.
-    not_loaded = "; model not loaded;" if engine.get("model_loads", 1) == 0 else ","
+    loaded = engine.get("model_loads", 1) != 0
+    not_loaded = "," if loaded else "; model not loaded;"
     if engine.get("comparison_slots"):
         made = engine.get("comparisons_made", 0)
         line = (f"engine: {made} comparisons judged now{not_loaded} {cached} from the cache, for "
@@ -225,7 +226,7 @@ def engine_line(engine: dict) -> str:
             line += f", {engine['comparisons_skipped']} skipped after a lost comparison"
     else:
         scored = engine.get("texts_scored", 0)
-        texts = "texts" if not_loaded != "," else "unique texts"
+        texts = "unique texts" if loaded else "texts"
         line = (f"engine: {scored} {texts} scored now{not_loaded} {cached} from the score cache, for "
                 f"{engine.get('response_slots', 0)} response slots in {batches}, {seconds}")
         if engine.get("truncated"):
