@@ -57,6 +57,25 @@ class Comparison:
     shared: list[int | None]  # per later run: samples shared with the reference (None: no outcomes)
     notes: list[str] = field(default_factory=list)
     provenance: list[list[str]] = field(default_factory=list)  # per later run, against the reference
+    # Per run, reference first: what keeps its numbers from standing for its whole selection
+    # ("partial run: ...", "incomplete data: ..."), or "".
+    caveats: list[str] = field(default_factory=list)
+
+
+def caveat(summary: Mapping[str, Any]) -> str:
+    """A run that stopped early, or ran on data with files missing, says so beside its name."""
+    said = []
+    if summary.get("partial"):
+        items = summary.get("items")
+        said.append(f"partial run: {items['ran']} of {items['selected']} items ran" if items else "partial run")
+    if summary.get("complete") is False:
+        said.append(f"incomplete data: {len(summary['missing'])} data file(s) missing")
+    return f" ({'; '.join(said)})" if said else ""
+
+
+def strangers(comparison: Comparison) -> list[int]:
+    """The runs (by index) that share no sample with the reference: nothing of them was compared."""
+    return [index for index, shared in enumerate(comparison.shared, start=1) if shared == 0]
 
 
 def _values(summary: Mapping[str, Any]) -> dict[str, float | None]:
@@ -147,7 +166,7 @@ def compare_runs(runs: Sequence[Mapping[str, Any]], seed: int = 0, resamples: in
         provenance_differences(runs[0].get("provenance"), run.get("provenance"), ("A", LETTERS[i]))
         for i, run in enumerate(runs[1:], start=1)
     ]
-    return Comparison(rows, shared_counts, notes, provenance)
+    return Comparison(rows, shared_counts, notes, provenance, [caveat(run) for run in runs])
 
 
 def _ordered(metrics: list[str]) -> list[str]:
@@ -171,10 +190,11 @@ def fmt_delta(delta: float | None, p_drop: float | None, p_gain: float | None, a
 def run_lines(names: list[str], comparison: Comparison, reference_samples: int | None) -> list[str]:
     """The legend: one line per run with what it shares with the reference, then provenance and notes."""
     reference = f"{reference_samples} samples" if reference_samples is not None else "no per-sample outcomes"
-    lines = [f"A  {names[0]}: reference, {reference}"]
+    caveats = comparison.caveats
+    lines = [f"A  {names[0]}: reference, {reference}{caveats[0]}"]
     for index, (name, shared) in enumerate(zip(names[1:], comparison.shared), start=1):
         said = "no per-sample outcomes" if shared is None else f"{shared} samples shared with A"
-        lines.append(f"{LETTERS[index]}  {name}: {said}")
+        lines.append(f"{LETTERS[index]}  {name}: {said}{caveats[index]}")
     for index, differences in enumerate(comparison.provenance, start=1):
         lines += [f"provenance {LETTERS[index]} vs A: {line}" for line in differences]
     lines += [f"note: {note}" for note in comparison.notes]
@@ -326,7 +346,11 @@ def main(argv: list[str] | None = None) -> int:
                                legend_lines=run_lines(names, comparison, reference_samples))
         args.html.write_text(page, encoding="utf-8")
         print(f"wrote {args.html}")
-    return 0
+    unshared = strangers(comparison)
+    for index in unshared:
+        print(f"pytest-rmb compare: {args.summaries[index]} shares no sample with {args.summaries[0]}: nothing was "
+              "compared (other data, other scenarios, or selections that do not overlap)", file=sys.stderr)
+    return 1 if unshared else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

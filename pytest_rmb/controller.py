@@ -18,6 +18,7 @@ from pytest_rmb import wire
 from pytest_rmb.engine import EngineStats
 from pytest_rmb.gate import FAIL as GATE_FAIL
 from pytest_rmb.gate import evaluate as evaluate_gates
+from pytest_rmb.gate import not_evaluated_when_partial
 from pytest_rmb.inspect_input import input_key, print_shown_input
 from pytest_rmb.models import PAIRWISE_MODEL
 from pytest_rmb.nodeids import display_nodeid
@@ -54,8 +55,18 @@ class RunResults:
     model_info: dict | None = None
     load_error: str | None = None
     shown_input: dict[tuple, dict] = field(default_factory=dict)
+    # Items selected after deselection (None until collection finished) and items that ran to their
+    # teardown: fewer of the second make the run partial, whatever stopped it.
+    selected: int | None = None
+    ran: int = 0
+    # Node ids of the items a pytest-xdist worker died in (xdist reports them with ``when`` "???").
+    crashed: list[str] = field(default_factory=list)
 
     def add(self, report: pytest.TestReport) -> None:
+        if report.when == "teardown":
+            self.ran += 1
+        elif report.when not in ("setup", "call"):
+            self.crashed.append(report.nodeid)
         identity = result = None
         for message, value in wire.read(report):
             if message is Message.ITEM:
@@ -108,8 +119,43 @@ class RunController:
         self.summary: RunSummary | None = None
         self.records: list[dict] = []
         self.write_errors: list[str] = []
+        # What a KeyboardInterrupt said, when one ended the run.
+        self.interrupted = ""
         # Bound once: this hook runs for every report of the run.
         self.pytest_runtest_logreport = self.results.add
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        # A single process: its items after -k, -m and --deselect. Under xdist this process
+        # collects nothing and hears the workers' collections instead (below).
+        self.results.selected = len(session.items)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        # Every worker collects the same items (xdist checks it); a replaced worker collects again.
+        if self.results.selected is None:
+            self.results.selected = len(ids)
+
+    def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        # Ctrl-C, a model that raised KeyboardInterrupt, or xdist stopping its workers (-x, --maxfail
+        # under -n raise its Interrupted, which names the reason).
+        self.interrupted = str(excinfo.value) or f"interrupted: {excinfo.typename}"
+
+    def stop_reason(self, session: pytest.Session, exitstatus: int) -> str | None:
+        """Why the run stopped before every selected item ran; None when it ran them all."""
+        results = self.results
+        if self.config.option.collectonly:
+            return None
+        interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
+        if not interrupted and results.ran >= (results.selected or 0):
+            return None
+        if self.interrupted:
+            return self.interrupted
+        for reason in (session.shouldfail, session.shouldstop):
+            if isinstance(reason, str) and reason:
+                return reason
+        if results.crashed:
+            return f"a pytest-xdist worker crashed while running {', '.join(results.crashed)}"
+        return "interrupted" if interrupted else "stopped before every selected item ran"
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
@@ -136,7 +182,8 @@ class RunController:
             missing=[results.missing[key] for key in sorted(results.missing)],
             errors=[results.errors[key] for key in sorted(results.errors)],
             misses=len(results.misses),
-            partial=exitstatus == pytest.ExitCode.INTERRUPTED,
+            items={"selected": results.selected or 0, "ran": results.ran},
+            stop_reason=self.stop_reason(session, exitstatus),
             model_info=model_info,
             judge=self._judge_stats(records) if model_info.get("kind") == PAIRWISE_MODEL else None,
             self_check=merge_self_checks([*self.self_checks, *([own.self_check] if own.self_check else [])]),
@@ -146,11 +193,17 @@ class RunController:
         in_sections = {s.id: s.goal for s in settings.scenarios if s.goal in GOALS}
         gates, baseline = evaluate_gates(summary, settings, in_sections)
         gates += self_check_gates(summary["self_check"], gated=bool(settings.gates) or settings.baseline is not None)
+        gates = not_evaluated_when_partial(gates, summary)
         self.summary = self._publish(with_gates(summary, [gate.as_dict() for gate in gates], baseline))
         self._write()
         # Misses are the measurement, not a malfunction: they alone never fail the run. Gates do.
         only_misses = exitstatus == pytest.ExitCode.TESTS_FAILED and results.other_failures == 0
-        if exitstatus == pytest.ExitCode.OK or only_misses:
+        if summary["partial"]:
+            # Whatever stopped it (-x, --maxfail, a crashed worker), a partial run is status 2, never a
+            # pass or a failed gate.
+            if exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+                session.exitstatus = pytest.ExitCode.INTERRUPTED
+        elif exitstatus == pytest.ExitCode.OK or only_misses:
             failed = any(gate.status == GATE_FAIL for gate in gates)
             session.exitstatus = pytest.ExitCode.TESTS_FAILED if failed else pytest.ExitCode.OK
         if self.write_errors:

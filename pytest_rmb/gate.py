@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pytest_rmb.metrics import SECTIONS, paired_comparison, section_key, split_outcome_key
-from pytest_rmb.summary import GateRow, SummaryError, read_summary
+from pytest_rmb.summary import GateRow, SummaryError, partial_account, read_summary
 
 OPERATORS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
 SECTION_NAMES = tuple(section_key(goal, kind) for goal, kind in SECTIONS)
@@ -272,8 +272,35 @@ def compare_with_baseline(
     return rows, account
 
 
+COMPLETE = "complete"
+
+
+def completeness_gate(summary: Mapping[str, Any]) -> GateResult:
+    """--rmb-require-complete: every selected scenario and kind had its data file, or the run fails
+    with the files named (a release figure must stand on the whole benchmark, not on part of it)."""
+    reference = "all data files"
+    files = sorted({entry["file"] for entry in summary["missing"]})
+    if not files:
+        return GateResult(COMPLETE, None, reference, None, PASS)
+    shown = ", ".join(files[:_FILES_LISTED])
+    if len(files) > _FILES_LISTED:
+        shown += f" and {len(files) - _FILES_LISTED} more (listed under 'missing' in --rmb-json)"
+    return GateResult(COMPLETE, None, reference, None, FAIL,
+                      f"{len(files)} data file(s) missing or empty: {shown}")
+
+
+def not_evaluated_when_partial(rows: list[GateResult], summary: Mapping[str, Any]) -> list[GateResult]:
+    """A partial run's gates are neither passed nor failed: its numbers cover only the items that
+    ran before it stopped, so no bar or baseline can be judged on them."""
+    if not summary["partial"]:
+        return rows
+    detail = f"{partial_account(summary)}; a partial run's gates are not evaluated"
+    return [GateResult(row.metric, row.value, row.reference, row.interval, NOT_EVALUATED, detail) for row in rows]
+
+
 def evaluate(summary: Mapping[str, Any], settings, goal_of: dict[str, str]) -> tuple[list[GateResult], dict | None]:
-    """Every gate of the run: thresholds first, then the baseline comparison if one was given."""
+    """Every gate of the run: thresholds first, then the baseline comparison if one was given, then
+    the data's completeness if required."""
     rows = evaluate_thresholds(list(settings.gates), summary, settings.allow_empty_gates)
     account = None
     if settings.baseline is not None:
@@ -282,4 +309,6 @@ def evaluate(summary: Mapping[str, Any], settings, goal_of: dict[str, str]) -> t
             seed=settings.model.seed, resamples=settings.bootstrap, allow_empty=settings.allow_empty_gates,
         )
         rows.extend(baseline_rows)
+    if settings.require_complete:
+        rows.append(completeness_gate(summary))
     return rows, account

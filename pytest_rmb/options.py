@@ -228,6 +228,14 @@ OPTIONS: tuple[Option, ...] = (
         help="a gate on a metric with no samples in this run is not evaluated instead of failing",
     ),
     Option(
+        "--rmb-require-complete", GATES, action="store_true",
+        help="fail the run (status 1) when a selected scenario lacks a data file, naming the files: for "
+        "release gates that must stand on the whole benchmark, not on a partial copy of it "
+        "(ini rmb_require_complete)",
+        ini=Ini("rmb_require_complete", "fail the run when a selected scenario lacks a data file",
+                type="bool", default=False),
+    ),
+    Option(
         "--rmb-baseline", GATES, metavar="FILE",
         help="an earlier --rmb-json summary: fail when overall or a section dropped by more than "
         "--rmb-max-drop and significantly (paired bootstrap over shared samples)",
@@ -417,6 +425,7 @@ class RunSettings:
     limit: int | None = None  # --rmb-limit: samples per scenario and kind; None for all
     self_check: int = 16  # --rmb-self-check: texts re-scored alone after the run; 0 for none
     show_input: tuple[str, ...] = ()  # --rmb-show-input: uids (or scenario/uid) whose input is printed
+    require_complete: bool = False  # --rmb-require-complete: a missing data file fails the run
     # The run's scenarios, in collection order: RMB's (when there is RMB data) and the user's own
     # (--rmb-scenarios). Everything that asks "which scenarios?" asks this, never the registry.
     scenarios: tuple[Scenario, ...] = ()
@@ -476,6 +485,7 @@ def resolve(config: pytest.Config) -> RunSettings | None:
         null_baseline=setting(config, "rmb_null_baseline"),
         self_check=setting(config, "rmb_self_check"),
         show_input=tuple(setting(config, "rmb_show_input") or ()),
+        require_complete=setting(config, "rmb_require_complete"),
         scenarios=scenarios,
     )
 

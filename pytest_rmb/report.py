@@ -22,7 +22,7 @@ from rich.text import Text
 
 from pytest_rmb.metrics import KINDS, SECTIONS, section_key
 from pytest_rmb.self_check import describe as describe_self_check
-from pytest_rmb.summary import RunSummary
+from pytest_rmb.summary import RunSummary, partial_account
 
 KIND_TITLES = {"pairwise": "Pairwise", "bon": "BoN"}
 # Pointing at a partial copy of RMB should not print a line for each of 98 files.
@@ -95,7 +95,25 @@ def run_title(summary: RunSummary) -> str:
     title = f"RMB: {summary['model']} on {summary['dataset']}"
     if summary.get("limit"):
         title += f", limited to {summary['limit']} samples per scenario and kind (seed {summary['seed']})"
+    if summary.get("complete") is False:
+        title += f", {incomplete_phrase(summary)}"
+    if summary.get("partial"):
+        title += f", {partial_phrase(summary)}"
     return title
+
+
+def incomplete_phrase(summary: RunSummary) -> str:
+    """What a run on a partial copy of the data says wherever its numbers are shown."""
+    files = len({entry["file"] for entry in summary["missing"]})
+    return f"INCOMPLETE DATA ({files} data file{'s' if files != 1 else ''} missing)"
+
+
+def partial_phrase(summary: RunSummary) -> str:
+    items = summary.get("items")
+    ran = f": {items['ran']} of {items['selected']} items ran" if items else ""
+    return f"PARTIAL RUN{ran}"
+
+
 
 
 def missing_line(entry: Mapping[str, Any]) -> str:
@@ -111,7 +129,13 @@ def headline_table(summary: RunSummary, *, null_baseline: bool = True) -> Table:
     entries = [summary["sections"][section_key(goal, kind)] for goal, kind in SECTIONS]
     show_null = null_baseline and has_null(entries)
     # No edges: with the Length column the table then still fits 80 columns on the full data.
-    table = Table(title="RMB accuracy", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
+    title = "RMB accuracy"
+    # The headline's overall must not read like a figure of the whole benchmark when it is not one.
+    qualifiers = [phrase for phrase, applies in ((incomplete_phrase, summary.get("complete") is False),
+                                                  (partial_phrase, summary.get("partial"))) if applies]
+    if qualifiers:
+        title += " - " + ", ".join(phrase(summary) for phrase in qualifiers)
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
                   caption=NULL_CAPTION if show_null else None, caption_justify="left")
     # Section names may wrap on a narrow terminal; numbers never do.
     table.add_column("Section", overflow="fold")
@@ -285,6 +309,7 @@ class TableRenderer:
         self._tr.section(run_title(summary), sep="=")
         if summary.get("partial"):
             self._tr.write_line("PARTIAL RESULTS: the run was interrupted before every item ran.", red=True)
+            self._tr.write_line(f"rmb: {partial_account(summary)}; its gates are not evaluated", red=True)
         tables = [headline_table(summary, null_baseline=null_baseline)]
         tables.append(grouped_table("Per task", "Task", summary["tasks"], "name", null_baseline=null_baseline))
         if show_scenarios:
@@ -339,14 +364,19 @@ class TableRenderer:
     def render_gates(self, summary: RunSummary) -> None:
         self._tr.section("RMB gates", sep="=")
         self._print(gates_table(summary["gates"]))
+        partial = summary.get("partial")
         for gate in summary["gates"]:
-            if gate["detail"]:
+            # A partial run's rows all say the same: it is said once, below.
+            if gate["detail"] and not partial:
                 self._tr.write_line(f"  {gate['metric']}: {gate['detail']}")
         baseline = summary.get("baseline")
         for note in baseline["notes"] if baseline else []:
             self._tr.write_line(f"baseline: {note}", yellow=True)
         failed = [g["metric"] for g in summary["gates"] if g["status"] == "FAIL"]
-        if failed:
+        if partial:
+            self._tr.write_line(f"rmb: {len(summary['gates'])} gate(s) NOT EVALUATED: {partial_account(summary)}",
+                                red=True, bold=True)
+        elif failed:
             self._tr.write_line(f"rmb: {len(failed)} gate(s) failed: {', '.join(failed)}", red=True, bold=True)
         else:
             self._tr.write_line("rmb: all gates passed", green=True, bold=True)
@@ -376,7 +406,13 @@ def markdown_document(summary: RunSummary, *, null_baseline: bool = True) -> str
     if summary.get("limit"):
         lines += [f"Limited to {summary['limit']} samples per scenario and kind (seed {summary['seed']}).", ""]
     if summary.get("partial"):
-        lines += ["**Partial results: the run was interrupted.**", ""]
+        lines += [f"**Partial results: {partial_account(summary)}; its gates are not evaluated.**", ""]
+    if summary.get("complete") is False:
+        files = sorted({entry["file"] for entry in summary["missing"]})
+        shown = ", ".join(f"`{name}`" for name in files[:MISSING_SHOWN])
+        more = f" and {len(files) - MISSING_SHOWN} more" if len(files) > MISSING_SHOWN else ""
+        lines += [f"**Incomplete data: {len(files)} data file(s) of the selected scenarios missing or empty**: "
+                  f"{shown}{more}. The numbers are not the full benchmark's.", ""]
     entries = [summary["sections"][section_key(goal, kind)] for goal, kind in SECTIONS]
     show_null = null_baseline and has_null(entries)
     null_head = f" {NULL_HEADER} |" if show_null else ""

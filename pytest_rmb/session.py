@@ -13,17 +13,18 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pytest_rmb import wire
 from pytest_rmb.collection import ScenarioModule, item_identity, rmb_collectors, selection_plan
-from pytest_rmb.data import BON, PAIRWISE
+from pytest_rmb.data import BON, PAIRWISE, data_file
 from pytest_rmb.inspect_input import explain_selection
 from pytest_rmb.metrics import margin
 from pytest_rmb.options import RunSettings
-from pytest_rmb.scenarios import all_markers
+from pytest_rmb.scenarios import Scenario, all_markers
 from pytest_rmb.self_check import run_self_check
 from pytest_rmb.state import OUTCOME
 from pytest_rmb.user_sets import UserScenario, user_markers, user_sources
@@ -69,6 +70,10 @@ class RMBSession:
         line = f"rmb: model {settings.model.model}"
         if settings.dataset is not None:
             line += f", data {settings.dataset_label}, {len(settings.scenarios) - own} scenarios"
+            absent, wanted = absent_rmb_files(settings.scenarios, settings.dataset)
+            if absent:
+                # Before any number is shown: this folder cannot give the whole benchmark's figures.
+                line += f"; INCOMPLETE DATA: {absent} of {wanted} data files missing"
         if own:
             line += f"{' +' if settings.dataset is not None else ','} {own} of your own from " + ", ".join(
                 user_sources(settings.scenarios))
@@ -186,6 +191,12 @@ class RMBSession:
                 wire.send_at_finish(self.config, Message.SELF_CHECK, self.self_check)
         if self.model is not None:
             self.model.close()
+
+
+def absent_rmb_files(scenarios: tuple[Scenario, ...], dataset: Path) -> tuple[int, int]:
+    """(absent, wanted): how many of the data files RMB's scenarios name are not in the data folder."""
+    wanted = [s.file(kind) for s in scenarios if not isinstance(s, UserScenario) for kind in s.kinds]
+    return sum(data_file(dataset, relative) is None for relative in wanted), len(wanted)
 
 
 def is_miss(report: pytest.TestReport) -> bool:

@@ -36,7 +36,7 @@ from pytest_rmb.scenarios import Scenario
 from pytest_rmb.user_sets import UserScenario
 from pytest_rmb.version import __version__
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA_FILE = "summary.schema.json"
 # Where a scenario of RMB itself is defined (a user's scenario names its TOML files instead).
 RMB_SOURCE = "rmb"
@@ -91,6 +91,8 @@ class _MissingRequired(TypedDict):
 
 
 class MissingEntry(_MissingRequired, total=False):
+    """A data file of a selected scenario and kind that was absent or held no records."""
+
     problem: Annotated[str, "'empty' for a file without records, else what was found instead; absent: not found"]
 
 
@@ -104,7 +106,8 @@ class ErrorEntry(TypedDict):
 
 
 class GateRow(TypedDict):
-    metric: Annotated[str, "overall, a section, task:<id>.<kind>, scenario:<id>.<kind> or self-check"]
+    metric: Annotated[str, "overall, a section, task:<id>.<kind>, scenario:<id>.<kind>, self-check, or complete "
+                           "(--rmb-require-complete)"]
     value: float | None
     reference: Annotated[str, "the bar ('>= 0.7') or the baseline's value ('baseline 0.7012')"]
     interval: Annotated[list[float] | None, "a value's 95% interval; for a baseline gate, the difference's"]
@@ -175,10 +178,18 @@ class JudgeStats(TypedDict):
     scenarios: dict[str, dict[str, dict[str, Any]]]
 
 
+class ItemCounts(TypedDict):
+    """Selected items (after -k, -m and --deselect; a missing data file is one item) and those that ran."""
+
+    selected: int
+    ran: Annotated[int, "items that ran to the end; fewer than selected makes the run partial"]
+
+
 class _Header(TypedDict):
     schema_version: Annotated[int, "the version of this shape; see the version history"]
     status: Annotated[Literal["ok", "partial", "error"],
-                      "partial: interrupted before every item ran; error: no results (see reason)"]
+                      "partial: stopped before every selected item ran (-x, --maxfail, Ctrl-C, a crashed "
+                      "worker), its gates not evaluated; error: no results (see reason)"]
     model: Annotated[str, "--rmb-model as given"]
     dataset: Annotated[str, "the data the run read: 'sample', a folder, or the user's own sets"]
     pytest_rmb: Annotated[str, "the version of pytest-rmb that wrote the summary"]
@@ -203,9 +214,15 @@ class RunSummary(_Header, total=False):
     scenarios: Annotated[dict[str, ScenarioRow], "by scenario id (task/name)"]
     engine: Annotated[dict[str, float], "what the work cost: texts or comparisons now and from the cache, "
                                         "batches, seconds, backend counters"]
-    missing: list[MissingEntry]
+    missing: Annotated[list[MissingEntry], "the data files of the selected scenarios that were absent or empty"]
+    complete: Annotated[bool | None,
+                        "every selected scenario and kind had its data file ('missing' is empty); a run of some "
+                        "scenarios (-m, -k) with all their files is complete, and so is an --rmb-limit run. "
+                        "null: an older summary that did not list its missing files"]
     errors: list[ErrorEntry]
-    partial: bool
+    partial: Annotated[bool, "the run stopped before every selected item ran: status partial"]
+    items: Annotated[ItemCounts | None, "how many items were selected and ran; null before schema 3"]
+    stop_reason: Annotated[str | None, "why a partial run stopped short; null when it did not, or before schema 3"]
     samples: Annotated[int, "samples with a result"]
     misses: Annotated[int, "samples the model got wrong"]
     outcomes: Annotated[dict[str, Literal[0, 1]], "per sample, keyed 'scenario|kind|uid': 1 right, 0 wrong"]
@@ -218,8 +235,8 @@ class RunSummary(_Header, total=False):
 
 # Present in every summary with results (status ok or partial).
 RESULT_KEYS = ("limit", "seed", "sections", "overall", "overall_ci95", "overall_sections", "tasks",
-               "scenarios", "engine", "missing", "errors", "partial", "samples", "misses", "outcomes",
-               "provenance", "self_check", "gates", "baseline")
+               "scenarios", "engine", "missing", "complete", "errors", "partial", "items", "stop_reason",
+               "samples", "misses", "outcomes", "provenance", "self_check", "gates", "baseline")
 
 
 # --- building -------------------------------------------------------------------------------------
@@ -234,7 +251,9 @@ class RunFacts:
     missing: list[dict]
     errors: list[dict]
     misses: int
-    partial: bool
+    items: ItemCounts
+    # Why the run stopped before every selected item ran; None: it ran them all.
+    stop_reason: str | None
     model_info: dict[str, Any]
     judge: dict[str, Any] | None
     self_check: dict[str, Any] | None
@@ -249,13 +268,14 @@ def build_summary(settings: Any, facts: RunFacts) -> RunSummary:
     """The summary of a run with results; gates are added by :func:`with_gates`."""
     scenarios = {s.id: s for s in settings.scenarios}
     records = facts.records
+    partial = facts.stop_reason is not None
     metrics = summarize(records, scenarios, seed=settings.model.seed, resamples=settings.bootstrap)
     for scenario_id, row in metrics["scenarios"].items():
         scenario = scenarios[scenario_id]
         row["task_name"] = scenario.task
         row["source"] = scenario_source(scenario)
     summary: RunSummary = {
-        **_header(settings, "partial" if facts.partial else "ok"),
+        **_header(settings, "partial" if partial else "ok"),
         # A --rmb-limit run scores a seeded subset: its numbers are not the benchmark's.
         "limit": settings.limit,
         "seed": settings.model.seed,
@@ -267,8 +287,11 @@ def build_summary(settings: Any, facts: RunFacts) -> RunSummary:
         "scenarios": metrics["scenarios"],
         "engine": facts.engine,
         "missing": typing.cast(list[MissingEntry], facts.missing),
+        "complete": not facts.missing,
         "errors": typing.cast(list[ErrorEntry], facts.errors),
-        "partial": facts.partial,
+        "partial": partial,
+        "items": facts.items,
+        "stop_reason": facts.stop_reason,
         "samples": len(records),
         "misses": facts.misses,
         # Per-sample outcomes, so that a later run can use this file as its --rmb-baseline.
@@ -284,6 +307,13 @@ def build_summary(settings: Any, facts: RunFacts) -> RunSummary:
     if facts.judge is not None:
         summary["judge"] = typing.cast(JudgeStats, facts.judge)
     return summary
+
+
+def partial_account(summary: Mapping[str, Any]) -> str:
+    """How much of its selection a partial run covered, and what stopped it."""
+    items, reason = summary.get("items"), summary.get("stop_reason")
+    ran = f": {items['ran']} of {items['selected']} selected items ran" if items else ""
+    return f"partial run{ran}" + (f" ({reason})" if reason else "")
 
 
 def error_summary(settings: Any, reason: str) -> RunSummary:
@@ -431,7 +461,12 @@ def upgrade(document: dict[str, Any], version: int) -> RunSummary:
         document.setdefault("model", None)
         document.setdefault("dataset", None)
         document.setdefault("pytest_rmb", None)
-        document["schema_version"] = SCHEMA_VERSION
+    if version < 3:
+        # "complete" says what the list of missing files says; how many items ran was not counted.
+        document["complete"] = not document["missing"] if isinstance(document.get("missing"), list) else None
+        document.setdefault("items", None)
+        document.setdefault("stop_reason", None)
+    document["schema_version"] = SCHEMA_VERSION
     return typing.cast(RunSummary, document)
 
 

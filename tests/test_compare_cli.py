@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from functools import partial
@@ -14,11 +15,12 @@ from pathlib import Path
 import pytest
 
 import pytest_rmb
-from tests.helpers import run_rmb
+from tests.helpers import SAMPLE_DATA, run_rmb
 from tests.test_numbers import expected_paired
 
 # The package under test, whichever checkout it is imported from.
 PACKAGE_ROOT = str(Path(pytest_rmb.__file__).resolve().parents[1])
+SAMPLE_ITEMS = 147  # the bundled sample's samples, one item each
 SECTIONS = ("helpfulness.pairwise", "helpfulness.bon", "harmlessness.pairwise", "harmlessness.bon")
 
 
@@ -85,14 +87,41 @@ def test_runs_are_compared_on_the_samples_they_share(pytester, runs):
         assert cells[2] == f"{sum(values) / len(values):.4f}"
 
 
-def test_a_run_sharing_nothing_is_said_and_not_compared(pytester, runs):
+def test_a_run_sharing_nothing_is_said_not_compared_and_fails_the_command(pytester, runs):
     run(pytester, "--rmb-model", "random", "-m", "chat", "--rmb-json", "chat.json")
     run(pytester, "--rmb-model", "length", "-m", "code", "--rmb-json", "code.json")
     done = compare(pytester.path, "code.json", "chat.json")
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines() == [
+        "pytest-rmb compare: chat.json shares no sample with code.json: nothing was compared (other data, "
+        "other scenarios, or selections that do not overlap)"]
     assert "B  random (chat.json): 0 samples shared with A" in done.stdout
     assert "note: B shares no samples with A: nothing to compare" in done.stdout
     assert table_row(done.stdout, "overall").split()[1:] == ["-", "-"]
+
+    # Among others that do share: only the stranger is named, and the command still fails.
+    mixed = compare(pytester.path, "code.json", "part.json", "chat.json")
+    assert mixed.returncode == 1
+    assert mixed.stderr.splitlines() == [
+        "pytest-rmb compare: chat.json shares no sample with code.json: nothing was compared (other data, "
+        "other scenarios, or selections that do not overlap)"]
+
+
+def test_a_partial_run_and_a_run_on_incomplete_data_say_so_beside_their_names(pytester, runs):
+    stopped = run(pytester, "--rmb-model", "length", "-x", "--rmb-json", "stopped.json")
+    ran = sum(stopped.parseoutcomes().get(name, 0) for name in ("passed", "missed"))
+    data = pytester.path / "data"
+    shutil.copytree(SAMPLE_DATA, data)
+    (data / "Pairwise_set/Harmlessness/S5.json").unlink()
+    run_rmb(pytester, "--rmb-model", "length", "--rmb-data", "data", "--rmb-json", "lacking.json")
+    done = compare(pytester.path, "length.json", "stopped.json", "lacking.json")
+    assert done.returncode == 0, done.stderr
+    with_s5 = len(json.loads((SAMPLE_DATA / "Pairwise_set/Harmlessness/S5.json").read_text(encoding="utf-8")))
+    assert f"A  length (length.json): reference, {SAMPLE_ITEMS} samples\n" in done.stdout
+    assert f"B  length (stopped.json): {ran} samples shared with A (partial run: {ran} of {SAMPLE_ITEMS} items ran)" \
+        in done.stdout
+    assert (f"C  length (lacking.json): {SAMPLE_ITEMS - with_s5} samples shared with A "
+            "(incomplete data: 1 data file(s) missing)") in done.stdout
 
 
 def test_alpha_sets_the_significance_marks_exactly(pytester, runs):

@@ -59,3 +59,16 @@ def test_first_model_info_load_error_and_missing_entry_win_and_inputs_are_kept_o
     assert results.load_error == "cannot load on gw0"
     assert list(results.missing.values()) == [missing]
     assert list(results.shown_input.values()) == shown
+
+
+def test_an_item_ran_when_its_teardown_reported_and_a_crashed_one_is_named():
+    results = RunResults()
+    for uid in (1, 2):
+        for when in ("setup", "call", "teardown"):
+            results.add(report(uid, when=when))
+    results.add(report(3, when="setup", item=IDENTITY))
+    # xdist's report for the item a worker died in: no phase of pytest's own.
+    results.add(report(3, when="???", outcome="failed", longrepr="worker 'gw0' crashed while running"))
+    assert results.ran == 2
+    assert results.crashed == [NODE.format(3)]
+    assert results.errors[("chat/discussion", "pairwise")]["items"] == 1

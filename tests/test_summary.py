@@ -44,15 +44,18 @@ def registry_tasks() -> dict[str, tuple[str, str]]:
 def test_the_shipped_schema_is_the_one_the_types_declare():
     assert shipped_schema() == json_schema()
     VALIDATOR.check_schema(shipped_schema())
-    assert shipped_schema()["properties"]["schema_version"]["const"] == SCHEMA_VERSION == 2
+    assert shipped_schema()["properties"]["schema_version"]["const"] == SCHEMA_VERSION == 3
 
 
 def test_a_run_writes_a_valid_versioned_record_whose_rows_need_no_registry(pytester):
     assert run(pytester, "--rmb-model", "length", "--rmb-data", "sample", "--rmb-json", "s.json").ret == 0
     summary = json.loads((pytester.path / "s.json").read_text())
     VALIDATOR(shipped_schema()).validate(summary)
-    assert summary["schema_version"] == 2 and summary["status"] == "ok"
+    assert summary["schema_version"] == 3 and summary["status"] == "ok"
     assert summary["pytest_rmb"] == pytest_rmb.__version__
+    # The bundled sample has every one of RMB's 98 files, one item each at least: 147 items, all ran.
+    assert summary["complete"] is True and summary["missing"] == []
+    assert summary["items"] == {"selected": 147, "ran": 147} and summary["stop_reason"] is None
     tasks = registry_tasks()
     assert len(summary["scenarios"]) == 49
     for scenario_id, row in summary["scenarios"].items():
@@ -65,7 +68,7 @@ def test_a_failed_load_writes_a_record_of_the_same_header(pytester):
     assert failed.ret == pytest.ExitCode.USAGE_ERROR
     summary = json.loads((pytester.path / "e.json").read_text())
     VALIDATOR(shipped_schema()).validate(summary)
-    assert summary["schema_version"] == 2 and summary["status"] == "error" and "no such directory" in summary["reason"]
+    assert summary["schema_version"] == 3 and summary["status"] == "error" and "no such directory" in summary["reason"]
     # The schema itself refuses an "ok" record without results, and an error record without its reason.
     with pytest.raises(jsonschema.ValidationError):
         VALIDATOR(shipped_schema()).validate({**summary, "status": "ok"})
@@ -114,6 +117,26 @@ def test_a_version_1_summary_is_still_a_baseline_and_compares(pytester):
     assert f"{expected:.4f}" in row
 
 
+def as_version_2(summary: dict) -> dict:
+    """A summary as pytest-rmb 0.3 wrote it: no completeness, item counts or stop reason."""
+    old = {k: v for k, v in summary.items() if k not in ("complete", "items", "stop_reason")}
+    return {**old, "schema_version": 2}
+
+
+@pytest.mark.parametrize("missing", [[], [{"scenario": "chat/discussion", "kind": "bon",
+                                           "file": "BoN_set/Helpfulness/Chat/Discussion.json"}]])
+def test_a_version_2_summary_is_upgraded_with_its_completeness_and_no_invented_counts(pytester, missing):
+    assert run(pytester, "--rmb-model", "length", "--rmb-data", "sample", "--rmb-json", "new.json").ret == 0
+    old = as_version_2({**json.loads((pytester.path / "new.json").read_text()), "missing": missing})
+    (pytester.path / "old.json").write_text(json.dumps(old))
+    upgraded = read_summary(pytester.path / "old.json", need_outcomes=True)
+    assert upgraded["schema_version"] == 3
+    # Version 2 listed its missing files: completeness is what that list says. Items were not counted.
+    assert upgraded["complete"] is (not missing)
+    assert upgraded["items"] is None and upgraded["stop_reason"] is None
+    VALIDATOR(shipped_schema()).validate(upgraded)
+
+
 def test_a_version_1_summary_without_results_names_what_it_lacks(tmp_path):
     path = tmp_path / "old.json"
     path.write_text(json.dumps({"model": "m", "sections": {}, "outcomes": {}, "pytest_rmb": "0.1.0"}))
@@ -125,11 +148,11 @@ def test_a_version_1_summary_without_results_names_what_it_lacks(tmp_path):
 def test_a_newer_schema_is_refused_with_the_version_that_wrote_it(pytester):
     assert run(pytester, "--rmb-model", "length", "--rmb-data", "sample", "--rmb-json", "s.json").ret == 0
     summary = json.loads((pytester.path / "s.json").read_text())
-    (pytester.path / "future.json").write_text(json.dumps({**summary, "schema_version": 3, "pytest_rmb": "9.1.0"}))
-    said = f"written by pytest-rmb 9.1.0 with summary schema 3; this pytest-rmb ({pytest_rmb.__version__}) reads"
+    (pytester.path / "future.json").write_text(json.dumps({**summary, "schema_version": 4, "pytest_rmb": "9.1.0"}))
+    said = f"written by pytest-rmb 9.1.0 with summary schema 4; this pytest-rmb ({pytest_rmb.__version__}) reads"
     gated = run(pytester, "--rmb-model", "length", "--rmb-data", "sample", "--rmb-baseline", "future.json")
     assert gated.ret == pytest.ExitCode.USAGE_ERROR
-    gated.stderr.fnmatch_lines([f"*future.json: {said} schemas 1 to 2: upgrade pytest-rmb to read it"])
+    gated.stderr.fnmatch_lines([f"*future.json: {said} schemas 1 to 3: upgrade pytest-rmb to read it"])
     done = compare(pytester.path, "s.json", "future.json")
     assert done.returncode != 0 and said in done.stderr
 
