@@ -23,6 +23,7 @@ INI_OPTIONS = [option for option in OPTIONS if option.ini is not None]
 INI_VALUES = {
     "rmb_model_args": ("temperature=0\n    n=2", ["temperature=0", "n=2"]),
     "rmb_data": ("sample", "sample"),
+    "rmb_require_complete": ("true", True),
     "rmb_seed": ("7", 7),
     "rmb_batch_size": ("8", 8),
     "rmb_bootstrap": ("50", 50),
