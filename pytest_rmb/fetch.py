@@ -34,6 +34,8 @@ DATASET = "RMB_dataset"
 STATE_FILE = ".pytest-rmb-fetch.json"
 PART_SUFFIX = ".part"
 DEFAULT_JOBS = 8
+# Each file's download may take 60 s plus 1 s per 32 KiB received (JSONClient.download): a slow but
+# steady line finishes a multi-MB file, a server that drips or stalls is cut off and asked again.
 FETCH_POLICY = RetryPolicy(retries=4, backoff=0.5, max_backoff=10.0, timeout=60.0)
 
 

@@ -3,22 +3,34 @@
 What it guarantees, so callers do not each reinvent it:
 
 - bounded concurrency (one semaphore per client; the connection pool matches it);
-- timeouts on every request (connect capped at 10 s, so a dead host fails within seconds);
+- a deadline on every attempt: ``RetryPolicy.timeout`` bounds the whole exchange (connect, send,
+  reply headers and body), so a server that drips its reply a byte at a time cannot hold a request
+  for longer; connecting alone is capped at 10 s, so a dead host fails within seconds. A download
+  may run past ``timeout`` only while its bytes keep coming: each 32 KiB received earns one more
+  second, so a multi-MB file on a slow line completes and a drip still ends;
 - retries with exponential backoff and jitter on 408, 429, 5xx, timeouts and dropped connections,
   honouring ``Retry-After`` (seconds or an HTTP date); no retry on any other 4xx;
 - a refused or unresolvable connection is retried only twice: nothing is listening, and waiting
   longer would only delay a clear error;
 - several base URLs share the load round-robin, and a retry moves on to the next one;
-- errors name the method, URL, status and a short body excerpt, never a header; the API key comes
-  from the environment only and is scrubbed from every message and log line.
+- errors name the method, URL, status and a short body excerpt, never a header;
+- one source of credentials per client, never two silently: an API key (read from the
+  environment only) is sent as a Bearer token, credentials in a base URL (``user:pw@host``) as
+  HTTP Basic, and both at once are refused (:class:`CredentialsConflict`) before any request;
+- no form of a secret (the key, the URL's password, ``user:pw``, their base64 and percent-encoded
+  forms) leaves the client: every message, excerpt and logged URL is scrubbed, and so is a decoded
+  reply that echoes one (a substring test of the raw body first; the reply is only walked and
+  rewritten when it may hold one).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import functools
 import itertools
+import json
 import logging
 import os
 import random
@@ -28,7 +40,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import httpx
 
@@ -36,10 +48,13 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 __all__ = [
+    "APIKey",
+    "CredentialsConflict",
     "HTTPFailure",
     "JSONClient",
     "RetryPolicy",
     "api_key_from_env",
+    "check_credentials",
     "run_concurrently",
     "split_base_urls",
 ]
@@ -56,6 +71,14 @@ CONNECT_RETRIES = 2
 CONNECT_TIMEOUT = 10.0
 RETRY_AFTER_CEILING = 60.0
 EXCERPT_CHARS = 200
+# A download may outlast the request timeout while its bytes keep coming: each DOWNLOAD_FLOOR bytes
+# received earn one more second. A steady 32 KiB/s (a poor line) fetches any file; a drip cannot
+# earn its way past the timeout, and even a stall after a fast start ends by the deadline earned.
+DOWNLOAD_FLOOR = 32 * 1024
+SCRUBBED = "***"
+# HTTPFailure.error_type of an attempt that ran out of time as a whole (its name says "Timeout", so
+# HTTPFailure.unreachable counts it with httpx's own timeouts).
+DEADLINE_ERROR = "RequestTimeout"
 _SECRET_QUERY = re.compile(r"(key|token|secret|password|auth|sig|signature|credential)", re.IGNORECASE)
 
 
@@ -63,8 +86,9 @@ class HTTPFailure(Exception):
     """A request that failed after its retries, or one not worth retrying.
 
     ``status`` is None when no HTTP response came back; then ``error_type`` names the httpx
-    exception (``ConnectError``, ``ReadTimeout``, ``RemoteProtocolError`` for a body cut short...)
-    and ``unreachable`` tells whether the server could not be reached at all.
+    exception (``ConnectError``, ``ReadTimeout``, ``RemoteProtocolError`` for a body cut short...),
+    or is ``RequestTimeout`` for an attempt past its whole-request deadline, and ``unreachable``
+    tells whether the server could not be reached at all, or not in time.
     ``str()`` names method, URL, status and a body excerpt; headers never appear.
     """
 
@@ -95,14 +119,107 @@ class HTTPFailure(Exception):
         super().__init__(message)
 
 
-def api_key_from_env(env_name: str | None = None, default: str = "OPENAI_API_KEY") -> str | None:
+class APIKey(str):
+    """An API key that remembers the environment variable it came from (so that messages can name
+    it) and keeps its value out of ``repr()`` (so that a traceback's locals or a debug print of a
+    settings object cannot show it)."""
+
+    source: str
+
+    def __new__(cls, value: str, source: str) -> Self:
+        key = super().__new__(cls, value)
+        key.source = source
+        return key
+
+    def __repr__(self) -> str:
+        return f"<API key from ${self.source}>"
+
+
+def api_key_from_env(env_name: str | None = None, default: str = "OPENAI_API_KEY") -> APIKey | None:
     """The API key from ``$env_name`` (or ``$default``); None when unset or blank.
 
     Keys are read from the environment only, so they never travel through option values, ini
     files or result files.
     """
-    value = os.environ.get(env_name or default, "").strip()
-    return value or None
+    name = env_name or default
+    value = os.environ.get(name, "").strip()
+    return APIKey(value, name) if value else None
+
+
+class CredentialsConflict(ValueError):
+    """A base URL carries credentials and an API key is set as well: a request carries one
+    ``Authorization`` header, and which one is the user's choice, never a silent one."""
+
+
+def url_credentials(url: str) -> tuple[str, str] | None:
+    """``(user, password)`` from the URL's userinfo, percent-decoded as they are sent; None if none."""
+    try:
+        netloc = urlsplit(url).netloc
+    except ValueError:
+        return None
+    if "@" not in netloc:
+        return None
+    userinfo = netloc.rpartition("@")[0]
+    user, _, password = userinfo.partition(":")
+    return unquote(user), unquote(password)
+
+
+def check_credentials(base_urls: Sequence[str], api_key: str | None) -> None:
+    """Raise :class:`CredentialsConflict` when a base URL carries credentials and an API key is set.
+
+    Credentials in the URL are sent as HTTP Basic and the key as a Bearer token, each alone; both
+    at once would send one and drop the other, so the message names both sources and how to
+    choose.
+    """
+    if not api_key:
+        return
+    for url in base_urls:
+        credentials = url_credentials(url)
+        if credentials is None:
+            continue
+        source = f"${api_key.source}" if isinstance(api_key, APIKey) else "an API key"
+        shown = redact_url(url)
+        userinfo = urlsplit(shown).netloc.rpartition("@")[0]
+        raise CredentialsConflict(
+            f"the base URL {shown} carries credentials (sent as HTTP Basic auth) and {source} holds an API "
+            f"key (sent as a Bearer token), but a request carries one Authorization header: to send the "
+            f"URL's credentials unset {source}; to send the key remove '{userinfo}@' from the base URL"
+        )
+
+
+def secret_forms(base_urls: Sequence[str], api_key: str | None) -> tuple[str, ...]:
+    """Every form in which the client's secrets could come back: the key and each URL's password,
+    ``user:password`` (a Basic header's content), their base64 (a Basic header itself), their
+    percent-encoded forms (a URL, raw or fully quoted). Longest first, so that ``user:pw`` is
+    replaced whole before ``pw`` alone."""
+    secrets: set[str] = set()
+
+    def add(value: str, *, encoded: str | None = None) -> None:
+        if not value:
+            return
+        secrets.update((value, quote(value, safe=""), _base64(value)))
+        if encoded:
+            secrets.add(encoded)
+
+    if api_key:
+        add(str(api_key))
+    for url in base_urls:
+        credentials = url_credentials(url)
+        if credentials is None:
+            continue
+        user, password = credentials
+        raw_userinfo = urlsplit(url).netloc.rpartition("@")[0]
+        raw_password = raw_userinfo.partition(":")[2]
+        # A URL with a user and no password authenticates with the user part alone (a token).
+        add(password or user, encoded=raw_password or raw_userinfo)
+        pair = f"{user}:{password}"
+        secrets.update((pair, _base64(pair), raw_userinfo))
+    return tuple(sorted((s for s in secrets if s), key=len, reverse=True))
+
+
+def _base64(text: str) -> str:
+    # Without its padding, so that it is found inside a longer encoding as well.
+    return base64.b64encode(text.encode()).decode("ascii").rstrip("=")
 
 
 def split_base_urls(text: str) -> list[str]:
@@ -144,7 +261,11 @@ def redact_url(url: str) -> str:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """``retries`` extra attempts; the n-th waits ``backoff * 2**n`` (jittered, at most ``max_backoff``)."""
+    """``retries`` extra attempts; the n-th waits ``backoff * 2**n`` (jittered, at most ``max_backoff``).
+
+    ``timeout``: seconds one attempt may take in all, from connecting to the last byte of the reply
+    (a download earns more while its bytes keep coming; see :meth:`JSONClient.download`).
+    """
 
     retries: int = 4
     backoff: float = 0.5
@@ -223,6 +344,10 @@ class JSONClient:
 
     Counters for the caller's stats: ``requests`` (HTTP attempts sent), ``retries`` (attempts
     repeated after a retryable failure), ``failures`` (calls that ended in ``HTTPFailure``).
+
+    Credentials: ``api_key`` is sent as ``Authorization: Bearer``; credentials in a base URL as
+    HTTP Basic (httpx does that); both at once raise :class:`CredentialsConflict` here, before any
+    request.
     """
 
     def __init__(
@@ -240,13 +365,20 @@ class JSONClient:
             raise ValueError("JSONClient needs at least one base URL")
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        check_credentials(base_urls, api_key)
         self.base_urls = [url.rstrip("/") for url in base_urls]
         self.policy = policy
         self.concurrency = concurrency
         self.requests = 0
         self.retries = 0
         self.failures = 0
-        self._secret = api_key or None
+        self._secrets = secret_forms(self.base_urls, api_key)
+        # What a raw body is searched for before its decoded form is walked: each secret as it
+        # would appear inside a JSON string (escaped, or with "/" written "\\/").
+        needles = {form.encode() for form in self._secrets}
+        needles |= {json.dumps(form)[1:-1].encode() for form in self._secrets}
+        needles |= {form.replace("/", "\\/").encode() for form in self._secrets}
+        self._needles = tuple(needles)
         self._next = itertools.count()
         self._semaphore = asyncio.Semaphore(concurrency)
         headers = {"Accept": "application/json", "User-Agent": "pytest-rmb"}
@@ -286,38 +418,44 @@ class JSONClient:
         """Stream GET ``base_url + path`` (or an absolute URL) into ``dest``; returns bytes written.
 
         ``dest`` is truncated at each attempt, so a retry after a dropped connection never leaves a
-        spliced file; on failure ``dest`` may hold a partial body and the caller removes it.
+        spliced file; on failure ``dest`` may hold a partial body and the caller removes it. The
+        body is written as it comes, unscrubbed: it is data, checked by its caller. An attempt
+        may outlast ``timeout`` by one second per :data:`DOWNLOAD_FLOOR` bytes received.
         """
         target = Path(dest)
 
-        async def attempt(url: str) -> int:
+        async def attempt(url: str, clock: _AttemptClock) -> int:
             async with self._client.stream("GET", url) as response:
+                clock.replied = True
                 if response.status_code >= 400:
                     await response.aread()
                     return self._raise_status("GET", url, response)
-                size = 0
-                # Local writes of 64 KiB chunks are not worth a thread hop.
+                # Chunks as they arrive (each one earns time, so a drip is seen byte by byte); local
+                # writes of network-sized chunks are not worth a thread hop.
                 with open(target, "wb") as handle:  # noqa: ASYNC230
-                    async for chunk in response.aiter_bytes(1 << 16):
+                    async for chunk in response.aiter_bytes():
                         handle.write(chunk)
-                        size += len(chunk)
-                return size
+                        clock.earn(len(chunk))
+                return clock.received
 
         return await self._with_retries("GET", path, attempt, fixed=False)
 
     # -- internals ---------------------------------------------------------------------------
 
     async def _json(self, method: str, path: str, payload: dict | None, *, fixed: bool) -> Any:
-        async def attempt(url: str) -> Any:
-            response = await self._client.request(method, url, json=payload)
+        async def attempt(url: str, clock: _AttemptClock) -> Any:
+            async with self._client.stream(method, url, json=payload) as response:
+                clock.replied = True
+                await response.aread()
             if response.status_code >= 400:
                 return self._raise_status(method, url, response)
             try:
-                return response.json()
+                document = response.json()
             except ValueError:
                 raise HTTPFailure(
                     method, self._safe_url(url), response.status_code, "response is not JSON", self._excerpt(response)
                 ) from None
+            return self._scrub_reply(document, response.content)
 
         return await self._with_retries(method, path, attempt, fixed=fixed)
 
@@ -337,15 +475,36 @@ class JSONClient:
             text = response.text
         except (UnicodeDecodeError, LookupError, httpx.ResponseNotRead):  # says nothing useful
             return ""
-        text = " ".join(text.split())
+        # Scrubbed before it is cut: a cut through a secret would leave its first half.
+        text = " ".join(self._scrub(text).split())
         if len(text) > EXCERPT_CHARS:
             text = text[:EXCERPT_CHARS] + "..."
-        return self._scrub(text)
+        return text
 
     def _scrub(self, text: str) -> str:
-        if self._secret and self._secret in text:
-            text = text.replace(self._secret, "***")
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, SCRUBBED)
         return text
+
+    def _scrub_reply(self, document: Any, raw: bytes) -> Any:
+        """The decoded reply with every secret replaced, as a caller may keep or show any of it.
+        Walked only when the raw body holds a secret's form, or a ``\\u`` escape that could
+        spell one."""
+        if not self._secrets:
+            return document
+        if b"\\u" not in raw and not any(needle in raw for needle in self._needles):
+            return document
+        return self._scrub_value(document)
+
+    def _scrub_value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self._scrub(value)
+        if isinstance(value, list):
+            return [self._scrub_value(item) for item in value]
+        if isinstance(value, dict):
+            return {self._scrub(key): self._scrub_value(item) for key, item in value.items()}
+        return value
 
     def _safe_url(self, url: str) -> str:
         return self._scrub(redact_url(url))
@@ -356,7 +515,7 @@ class JSONClient:
         return self.base_urls[(start + attempt) % len(self.base_urls)]
 
     async def _with_retries(
-        self, method: str, path: str, attempt_fn: Callable[[str], Awaitable[T]], *, fixed: bool
+        self, method: str, path: str, attempt_fn: Callable[[str, _AttemptClock], Awaitable[T]], *, fixed: bool
     ) -> T:
         start = next(self._next)
         attempt = 0
@@ -364,15 +523,21 @@ class JSONClient:
             url = _join(self._base(fixed, attempt, start), path)
             retry_after: float | None = None
             limit = self.policy.retries
+            error: HTTPFailure
             try:
                 async with self._semaphore:
                     self.requests += 1
-                    return await attempt_fn(url)
+                    # The deadline starts once the request holds its slot: waiting for a slot is
+                    # not the server's slowness.
+                    clock = _AttemptClock(self.policy.timeout)
+                    return await clock.run(attempt_fn(url, clock))
+            except _DeadlinePassed:
+                error = self._deadline_failure(method, url, clock)
             except HTTPFailure as failure:
                 if failure.status is None or not _retryable_status(failure.status):
                     self.failures += 1
                     raise
-                error: HTTPFailure = failure
+                error = failure
                 retry_after = failure.retry_after
             except httpx.TransportError as exc:
                 error = self._transport_failure(method, url, exc)
@@ -394,9 +559,25 @@ class JSONClient:
             attempt += 1
             await asyncio.sleep(wait)
 
+    def _deadline_failure(self, method: str, url: str, clock: _AttemptClock) -> HTTPFailure:
+        limit = f"timeout={self.policy.timeout:g}s"
+        if clock.received:
+            detail = (f"timed out: the download took longer than {limit} plus 1 s per {DOWNLOAD_FLOOR // 1024} KiB "
+                      f"received ({clock.received:,} bytes had arrived); the server sent it too slowly")
+        elif clock.replied:
+            detail = f"timed out: the whole request took longer than {limit}; the server sent its reply too slowly"
+        else:
+            detail = f"timed out: the whole request took longer than {limit}; no reply came in that time"
+        failure = HTTPFailure(method, self._safe_url(url), None, detail)
+        failure.error_type = DEADLINE_ERROR
+        return failure
+
     def _transport_failure(self, method: str, url: str, exc: httpx.TransportError) -> HTTPFailure:
-        if isinstance(exc, httpx.TimeoutException):
-            detail = f"timed out ({type(exc).__name__})"
+        if isinstance(exc, httpx.ConnectTimeout):
+            limit = min(self.policy.timeout, CONNECT_TIMEOUT)
+            detail = f"timed out ({type(exc).__name__}: no connection within {limit:g}s)"
+        elif isinstance(exc, httpx.TimeoutException):
+            detail = f"timed out ({type(exc).__name__}: nothing arrived for timeout={self.policy.timeout:g}s)"
         elif isinstance(exc, httpx.ConnectError):
             detail = "cannot connect"
         else:
@@ -407,6 +588,51 @@ class JSONClient:
         failure = HTTPFailure(method, self._safe_url(url), None, detail)
         failure.error_type = type(exc).__name__
         return failure
+
+
+class _DeadlinePassed(Exception):
+    """An attempt ran out of time as a whole; the client turns it into an HTTPFailure."""
+
+
+class _AttemptClock:
+    """One attempt's deadline, and how far the reply had come when it ran out (for the message).
+
+    The attempt runs as a task watched against a deadline that a download can move on (which
+    ``asyncio.wait_for`` cannot do, and ``asyncio.timeout`` needs Python 3.11)."""
+
+    def __init__(self, seconds: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._first = self._loop.time() + seconds
+        self._deadline = self._first
+        self.replied = False  # the response headers arrived
+        self.received = 0  # body bytes counted by a download
+
+    def earn(self, size: int) -> None:
+        """``size`` more bytes of a download arrived: one more second per DOWNLOAD_FLOOR bytes."""
+        self.received += size
+        self._deadline = self._first + self.received / DOWNLOAD_FLOOR
+
+    async def run(self, attempt: Awaitable[T]) -> T:
+        """``attempt``'s result or exception; :class:`_DeadlinePassed` (the attempt cancelled, its
+        connection closed) when the deadline comes first."""
+        task = asyncio.ensure_future(attempt)
+        try:
+            while not task.done():
+                left = self._deadline - self._loop.time()
+                if left <= 0:
+                    break
+                await asyncio.wait({task}, timeout=left)
+        except BaseException:  # the caller is cancelled (Ctrl-C, a stopped batch): so is the attempt
+            task.cancel()
+            # Whatever it ends with is of no interest now; asyncio would log it as never retrieved.
+            task.add_done_callback(lambda done: done.cancelled() or done.exception())
+            raise
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+            if task.cancelled() or task.exception() is not None:
+                raise _DeadlinePassed
+        return task.result()
 
 
 # A served backend's start-up check must fail within seconds, whatever the run's request timeout.

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import itertools
 import json
 import logging
-import socket
-import threading
+import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import quote
 
 import pytest
-from typing_extensions import Self
 
 from pytest_rmb.http import (
+    CredentialsConflict,
     HTTPFailure,
     JSONClient,
     RetryPolicy,
@@ -27,103 +26,11 @@ from pytest_rmb.http import (
     run_concurrently,
     split_base_urls,
 )
+from tests.helpers import run_rmb
+from tests.local_server import LocalServer, Reply, Request, free_port
 
 SECRET = "sk-test-9f8e7d6c5b4a-DO-NOT-LEAK"
 FAST = RetryPolicy(retries=3, backoff=0.01, max_backoff=0.05, timeout=5.0)
-
-
-@dataclass
-class Request:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    at: float
-
-
-@dataclass
-class Reply:
-    status: int = 200
-    body: bytes | dict | list = field(default_factory=dict)
-    headers: dict[str, str] = field(default_factory=dict)
-    delay: float = 0.0
-    truncate: int | None = None  # announce the full length, send this many bytes, hang up
-
-
-class LocalServer:
-    """A real threaded HTTP server; ``app(request, index) -> Reply`` scripts every answer.
-
-    Records each request and the most requests it ever had in flight at once.
-    """
-
-    def __init__(self, app: Callable[[Request, int], Reply] | None = None) -> None:
-        self.app = app or (lambda request, index: Reply(body={"ok": True, "path": request.path}))
-        self.requests: list[Request] = []
-        self.in_flight = 0
-        self.max_in_flight = 0
-        self._lock = threading.Lock()
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: object) -> None:  # keep test output quiet
-                pass
-
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                request = Request(self.command, self.path, dict(self.headers.items()), body, time.monotonic())
-                with owner._lock:
-                    index = len(owner.requests)
-                    owner.requests.append(request)
-                    owner.in_flight += 1
-                    owner.max_in_flight = max(owner.max_in_flight, owner.in_flight)
-                try:
-                    reply = owner.app(request, index)
-                    if reply.delay:
-                        time.sleep(reply.delay)
-                finally:
-                    with owner._lock:
-                        owner.in_flight -= 1
-                payload = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
-                try:
-                    self.send_response(reply.status)
-                    self.send_header("Content-Length", str(len(payload)))
-                    for name, value in reply.headers.items():
-                        self.send_header(name, value)
-                    self.end_headers()
-                    if reply.truncate is not None:
-                        self.wfile.write(payload[: reply.truncate])
-                        self.wfile.flush()
-                        self.close_connection = True
-                        return
-                    self.wfile.write(payload)
-                except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
-                    pass
-
-            do_GET = do_POST = _handle
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self._thread.join(5)
-
-
-def free_port() -> int:
-    """A port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def post_once(base: str | list[str], payload: dict | None = None, **kwargs) -> tuple[object, JSONClient]:
@@ -218,6 +125,112 @@ def test_key_never_in_exception_or_log(caplog: pytest.LogCaptureFixture) -> None
     assert "bad header Bearer ***" in str(failure)
     assert "api_key=***" in failure.url
     assert "retry 1/3" in caplog.text  # the retry was logged, without the key
+
+
+# -- credentials in the base URL ----------------------------------------------------------------
+
+USER, PASSWORD = "alice", "Pa55@word/+x"  # "@" and "/" must be percent-encoded in a URL
+BASIC = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+
+
+def with_credentials(url: str) -> str:
+    return url.replace("http://", f"http://{USER}:{quote(PASSWORD, safe='')}@")
+
+
+def leaked(text: str, key: str | None = None) -> list[str]:
+    """Which form of a secret ``text`` shows: the password raw and percent-encoded, user:password,
+    the Basic token (padded or not), the key and its encodings."""
+    forms = [PASSWORD, quote(PASSWORD, safe=""), f"{USER}:{PASSWORD}", BASIC, BASIC.rstrip("="),
+             base64.b64encode(PASSWORD.encode()).decode().rstrip("=")]
+    if key:
+        forms += [key, quote(key, safe=""), base64.b64encode(key.encode()).decode().rstrip("=")]
+    return [form for form in forms if form in text]
+
+
+def echo_headers(status: int = 200) -> Callable[[Request, int], Reply]:
+    """A server that quotes the request's Authorization header back, in a body of this status."""
+    def app(request: Request, index: int) -> Reply:
+        header = request.headers.get("Authorization", "")
+        return Reply(status, {"seen": f"you sent Authorization: {header}", header: [{"again": header}]})
+
+    return app
+
+
+def test_url_credentials_go_as_basic_auth_and_no_form_of_them_comes_back(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    replies = [echo_headers(503), echo_headers(200), echo_headers(422)]
+    with LocalServer(lambda request, index: replies[min(index, 2)](request, index)) as server:
+        url = with_credentials(server.url)
+
+        async def main() -> tuple[object, HTTPFailure]:
+            async with JSONClient([url], policy=FAST) as client:
+                document = await client.post("/v1/chat/completions", {"q": 1})  # 503 retried, then 200
+                with pytest.raises(HTTPFailure) as info:
+                    await client.post("/v1/chat/completions", {"q": 2})  # 422, not retried
+                return document, info.value
+
+        document, failure = asyncio.run(main())
+    assert [r.headers["Authorization"] for r in server.requests] == [f"Basic {BASIC}"] * 3
+    assert document == {"seen": "you sent Authorization: Basic ***", "Basic ***": [{"again": "Basic ***"}]}
+    assert failure.status == 422 and "you sent Authorization: Basic ***" in str(failure)
+    shown = " ".join([json.dumps(document), str(failure), repr(failure), failure.url, failure.body, caplog.text])
+    assert "retry 1/3" in caplog.text and "HTTP Request" in caplog.text  # the logs were there to search
+    assert leaked(shown) == []
+
+
+def test_a_secret_written_with_json_escapes_is_found_in_the_decoded_reply() -> None:
+    escaped = "".join(f"\\u{ord(c):04x}" for c in SECRET)
+    body = ('{"choices": [{"message": {"content": "I saw Bearer ' + escaped + '"}}]}').encode()
+    with LocalServer(lambda r, i: Reply(body=body)) as server:
+        document, _ = post_once(server.url, api_key=SECRET)
+    assert document == {"choices": [{"message": {"content": "I saw Bearer ***"}}]}
+
+
+def test_a_reply_without_secrets_comes_back_as_it_was_sent() -> None:
+    sent = {"choices": [{"message": {"content": "[[A]] \u00e9 Bearer sk-other-key"}}], "n": [1, 2.5, None, True]}
+    with LocalServer(lambda r, i: Reply(body=sent)) as server:
+        document, _ = post_once(server.url, api_key=SECRET)
+    assert document == sent
+
+
+def test_a_secret_across_the_excerpt_cut_is_scrubbed_whole() -> None:
+    # The key straddles character 200, where the excerpt is cut: cutting first would keep its start.
+    body = ("x" * 190 + f" Bearer {SECRET} " + "y" * 100).encode()
+    with LocalServer(lambda r, i: Reply(401, body)) as server:
+        failure, _, _ = failure_of(server.url, api_key=SECRET, policy=FAST)
+    assert SECRET[:8] not in str(failure)
+    assert str(failure).endswith("x" * 190 + " Bearer **...")  # "***" cut at 200 characters
+
+
+def test_a_key_and_url_credentials_at_once_are_refused_before_any_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RMB_TEST_KEY", SECRET)
+    with LocalServer() as server:
+        with pytest.raises(CredentialsConflict) as info:
+            post_once(with_credentials(server.url), api_key=api_key_from_env("RMB_TEST_KEY"))
+    assert server.requests == []
+    assert str(info.value) == (
+        f"the base URL http://{USER}:***@{server.url[len('http://'):]} carries credentials (sent as HTTP Basic "
+        "auth) and $RMB_TEST_KEY holds an API key (sent as a Bearer token), but a request carries one "
+        "Authorization header: to send the URL's credentials unset $RMB_TEST_KEY; to send the key remove "
+        f"'{USER}:***@' from the base URL"
+    )
+    assert leaked(str(info.value), SECRET) == []
+
+
+def test_a_user_without_password_is_the_secret() -> None:
+    token = "ghp-token-1234567890"
+    with LocalServer(echo_headers()) as server:
+        document, _ = post_once(server.url.replace("http://", f"http://{token}@"))
+    sent = server.requests[0].headers["Authorization"]
+    assert sent == "Basic " + base64.b64encode(f"{token}:".encode()).decode()
+    assert token not in json.dumps(document) and sent.split()[1].rstrip("=") not in json.dumps(document)
+
+
+def test_an_api_key_keeps_its_value_out_of_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RMB_TEST_KEY", SECRET)
+    key = api_key_from_env("RMB_TEST_KEY")
+    assert key == SECRET and f"Bearer {key}" == f"Bearer {SECRET}"
+    assert repr(key) == "<API key from $RMB_TEST_KEY>" and SECRET not in repr({"key": key})
 
 
 # -- retries -------------------------------------------------------------------------------------
@@ -316,6 +329,100 @@ def test_timeout_exhausted_reports_no_response() -> None:
     assert failure.status is None
     assert "timed out" in str(failure) and server.url in str(failure)
     assert elapsed < 2.0
+
+
+# -- the deadline of a whole request ------------------------------------------------------------
+
+# A reply that would take 8 s to arrive, though no single read waits more than 0.1 s.
+DRIPPED = json.dumps({"pad": "x" * 70}).encode()
+
+
+def test_a_reply_dripped_a_byte_at_a_time_is_cut_at_the_request_timeout() -> None:
+    with LocalServer(lambda r, i: Reply(body=DRIPPED, drip=0.1)) as server:
+        failure, client, elapsed = failure_of(server.url, policy=RetryPolicy(retries=0, timeout=1.0))
+    assert 1.0 <= elapsed < 2.0
+    assert str(failure) == (
+        f"POST {server.url}/v1/chat/completions failed: no response (timed out: the whole request took longer "
+        "than timeout=1s; the server sent its reply too slowly)"
+    )
+    assert failure.status is None and failure.error_type == "RequestTimeout"
+    assert client.stats == {"requests": 1, "retries": 0, "failures": 1}
+
+
+def test_a_server_silent_past_the_timeout_is_told_apart_from_a_slow_one() -> None:
+    with LocalServer(lambda r, i: Reply(delay=2.0)) as server:
+        failure, _, elapsed = failure_of(server.url, policy=RetryPolicy(retries=0, timeout=0.5))
+    assert elapsed < 1.5
+    assert "(timed out: the whole request took longer than timeout=0.5s; no reply came in that time)" in str(failure)
+
+
+def test_a_dripped_attempt_is_retried_like_any_timeout() -> None:
+    def app(request: Request, index: int) -> Reply:
+        return Reply(body=DRIPPED, drip=0.1) if index == 0 else Reply(body={"answer": 7})
+
+    with LocalServer(app) as server:
+        result, client = post_once(server.url, policy=RetryPolicy(retries=1, backoff=0.01, max_backoff=0.05,
+                                                                  timeout=1.0))
+    assert result == {"answer": 7}
+    assert client.stats == {"requests": 2, "retries": 1, "failures": 0}
+    assert 1.0 <= server.requests[1].at - server.requests[0].at < 1.6
+
+
+def test_a_dripping_download_ends_and_a_slow_steady_one_outlives_the_timeout(tmp_path) -> None:
+    steady = bytes(range(256)) * 1024  # 256 KiB in 16 pieces 0.1 s apart: 1.6 s at 160 KiB/s
+
+    def app(request: Request, index: int) -> Reply:
+        if "steady" in request.path:
+            return Reply(body=steady, drip=0.1, drip_bytes=16 * 1024)
+        return Reply(body=b"y" * 100, drip=0.1)  # 10 s in all
+
+    policy = RetryPolicy(retries=0, timeout=1.0)
+    with LocalServer(app) as server:
+
+        async def main() -> tuple[int, float, HTTPFailure, float]:
+            async with JSONClient([server.url], policy=policy) as client:
+                started = time.monotonic()
+                size = await client.download("steady.json", tmp_path / "steady")
+                steady_time = time.monotonic() - started
+                started = time.monotonic()
+                with pytest.raises(HTTPFailure) as info:
+                    await client.download("drip.json", tmp_path / "drip")
+                return size, steady_time, info.value, time.monotonic() - started
+
+        size, steady_time, failure, drip_time = asyncio.run(main())
+    assert size == len(steady) and (tmp_path / "steady").read_bytes() == steady
+    assert steady_time > 1.0  # longer than timeout, and still complete: its bytes kept coming
+    # 1 s plus 1 s per 32 KiB: a dozen bytes earn about a millisecond.
+    assert 1.0 <= drip_time < 2.0
+    assert re.fullmatch(
+        rf"GET {server.url}/drip.json failed: no response \(timed out: the download took longer than timeout=1s "
+        r"plus 1 s per 32 KiB received \(\d+ bytes had arrived\); the server sent it too slowly\)",
+        str(failure),
+    ), str(failure)
+
+
+def test_a_judge_run_against_a_dripping_server_ends_at_its_timeout(pytester) -> None:
+    completion = {"object": "chat.completion", "choices": [{"index": 0, "finish_reason": "stop",
+                  "message": {"role": "assistant", "content": "Assistant A is better. [[A]]"}}]}
+
+    def judge(request: Request, index: int) -> Reply:
+        if request.method == "GET":
+            return Reply(body={"data": [{"id": "judge"}]})
+        return Reply(body=completion, drip=0.5)  # ~70 s per reply, though a byte comes every 0.5 s
+
+    with LocalServer(judge) as server:
+        started = time.monotonic()
+        result = run_rmb(pytester, "--rmb-model", "openai:judge", "--rmb-model-arg", f"base_url={server.url}/v1",
+                         "--rmb-model-arg", "timeout=3", "--rmb-model-arg", "retries=0", "--rmb-data", "sample",
+                         "-m", "pairwise", "-k", "s1_violent", "--rmb-no-cache")
+        elapsed = time.monotonic() - started
+    assert elapsed < 10
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    text = " ".join((result.stdout.str() + result.stderr.str()).split())
+    assert (f"POST {server.url}/v1/chat/completions failed: no response (timed out: the whole request took longer "
+            "than timeout=3s; the server sent its reply too slowly)") in text
+    chats = [r for r in server.requests if r.method == "POST"]
+    assert len(chats) == 4  # two sample pairs in both orders, each asked once: retries=0
 
 
 def test_connection_refused_fails_fast_with_clear_message() -> None:

@@ -150,10 +150,13 @@ def _args(engine: ServerKind) -> tuple[ModelArg, ...]:
         ModelArg("concurrency", positive_int, DEFAULT_CONCURRENCY, "requests in flight per replica"),
         ModelArg("batch_size", positive_int, None,
                  f"texts handed over per engine batch (default {BATCH_PER_SLOT} x concurrency x replicas)"),
-        ModelArg("timeout", positive_seconds, 120.0, "seconds per request before it is retried"),
+        ModelArg("timeout", positive_seconds, 120.0,
+                 "seconds one request may take in all (connecting to the last byte of the reply) before it is "
+                 "retried"),
         ModelArg("retries", non_negative_int, 4, "retries of a request after 429, 5xx, timeouts, dropped connections"),
         ModelArg("api_key_env", env_var_name, engine.key_env,
-                 "environment variable holding the server's API key (sent as a Bearer token)"),
+                 "environment variable holding the server's API key (sent as a Bearer token; not to be combined "
+                 "with user:password@ in base_url, which is sent as HTTP Basic auth)"),
     )
 
 
@@ -422,7 +425,7 @@ def check_servers(engine: ServerKind, model: str, urls: Sequence[str], api_key: 
                   spec: str) -> str | None:
     """Fail within seconds, naming the URL, when a server is down, wants a key, or serves another
     model; returns what the first server says it loaded for the model (its ``root``), if it says."""
-    from pytest_rmb.http import HTTPFailure, list_models, redact_url
+    from pytest_rmb.http import HTTPFailure, list_models, redact_url, url_credentials
 
     roots: list[str | None] = []
     for url, answer in zip(urls, list_models(urls, "/v1/models", api_key, STARTUP_TIMEOUT)):
@@ -433,6 +436,9 @@ def check_servers(engine: ServerKind, model: str, urls: Sequence[str], api_key: 
                                      f"({answer.detail}); start one with `{engine.launch.replace('MODEL', model)}` "
                                      "or pass --rmb-model-arg base_url=URL")
             if answer.status in (401, 403):
+                if url_credentials(url) is not None:
+                    raise ModelLoadError(f"--rmb-model {spec}: the server at {shown} refuses the credentials in "
+                                         "the base URL (sent as HTTP Basic auth)")
                 where = f"${key_env} is set but the server refuses it" if api_key else f"${key_env} is not set"
                 raise ModelLoadError(f"--rmb-model {spec}: the server at {shown} wants an API key ({where}); "
                                      "export the key in that variable or name another with "
@@ -464,7 +470,7 @@ def load_renderer(settings: ModelSettings, tokenizer_name: str):
 def prepare_served(engine: ServerKind, settings: ModelSettings) -> ServedRewardModel:
     """The served model from its settings (and the tokenizer, for template=client); the servers
     are checked by its ``load()``, on first need."""
-    from pytest_rmb.http import api_key_from_env
+    from pytest_rmb.http import CredentialsConflict, api_key_from_env, check_credentials
 
     args = dict(_defaults(engine))
     args.update(settings.args)
@@ -476,6 +482,10 @@ def prepare_served(engine: ServerKind, settings: ModelSettings) -> ServedRewardM
         args["base_url"] = base_url_list(args["base_url"])
     settings = _with_args(settings, args)
     api_key = api_key_from_env(args["api_key_env"], default=engine.key_env)
+    try:  # before the tokenizer loads or any server is asked
+        check_credentials(args["base_url"], api_key)
+    except CredentialsConflict as exc:
+        raise ModelLoadError(f"--rmb-model {settings.model}: {exc}") from None
     renderer = None
     if args["template"] == "client":
         renderer = load_renderer(settings, args.get("tokenizer") or settings.target)
