@@ -1,0 +1,325 @@
+"""Chaos runs: the judge, a served reward model and the data fetch through a proxy that makes 10% of
+the requests fail (tests/chaos_proxy.py: resets before and after the server did the work, 429/500/
+502/503 with and without Retry-After, latency spikes, slow drips, bodies cut short or dropped).
+
+Each run must end exactly as a run without faults does (every outcome, verdict and score in the
+JSONL; every fetched file verified), and the server must have done no work twice beyond what the
+faults forced: for every request, what reached the server = what a clean run sends + the faults
+that reached the server and lost their reply. A run killed with SIGKILL part-way and run again
+through the proxy must end the same and must not ask again what it had received well before the
+kill. Runs are real subprocesses (``python -m pytest ...``) against stand-in servers on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+
+from tests.chaos_proxy import FAULTS, ChaosProxy, Exchange
+from tests.helpers import SAMPLE_DATA, all_files, pair, write_dataset
+from tests.judge_stub import StubServer, comparison
+from tests.test_fetch import SampleTree, gets, leftovers, run_fetch
+from tests.test_http import LocalServer
+
+ROOT = Path(__file__).resolve().parents[1]
+RATE = 0.1
+SEED = 19
+CONCURRENCY = 64
+# Retries enough for the proxy's cap of faults in a row (3), and a per-request timeout far above the
+# longest latency spike or drip, so that no timeout adds retries of its own.
+RETRIES = 4
+TIMEOUT = 30
+# The proxy's fault sizes, short so that the file stays within a minute or so on two cores: a
+# spike or a drip takes 0.5x to 1.5x of these seconds; Retry-After is a whole second, as servers send.
+PROXY = {"rate": RATE, "latency": 0.3, "drip": 0.6, "retry_after": 1.0, "max_in_a_row": 3}
+# The start-up model list is tried twice by design (a dead server must fail in seconds); it is not
+# what these runs are about, so the proxy lets it through.
+SPARE = ("/models",)
+# The judge hands over verdicts as they arrive and the engine caches them at most this often
+# (pytest_rmb.engine.SAVE_EVERY_SECONDS): a kill may lose about that much, plus scheduling slack.
+SAVE_EVERY = 1.0
+SLACK = 0.5
+
+
+def rmb_command(workdir: Path, model: str, *args: str, data: str = "sample") -> list[str]:
+    return [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--rootdir", str(workdir),
+            "--rmb-model", model, "--rmb-data", data, "--rmb-cache-dir", str(workdir / "cache"),
+            "--rmb-json", str(workdir / "summary.json"), "--rmb-jsonl", str(workdir / "samples.jsonl"), *args]
+
+
+def run_rmb(workdir: Path, model: str, *args: str) -> tuple[subprocess.CompletedProcess, dict, list[dict]]:
+    """A benchmark run as a user starts it, in its own process; (process, summary, JSONL records)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(rmb_command(workdir, model, *args), cwd=workdir, capture_output=True, text=True,
+                          timeout=300)
+    summary_file, samples_file = workdir / "summary.json", workdir / "samples.jsonl"
+    assert summary_file.exists(), done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads(summary_file.read_text(encoding="utf-8"))
+    records = [json.loads(line) for line in samples_file.read_text(encoding="utf-8").splitlines()]
+    return done, summary, records
+
+
+def sample_count() -> int:
+    """Pairs and Best-of-N lists in the bundled sample, read with the json module alone."""
+    return sum(len(records) for records in all_files(SAMPLE_DATA).values())
+
+
+def forwarded_per_request(exchanges: list[Exchange]) -> Counter[str]:
+    return Counter(e.key for e in exchanges if e.forwarded)
+
+
+def wasted_per_request(exchanges: list[Exchange]) -> Counter[str]:
+    return Counter(e.key for e in exchanges if e.fault and FAULTS[e.fault].wasted)
+
+
+def assert_paid_once(clean: list[Exchange], chaos: list[Exchange]) -> None:
+    """Per request: what reached the server in the chaos run = what reached it in the clean run +
+    the faults that reached the server and lost their reply."""
+    expected = forwarded_per_request(clean) + wasted_per_request(chaos)
+    assert forwarded_per_request(chaos) == expected
+
+
+def assert_faults_met(proxy: ChaosProxy) -> None:
+    """The run met faults of many kinds, at about the rate asked for (the draw is a hash: ~RATE)."""
+    injected = {kind: n for kind, n in proxy.counts.items() if kind in FAULTS}
+    candidates = sum(1 for e in proxy.exchanges if not e.path.endswith(SPARE))
+    assert 0.5 * RATE * candidates <= sum(injected.values()) <= 2 * RATE * candidates, proxy.summary()
+    assert len(injected) >= 6, proxy.summary()
+    assert proxy.counts["wasted"] > 0 and proxy.counts["upstream_failures"] == 0, proxy.summary()
+
+
+def assert_same_results(chaos: tuple, clean: tuple) -> None:
+    (run, summary, records), (clean_run, clean_summary, clean_records) = chaos, clean
+    assert run.returncode == clean_run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert len(records) == sample_count()
+    assert records == clean_records  # every outcome, verdict and score
+    for part in ("sections", "overall", "tasks", "scenarios", "outcomes", "errors", "partial"):
+        assert summary[part] == clean_summary[part], part
+
+
+# -- the judge -------------------------------------------------------------------------------------
+
+
+def judge_args(proxy: ChaosProxy) -> tuple[str, ...]:
+    return ("--rmb-model-arg", f"base_url={proxy.url}/v1", "--rmb-model-arg", f"concurrency={CONCURRENCY}",
+            "--rmb-model-arg", f"retries={RETRIES}", "--rmb-model-arg", f"timeout={TIMEOUT}",
+            "--rmb-model-arg", "order=both")
+
+
+@pytest.fixture(scope="module")
+def judge_stub(tmp_path_factory):
+    stub = StubServer(tmp_path_factory.mktemp("judge-stub"), "longer", "--logprobs").start()
+    yield stub
+    stub.stop()
+
+
+@pytest.fixture(scope="module")
+def judge_clean(judge_stub, tmp_path_factory):
+    """The judge on the sample through the proxy at rate 0: (run, summary, records), exchanges."""
+    with ChaosProxy(f"http://127.0.0.1:{judge_stub.port}", rate=0.0, seed=SEED, keep_bodies=True) as relay:
+        result = run_rmb(tmp_path_factory.mktemp("judge-clean"), "openai:stub-judge", *judge_args(relay))
+    assert result[0].returncode == 0, result[0].stdout[-3000:]
+    return result, list(relay.exchanges)
+
+
+def test_judge_through_faults_ends_as_a_clean_run_and_pays_each_comparison_once(judge_stub, judge_clean, tmp_path):
+    clean, clean_exchanges = judge_clean
+    before = len(judge_stub.requests())
+    with ChaosProxy(f"http://127.0.0.1:{judge_stub.port}", seed=SEED, spare=SPARE, **PROXY) as proxy:
+        chaos = run_rmb(tmp_path, "openai:stub-judge", *judge_args(proxy))
+    assert_same_results(chaos, clean)
+    assert_faults_met(proxy)
+    assert_paid_once(clean_exchanges, proxy.exchanges)
+    # The server's own log: every chat request it answered, faults included.
+    asked = len([e for e in judge_stub.requests()[before:] if e["method"] == "POST"])
+    unique = len({e.key for e in clean_exchanges if e.method == "POST"})
+    assert unique == 2 * clean[1]["engine"]["comparisons_made"]  # order=both: two requests each
+    assert asked == unique + proxy.counts["wasted"]
+    # The harness counted the retries the faults forced: one per fault that did not deliver.
+    undelivered = sum(n for kind, n in proxy.counts.items() if kind in FAULTS and not FAULTS[kind].delivered)
+    assert chaos[1]["engine"]["http_retries"] == undelivered
+
+
+def comparison_of(exchange: Exchange) -> tuple[tuple[str, tuple[str, str]], str]:
+    """(the comparison whatever the order, the answer shown as A) of a chat request's body."""
+    assert exchange.body is not None
+    found = comparison(json.loads(exchange.body)["messages"])
+    assert found is not None
+    before, a, b = found
+    return (before.partition("[The Start")[0], tuple(sorted((a, b)))), a  # type: ignore[return-value]
+
+
+def files_of_answers() -> dict[tuple[str, str], set[str]]:
+    """The sample file(s) each comparison comes from, by its two answers sorted: (chosen, rejected)
+    of a pair, (best, loser) of a Best-of-N list."""
+    found: dict[tuple[str, str], set[str]] = {}
+    for relative, records in all_files(SAMPLE_DATA).items():
+        for record in records:
+            if "pair_uid" in record:
+                twos = [(record["chosen"]["answer"], record["reject"]["answer"])]
+            else:
+                twos = [(record["bon_best"]["answer"], loser["answer"]) for loser in record["loser_list"]]
+            for two in twos:
+                found.setdefault(tuple(sorted(two)), set()).add(relative)  # type: ignore[arg-type]
+    return found
+
+
+def test_a_judge_run_killed_at_a_random_moment_resumes_without_asking_again(judge_stub, judge_clean, tmp_path):
+    clean, clean_exchanges = judge_clean
+    chats = sum(1 for e in clean_exchanges if e.method == "POST")
+    kill_after = random.Random(SEED).randint(chats // 4, 3 * chats // 4)  # replies delivered, then SIGKILL
+    with ChaosProxy(f"http://127.0.0.1:{judge_stub.port}", seed=SEED + 1, spare=SPARE, keep_bodies=True,
+                    **PROXY) as proxy:
+        workdir = tmp_path / "run"
+        workdir.mkdir()
+        process = subprocess.Popen(rmb_command(workdir, "openai:stub-judge", *judge_args(proxy)), cwd=workdir,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 120
+            while (sum(e.delivered and e.method == "POST" for e in list(proxy.exchanges)) < kill_after
+                   and process.poll() is None and time.monotonic() < deadline):
+                time.sleep(0.005)
+            assert process.poll() is None, "the run ended before the kill"
+            process.send_signal(signal.SIGKILL)
+            killed_at = time.time()
+            assert process.wait(30) == -signal.SIGKILL
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        first = [e for e in proxy.exchanges if e.method == "POST"]
+        rerun = run_rmb(workdir, "openai:stub-judge", *judge_args(proxy))
+        second = [e for e in list(proxy.exchanges)[len(first):] if e.method == "POST"]
+    assert_same_results(rerun, clean)
+
+    # Comparisons whose both orders reached the client well before the kill.
+    delivered: dict[tuple, dict[str, float]] = {}
+    for exchange in first:
+        if exchange.delivered and exchange.finished is not None:
+            pair, shown_first = comparison_of(exchange)
+            delivered.setdefault(pair, {})[shown_first] = exchange.finished
+    received = {pair for pair, orders in delivered.items()
+                if len(orders) == 2 and max(orders.values()) < killed_at - SAVE_EVERY - SLACK}
+    every = {comparison_of(e)[0] for e in clean_exchanges if e.method == "POST"}
+    assert len(every) == clean[1]["engine"]["comparisons_made"]
+    assert 0 < len(received) < len(every)
+    asked_again = {comparison_of(e)[0] for e in second}
+    assert asked_again <= every  # nothing a clean run would not ask
+    # The batch running at the kill (the scenario of the last request sent) may lose what arrived
+    # while it waited on a retry: the known gap the next test pins down. Nothing else received
+    # before the kill is asked again.
+    files = files_of_answers()
+    running = files[comparison_of(first[-1])[0][1]]
+    assert {pair for pair in received & asked_again if not files[pair[1]] & running} == set()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "pytest_rmb.engine._BatchRunner caches a running batch's results only when a later result arrives "
+    "SAVE_EVERY_SECONDS after the last save (within_batch -> _save_early); while the rest of the batch "
+    "waits on a retry nothing is written, so kill -9 loses verdicts received seconds before it"))
+def test_verdicts_received_while_the_batch_waits_on_a_retry_survive_a_kill(judge_stub, tmp_path):
+    data = write_dataset(tmp_path / "data", {"Pairwise_set/Helpfulness/Chat/Discussion.json": [
+        pair(str(i), f"Question {i}: how do I keep a plant alive?", f"Water it weekly, number {i}. " * 3, "No.")
+        for i in range(20)]})
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+
+    def command(proxy: ChaosProxy) -> list[str]:
+        return rmb_command(workdir, "openai:stub-judge", "--rmb-model-arg", f"base_url={proxy.url}/v1",
+                           "--rmb-model-arg", "order=fixed", "--rmb-model-arg", f"concurrency={CONCURRENCY}",
+                           data=str(data))
+
+    # The first comparison asked meets a 503 with Retry-After: 4; the other 19 are answered at once.
+    stall = ChaosProxy(f"http://127.0.0.1:{judge_stub.port}", spare=SPARE, retry_after=4.0, keep_bodies=True,
+                       plan=lambda number, path: "http_503_retry_after" if number == 1 else None)
+    with stall:
+        process = subprocess.Popen(command(stall), cwd=workdir, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            while sum(e.delivered for e in list(stall.exchanges) if e.method == "POST") < 19:
+                assert process.poll() is None and time.monotonic() < deadline
+                time.sleep(0.005)
+            time.sleep(2 * (SAVE_EVERY + SLACK))  # the 19 verdicts are seconds old; the retry still waits
+            assert len(stall.exchanges) == 21 and process.poll() is None
+            process.send_signal(signal.SIGKILL)
+            process.wait(30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    received = {comparison_of(e)[0] for e in stall.exchanges if e.delivered and e.method == "POST"}
+    with ChaosProxy(f"http://127.0.0.1:{judge_stub.port}", rate=0.0, keep_bodies=True) as relay:
+        done = subprocess.run(command(relay), cwd=workdir, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:]
+    asked_again = {comparison_of(e)[0] for e in relay.exchanges if e.method == "POST"}
+    assert len(received) == 19 and len(asked_again) >= 1
+    assert asked_again & received == set()
+
+
+# -- a served reward model ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vllm_stub(tmp_path_factory):
+    from tests.test_served import Stub, save_long_decoder
+
+    model = save_long_decoder(tmp_path_factory.mktemp("chaos-model") / "tiny")
+    stub = Stub(model, tmp_path_factory.mktemp("vllm-stub"), key=None)
+    yield stub
+    stub.stop()
+
+
+def vllm_args(proxy: ChaosProxy) -> tuple[str, ...]:
+    return ("--rmb-model-arg", f"base_url={proxy.url}", "--rmb-model-arg", f"concurrency={CONCURRENCY}",
+            "--rmb-model-arg", f"retries={RETRIES}", "--rmb-model-arg", f"timeout={TIMEOUT}")
+
+
+def test_served_model_through_faults_ends_as_a_clean_run_and_scores_each_text_once(vllm_stub, tmp_path):
+    from tests.test_served import SERVED_NAME, logged
+
+    upstream = f"http://127.0.0.1:{vllm_stub.port}"
+    clean_log = vllm_stub.control()
+    with ChaosProxy(upstream, rate=0.0, seed=SEED) as relay:
+        clean = run_rmb(tmp_path / "clean", f"vllm:{SERVED_NAME}", *vllm_args(relay))
+    chaos_log = vllm_stub.control()
+    with ChaosProxy(upstream, seed=SEED, spare=SPARE, **PROXY) as proxy:
+        chaos = run_rmb(tmp_path / "chaos", f"vllm:{SERVED_NAME}", *vllm_args(proxy))
+    assert_same_results(chaos, clean)
+    assert_faults_met(proxy)
+    assert_paid_once(relay.exchanges, proxy.exchanges)
+    # The server's own log: each text once (with the start-up probe and the self-check's re-scores,
+    # as in the clean run), plus each fault that reached it and lost its reply.
+    assert len(logged(chaos_log)) == len(logged(clean_log)) + proxy.counts["wasted"]
+    texts = clean[1]["engine"]["texts_scored"]
+    assert len(logged(clean_log)) == texts + 1 + clean[1]["self_check"]["checked"]
+
+
+# -- the data fetch --------------------------------------------------------------------------------
+
+
+def test_fetch_through_faults_verifies_every_file_and_downloads_each_once(tmp_path):
+    tree = SampleTree(tmp_path)
+    dest = tmp_path / "dest"
+    with LocalServer(tree.app) as server:
+        # 64 parallel downloads open 64 connections at once: room for them in the listen queue.
+        server.httpd.socket.listen(128)
+        with ChaosProxy(server.url, seed=SEED, **PROXY) as proxy:
+            rc, out, err, _ = run_fetch(proxy.url, dest, tree.manifest, "--jobs", str(CONCURRENCY))
+        assert rc == 0, out + err
+        assert f"{len(tree.files)}/{len(tree.files)} files verified" in out
+        assert all((dest / name).read_bytes() == data for name, data in tree.files.items())
+        assert not leftovers(dest)
+        assert_faults_met(proxy)
+        # The server's log: every file once, plus each fault that reached it and lost its reply.
+        wasted = Counter(unquote(e.path).lstrip("/") for e in proxy.exchanges if e.fault and FAULTS[e.fault].wasted)
+        assert Counter(gets(server)) == Counter(list(tree.files)) + wasted
