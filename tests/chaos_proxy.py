@@ -274,6 +274,7 @@ class ChaosProxy:
 
         def run() -> None:
             loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
             try:
                 loop.run_until_complete(self.serve())
             except BaseException as exc:  # noqa: BLE001 - handed to the starting thread
@@ -283,6 +284,10 @@ class ChaosProxy:
             ready.set()
             loop.run_forever()
             loop.run_until_complete(self._close())
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             loop.close()
 
         self._thread = threading.Thread(target=run, name="chaos-proxy", daemon=True)

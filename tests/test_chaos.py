@@ -22,13 +22,14 @@ from collections import Counter
 from pathlib import Path
 from urllib.parse import unquote
 
+import httpx
 import pytest
 
 from tests.chaos_proxy import FAULTS, ChaosProxy, Exchange
 from tests.helpers import SAMPLE_DATA, all_files, pair, write_dataset
 from tests.judge_stub import StubServer, comparison
 from tests.test_fetch import SampleTree, gets, leftovers, run_fetch
-from tests.test_http import LocalServer
+from tests.test_http import LocalServer, Reply
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE = 0.1
@@ -56,11 +57,12 @@ def rmb_command(workdir: Path, model: str, *args: str, data: str = "sample") -> 
             "--rmb-json", str(workdir / "summary.json"), "--rmb-jsonl", str(workdir / "samples.jsonl"), *args]
 
 
-def run_rmb(workdir: Path, model: str, *args: str) -> tuple[subprocess.CompletedProcess, dict, list[dict]]:
+def run_rmb(workdir: Path, model: str, *args: str,
+            data: str = "sample") -> tuple[subprocess.CompletedProcess, dict, list[dict]]:
     """A benchmark run as a user starts it, in its own process; (process, summary, JSONL records)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(rmb_command(workdir, model, *args), cwd=workdir, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(rmb_command(workdir, model, *args, data=data), cwd=workdir, capture_output=True,
+                          text=True, timeout=1800)
     summary_file, samples_file = workdir / "summary.json", workdir / "samples.jsonl"
     assert summary_file.exists(), done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads(summary_file.read_text(encoding="utf-8"))
@@ -104,6 +106,81 @@ def assert_same_results(chaos: tuple, clean: tuple) -> None:
     assert records == clean_records  # every outcome, verdict and score
     for part in ("sections", "overall", "tasks", "scenarios", "outcomes", "errors", "partial"):
         assert summary[part] == clean_summary[part], part
+
+
+def file_server(app=None) -> LocalServer:
+    """tests/test_http.py's threaded server, tuned for many requests through the proxy: its handler
+    writes the head and the body apart, and without TCP_NODELAY the body waits for the proxy's
+    delayed ACK (40 ms a request); 64 parallel downloads need more than its 5 queued connections."""
+    server = LocalServer(app)
+    server.httpd.RequestHandlerClass.disable_nagle_algorithm = True  # type: ignore[attr-defined]
+    server.httpd.socket.listen(256)
+    return server
+
+
+# -- the proxy itself ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", list(FAULTS))
+def test_each_fault_does_what_its_name_says(kind):
+    body = {"text": "x" * 2000}
+    first_only = lambda number, path: kind if number == 0 else None  # noqa: E731
+    with file_server(lambda request, index: Reply(body=body)) as server, httpx.Client(timeout=10) as client, \
+            ChaosProxy(server.url, latency=0.4, drip=0.4, retry_after=7, plan=first_only) as proxy:
+        fault = FAULTS[kind]
+        started = time.monotonic()
+        if fault.status is None and not fault.delivered:
+            with pytest.raises(httpx.TransportError):
+                client.get(f"{proxy.url}/one").read()
+        else:
+            reply = client.get(f"{proxy.url}/one")
+            assert reply.status_code == (fault.status or 200)
+            assert reply.headers.get("Retry-After") == ("7" if fault.retry_after else None)
+            if fault.delivered:
+                assert reply.json() == body
+        elapsed = time.monotonic() - started
+        assert len(server.requests) == int(fault.forwarded)
+        # A spike waits before forwarding, a drip sends the body over time: 0.5x to 1.5x their seconds.
+        assert (elapsed >= 0.2) == (kind in ("latency", "drip"))
+        # The connection stays usable after a fault that answers; a reset or a cut body ends it.
+        assert client.get(f"{proxy.url}/two").json() == body
+    assert proxy.counts[kind] == 1 and proxy.counts["requests"] == 2
+    assert proxy.counts["wasted"] == int(fault.wasted)
+
+
+def through(proxy: ChaosProxy, paths: list[str], attempts: int = 1) -> dict[tuple[str, int], str | None]:
+    """Each path asked ``attempts`` times; the fault each (request, attempt) met."""
+    with httpx.Client(timeout=10) as client:
+        for _ in range(attempts):
+            for path in paths:
+                try:
+                    client.get(f"{proxy.url}{path}").read()
+                except httpx.TransportError:
+                    pass
+    return {(e.path, e.attempt): e.fault for e in proxy.exchanges}
+
+
+def test_the_same_seed_gives_the_same_faults_whatever_the_order():
+    paths = [f"/file-{i}" for i in range(300)]
+    with file_server() as server:
+        kinds = tuple(k for k in FAULTS if k not in ("latency", "drip"))  # no waiting
+        with ChaosProxy(server.url, seed=5, kinds=kinds) as proxy:
+            first = through(proxy, paths, attempts=2)
+        with ChaosProxy(server.url, seed=5, kinds=kinds) as proxy:
+            again = through(proxy, paths[::-1], attempts=2)
+        with ChaosProxy(server.url, seed=6, kinds=kinds) as proxy:
+            other = through(proxy, paths, attempts=2)
+    assert first == again
+    assert first != other
+    met = sum(fault is not None for fault in first.values())
+    assert 0.05 * len(first) <= met <= 0.15 * len(first)  # rate 0.1 of 600 attempts
+    assert len({fault for fault in first.values() if fault}) >= 8
+
+
+def test_no_request_meets_more_faults_in_a_row_than_the_cap():
+    with file_server() as server, ChaosProxy(server.url, rate=1.0, max_in_a_row=3, kinds=("http_503",)) as proxy:
+        met = through(proxy, ["/a", "/b"], attempts=5)
+    assert [met["/a", attempt] for attempt in range(5)] == ["http_503"] * 3 + [None, "http_503"]
 
 
 # -- the judge -------------------------------------------------------------------------------------
@@ -310,9 +387,7 @@ def test_served_model_through_faults_ends_as_a_clean_run_and_scores_each_text_on
 def test_fetch_through_faults_verifies_every_file_and_downloads_each_once(tmp_path):
     tree = SampleTree(tmp_path)
     dest = tmp_path / "dest"
-    with LocalServer(tree.app) as server:
-        # 64 parallel downloads open 64 connections at once: room for them in the listen queue.
-        server.httpd.socket.listen(128)
+    with file_server(tree.app) as server:
         with ChaosProxy(server.url, seed=SEED, **PROXY) as proxy:
             rc, out, err, _ = run_fetch(proxy.url, dest, tree.manifest, "--jobs", str(CONCURRENCY))
         assert rc == 0, out + err
