@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -210,35 +208,41 @@ def status_kb(pid: int) -> dict[str, int]:
     return found
 
 
-def memory_run(stub: StubServer, requests: int, concurrency: int, work: Path, every: int = 2000) -> tuple[int, list]:
-    """A judge run of ``requests`` requests through a relay; (peak RSS in kB, [(requests, VmRSS, VmHWM)])."""
-    data = synthetic_pairs(requests // 2, work)
-    samples: list[tuple[int, int, int]] = []
+# pytest in a process of its own that writes its peak resident memory (VmHWM, per process image:
+# unlike ru_maxrss, not inherited from the parent that forked it) to the file named first.
+PEAK_WRAPPER = """
+import re, sys, pytest
+code = pytest.main(sys.argv[2:])
+status = open("/proc/self/status").read()
+open(sys.argv[1], "w").write(re.search(r"VmHWM:\\s*(\\d+)", status).group(1))
+sys.exit(int(code))
+"""
+
+
+def memory_run(stub: StubServer, pairs: int, votes: int, concurrency: int, work: Path,
+               every: int = 2000) -> tuple[int, int, list]:
+    """A judge run over ``pairs`` synthetic pairs, ``votes`` per order, through a relay:
+    (requests sent, peak RSS in kB, [(requests sent, VmRSS kB)] every ``every`` requests)."""
+    data = synthetic_pairs(pairs, work)
+    samples: list[tuple[int, int]] = []
+    peak_file = work / "peak.txt"
     with ChaosProxy(f"http://127.0.0.1:{stub.port}", rate=0.0) as relay:
-        command = rmb_command(work, "openai:stub-judge", *judge_args(concurrency)(relay), "--rmb-no-cache",
-                              "--rmb-model-arg", "logprobs=false", data=str(data))
-        process = subprocess.Popen(command, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        done = threading.Event()
-
-        def watch() -> None:
-            mark = every
-            while not done.is_set():
-                sent = relay.counts["requests"]
-                if sent >= mark:
-                    kb = status_kb(process.pid)
-                    samples.append((sent, kb.get("VmRSS", 0), kb.get("VmHWM", 0)))
-                    mark += every
-                time.sleep(0.02)
-
-        watcher = threading.Thread(target=watch, daemon=True)
-        watcher.start()
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-        done.set()
-        watcher.join()
+        args = rmb_command(work, "openai:stub-judge", *judge_args(concurrency)(relay), "--rmb-no-cache",
+                           "--rmb-model-arg", "logprobs=false", "--rmb-model-arg", f"votes={votes}",
+                           "--rmb-model-arg", f"temperature={0.7 if votes > 1 else 0}", data=str(data))
+        process = subprocess.Popen([sys.executable, "-c", PEAK_WRAPPER, str(peak_file), *args[3:]], cwd=work,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        mark = every
+        while process.poll() is None:
+            sent = relay.counts["requests"]
+            if sent >= mark:
+                samples.append((sent, status_kb(process.pid).get("VmRSS", 0)))
+                mark += every
+            time.sleep(0.02)
+        sent = relay.counts["requests"]
     if process.returncode != 0:
-        say(f"    memory run of {requests} requests exited {process.returncode}")
-    return usage.ru_maxrss, samples
+        say(f"    memory run over {pairs} pairs exited {process.returncode}")
+    return sent, int(peak_file.read_text()) if peak_file.exists() else 0, samples
 
 
 # -- main ------------------------------------------------------------------------------------------
@@ -296,12 +300,14 @@ def main(argv: list[str] | None = None) -> int:
                     ok &= fetch_chaos("pytest-rmb fetch", files, work / f"fetch-{slug}", options)
             if "memory" not in skip:
                 say("\n== memory: judge requests against the stub at full speed (order=both, no cache)")
-                small, _ = memory_run(stub, 2000, options.concurrency, work / "memory-small")
-                peak, samples = memory_run(stub, options.requests, options.concurrency, work / "memory-large")
-                say(f"  peak RSS of the pytest process: {small / 1024:.0f} MiB after 2,000 requests (a run of "
-                    f"2,000), {peak / 1024:.0f} MiB after {options.requests:,} (ru_maxrss)")
-                say("  during the long run (requests sent: VmRSS / VmHWM): " + "; ".join(
-                    f"{n:,}: {rss / 1024:.0f} / {hwm / 1024:.0f} MiB" for n, rss, hwm in samples))
+                pairs = options.requests // 20
+                for votes in (1, 10):
+                    sent, peak, _ = memory_run(stub, pairs, votes, options.concurrency, work / f"memory-{votes}")
+                    say(f"  {pairs:,} pairs, votes={votes}: {sent:,} requests, peak RSS {peak / 1024:.0f} MiB")
+                sent, peak, samples = memory_run(stub, options.requests // 2, 1, options.concurrency,
+                                                 work / "memory-pairs")
+                say(f"  {options.requests // 2:,} pairs, votes=1: {sent:,} requests, peak RSS {peak / 1024:.0f} MiB; "
+                    "VmRSS as it went: " + ", ".join(f"{n:,}: {rss / 1024:.0f}" for n, rss in samples) + " MiB")
         finally:
             stub.stop()
             if served is not None:
