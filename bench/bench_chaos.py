@@ -59,8 +59,9 @@ def report(label: str, relay: ChaosProxy, proxy: ChaosProxy, identical: bool, se
     faults = {kind: n for kind, n in proxy.counts.items() if kind in FAULTS}
     undelivered = sum(n for kind, n in faults.items() if not FAULTS[kind].delivered)
     wasted = Counter(e.key for e in proxy.exchanges if e.fault and FAULTS[e.fault].wasted)
-    # Requests the client gave up on while the server still worked on them (its timeout): they
-    # cost the server twice whatever the proxy does, in a clean run too.
+    # Requests forwarded whose reply was lost with no fault injected: the stand-in dropped the
+    # connection (``upstream_failures``), or the client gave up (its timeout) while the server still
+    # worked. They cost the server twice whatever the proxy does, in a clean run too.
     abandoned = [Counter(e.key for e in p.exchanges if e.forwarded and not e.delivered and not e.fault)
                  for p in (relay, proxy)]
     clean_work = Counter(e.key for e in relay.exchanges if e.forwarded)
@@ -75,8 +76,9 @@ def report(label: str, relay: ChaosProxy, proxy: ChaosProxy, identical: bool, se
         f"(faults that cost a reply: {undelivered})"
         + (f"; the harness counted {int(harness_retries)} retries" if harness_retries is not None else ""))
     say(f"    server work: {sum(chaos_work.values())} requests reached it (clean run {sum(clean_work.values())}, "
-        f"faults after forwarding that lost the reply {sum(wasted.values())}; given up on by the client's "
-        f"timeout: {sum(abandoned[1].values())}, clean run {sum(abandoned[0].values())}): "
+        f"faults after forwarding that lost the reply {sum(wasted.values())}; lost with no fault injected "
+        f"{sum(abandoned[1].values())}, clean run {sum(abandoned[0].values())}, of which the stand-in dropped "
+        f"{proxy.counts['upstream_failures']} and {relay.counts['upstream_failures']}): "
         f"{'nothing paid twice beyond the faults' if paid_once else 'PAID TWICE'}")
     say(f"    identical results: {'yes' if identical else 'NO'}; {seconds[0]:.1f}s clean, {seconds[1]:.1f}s chaos")
     return paid_once and identical
