@@ -36,8 +36,8 @@ sys.path.insert(0, str(ROOT))
 from tests.chaos_proxy import FAULTS, ChaosProxy  # noqa: E402
 from tests.helpers import SAMPLE_DATA, SHARED_DATA, pair, write_dataset  # noqa: E402
 from tests.judge_stub import StubServer  # noqa: E402
+from tests.local_server import Reply, Request  # noqa: E402
 from tests.test_chaos import PROXY, SPARE, file_server, rmb_command, run_rmb  # noqa: E402
-from tests.test_http import Reply, Request  # noqa: E402
 
 SERVED_NAME = "tiny-rm"
 # Far above any fault's delay; the served stand-in scores one text at a time on the CPU, so at

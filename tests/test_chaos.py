@@ -28,8 +28,8 @@ import pytest
 from tests.chaos_proxy import FAULTS, ChaosProxy, Exchange
 from tests.helpers import SAMPLE_DATA, all_files, pair, write_dataset
 from tests.judge_stub import StubServer, comparison
+from tests.local_server import LocalServer, Reply
 from tests.test_fetch import SampleTree, gets, leftovers, run_fetch
-from tests.test_http import LocalServer, Reply
 
 RATE = 0.1
 SEED = 19
@@ -109,11 +109,9 @@ def assert_same_results(chaos: tuple, clean: tuple) -> None:
 
 
 def file_server(app=None) -> LocalServer:
-    """tests/test_http.py's threaded server, tuned for many requests through the proxy: its handler
-    writes the head and the body apart, and without TCP_NODELAY the body waits for the proxy's
-    delayed ACK (40 ms a request); 64 parallel downloads need more than its 5 queued connections."""
+    """tests/local_server.py's threaded server with room for 64 parallel downloads: its listen queue
+    holds 5 connections, and the rest would wait out SYN retries (seconds each)."""
     server = LocalServer(app)
-    server.httpd.RequestHandlerClass.disable_nagle_algorithm = True  # type: ignore[attr-defined]
     server.httpd.socket.listen(256)
     return server
 
