@@ -274,6 +274,9 @@ class Handler(BaseHTTPRequestHandler):
 
 class StubServer(ThreadingHTTPServer):
     daemon_threads = True
+    # The client opens up to `concurrency` connections at once (64 in the chaos runs); socketserver's
+    # default backlog of 5 makes the kernel reset them under load, which a real server never does.
+    request_queue_size = 128
 
     def __init__(self, args: argparse.Namespace):
         super().__init__(("127.0.0.1", args.port), Handler)
