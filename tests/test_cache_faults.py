@@ -248,3 +248,68 @@ def test_a_run_whose_cache_writes_fine_counts_no_failures(pytester, counting):
     assert result.ret == 0, text_of(result)
     assert summary(pytester, "fine")["engine"]["cache_write_failures"] == 0
     assert "cannot write the score cache" not in text_of(result)
+
+
+# -- 5. two outputs on one path -----------------------------------------------------------------
+
+PAIRS = [
+    ("--rmb-json", "--rmb-jsonl"),
+    ("--rmb-json", "--rmb-markdown"),
+    ("--rmb-jsonl", "--rmb-markdown"),
+    ("--rmb-json", "--junitxml"),
+    ("--rmb-jsonl", "--junitxml"),
+    ("--rmb-markdown", "--junitxml"),
+]
+
+
+def spellings(root: Path) -> dict[str, tuple[str, str]]:
+    """Two ways to name root/out/run.txt, by kind."""
+    (root / "out").mkdir(exist_ok=True)
+    (root / "link").symlink_to(root / "out", target_is_directory=True)
+    return {
+        "same": ("out/run.txt", "out/run.txt"),
+        "relative-and-absolute": ("out/run.txt", str(root / "out" / "run.txt")),
+        "dot-slash": ("./out/run.txt", "out/../out/run.txt"),
+        "symlinked-folder": ("out/run.txt", "link/run.txt"),
+    }
+
+
+@pytest.mark.parametrize("first, second", PAIRS)
+@pytest.mark.parametrize("spelling", ["same", "relative-and-absolute", "dot-slash", "symlinked-folder"])
+def test_two_outputs_on_one_file_are_refused_before_anything_runs(pytester, first, second, spelling):
+    one, other = spellings(pytester.path)[spelling]
+    result = rmb(pytester, "--rmb-model", "length", first, one, second, other)
+    out = text_of(result)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, out
+    assert (f"{first} {one} and {second} {other} name the same file ({pytester.path / 'out' / 'run.txt'})"
+            in out)
+    assert list((pytester.path / "out").iterdir()) == []  # nothing ran, nothing written
+    assert "passed" not in out
+
+
+def test_an_existing_file_and_a_symlink_to_it_are_one_file(pytester):
+    (pytester.path / "run.json").write_text("{}")
+    (pytester.path / "alias.jsonl").symlink_to(pytester.path / "run.json")
+    result = rmb(pytester, "--rmb-model", "length", "--rmb-json", "run.json", "--rmb-jsonl", "alias.jsonl")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--rmb-json run.json and --rmb-jsonl alias.jsonl name the same file" in text_of(result)
+    assert (pytester.path / "run.json").read_text() == "{}"
+
+
+def test_two_outputs_on_one_file_are_refused_once_under_xdist(pytester):
+    result = rmb(pytester, "--rmb-model", "length", "-n", "2", "--rmb-json", "run.json", "--junitxml", "./run.json")
+    out = text_of(result)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, out
+    assert out.count("--rmb-json run.json and --junitxml ./run.json name the same file") == 1
+    assert not (pytester.path / "run.json").exists()
+
+
+def test_outputs_on_different_files_all_get_written(pytester):
+    result = rmb(pytester, "--rmb-model", "length", "-m", "harmlessness", "--rmb-json", "run.json",
+                 "--rmb-jsonl", "run.jsonl", "--rmb-markdown", "run.md", "--junitxml", "run.xml")
+    assert result.ret == 0, text_of(result)
+    assert json.loads((pytester.path / "run.json").read_text())["status"] == "ok"
+    assert (pytester.path / "run.jsonl").read_text().count("\n") > 0
+    assert (pytester.path / "run.md").read_text().startswith("#")
+    assert (pytester.path / "run.xml").read_text().startswith("<?xml")
+
