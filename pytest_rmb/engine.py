@@ -14,6 +14,8 @@ Both cache each result as its batch finishes and report their stats in one shape
 per-text facts (token count, truncated or not) are cached beside the score and counted for every
 result, scored now or read from the cache, so that the stats describe the run's results; what was
 scored now and what came from the cache are counted apart (``texts_scored``, ``cache_hits``).
+A result the cache cannot take (a full disk, a folder removed mid-run) is still the run's: it is
+counted (``cache_write_failures``), warned about once, and scored like any other.
 
 After the run, :meth:`Engine.self_check` re-scores a seeded sample of texts one at a time (no
 padding, no batch) and compares: a score that depends on its batch makes every gate on it moot.
@@ -26,6 +28,7 @@ import math
 import random
 import sys
 import time
+import warnings
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -60,6 +63,10 @@ class ScoringError(Exception):
     """The model failed or returned something that is not one usable result per request."""
 
 
+class CacheWriteWarning(UserWarning):
+    """Results of this run could not be added to the score cache; the run keeps them."""
+
+
 @dataclass
 class EngineStats:
     """What the work cost, in one shape for both model kinds; backend counters go in ``extra``."""
@@ -73,6 +80,8 @@ class EngineStats:
     oom_retries: int = 0
     truncated: int = 0
     cache_hits: int = 0
+    # Results received but not saved in the cache (the run still uses them; a rerun asks again).
+    cache_write_failures: int = 0
     # Processes that loaded the model (weights, a checked server): 0 when the cache answered all.
     model_loads: int = 0
     scoring_seconds: float = 0.0
@@ -106,7 +115,8 @@ class _BatchRunner:
                  call: Callable[[list], Sequence[Any]], check: Callable[[Any], Any],
                  encode: Callable[[Any], Any], decode: Callable[[Any], Any],
                  cacheable: Callable[[Any], bool] = lambda result: True,
-                 facts: Callable[[Any], Mapping[str, Any]] | None = None):
+                 facts: Callable[[Any], Mapping[str, Any]] | None = None,
+                 warn: Callable[[str], None] | None = None):
         self._model = model
         # --rmb-batch-size when given, else what the model asks for (HTTP backends want batches large
         # enough for their concurrency), else 64.
@@ -130,6 +140,9 @@ class _BatchRunner:
         self._cacheable = cacheable
         self._noun = "scores" if isinstance(model, PointwiseModel) else "verdicts"
         self._unit = "texts" if isinstance(model, PointwiseModel) else "comparisons"
+        # How a trouble that costs no result (a failed cache write) reaches the user.
+        self._warn = warn or warn_by_warning
+        self._write_failure_told = False
 
     def cached(self, request: Any) -> Any | None:
         """The cache's result for ``request``, decoded; None when it holds none."""
@@ -172,7 +185,7 @@ class _BatchRunner:
                     todo.append(i)
             delta.cache_hits += len(requests) - len(todo)
             if completed:
-                self._cache.append(completed)
+                self._append_to_cache(completed, delta)
         else:
             todo = list(range(len(requests)))
         if not todo:
@@ -261,8 +274,24 @@ class _BatchRunner:
         if self._cache is not None and done:
             # Saved as each batch finishes (and, for a model that hands results over as they come,
             # while it runs: ``saved``). A failed request is not a result: the next run asks again.
-            self._cache.append((cache_keys[indices[p]], self._encode(results[p]), facts.get(p) or {})
-                               for p in done if p not in saved and self._cacheable(results[p]))
+            self._append_to_cache([(cache_keys[indices[p]], self._encode(results[p]), facts.get(p) or {})
+                        for p in done if p not in saved and self._cacheable(results[p])], delta)
+
+    def _append_to_cache(self, entries: list[tuple[str, Any, dict[str, Any]]], delta: EngineStats) -> None:
+        """Append to the cache; a failed append costs the next run these requests, never this run
+        its results (they are stored already), so it is counted and told once, not raised."""
+        assert self._cache is not None
+        if not entries:
+            return
+        try:
+            self._cache.append(entries)
+        except OSError as exc:
+            delta.cache_write_failures += len(entries)
+            if not self._write_failure_told:
+                self._write_failure_told = True
+                self._warn(f"cannot write the score cache {self._cache.path} ({exc.strerror or exc}); this run "
+                           f"keeps and reports every result, but a rerun will ask for the unsaved {self._noun} "
+                           "again (cache_write_failures in the summary's engine stats counts them)")
 
     def _count_facts(self, facts: Mapping[str, Any], delta: EngineStats) -> None:
         for name, value in facts.items():
@@ -304,6 +333,16 @@ class _BatchRunner:
         if len(values) != len(batch):
             raise ScoringError(f"model returned {len(values)} {self._noun} for a batch of {len(batch)}")
         return [self._check(value) for value in values]
+
+
+def warn_by_warning(message: str) -> None:
+    """A :class:`CacheWriteWarning` (what an xdist worker, with no terminal of its own, can send)."""
+    try:
+        warnings.warn(CacheWriteWarning(f"pytest-rmb: {message}"), stacklevel=2)
+    except CacheWriteWarning:
+        # -W error turns the warning into an exception: it must not cost the results it is about.
+        # The count in the summary's engine stats still tells.
+        pass
 
 
 def _finite(value: Any) -> float:
@@ -390,6 +429,7 @@ class Engine(_ScenarioEngine):
         max_batch_cost: int | None = None,
         progress=None,
         cache: ScoreCache | None = None,
+        warn: Callable[[str], None] | None = None,
     ):
         super().__init__(plan, progress)
         # A pointwise model, or any object with score(batch) that as_model adapts.
@@ -398,7 +438,7 @@ class Engine(_ScenarioEngine):
         self._model = model
         self._runner = _BatchRunner(model, max_batch_size=max_batch_size, max_batch_cost=max_batch_cost,
                                     progress=self._progress, cache=cache, call=model.score, check=_finite,
-                                    encode=lambda v: v, decode=float, facts=model.facts)
+                                    encode=lambda v: v, decode=float, facts=model.facts, warn=warn)
         self._scores: dict[TextKey, float] = {}
 
     def has_work(self) -> bool:
@@ -505,11 +545,12 @@ class PairwiseEngine(_ScenarioEngine):
         max_batch_cost: int | None = None,
         progress=None,
         cache: ScoreCache | None = None,
+        warn: Callable[[str], None] | None = None,
     ):
         super().__init__(plan, progress)
         self._model = model
         self._goal_of = dict(goal_of or {})
-        self._runner = _BatchRunner(model, max_batch_size=max_batch_size, max_batch_cost=max_batch_cost,
+        self._runner = _BatchRunner(model, warn=warn, max_batch_size=max_batch_size, max_batch_cost=max_batch_cost,
                                     progress=self._progress, cache=cache, call=model.compare, check=_verdict,
                                     encode=Verdict.as_json, decode=Verdict.from_json,
                                     cacheable=lambda verdict: verdict.error is None)

@@ -15,17 +15,18 @@ from typing import NoReturn
 import pytest
 
 from pytest_rmb.backends import ModelLoadError, load_model
-from pytest_rmb.cache import ScoreCache
-from pytest_rmb.engine import Engine, PairwiseEngine
+from pytest_rmb.cache import CacheError, ScoreCache
+from pytest_rmb.engine import Engine, PairwiseEngine, warn_by_warning
 from pytest_rmb.models import PairwiseModel, as_model
 from pytest_rmb.progress import progress_for
 from pytest_rmb.state import SESSION
 
 
-def stop_for_load_error(request: pytest.FixtureRequest, exc: ModelLoadError) -> NoReturn:
-    """End the run at a model that cannot load (or a judge whose server cannot serve it): exit
-    status 4 and an error summary. An xdist worker cannot ``pytest.exit`` (xdist takes that for
-    a crash, INTERNALERROR): it fails the item and stops, and its controller ends the run so."""
+def stop_before_scoring(request: pytest.FixtureRequest, exc: ModelLoadError | CacheError) -> NoReturn:
+    """End the run at a model that cannot load (or a judge whose server cannot serve it), or a
+    score cache that cannot be written: exit status 4 and an error summary. An xdist worker cannot
+    ``pytest.exit`` (xdist takes that for a crash, INTERNALERROR): it fails the item and stops, and
+    its controller ends the run so."""
     session = request.config.stash[SESSION]
     session.load_error = str(exc)
     if session.is_worker:
@@ -45,7 +46,7 @@ def rmb_model(pytestconfig: pytest.Config, request: pytest.FixtureRequest):
     except ModelLoadError as exc:
         # Every item needs the model: stop the run with one message instead of one error per item,
         # and leave an error summary, never one that a later gate could take for a good run.
-        stop_for_load_error(request, exc)
+        stop_before_scoring(request, exc)
 
 
 @pytest.fixture(scope="session")
@@ -57,23 +58,33 @@ def rmb_engine(rmb_model, pytestconfig: pytest.Config, request: pytest.FixtureRe
     # Only models that can say what their results depend on are cached; the baselines are
     # cheaper to recompute than to look up.
     fingerprint = model.fingerprint()
-    cache = ScoreCache(settings.cache_dir, fingerprint) if settings.cache_dir and fingerprint else None
+    cache = None
+    if settings.cache_dir and fingerprint:
+        # Before the model loads and before the first request: a cache that cannot take the
+        # results would have them paid for and then lost.
+        try:
+            cache = ScoreCache(settings.cache_dir, fingerprint)
+        except CacheError as exc:
+            stop_before_scoring(request, exc)
     progress = progress_for(pytestconfig)
+    # A trouble that costs no result (a failed cache write): a line on the terminal as it happens;
+    # an xdist worker has no terminal of its own, and sends a warning, which xdist forwards.
+    warn = warn_by_warning if session.is_worker else lambda line: session.announce(f"rmb: warning: {line}")
     engine: Engine | PairwiseEngine
     if isinstance(model, PairwiseModel):
         engine = PairwiseEngine(model, session.plan, goal_of={s.id: s.goal for s in settings.scenarios},
                                 max_batch_size=settings.batch_size, max_batch_cost=settings.batch_tokens,
-                                progress=progress, cache=cache)
+                                progress=progress, cache=cache, warn=warn)
     else:
         engine = Engine(model, session.plan, max_batch_size=settings.batch_size,
-                        max_batch_cost=settings.batch_tokens, progress=progress, cache=cache)
+                        max_batch_cost=settings.batch_tokens, progress=progress, cache=cache, warn=warn)
     session.engine = engine
     if not model.loaded and engine.has_work():
         try:
             with progress.loading(settings.model.model):
                 model.load()
         except ModelLoadError as exc:
-            stop_for_load_error(request, exc)
+            stop_before_scoring(request, exc)
     # After loading: what the loaded model says of itself (device, prefix sharing) goes in the summary.
     session.model_loaded(model)
     if isinstance(engine, PairwiseEngine) and isinstance(model, PairwiseModel):
@@ -83,7 +94,7 @@ def rmb_engine(rmb_model, pytestconfig: pytest.Config, request: pytest.FixtureRe
         try:
             line = model.preview(engine.planned_requests())
         except ModelLoadError as exc:
-            stop_for_load_error(request, exc)
+            stop_before_scoring(request, exc)
         if line and not session.is_worker:
             session.announce(f"rmb: {line}")
     return engine

@@ -458,6 +458,7 @@ def resolve(config: pytest.Config) -> RunSettings | None:
         worker_index=_worker_index(config),
         prefix_sharing=setting(config, "rmb_prefix_sharing") or "auto",
     )
+    check_distinct_outputs(config)
     outputs = {name: _output(config, name) for name in ("rmb_json", "rmb_jsonl", "rmb_markdown")}
     for name, path in outputs.items():
         if path is not None:
@@ -498,6 +499,51 @@ def _ini_dir(config: pytest.Config) -> Path:
 def _output(config: pytest.Config, name: str) -> Path | None:
     given = config.getoption(name)
     return config.invocation_params.dir / given if given else None
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """An option that names a file the run writes."""
+
+    flag: str
+    dest: str  # where pytest keeps its value (config.getoption)
+    expands: bool = False  # its writer expands ~ and $VARS (pytest's --junitxml does)
+
+
+# Every file a run writes. Two of them on one path would be written one after the other, the later
+# silently replacing the earlier: refused up front. A new output file adds a line here.
+OUTPUT_FILES = (
+    OutputFile("--rmb-json", "rmb_json"),
+    OutputFile("--rmb-jsonl", "rmb_jsonl"),
+    OutputFile("--rmb-markdown", "rmb_markdown"),
+    OutputFile("--junitxml", "xmlpath", expands=True),
+)
+
+
+def check_distinct_outputs(config: pytest.Config) -> None:
+    """Fail before anything runs when two output options name one file: relative or absolute,
+    ``./x`` or ``x``, through a symbolic link or a hard link."""
+    seen: list[tuple[OutputFile, str, Path]] = []
+    for output in OUTPUT_FILES:
+        given = config.getoption(output.dest, None)
+        if not given:
+            continue
+        text = os.path.expanduser(os.path.expandvars(given)) if output.expands else given
+        path = (config.invocation_params.dir / text).resolve()
+        for other, other_given, other_path in seen:
+            if path == other_path or _same_existing_file(path, other_path):
+                raise pytest.UsageError(
+                    f"pytest-rmb: {other.flag} {other_given} and {output.flag} {given} name the same file "
+                    f"({path}); the second would overwrite the first: give each output its own path"
+                )
+        seen.append((output, given, path))
+
+
+def _same_existing_file(first: Path, second: Path) -> bool:
+    try:
+        return first.samefile(second)
+    except OSError:  # either does not exist yet: their resolved paths told already
+        return False
 
 
 def check_writable(path: Path, option: str) -> None:
