@@ -680,13 +680,17 @@ def run_concurrently(
     client_factory: Callable[[], JSONClient],
     jobs: Sequence[Callable[[JSONClient], Awaitable[T]]],
     on_done: Callable[[int, T], None] | None = None,
+    on_tick: Callable[[], None] | None = None,
+    tick_seconds: float = 1.0,
 ) -> list[T | BaseException]:
     """Run ``jobs`` with one client inside ``asyncio.run``; results in order, exceptions in place.
 
     ``on_done(index, result)`` runs as each job succeeds, so callers can cache results as they
-    arrive; an exception it raises takes that job's place in the results. A few more workers than
-    the client's concurrency take the jobs in turn: a batch of thousands costs no task per job,
-    and the first requests go out at once instead of after every job has been started.
+    arrive; an exception it raises takes that job's place in the results. ``on_tick()`` runs every
+    ``tick_seconds`` while jobs run, so that results which arrived together and were not yet saved
+    are saved even while the batch then waits a long time on one retried request. A few more
+    workers than the client's concurrency take the jobs in turn: a batch of thousands costs no task
+    per job, and the first requests go out at once instead of after every job has been started.
     """
 
     async def main() -> list[T | BaseException]:
@@ -709,7 +713,22 @@ def run_concurrently(
             # (holding no slot) leaves a spare one to take its slot. (Twice as many cost ~1% of
             # throughput in bench/bench_judge.py: more waiters on the semaphore.)
             workers = client.concurrency + max(4, client.concurrency // 4)
-            await asyncio.gather(*(worker() for _ in range(min(workers, len(jobs)))))
+            ticker = asyncio.ensure_future(_tick(on_tick, tick_seconds)) if on_tick is not None else None
+            try:
+                await asyncio.gather(*(worker() for _ in range(min(workers, len(jobs)))))
+            finally:
+                if ticker is not None:
+                    ticker.cancel()
             return results
 
     return asyncio.run(main())
+
+
+async def _tick(callback: Callable[[], None], seconds: float) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            callback()
+        except Exception:  # noqa: BLE001 - a tick is best effort; the batch's end reports failures
+            log.debug("on_tick failed", exc_info=True)
+

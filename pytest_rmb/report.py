@@ -257,6 +257,8 @@ def engine_line(engine: dict) -> str:
             line += f"; {engine['truncated']} of {scored + cached} truncated"
     if engine.get("oom_retries"):
         line += f", {engine['oom_retries']} out-of-memory retries"
+    if engine.get("cache_write_failures"):
+        line += f"; {engine['cache_write_failures']} results not saved in the cache (a rerun asks them again)"
     return line
 
 

@@ -240,6 +240,7 @@ def test_a_cache_lost_mid_run_costs_no_result(pytester, counting, monkeypatch):
     assert 0 < unsaved < SAMPLE_TEXTS
     assert summary(pytester, "lost")["engine"]["cache_write_failures"] == unsaved
     assert out.count(f"cannot write the score cache {pytester.path / 'cache' / 'counting-v1.jsonl'}") == 1
+    assert f"; {unsaved} results not saved in the cache (a rerun asks them again)" in out
     assert not (pytester.path / "cache").exists()
 
 
@@ -248,6 +249,7 @@ def test_a_run_whose_cache_writes_fine_counts_no_failures(pytester, counting):
     assert result.ret == 0, text_of(result)
     assert summary(pytester, "fine")["engine"]["cache_write_failures"] == 0
     assert "cannot write the score cache" not in text_of(result)
+    assert "not saved in the cache" not in text_of(result)
 
 
 # -- 5. two outputs on one path -----------------------------------------------------------------
