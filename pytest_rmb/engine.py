@@ -553,7 +553,7 @@ class PairwiseEngine(_ScenarioEngine):
         self._runner = _BatchRunner(model, warn=warn, max_batch_size=max_batch_size, max_batch_cost=max_batch_cost,
                                     progress=self._progress, cache=cache, call=model.compare, check=_verdict,
                                     encode=Verdict.as_json, decode=Verdict.from_json,
-                                    cacheable=lambda verdict: verdict.error is None)
+                                    cacheable=lambda verdict: verdict.cacheable)
         self._verdicts: dict[PairRequest, Verdict] = {}
 
     def has_work(self) -> bool:

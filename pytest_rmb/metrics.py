@@ -288,6 +288,7 @@ class JudgeTally:
         self.both_orders = 0
         self.flips = 0
         self.no_verdict = 0
+        self.empty_replies = 0
         self.no_majority = 0
         self.api_failures = 0
         self.skipped = 0
@@ -336,7 +337,12 @@ class JudgeTally:
             if len(orders) > 1 and verdict.get("won") is not None:
                 self.both_orders += 1
             if verdict.get("won") is None:
-                self.no_verdict += 1
+                # A reply that stayed empty is a passing fault the next run asks again, not the
+                # judge failing to decide: counted apart.
+                if verdict.get("ask_again"):
+                    self.empty_replies += 1
+                else:
+                    self.no_verdict += 1
                 value, seen_loss = 0.0, True
             elif detail.get("flip"):
                 self.flips += 1
@@ -368,6 +374,7 @@ class JudgeTally:
             "flip_rate": ratio(self.flips, self.both_orders),
             "a_share": ratio(self.a_letters, self.letters),
             "no_verdict": self.no_verdict,
+            "empty_replies": self.empty_replies,
             "no_majority": self.no_majority,
             "parse_failures": self.parse_failures,
             "parse_retries": self.parse_retries,
@@ -385,7 +392,8 @@ def judge_stats(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     agree), tie-adjusted accuracy (a flipped comparison counts 0.5, a list's value is the product
     over its comparisons: comparable with tools that ask one random order), flip rate among
     comparisons judged in both orders, the share of "A" among all parsed votes (position bias),
-    comparisons without a verdict, parse failures and retries, API failures, and the tokens the
+    comparisons without a verdict, those whose replies stayed empty (apart), parse failures and
+    retries, API failures, and the tokens the
     verdicts cost when they were asked for. Records without ``verdicts`` (pointwise models) are
     ignored.
     """

@@ -55,6 +55,8 @@ class Verdict:
     failed (after the backend's retries): the item becomes an error, never a tie or a loss.
     ``p_first`` is the model's probability that ``first`` is better, when it gives one. ``detail``
     holds JSON-ready extras for the per-sample results (votes, each order's verdict, ...).
+    ``ask_again`` marks a miss that asking again may resolve (the judge's reply stayed empty):
+    it counts as a miss in this run, is never cached, and the next run asks again.
     """
 
     won: bool | None
@@ -62,15 +64,28 @@ class Verdict:
     reason: str = ""
     error: str | None = None
     detail: Mapping[str, Any] = field(default_factory=dict)
+    ask_again: bool = False
+
+    def __post_init__(self) -> None:
+        if self.ask_again and self.won is not None:
+            raise ValueError("only a miss (won=None) can be asked again")
+
+    @property
+    def cacheable(self) -> bool:
+        """Whether a later run may reuse this verdict: not a failed request, not a miss to ask again."""
+        return self.error is None and not self.ask_again
 
     def as_json(self) -> dict[str, Any]:
-        return {"won": self.won, "p_first": self.p_first, "reason": self.reason, "error": self.error,
-                "detail": dict(self.detail)}
+        value = {"won": self.won, "p_first": self.p_first, "reason": self.reason, "error": self.error,
+                 "detail": dict(self.detail)}
+        if self.ask_again:  # only then: every cached verdict keeps the shape it always had
+            value["ask_again"] = True
+        return value
 
     @classmethod
     def from_json(cls, value: Mapping[str, Any]) -> Verdict:
         return cls(value["won"], value.get("p_first"), value.get("reason", ""), value.get("error"),
-                   value.get("detail") or {})
+                   value.get("detail") or {}, bool(value.get("ask_again", False)))
 
 
 class PartialBatchError(Exception):

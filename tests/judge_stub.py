@@ -2,7 +2,9 @@
 
 Real servers cannot misbehave on demand; this one can: stand-in judges that prefer the longer
 answer, always say [[A]], write both tags, start with "A" but give no verdict, or answer only
-inside <think>; 429 with Retry-After, 500s, slow replies, a fixed latency, and dying mid-run.
+inside <think>; 429 with Retry-After, 500s, empty replies (HTTP 200 with no content, for the
+first N times each question is asked, on a seeded share of the questions), slow replies, a fixed
+latency, and dying mid-run.
 It speaks just enough HTTP/1.1 (keep-alive, Content-Length bodies) on asyncio to serve hundreds of
 concurrent requests on one core, and logs every request as a JSON line (the Authorization header
 only as a SHA-256, so the log never holds a key).
@@ -28,6 +30,8 @@ import time
 from pathlib import Path
 
 BEHAVIOURS = ("longer", "always-a", "both-tags", "starts-with-a", "think-only")
+# What an empty reply's message content is: absent (null), "", or only whitespace.
+EMPTY_CONTENT = {"null": None, "blank": "", "whitespace": " \n\t "}
 # What the stand-in's top_logprobs give the letter it chose (the other letter gets the rest).
 VERDICT_PROBABILITY = 0.8
 START = "[The Start of Assistant {}'s Answer]\n"
@@ -110,6 +114,8 @@ class Stub:
         self.chat_requests = 0
         self.answered = 0
         self.dying = False
+        # How often each question (its whole message list) was asked, for --empty-first.
+        self.asked: dict[str, int] = {}
         self.server: asyncio.AbstractServer | None = None
         self.log = open(options.log, "a", encoding="utf-8") if options.log else None  # noqa: SIM115
 
@@ -189,9 +195,13 @@ class Stub:
         # The latency counts from the moment the request was read, and the reply is worked out
         # while it runs: the stub's own CPU is not added to the fixed latency it stands for.
         reply, letter = reply_for(options.behaviour, messages)
-        usage = usage_for(messages, reply)
-        choice: dict = {"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}
-        if request.get("logprobs") and options.logprobs:
+        content: str | None = reply
+        if options.empty_first and self.empty_now(messages):
+            content, letter = EMPTY_CONTENT[options.empty_as], None
+            entry["empty"] = True
+        usage = usage_for(messages, content or "")
+        choice: dict = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+        if request.get("logprobs") and options.logprobs and content:
             choice["logprobs"] = logprobs_for(reply, letter)
         if options.latency:
             await asyncio.sleep(max(0.0, arrived + options.latency - asyncio.get_running_loop().time()))
@@ -214,6 +224,15 @@ class Stub:
         self.record(entry)
         return 200, {"id": f"stub-{number}", "object": "chat.completion", "model": request.get("model"),
                      "choices": [choice], "usage": usage}, {}
+
+    def empty_now(self, messages: list[dict]) -> bool:
+        """Whether this request gets an empty reply: one of the first ``--empty-first`` times its
+        question is asked, if the question is in the ``--empty-share`` picked by its digest."""
+        question = _digest(messages)
+        if int(question[:8], 16) / 16**8 >= self.options.empty_share:
+            return False
+        self.asked[question] = self.asked.get(question, 0) + 1
+        return self.asked[question] <= self.options.empty_first
 
     async def serve(self, port: int) -> None:
         self.server = await asyncio.start_server(self.handle, "127.0.0.1", port, backlog=1024)
@@ -238,6 +257,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fail-count", type=int, default=0, help="fail the first N chat requests (-1: all)")
     parser.add_argument("--fail-status", type=int, default=500)
     parser.add_argument("--die-after", type=int, help="exit abruptly after answering N chat requests")
+    parser.add_argument("--empty-first", type=int, default=0,
+                        help="reply with empty content the first N times each question is asked")
+    parser.add_argument("--empty-share", type=float, default=1.0,
+                        help="the share of questions --empty-first applies to (picked by their digest)")
+    parser.add_argument("--empty-as", choices=sorted(EMPTY_CONTENT), default="null",
+                        help="an empty reply's content: null, \"\" or whitespace")
     parser.add_argument("--logprobs", action="store_true", help="return logprobs when asked")
     parser.add_argument("--echo-auth", action="store_true",
                         help="repeat the Authorization header in failure bodies (a careless server)")

@@ -9,7 +9,7 @@ import pytest
 
 from pytest_rmb.data import Message
 from pytest_rmb.judging.orders import OrderResult, chosen_slots, combine
-from pytest_rmb.judging.parsing import find_verdict, parse_verdict, verdict_probability
+from pytest_rmb.judging.parsing import EMPTY_REPLY, find_verdict, miss_note, parse_verdict, verdict_probability
 from pytest_rmb.judging.prompts import PLACEHOLDERS, PROMPT_NAMES, PromptError, judge_messages, load_prompt, neutralise, verdict_first_prefix
 from pytest_rmb.metrics import judge_stats
 
@@ -250,6 +250,89 @@ def test_an_order_without_a_majority_loses_but_is_no_flip_and_no_letter_the_judg
     # The statistics count the orders without a majority apart, and the split ones are no flips.
     stats = judge_stats([record("s/a", "pairwise", [v]) for v in (split, tied, flipped)])["overall"]
     assert (stats["no_majority"], stats["flips"], stats["no_verdict"], stats["correct"]) == (2, 1, 0, 0)
+
+
+def empty(slot: str, *votes: str | None, empties: int = 1) -> OrderResult:
+    """An order with ``votes`` given and ``empties`` more votes whose reply stayed empty."""
+    return OrderResult(slot, (*votes, *[None] * empties), notes=(EMPTY_REPLY,) * empties,
+                       usage={"prompt_tokens": 10, "completion_tokens": 1})
+
+
+def test_the_note_of_an_empty_or_blank_reply_is_exactly_empty_reply():
+    # What both backends record for a vote whose reply stayed empty, and what combine() reads.
+    for reply in ("", " \n\t "):
+        assert find_verdict(reply).reason == EMPTY_REPLY
+        assert miss_note(find_verdict(reply).reason, reply) == "empty reply"
+    assert miss_note(find_verdict("no tags").reason, "no tags") != EMPTY_REPLY
+
+
+def test_an_empty_reply_in_either_order_is_a_miss_to_ask_again_never_cached():
+    for orders, where in (([order("A", "A"), empty("B")], "chosen as B"),
+                          ([empty("A"), order("B", "A")], "chosen as A"),
+                          ([empty("A"), empty("B")], "chosen as A and chosen as B"),
+                          ([empty("A")], "chosen as A")):
+        verdict = combine(orders, "both" if len(orders) == 2 else "fixed")
+        assert (verdict.won, verdict.reason, verdict.ask_again) == (None, f"empty reply ({where})", True)
+        assert verdict.cacheable is False and verdict.error is None
+        assert verdict.detail["empty_replies"] == sum(o.empty_votes for o in orders)
+        # An empty reply is no parse failure.
+        assert verdict.detail["parse_failures"] == 0
+        assert verdict.as_json()["ask_again"] is True
+    # A verdict the judge gave is cached, and its JSON keeps the shape it always had.
+    won = combine([order("A", "A"), order("B", "B")], "both")
+    assert won.cacheable and "ask_again" not in won.as_json() and "empty_replies" not in won.detail
+
+
+def test_votes_settled_without_the_empty_ones_stand_and_are_cached():
+    # 2 of 3 votes for the chosen answer: a strict majority whatever the third would have said.
+    settled = combine([empty("A", "A", "A")], "fixed")
+    assert settled.won is True and settled.cacheable and settled.detail["empty_replies"] == 1
+    # 2 of 3 against it: lost whatever the third said.
+    lost = combine([empty("A", "B", "B")], "fixed")
+    assert lost.won is False and lost.cacheable
+    # One vote each way: the empty third would have decided either way.
+    open_ = combine([empty("A", "A", "B")], "fixed")
+    assert open_.won is None and open_.ask_again and open_.reason == "empty reply (chosen as A)"
+    # 1 of 4 for, one failed, two empty: with both empties for the chosen answer, 3 of 4 wins.
+    assert combine([empty("A", "A", None, empties=2)], "fixed").ask_again
+    # 1 of 5 for, 2 failed, 2 empty: with both empties for it, 3 of 5 wins.
+    assert combine([empty("A", "A", None, None, empties=2)], "fixed").ask_again
+    # 1 of 5 for, 3 failed, 1 empty: at most 2 of 5 either way, a loss without a majority whatever it says.
+    no_majority = combine([empty("A", "A", None, None, None)], "fixed")
+    assert no_majority.won is False and no_majority.cacheable
+    assert no_majority.reason == "no majority of the votes for either answer (chosen as A)"
+    # Failed votes only, and one empty: nothing parsed, but the empty one could have given a letter.
+    assert combine([empty("A", None, None)], "fixed").ask_again
+
+
+def test_an_order_without_a_verdict_decides_the_comparison_whatever_the_empty_order_says():
+    # Chosen as A: the judge answered, with no verdict; chosen as B: empty. "No verdict" whatever
+    # the empty order would have said, so asking again would not change it: cached.
+    verdict = combine([order("A", None), empty("B")], "both")
+    assert verdict.won is None and verdict.reason.startswith("no verdict") and verdict.cacheable
+    # A win or a loss in the other order does not decide it: the empty order may agree or flip it.
+    for given in ("A", "B"):
+        assert combine([order("A", given), empty("B")], "both").ask_again
+
+
+def test_judge_stats_count_empty_replies_apart_from_no_verdict():
+    from pytest_rmb.models import Verdict
+
+    empty_miss = combine([order("A", "A"), empty("B")], "both")
+    no_verdict = combine([order("A", "A"), order("B", None)], "both")
+    # Through the JSON a run writes and a later run reads (the JSONL, the cache's decoder).
+    again = Verdict.from_json(json.loads(json.dumps(empty_miss.as_json())))
+    assert again == empty_miss and not again.cacheable
+    stats = judge_stats([record("s/a", "pairwise", [again]), record("s/a", "pairwise", [no_verdict])])["overall"]
+    assert (stats["empty_replies"], stats["no_verdict"], stats["parse_failures"]) == (1, 1, 1)
+    assert stats["correct"] == 0 and stats["tie_adjusted"] == 0
+
+
+def test_only_a_miss_can_be_asked_again():
+    from pytest_rmb.models import Verdict
+
+    with pytest.raises(ValueError, match="only a miss"):
+        Verdict(True, ask_again=True)
 
 
 def test_random_order_is_a_pure_function_of_seed_and_comparison():

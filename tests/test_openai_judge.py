@@ -639,3 +639,119 @@ def test_a_base_url_httpx_cannot_use_is_a_usage_error_naming_why_without_the_pas
     assert ("--rmb-model-arg base_url: 'http://user:***@127.0.0.1:abc/v1' is not a usable URL: "
             "Invalid port: 'abc'") in output(result)
     assert "hunter2" not in output(result)
+
+
+# -- empty replies ----------------------------------------------------------------------------
+
+
+def judged(path: Path) -> dict[str, list]:
+    """Per sample: what each comparison's verdict says, without its usage (the tokens differ when
+    empty replies were paid for on the way)."""
+    return {record["uid"]: [None if v is None else (v["won"], v["p_first"], v["reason"], v["detail"]["orders"])
+                            for v in record["verdicts"]]
+            for record in records(path)}
+
+
+def test_empty_replies_that_recover_within_the_retries_cost_only_the_retries(pytester, stubs):
+    select = ["-m", "harmlessness and pairwise"]
+    clean = stubs("longer", "--logprobs")
+    assert judge(pytester, clean, *select, "--rmb-cache-dir", "clean", "--rmb-json", "clean.json",
+                 "--rmb-jsonl", "clean.jsonl").ret == 0
+    # Every question (each comparison in each order) gets whitespace twice, then its answer.
+    flaky = stubs("longer", "--logprobs", "--empty-first", "2", "--empty-as", "whitespace")
+    result = judge(pytester, flaky, *select, "--rmb-cache-dir", "flaky", "--rmb-json", "flaky.json",
+                   "--rmb-jsonl", "flaky.jsonl")
+    assert result.ret == 0, output(result)
+    assert judged(pytester.path / "flaky.jsonl") == judged(pytester.path / "clean.jsonl")
+    flaky_summary = json.loads((pytester.path / "flaky.json").read_text())
+    assert flaky_summary["outcomes"] == json.loads((pytester.path / "clean.json").read_text())["outcomes"]
+    assert sections(pytester.path / "flaky.json") == length_sections(SAMPLE_DATA, goals=("Harmlessness",),
+                                                                     kinds=("Pairwise_set",))
+    comparisons = unique_comparisons(SAMPLE_DATA, goals=("Harmlessness",), kinds=("Pairwise_set",))
+    log = flaky.requests()
+    asked = Counter((entry["pair"], entry["a_sha256"]) for entry in log)
+    assert len(asked) == 2 * comparisons and set(asked.values()) == {3}
+    assert sum(bool(entry.get("empty")) for entry in log) == 2 * 2 * comparisons
+    engine = flaky_summary["engine"]
+    assert engine["http_retries"] == engine["empty_reply_retries"] == 2 * 2 * comparisons
+    assert "empty_replies" not in engine and flaky_summary["judge"]["overall"]["empty_replies"] == 0
+    # The empty replies were paid for: their tokens are counted.
+    assert engine["requests"] == len(log)
+    assert engine["prompt_tokens"] == sum(entry["usage"]["prompt_tokens"] for entry in log)
+
+
+def comparison_of(record: dict, raw: dict[str, dict]) -> tuple[str, str]:
+    """SHA-256 of the chosen and the rejected answer of a pairwise JSONL record, from the data file."""
+    source = raw[record["uid"]]
+    return (hashlib.sha256(source["chosen"]["answer"].encode()).hexdigest(),
+            hashlib.sha256(source["reject"]["answer"].encode()).hexdigest())
+
+
+def test_empty_replies_that_persist_are_misses_asked_again_by_the_next_run(pytester, stubs):
+    select = ["-m", "harmlessness and pairwise"]
+    # A seeded share of the questions stays empty (null content) however often it is asked.
+    broken = stubs("longer", "--empty-first", "1000", "--empty-share", "0.4")
+    result = judge(pytester, broken, *select, "--rmb-model-arg", "retries=1", "--rmb-json", "s.json",
+                   "--rmb-jsonl", "s.jsonl")
+    assert result.ret == 0, output(result)
+    log = broken.requests()
+    # The answer shown as A in each question that stayed empty, by comparison (pair digest).
+    stayed_empty: dict[str, set[str]] = {}
+    for entry in log:
+        if entry.get("empty"):
+            stayed_empty.setdefault(entry["pair"], set()).add(entry["a_sha256"])
+    asked = Counter((entry["pair"], entry["a_sha256"]) for entry in log)
+    empty_questions = sum(len(shown) for shown in stayed_empty.values())
+    # retries=1: each empty question asked twice, every other one once.
+    assert {asked[pair, shown] for pair, shown_first in stayed_empty.items() for shown in shown_first} == {2}
+    assert len(log) == len(asked) + empty_questions
+    comparisons = unique_comparisons(SAMPLE_DATA, goals=("Harmlessness",), kinds=("Pairwise_set",))
+    assert 0 < len(stayed_empty) < comparisons
+
+    raw = {str(r["pair_uid"]): r for records_ in all_files(SAMPLE_DATA).values() for r in records_ if "pair_uid" in r}
+    empty_shown = set().union(*stayed_empty.values())
+    misses = 0
+    for record in records(pytester.path / "s.jsonl"):
+        chosen, rejected = comparison_of(record, raw)
+        verdict = record["verdicts"][0]
+        slots = [slot for slot, shown in (("A", chosen), ("B", rejected)) if shown in empty_shown]
+        if slots:
+            misses += 1
+            assert verdict["won"] is None and verdict["error"] is None and verdict["ask_again"] is True
+            assert verdict["reason"] == "empty reply (" + " and ".join(f"chosen as {s}" for s in slots) + ")"
+            notes = [o.get("notes") for o in verdict["detail"]["orders"]]
+            assert notes == [["empty reply"] if o["chosen"] in slots else None for o in verdict["detail"]["orders"]]
+        else:
+            assert verdict["won"] is not None and "ask_again" not in verdict
+    assert misses == len(stayed_empty)
+    summary = json.loads((pytester.path / "s.json").read_text())
+    assert summary["engine"]["empty_replies"] == misses
+    assert summary["engine"]["http_retries"] == empty_questions
+    judge_figures = summary["judge"]["overall"]
+    assert (judge_figures["empty_replies"], judge_figures["no_verdict"]) == (misses, 0)
+    assert "empty reply (chosen as" in output(result)
+
+    # None of them was cached: a healthy server is asked exactly those comparisons, in both orders.
+    healthy = stubs("longer")
+    rerun = judge(pytester, healthy, *select, "--rmb-json", "rerun.json")
+    assert rerun.ret == 0, output(rerun)
+    assert f"rmb: {2 * misses} requests" in output(rerun)
+    again = Counter(entry["pair"] for entry in healthy.requests())
+    assert set(again) == set(stayed_empty) and set(again.values()) == {2}
+    assert sections(pytester.path / "rerun.json") == length_sections(SAMPLE_DATA, goals=("Harmlessness",),
+                                                                      kinds=("Pairwise_set",))
+    assert "empty_replies" not in json.loads((pytester.path / "rerun.json").read_text())["engine"]
+    assert judge(pytester, healthy, *select).ret == 0
+    assert len(healthy.requests()) == 2 * misses  # now all cached
+
+
+def test_a_server_that_replies_only_empty_stops_the_run_and_nothing_is_cached(pytester, stubs):
+    mute = stubs("longer", "--empty-first", "1000", "--empty-as", "blank")
+    result = judge(pytester, mute, "-m", "pairwise", "--rmb-model-arg", "retries=0",
+                   "--rmb-model-arg", "concurrency=2")
+    assert result.ret not in (0, 4), output(result)
+    assert "requests in a row failed, the last: an empty reply after 0 retries" in output(result)
+    assert 32 <= len(mute.requests()) <= 32 + 2  # the streak, and what was in flight
+    healthy = stubs("longer")
+    assert judge(pytester, healthy, "-m", "pairwise").ret == 0
+    assert len(healthy.requests()) == 2 * unique_comparisons(SAMPLE_DATA, kinds=("Pairwise_set",))

@@ -4,8 +4,9 @@
 The protocol (prompts, parsing, orders, votes) lives in :mod:`pytest_rmb.judging`, shared with the
 local judge; HTTP (concurrency, retries, Retry-After, timeouts, key scrubbing) in
 :mod:`pytest_rmb.http`. What is left here: asking each comparison in its orders and votes with
-parse retries, reading the verdict's logprobs, token accounting and the token budget, and
-stopping a batch cleanly when the server is gone, keeping every verdict already received.
+parse retries, asking again after an empty reply, reading the verdict's logprobs, token accounting
+and the token budget, and stopping a batch cleanly when the server is gone, keeping every verdict
+already received.
 
 The API key comes from the environment only (``OPENAI_API_KEY`` or ``api_key_env=NAME``) and
 goes to the HTTP client and nowhere else: not into settings, the fingerprint, ``describe()``, or
@@ -32,7 +33,7 @@ from pytest_rmb.backends import (
 )
 from pytest_rmb.backends._judges import protocol_args, resolve_protocol
 from pytest_rmb.judging.orders import OrderResult, chosen_slots, combine
-from pytest_rmb.judging.parsing import find_verdict, follow_up, miss_note, verdict_probability
+from pytest_rmb.judging.parsing import EMPTY_REPLY, find_verdict, follow_up, is_empty, miss_note, verdict_probability
 from pytest_rmb.judging.prompts import JudgePrompt, judge_messages
 from pytest_rmb.models import PairRequest, PairwiseModel, PartialBatchError, Verdict
 from pytest_rmb.parsers import (
@@ -71,7 +72,8 @@ ARGS = (
     ModelArg("concurrency", positive_int, 16, "requests in flight at once"),
     ModelArg("timeout", renamed("seconds", positive_float), 120.0, "seconds per request"),
     ModelArg("retries", renamed("int", non_negative_int), 4,
-             "retries of a failed request (408, 429, 5xx, timeouts; Retry-After honoured)"),
+             "retries of a failed request (408, 429, 5xx, timeouts; Retry-After honoured) and of an "
+             "empty reply"),
     ModelArg("votes", positive_int, 1, "samples per comparison and order; a strict majority decides"),
     ModelArg("temperature", non_negative_float, 0.0, "sampling temperature (votes > 1 needs > 0)"),
     ModelArg("max_tokens", positive_int, 1024, "most tokens per reply"),
@@ -322,6 +324,8 @@ class OpenAIJudge(PairwiseModel):
         for result in results:
             if isinstance(result, Verdict):
                 verdicts.append(result)
+                if result.ask_again:
+                    self._count("empty_replies")
             else:
                 # A request that failed after its retries: an error for its item, never a verdict.
                 verdicts.append(Verdict(None, error=self._describe_failure(result)))
@@ -356,6 +360,10 @@ class OpenAIJudge(PairwiseModel):
             reply, tokens, used = await self._chat(client, messages, vote, state)
             for name in usage:
                 usage[name] += used.get(name, 0)
+            if is_empty(reply):
+                # Empty after its retries (_chat): a follow-up would quote nothing back. The vote is
+                # unknown; combine() decides whether the comparison must be asked again.
+                return None, None, usage, attempt, EMPTY_REPLY
             parsed = find_verdict(reply)
             if parsed.verdict is not None:
                 p_a = verdict_probability(tokens, reply, parsed.position) if tokens else None
@@ -368,7 +376,35 @@ class OpenAIJudge(PairwiseModel):
 
     async def _chat(self, client: Any, messages: list[dict[str, str]], vote: int,
                     state: _RunState) -> tuple[str, list[dict] | None, dict[str, int]]:
-        """One chat completion: (reply text, logprob tokens or None, usage)."""
+        """One chat completion: (reply text, logprob tokens or None, usage summed over the attempts).
+
+        An empty reply (no content, or only whitespace) is asked again like a failed request:
+        up to ``retries`` times, with the client's backoff, counted in ``http_retries``. It is
+        returned empty only when every attempt was."""
+        usage = {"prompt_tokens": 0, "completion_tokens": 0}
+        attempt = 0
+        while True:
+            reply, tokens, used = await self._ask(client, messages, vote, state)
+            for name in usage:
+                usage[name] += used[name]
+            if not is_empty(reply):
+                self._consecutive_failures = 0
+                break
+            if attempt >= self.policy.retries:
+                self._stayed_empty(state)
+                break
+            self._count("http_retries")
+            self._count("empty_reply_retries")
+            # Outside the request slot, as the client waits out its own retries: others go on.
+            await asyncio.sleep(self.policy.delay(attempt))
+            attempt += 1
+        state.finished(self._spent)
+        return reply, tokens, usage
+
+    async def _ask(self, client: Any, messages: list[dict[str, str]], vote: int,
+                   state: _RunState) -> tuple[str, list[dict] | None, dict[str, int]]:
+        """One request (the client retries transport failures): (reply text, logprob tokens or
+        None, usage), within the token budget."""
         from pytest_rmb.http import HTTPFailure
 
         chars = sum(len(m["content"]) for m in messages)
@@ -406,7 +442,6 @@ class OpenAIJudge(PairwiseModel):
                     break
             finally:
                 self._reserved -= reserve
-        self._consecutive_failures = 0
         reply, tokens, usage = _read_completion(document)
         if usage is None:
             usage = {"prompt_tokens": estimate, "completion_tokens": len(reply) // 4 + 1}
@@ -418,7 +453,6 @@ class OpenAIJudge(PairwiseModel):
         self._count("requests")
         self._count("prompt_tokens", usage["prompt_tokens"])
         self._count("completion_tokens", usage["completion_tokens"])
-        state.finished(self._spent)
         return reply, tokens, usage
 
     def _adapt(self, failure: Any) -> bool:
@@ -443,10 +477,22 @@ class OpenAIJudge(PairwiseModel):
             self._stop(JudgeUnavailable(
                 f"the judge server stopped answering: {failure}; every verdict received is cached, "
                 "rerun to resume with only the missing requests"), state)
-        elif self._consecutive_failures >= max(32, 2 * self.concurrency):
+        elif self._consecutive_failures >= self._failure_streak_limit():
             self._stop(JudgeUnavailable(
                 f"{self._consecutive_failures} requests in a row failed, the last: {failure}; every verdict "
                 "received is cached, rerun to resume"), state)
+
+    def _stayed_empty(self, state: _RunState) -> None:
+        """A request whose reply was empty after every retry: a failure for the streak that stops
+        a run against a server that answers nothing (each empty reply costs its prompt tokens)."""
+        self._consecutive_failures += 1
+        if self._consecutive_failures >= self._failure_streak_limit():
+            self._stop(JudgeUnavailable(
+                f"{self._consecutive_failures} requests in a row failed, the last: an {EMPTY_REPLY} after "
+                f"{self.policy.retries} retries; every verdict received is cached, rerun to resume"), state)
+
+    def _failure_streak_limit(self) -> int:
+        return max(32, 2 * self.concurrency)
 
     def _stop(self, reason: BaseException, state: _RunState) -> None:
         if self._fatal is None:

@@ -3,6 +3,11 @@
 A comparison is won only when the chosen answer is preferred in every order asked; a disagreement
 between orders is a flip (lost, counted apart); an order without a verdict makes the comparison "no
 verdict". Failed requests never reach here: they are errors, not verdicts.
+
+A vote whose reply stayed empty (after the backend asked again) is unknown rather than a failed
+vote: when what it might have said could change the comparison's verdict, the comparison is an
+"empty reply" miss that the next run asks again (:attr:`Verdict.ask_again`, never cached). When the
+other votes or orders settle the verdict whatever it might have said, the verdict stands.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pytest_rmb.judging.parsing import EMPTY_REPLY
 from pytest_rmb.judging.prompts import SLOTS
 from pytest_rmb.models import Verdict
 
@@ -43,7 +49,8 @@ class OrderResult:
     ``chosen_slot``: where the chosen (first) answer was shown. ``votes``: each sample's verdict
     letter after its parse retries, None when it gave none. ``p_a``: P("A") from logprobs or
     logits (mean over the votes that had it), None when unknown. ``notes``: why votes failed
-    (reason and a short excerpt of the reply), for the JSONL. ``usage``: tokens this order cost.
+    (reason and a short excerpt of the reply), one per failed vote, for the JSONL; a vote whose
+    reply stayed empty has the note :data:`EMPTY_REPLY` exactly. ``usage``: tokens this order cost.
     """
 
     chosen_slot: str
@@ -53,18 +60,40 @@ class OrderResult:
     parse_retries: int = 0
     notes: tuple[str, ...] = ()
 
+    @property
+    def empty_votes(self) -> int:
+        """Votes whose reply stayed empty: what they would have said is unknown."""
+        return sum(note == EMPTY_REPLY for note in self.notes)
+
     def outcome(self) -> tuple[bool | None, str | None]:
         """(chosen preferred?, the order's majority letter); (None, None) when no vote parsed.
 
         A strict majority of all votes decides for the chosen answer; failed votes and ties count
         against it."""
-        parsed = [v for v in self.votes if v is not None]
-        if not parsed:
-            return None, None
+        return self._outcome()
+
+    def settled(self) -> bool:
+        """Whether :meth:`outcome` holds whatever the votes whose reply stayed empty would have
+        said: for the chosen answer, against it, or nothing usable. (Any mix of those lies
+        between the three, so checking them is enough.)"""
+        empty = self.empty_votes
+        if not empty:
+            return True
+        outcome = self._outcome()
+        return (self._outcome(empty_as=self.chosen_slot) == outcome
+                and self._outcome(empty_as=other_slot(self.chosen_slot)) == outcome)
+
+    def _outcome(self, empty_as: str | None = None) -> tuple[bool | None, str | None]:
+        """:meth:`outcome`, with the empty votes counted as ``empty_as`` when given."""
         other = other_slot(self.chosen_slot)
-        if 2 * sum(v == self.chosen_slot for v in self.votes) > len(self.votes):
+        extra = self.empty_votes if empty_as is not None else 0
+        chosen = sum(v == self.chosen_slot for v in self.votes) + (extra if empty_as == self.chosen_slot else 0)
+        against = sum(v == other for v in self.votes) + (extra if empty_as == other else 0)
+        if not chosen and not against:
+            return None, None
+        if 2 * chosen > len(self.votes):
             return True, self.chosen_slot
-        if 2 * sum(v == other for v in self.votes) > len(self.votes):
+        if 2 * against > len(self.votes):
             return False, other
         # No strict majority for either letter (ties, failed votes): a loss, but no letter the
         # judge gave, so never part of an order flip.
@@ -95,15 +124,25 @@ def combine(order_results: Sequence[OrderResult], order: str) -> Verdict:
             entry["notes"] = list(result.notes)
         orders.append(entry)
     flip = None not in letters and len(set(outcomes)) > 1
+    empty = sum(r.empty_votes for r in order_results)
     detail: dict[str, Any] = {
         "order": order,
         "orders": orders,
         "flip": flip,
         "usage": usage,
         "parse_retries": sum(r.parse_retries for r in order_results),
-        "parse_failures": sum(v is None for r in order_results for v in r.votes),
+        "parse_failures": sum(v is None for r in order_results for v in r.votes) - empty,
     }
+    if empty:
+        detail["empty_replies"] = empty
     p_first = sum(p_chosen) / len(p_chosen) if p_chosen else None
+    unsettled = [r.chosen_slot for r in order_results if not r.settled()]
+    # An order without a verdict that no empty reply could change makes the comparison "no
+    # verdict" whatever the unsettled orders would say; otherwise an unsettled order leaves it open.
+    settled_miss = any(won is None and r.settled() for r, won in zip(order_results, outcomes))
+    if unsettled and not settled_miss:
+        where = " and ".join(f"chosen as {slot}" for slot in unsettled)
+        return Verdict(None, p_first, f"{EMPTY_REPLY} ({where})", detail=detail, ask_again=True)
     if None in outcomes:
         missing = [r.chosen_slot for r, won in zip(order_results, outcomes) if won is None]
         where = " and ".join(f"chosen as {slot}" for slot in missing)

@@ -19,6 +19,10 @@ _THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 _THINK_OPEN = re.compile(r"<think>", re.IGNORECASE)
 _THINK_CLOSE = re.compile(r"</think>", re.IGNORECASE)
 _TIE_WORDS = {"C", "TIE", "DRAW", "EQUAL", "BOTH", "NEITHER"}
+# Why a reply with no content (or only whitespace) gives no verdict. Also the whole note of such a
+# vote (:func:`miss_note` has nothing to quote), which is how a combined verdict tells a vote whose
+# reply stayed empty from one that said something else.
+EMPTY_REPLY = "empty reply"
 
 
 @dataclass(frozen=True)
@@ -43,10 +47,16 @@ def _mask_thinking(text: str) -> str:
     return blank
 
 
+def is_empty(reply: str | None) -> bool:
+    """No content, or only whitespace: the judge said nothing at all (a passing server fault more
+    often than an answer), which is asked again rather than parsed."""
+    return not reply or not reply.strip()
+
+
 def find_verdict(text: str) -> ParsedVerdict:
     """:func:`parse_verdict` with the verdict letter's offset in ``text``."""
-    if not text or not text.strip():
-        return ParsedVerdict(None, "empty reply")
+    if is_empty(text):
+        return ParsedVerdict(None, EMPTY_REPLY)
     visible = _mask_thinking(text)
     if not visible.strip():
         return ParsedVerdict(None, "verdict only inside <think>" if "[[" in text else "reply is all <think>")
