@@ -392,3 +392,47 @@ def test_judge_stats_count_api_failures_apart():
     failed = Verdict(None, error="POST http://x/v1/chat/completions failed: HTTP 500")
     stats = judge_stats([record("chat/discussion", "pairwise", [failed])])["overall"]
     assert stats["api_failures"] == 1 and stats["errors"] == 1 and stats["no_verdict"] == 0
+
+
+# -- a local judge that generates nothing -----------------------------------------------------
+
+
+def test_a_local_judge_whose_generation_is_empty_reports_empty_replies_and_caches_none(pytester, tmp_path):
+    """hf-judge: greedy generation is deterministic, so an empty one is not retried (the follow-up
+    turns are the only second chance); it is an "empty reply" miss like a served judge's, counted
+    apart, and not cached."""
+    pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from tests.helpers import SAMPLE_DATA, all_files
+    from tests.tiny_models import save_causal_lm
+
+    path = save_causal_lm(tmp_path / "mute", max_length=4096)
+    model = transformers.AutoModelForCausalLM.from_pretrained(path)
+    # A zero final norm makes every logit 0: greedy picks token 0, <unk>, a special token that
+    # decodes to nothing. Every reply is empty, whatever the prompt.
+    model.model.norm.weight.data.zero_()
+    model.save_pretrained(path)
+    pairs = len(all_files(SAMPLE_DATA)["Pairwise_set/Harmlessness/S1.json"])
+    assert pairs > 0
+
+    def run(name: str):
+        return pytester.runpytest("-p", "no:cacheprovider", "--rmb-model", f"hf-judge:{path}", "--rmb-data", "sample",
+                                  "-k", "s1_violent and pairwise", "--rmb-model-arg", "mode=generate",
+                                  "--rmb-model-arg", "max_new_tokens=3", "--rmb-model-arg", "parse_retries=1",
+                                  "--rmb-json", f"{name}.json", "--rmb-jsonl", f"{name}.jsonl")
+
+    for name in ("first", "again"):
+        result = run(name)
+        assert result.ret == 0, result.stdout.str()
+        summary = json.loads((pytester.path / f"{name}.json").read_text())
+        # Nothing was cached: the rerun judges every comparison again.
+        assert (summary["engine"]["comparisons_made"], summary["engine"]["cache_hits"]) == (pairs, 0)
+        assert (summary["judge"]["overall"]["empty_replies"], summary["judge"]["overall"]["no_verdict"]) == (pairs, 0)
+        lines = [json.loads(line) for line in (pytester.path / f"{name}.jsonl").read_text().splitlines()]
+        assert len(lines) == pairs
+        for line in lines:
+            verdict = line["verdicts"][0]
+            assert verdict["reason"] == "empty reply (chosen as A and chosen as B)" and verdict["ask_again"]
+            # The follow-up turn was asked too (parse_retries=1), and stayed empty.
+            assert [o["notes"] for o in verdict["detail"]["orders"]] == [["empty reply"], ["empty reply"]]
+            assert verdict["detail"]["parse_retries"] == 2

@@ -672,6 +672,12 @@ def test_empty_replies_that_recover_within_the_retries_cost_only_the_retries(pyt
     asked = Counter((entry["pair"], entry["a_sha256"]) for entry in log)
     assert len(asked) == 2 * comparisons and set(asked.values()) == {3}
     assert sum(bool(entry.get("empty")) for entry in log) == 2 * 2 * comparisons
+    # Asked again with the client's backoff (0.5 s x 2^n, jittered down to half at most).
+    times: dict[tuple[str, str], list[float]] = {}
+    for entry in log:
+        times.setdefault((entry["pair"], entry["a_sha256"]), []).append(entry["t"])
+    for first, second, third in times.values():
+        assert second - first >= 0.25 and third - second >= 0.5
     engine = flaky_summary["engine"]
     assert engine["http_retries"] == engine["empty_reply_retries"] == 2 * 2 * comparisons
     assert "empty_replies" not in engine and flaky_summary["judge"]["overall"]["empty_replies"] == 0
