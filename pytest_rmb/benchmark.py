@@ -13,6 +13,7 @@ import pytest
 
 from pytest_rmb.data import BadData
 from pytest_rmb.engine import ScoringError
+from pytest_rmb.models import RunStopped
 from pytest_rmb.state import OUTCOME, SESSION
 
 _OUR_CODE = Path(__file__).resolve().parent
@@ -39,21 +40,39 @@ def _judge(sample, request: pytest.FixtureRequest) -> None:
     # Resolving a session fixture costs as much as a trivial test; 18,000 items ask for the
     # engine, so look it up once per process and resolve the fixture only the first time.
     engine = request.config.stash[SESSION].engine or request.getfixturevalue("rmb_engine")
+    exc: BaseException | None = None
     try:
         outcome = engine.outcome(sample)
-    except ScoringError as exc:
-        failure = str(exc)
-    except Exception as exc:  # noqa: BLE001 - the model's own failure, reported compactly
+    except ScoringError as error:
+        exc, failure = error, str(error)
+    except Exception as error:  # noqa: BLE001 - the model's own failure, reported compactly
+        exc = error
         # Every item of the scenario gets one compact line; the first one also the model's own
         # frames: a full traceback would run through the engine and the backend, not the user's code.
         failure = f"scenario {sample.scenario} could not be scored: {type(exc).__name__}: {exc}{model_frames(exc)}"
     else:
         failure = outcome.error or ""
     if failure:
+        stopped = _run_stopped(exc)
+        if stopped is not None:
+            # Like -x: the items left are not run (each would fail the same way, or spend), and the
+            # controller reports the run as partial with this reason.
+            request.session.shouldstop = f"pytest-rmb: {stopped}"
         # Outside the except block: the item's report is this one line, not the chain of causes.
         pytest.fail(failure, pytrace=False)
     # A miss is turned into a compact failed report by the session's makereport hook.
     request.node.stash[OUTCOME] = outcome
+
+
+def _run_stopped(exc: BaseException | None) -> RunStopped | None:
+    """The :class:`RunStopped` behind a failure (the engine wraps a backend's in a ScoringError)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, RunStopped):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 @pytest.mark.pairwise

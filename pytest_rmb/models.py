@@ -88,6 +88,12 @@ class Verdict:
                    value.get("detail") or {}, bool(value.get("ask_again", False)))
 
 
+class RunStopped(RuntimeError):
+    """The model cannot go on in this run (its server is gone, its spending budget is spent): the
+    run stops after the current item, as ``-x`` would, and is reported as partial. A backend or a
+    user's model raises it (or a subclass); what was already scored is kept and cached."""
+
+
 class PartialBatchError(Exception):
     """A backend failed part-way through a batch; ``done`` maps batch positions to the results it
     did get, so that the engine caches them before the error ends the scenario."""

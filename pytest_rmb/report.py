@@ -196,13 +196,15 @@ def judge_table(judge: Mapping[str, Any], *, show_scenarios: bool = False) -> Ta
     what the plain accuracy does not show."""
     table = Table(title="Judge", title_justify="left", box=box.SIMPLE_HEAD)
     table.add_column("Section", overflow="fold")
-    for column in ("Accuracy", "Tie-adj.", "Flips", "A share", "No verdict", "API fail"):
+    for column in ("Accuracy", "Tie-adj.", "Flips", "A share", "No verdict", "Empty", "API fail"):
         table.add_column(column, justify="right", no_wrap=True)
 
     def add(label: str, entry: dict, style: str | None = None) -> None:
+        # Empty: comparisons with only empty replies (misses a rerun asks again); summaries written
+        # before they were counted apart lack the key.
         table.add_row(label, fmt_accuracy(entry["accuracy"]), fmt_accuracy(entry["tie_adjusted"]),
                       fmt_share(entry["flip_rate"]), fmt_share(entry["a_share"]), str(entry["no_verdict"]),
-                      str(entry["api_failures"]), style=style)
+                      str(entry.get("empty_replies", 0)), str(entry["api_failures"]), style=style)
 
     for name in sorted(judge["sections"]):
         add(name, judge["sections"][name])
@@ -257,6 +259,8 @@ def engine_line(engine: dict) -> str:
             line += f"; {engine['truncated']} of {scored + cached} truncated"
     if engine.get("oom_retries"):
         line += f", {engine['oom_retries']} out-of-memory retries"
+    if engine.get("empty_replies"):
+        line += f"; {engine['empty_replies']} comparisons got only empty replies (a rerun asks them again)"
     if engine.get("cache_write_failures"):
         line += f"; {engine['cache_write_failures']} results not saved in the cache (a rerun asks them again)"
     return line

@@ -298,10 +298,6 @@ def test_a_judge_run_killed_at_a_random_moment_resumes_without_asking_again(judg
     assert {pair for pair in received & asked_again if not files[pair[1]] & running} == set()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pytest_rmb.engine._BatchRunner caches a running batch's results only when a later result arrives "
-    "SAVE_EVERY_SECONDS after the last save (within_batch -> _save_early); while the rest of the batch "
-    "waits on a retry nothing is written, so kill -9 loses verdicts received seconds before it"))
 def test_verdicts_received_while_the_batch_waits_on_a_retry_survive_a_kill(judge_stub, tmp_path):
     data = write_dataset(tmp_path / "data", {"Pairwise_set/Helpfulness/Chat/Discussion.json": [
         pair(str(i), f"Question {i}: how do I keep a plant alive?", f"Water it weekly, number {i}. " * 3, "No.")

@@ -428,6 +428,8 @@ def test_a_local_judge_whose_generation_is_empty_reports_empty_replies_and_cache
         # Nothing was cached: the rerun judges every comparison again.
         assert (summary["engine"]["comparisons_made"], summary["engine"]["cache_hits"]) == (pairs, 0)
         assert (summary["judge"]["overall"]["empty_replies"], summary["judge"]["overall"]["no_verdict"]) == (pairs, 0)
+        assert summary["engine"]["empty_replies"] == pairs
+        assert f"; {pairs} comparisons got only empty replies (a rerun asks them again)" in result.stdout.str()
         lines = [json.loads(line) for line in (pytester.path / f"{name}.jsonl").read_text().splitlines()]
         assert len(lines) == pairs
         for line in lines:

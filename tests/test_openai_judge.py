@@ -736,6 +736,7 @@ def test_empty_replies_that_persist_are_misses_asked_again_by_the_next_run(pytes
     judge_figures = summary["judge"]["overall"]
     assert (judge_figures["empty_replies"], judge_figures["no_verdict"]) == (misses, 0)
     assert "empty reply (chosen as" in output(result)
+    assert f"; {misses} comparisons got only empty replies (a rerun asks them again)" in output(result)
 
     # None of them was cached: a healthy server is asked exactly those comparisons, in both orders.
     healthy = stubs("longer")

@@ -208,9 +208,6 @@ def judge_stub(tmp_path):
     stub.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="a judge that stops for its budget fails every later item instead of "
-                                       "stopping the run: benchmark.py must set session.shouldstop on a "
-                                       "run-stopping failure (JudgeBudgetExceeded, JudgeUnavailable)")
 def test_a_judge_budget_that_stops_the_run_leaves_a_partial_run(pytester, judge_stub):
     result = run_rmb(pytester, "--rmb-model", "openai:stub-judge", "--rmb-model-arg",
                      f"base_url={judge_stub.base_url}", "--rmb-data", "sample", "-m", "pairwise",
@@ -307,4 +304,41 @@ def test_a_partial_run_on_incomplete_data_is_partial_first(pytester, partial_cop
     assert summary["status"] == "partial" and summary["complete"] is False
     # -x stopped at a miss in Classification: Chat's missing file was reached, Harmlessness's was not.
     assert [entry["file"] for entry in summary["missing"]] == [ABSENT[0]]
+    assert [gate["status"] for gate in summary["gates"]] == ["NOT EVALUATED"]
+
+
+STOPPING_MODEL = '''
+import pytest_rmb
+
+
+class Quota(pytest_rmb.PointwiseModel):
+    """Scores texts by length until its quota of texts is spent, then stops the run."""
+
+    def __init__(self):
+        self.left = 30
+
+    def score(self, batch):
+        if len(batch) > self.left:
+            raise pytest_rmb.RunStopped(f"quota of 30 texts spent ({len(batch)} more asked)")
+        self.left -= len(batch)
+        return [float(len(request.response)) for request in batch]
+
+
+def make():
+    return Quota()
+'''
+
+
+def test_a_model_of_yours_that_raises_run_stopped_ends_a_partial_run(pytester):
+    pytester.makepyfile(quota=STOPPING_MODEL)
+    pytester.syspathinsert()
+    result = run_rmb(pytester, "--rmb-model", "python:quota:make", "--rmb-data", "sample",
+                     "--rmb-gate", "overall>=0.1", "--rmb-json", "q.json", "--rmb-batch-size", "4")
+    assert result.ret == pytest.ExitCode.INTERRUPTED, result.stdout.str()
+    summary = summary_of(pytester.path / "q.json")
+    outcomes = closing_outcomes(result.stdout.str())
+    # The item that hit the quota failed; nothing after it ran.
+    assert outcomes.get("failed") == 1
+    assert summary["items"] == {"selected": SAMPLE_ITEMS, "ran": ran_items(outcomes)} and ran_items(outcomes) < SAMPLE_ITEMS
+    assert summary["stop_reason"] == "pytest-rmb: quota of 30 texts spent (4 more asked)"
     assert [gate["status"] for gate in summary["gates"]] == ["NOT EVALUATED"]

@@ -240,6 +240,8 @@ class HFJudge(OneNetwork, PairwiseModel):
         verdicts = [combine([results[row] for row in self._rows(request)], self.order) for request in batch]
         for row in rows:
             self._ids.pop(row, None)
+        # Counted like the openai judge's: comparisons left to be asked again by the next run.
+        self._count("empty_replies", sum(verdict.ask_again for verdict in verdicts))
         return verdicts
 
     def _judge_logits(self, rows: list[Row]) -> list[OrderResult]:

@@ -35,7 +35,7 @@ from pytest_rmb.backends._judges import protocol_args, resolve_protocol
 from pytest_rmb.judging.orders import OrderResult, chosen_slots, combine
 from pytest_rmb.judging.parsing import EMPTY_REPLY, find_verdict, follow_up, is_empty, miss_note, verdict_probability
 from pytest_rmb.judging.prompts import JudgePrompt, judge_messages
-from pytest_rmb.models import PairRequest, PairwiseModel, PartialBatchError, Verdict
+from pytest_rmb.models import PairRequest, PairwiseModel, PartialBatchError, RunStopped, Verdict
 from pytest_rmb.parsers import (
     boolean,
     choice,
@@ -89,11 +89,11 @@ ARGS = (
 )
 
 
-class JudgeUnavailable(RuntimeError):
+class JudgeUnavailable(RunStopped):
     """The server cannot be reached any more; what it already answered is kept."""
 
 
-class JudgeBudgetExceeded(RuntimeError):
+class JudgeBudgetExceeded(RunStopped):
     """The next request would take the run past ``budget_tokens``."""
 
 
@@ -119,7 +119,7 @@ class OpenAIJudge(PairwiseModel):
     """A pairwise model asking an OpenAI-compatible chat endpoint; see the module docstring."""
 
     def __init__(self, settings: ModelSettings):
-        from pytest_rmb.http import RetryPolicy, api_key_from_env
+        from pytest_rmb.http import CredentialsConflict, RetryPolicy, api_key_from_env, check_credentials
 
         args = settings.args
         self.model_name = settings.target
@@ -130,6 +130,10 @@ class OpenAIJudge(PairwiseModel):
         self._api_key = api_key_from_env(key_env)
         if key_env and self._api_key is None:
             raise ModelLoadError(f"openai judge: api_key_env={key_env} but ${key_env} is not set")
+        try:  # at load, so that even a run the cache answers in full refuses two credentials
+            check_credentials(self.base_urls, self._api_key)
+        except CredentialsConflict as exc:
+            raise ModelLoadError(f"openai judge: {exc}") from None
         protocol = resolve_protocol(settings, default_prompt="pair-v2", label="openai judge")
         self.prompt: JudgePrompt = protocol.prompt
         self.concurrency: int = args.get("concurrency", 16)
@@ -313,7 +317,9 @@ class OpenAIJudge(PairwiseModel):
 
         jobs = [self._job(asks, state) for asks in plans]
         try:
-            results = run_concurrently(self._client, jobs, on_done)
+            # The tick saves verdicts that arrived together while the batch waits on a retried one.
+            results = run_concurrently(self._client, jobs, on_done,
+                                       on_tick=lambda: self.report_progress(len(done), state.describe(), done))
         except KeyboardInterrupt:
             # Ctrl-C: keep what arrived; the next batch stops at once.
             self._fatal = KeyboardInterrupt()
