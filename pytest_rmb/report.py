@@ -196,15 +196,20 @@ def judge_table(judge: Mapping[str, Any], *, show_scenarios: bool = False) -> Ta
     what the plain accuracy does not show."""
     table = Table(title="Judge", title_justify="left", box=box.SIMPLE_HEAD)
     table.add_column("Section", overflow="fold")
-    for column in ("Accuracy", "Tie-adj.", "Flips", "A share", "No verdict", "Empty", "API fail"):
+    # Empty: comparisons with only empty replies (misses a rerun asks again), shown when there are
+    # any, so the usual table keeps its width at 80 columns; summaries written before they were
+    # counted apart lack the key.
+    empty = bool(judge["overall"].get("empty_replies"))
+    for column in ("Accuracy", "Tie-adj.", "Flips", "A share", "No verdict", *(("Empty",) if empty else ()),
+                   "API fail"):
         table.add_column(column, justify="right", no_wrap=True)
 
     def add(label: str, entry: dict, style: str | None = None) -> None:
-        # Empty: comparisons with only empty replies (misses a rerun asks again); summaries written
-        # before they were counted apart lack the key.
-        table.add_row(label, fmt_accuracy(entry["accuracy"]), fmt_accuracy(entry["tie_adjusted"]),
-                      fmt_share(entry["flip_rate"]), fmt_share(entry["a_share"]), str(entry["no_verdict"]),
-                      str(entry.get("empty_replies", 0)), str(entry["api_failures"]), style=style)
+        cells = [fmt_accuracy(entry["accuracy"]), fmt_accuracy(entry["tie_adjusted"]), fmt_share(entry["flip_rate"]),
+                 fmt_share(entry["a_share"]), str(entry["no_verdict"])]
+        if empty:
+            cells.append(str(entry.get("empty_replies", 0)))
+        table.add_row(label, *cells, str(entry["api_failures"]), style=style)
 
     for name in sorted(judge["sections"]):
         add(name, judge["sections"][name])

@@ -681,6 +681,7 @@ def test_empty_replies_that_recover_within_the_retries_cost_only_the_retries(pyt
     engine = flaky_summary["engine"]
     assert engine["http_retries"] == engine["empty_reply_retries"] == 2 * 2 * comparisons
     assert "empty_replies" not in engine and flaky_summary["judge"]["overall"]["empty_replies"] == 0
+    assert not re.search(r"No verdict\s+Empty\s", output(result))  # the column appears only when needed
     # The empty replies were paid for: their tokens are counted.
     assert engine["requests"] == len(log)
     assert engine["prompt_tokens"] == sum(entry["usage"]["prompt_tokens"] for entry in log)
@@ -737,6 +738,7 @@ def test_empty_replies_that_persist_are_misses_asked_again_by_the_next_run(pytes
     assert (judge_figures["empty_replies"], judge_figures["no_verdict"]) == (misses, 0)
     assert "empty reply (chosen as" in output(result)
     assert f"; {misses} comparisons got only empty replies (a rerun asks them again)" in output(result)
+    assert re.search(r"No verdict\s+Empty\s+API fail", output(result))
 
     # None of them was cached: a healthy server is asked exactly those comparisons, in both orders.
     healthy = stubs("longer")

@@ -21,6 +21,7 @@ import pytest
 import pytest_rmb
 from tests.helpers import SAMPLE_DATA, ctrl_c_reaches_it, run_rmb
 from tests.judge_stub import StubServer
+from tests.test_scale import CRASH_ONCE  # the model that kills its worker once
 
 # The package under test, whichever checkout it is imported from: subprocesses import this one.
 PACKAGE_ROOT = str(Path(pytest_rmb.__file__).resolve().parents[1])
@@ -132,25 +133,6 @@ def test_x_under_xdist_is_partial_too(pytester):
     # The controller collects nothing itself: the count comes from the workers' collections.
     assert summary["items"] == {"selected": SAMPLE_ITEMS, "ran": ran} and ran < SAMPLE_ITEMS
     assert [gate["status"] for gate in summary["gates"]] == ["NOT EVALUATED"]
-
-
-CRASH_ONCE = '''
-import os
-from pathlib import Path
-
-class CrashOnce:
-    """Kills its worker the first time it scores Chat / Discussion."""
-
-    def score(self, batch):
-        marker = Path(os.environ["CRASH_MARKER"])
-        if any("Is it worth learning Latin" in r.conversation[-1].content for r in batch) and not marker.exists():
-            marker.write_text("crashed")
-            os._exit(1)
-        return [float(len(r.response)) for r in batch]
-
-def make():
-    return CrashOnce()
-'''
 
 
 def test_a_worker_that_crashed_leaves_a_partial_run_that_names_the_item(pytester):

@@ -241,7 +241,9 @@ class HFJudge(OneNetwork, PairwiseModel):
         for row in rows:
             self._ids.pop(row, None)
         # Counted like the openai judge's: comparisons left to be asked again by the next run.
-        self._count("empty_replies", sum(verdict.ask_again for verdict in verdicts))
+        empty = sum(verdict.ask_again for verdict in verdicts)
+        if empty:
+            self._count("empty_replies", empty)
         return verdicts
 
     def _judge_logits(self, rows: list[Row]) -> list[OrderResult]:
