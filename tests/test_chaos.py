@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 from tests.chaos_proxy import FAULTS, ChaosProxy, Exchange
-from tests.helpers import SAMPLE_DATA, all_files, pair, write_dataset
+from tests.helpers import SAMPLE_DATA, all_files, ctrl_c_reaches_it, pair, write_dataset
 from tests.judge_stub import StubServer, comparison
 from tests.local_server import LocalServer, Reply
 from tests.test_fetch import SampleTree, gets, leftovers, run_fetch
@@ -374,6 +374,67 @@ def test_served_model_through_faults_ends_as_a_clean_run_and_scores_each_text_on
     assert len(logged(chaos_log)) == len(logged(clean_log)) + proxy.counts["wasted"]
     texts = clean[1]["engine"]["texts_scored"]
     assert len(logged(clean_log)) == texts + 1 + clean[1]["self_check"]["checked"]
+
+
+@pytest.mark.parametrize("stop", ["kill -9 seconds later", "Ctrl-C at once"])
+def test_scores_received_while_a_served_batch_waits_on_a_retry_survive_a_stop(vllm_stub, tmp_path, stop):
+    """A served model hands its rewards to the engine as they arrive, as a judge does: a kill while
+    the batch waits on one retried text loses none of the rewards received seconds before, and
+    Ctrl-C, even the instant they arrived, loses none at all."""
+    from tests.test_served import SERVED_NAME
+
+    data = write_dataset(tmp_path / "data", {"Pairwise_set/Helpfulness/Chat/Discussion.json": [
+        pair(str(i), f"Question {i}: how do I keep a plant alive?", f"Water it weekly, number {i}. " * 3, "No.")
+        for i in range(20)]})
+    texts = 40  # each pair's two answers, each in its own conversation
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    upstream = f"http://127.0.0.1:{vllm_stub.port}"
+
+    def command(proxy: ChaosProxy) -> list[str]:
+        return rmb_command(workdir, f"vllm:{SERVED_NAME}", *vllm_args(proxy), "--rmb-self-check", "0",
+                           data=str(data))
+
+    # Asked first: the start-up probe, passed through; then the batch's first text meets a 503 with
+    # Retry-After: 4, and the other texts are answered at once.
+    asked: list[str] = []
+
+    def first_text_stalls(number: int, path: str) -> str | None:
+        asked.append(path)
+        return "http_503_retry_after" if len(asked) == 2 else None
+
+    stall = ChaosProxy(upstream, spare=SPARE, retry_after=4.0, keep_bodies=True, plan=first_text_stalls)
+    with stall:
+        process = subprocess.Popen(command(stall), cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   preexec_fn=ctrl_c_reaches_it)
+        try:
+            deadline = time.monotonic() + 120
+            # The probe and the texts answered at once.
+            while sum(e.delivered for e in list(stall.exchanges) if e.method == "POST") < texts:
+                assert process.poll() is None and time.monotonic() < deadline
+                time.sleep(0.005)
+            if stop == "Ctrl-C at once":
+                process.send_signal(signal.SIGINT)
+                assert process.wait(30) == pytest.ExitCode.INTERRUPTED
+            else:
+                time.sleep(2 * (SAVE_EVERY + SLACK))  # those rewards are seconds old; the retry still waits
+                assert process.poll() is None
+                process.send_signal(signal.SIGKILL)
+                process.wait(30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    posts = [e for e in stall.exchanges if e.method == "POST"]
+    probe = posts[0].key
+    received = {e.key for e in posts if e.delivered} - {probe}
+    assert len(received) == texts - 1
+    with ChaosProxy(upstream, rate=0.0, keep_bodies=True) as relay:
+        done = subprocess.run(command(relay), cwd=workdir, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:]
+    asked_again = {e.key for e in relay.exchanges if e.method == "POST"} - {probe}
+    # Only the text that waited on its retry is asked again.
+    assert len(asked_again) == 1 and asked_again & received == set()
 
 
 # -- the data fetch --------------------------------------------------------------------------------

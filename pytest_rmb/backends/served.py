@@ -332,17 +332,27 @@ class ServedRewardModel(PointwiseModel):
             return made
 
         started = time.perf_counter()
-        finished = 0
+        done: dict[int, float] = {}
+
+        def report() -> None:
+            # The rewards so far go with the progress, so that the engine caches them while the
+            # batch runs (a kill loses seconds of scores, not the batch).
+            rate = len(done) / max(time.perf_counter() - started, 1e-9)
+            self.report_progress(len(done), f"{rate:.1f} requests/s", done)
 
         def on_done(index: int, value: float) -> None:
             # One request per text: the progress bar moves with each reward that arrives.
-            nonlocal finished
-            finished += 1
-            rate = finished / max(time.perf_counter() - started, 1e-9)
-            self.report_progress(finished, f"{rate:.1f} requests/s")
+            done[index] = value
+            report()
 
         try:
-            return run_concurrently(client, jobs, on_done)
+            # The tick saves rewards that arrived together while the batch waits on a retried one.
+            return run_concurrently(client, jobs, on_done, on_tick=report)
+        except KeyboardInterrupt:
+            # Ctrl-C: the rewards received are kept (and cached by the engine); the run stops.
+            if not done:
+                raise
+            raise PartialBatchError(done, KeyboardInterrupt("interrupted")) from None
         finally:
             for made in clients:
                 for name, value in made.stats.items():
