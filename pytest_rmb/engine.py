@@ -275,7 +275,7 @@ class _BatchRunner:
             # Saved as each batch finishes (and, for a model that hands results over as they come,
             # while it runs: ``saved``). A failed request is not a result: the next run asks again.
             self._append_to_cache([(cache_keys[indices[p]], self._encode(results[p]), facts.get(p) or {})
-                        for p in done if p not in saved and self._cacheable(results[p])], delta)
+                                   for p in done if p not in saved and self._cacheable(results[p])], delta)
 
     def _append_to_cache(self, entries: list[tuple[str, Any, dict[str, Any]]], delta: EngineStats) -> None:
         """Append to the cache; a failed append costs the next run these requests, never this run
@@ -550,10 +550,10 @@ class PairwiseEngine(_ScenarioEngine):
         super().__init__(plan, progress)
         self._model = model
         self._goal_of = dict(goal_of or {})
-        self._runner = _BatchRunner(model, warn=warn, max_batch_size=max_batch_size, max_batch_cost=max_batch_cost,
+        self._runner = _BatchRunner(model, max_batch_size=max_batch_size, max_batch_cost=max_batch_cost,
                                     progress=self._progress, cache=cache, call=model.compare, check=_verdict,
                                     encode=Verdict.as_json, decode=Verdict.from_json,
-                                    cacheable=lambda verdict: verdict.cacheable)
+                                    cacheable=lambda verdict: verdict.cacheable, warn=warn)
         self._verdicts: dict[PairRequest, Verdict] = {}
 
     def has_work(self) -> bool:

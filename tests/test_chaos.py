@@ -298,6 +298,14 @@ def test_a_judge_run_killed_at_a_random_moment_resumes_without_asking_again(judg
     assert {pair for pair in received & asked_again if not files[pair[1]] & running} == set()
 
 
+def wait_for_replies(proxy: ChaosProxy, process: subprocess.Popen, count: int, *, seconds: float) -> None:
+    """Until ``count`` POST replies went through ``proxy`` whole, with the run still going."""
+    deadline = time.monotonic() + seconds
+    while sum(e.delivered for e in list(proxy.exchanges) if e.method == "POST") < count:
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.005)
+
+
 def test_verdicts_received_while_the_batch_waits_on_a_retry_survive_a_kill(judge_stub, tmp_path):
     data = write_dataset(tmp_path / "data", {"Pairwise_set/Helpfulness/Chat/Discussion.json": [
         pair(str(i), f"Question {i}: how do I keep a plant alive?", f"Water it weekly, number {i}. " * 3, "No.")
@@ -317,10 +325,7 @@ def test_verdicts_received_while_the_batch_waits_on_a_retry_survive_a_kill(judge
         process = subprocess.Popen(command(stall), cwd=workdir, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
         try:
-            deadline = time.monotonic() + 60
-            while sum(e.delivered for e in list(stall.exchanges) if e.method == "POST") < 19:
-                assert process.poll() is None and time.monotonic() < deadline
-                time.sleep(0.005)
+            wait_for_replies(stall, process, 19, seconds=60)
             time.sleep(2 * (SAVE_EVERY + SLACK))  # the 19 verdicts are seconds old; the retry still waits
             assert len(stall.exchanges) == 21 and process.poll() is None
             process.send_signal(signal.SIGKILL)
@@ -408,11 +413,7 @@ def test_scores_received_while_a_served_batch_waits_on_a_retry_survive_a_stop(vl
         process = subprocess.Popen(command(stall), cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                    preexec_fn=ctrl_c_reaches_it)
         try:
-            deadline = time.monotonic() + 120
-            # The probe and the texts answered at once.
-            while sum(e.delivered for e in list(stall.exchanges) if e.method == "POST") < texts:
-                assert process.poll() is None and time.monotonic() < deadline
-                time.sleep(0.005)
+            wait_for_replies(stall, process, texts, seconds=120)  # the probe and the texts answered at once
             if stop == "Ctrl-C at once":
                 process.send_signal(signal.SIGINT)
                 assert process.wait(30) == pytest.ExitCode.INTERRUPTED
