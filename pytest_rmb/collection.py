@@ -256,15 +256,17 @@ def run_markers(scenarios: Iterable[Scenario]) -> list[str]:
 _MARK_OPERATORS = frozenset({"and", "or", "not"})
 
 
-def marker_hint(expression: str, markers: list[str], registered: Iterable[str] = ()) -> str:
+def marker_hint(expression: str, markers: list[str], registered: Iterable[str] = (), keyword: str = "") -> str:
     """Why ``-m EXPRESSION`` selected no RMB item: each name in it that no item carries, with the
     closest marker of the run (markers are case-sensitive: ``Chat`` is not ``chat``), then the
-    markers there are. ``registered`` names are the project's own markers: no typo, no hint."""
+    markers there are. ``registered`` names are the project's own markers: no typo, no hint. A
+    ``-k`` ``keyword`` expression deselects too: named beside it, as it may be the cause."""
     # pytest accepts keyword arguments after a name (``mark(arg=1)``): they name no marker.
     names = re.findall(r"[^\s()]+", re.sub(r"\([^()]*\)", " ", expression))
     known = {*markers, *registered}
     by_lower = {marker.lower(): marker for marker in markers}
-    lines = [f"rmb: -m {expression!r} selected no RMB item."]
+    also = f" with -k {keyword!r}" if keyword else ""
+    lines = [f"rmb: -m {expression!r}{also} selected no RMB item."]
     unknown = list(dict.fromkeys(n for n in names if n not in _MARK_OPERATORS and n not in known))
     if not unknown:
         lines.append("rmb: each name in it is a marker, but no RMB item matches the expression as a whole")

@@ -266,7 +266,8 @@ class RunController:
         if self.results.rmb_selected == 0 and config.option.markexpr:
             # An empty table would only hide the likely cause: a misspelt marker.
             registered = [line.split(":", 1)[0].split("(", 1)[0].strip() for line in config.getini("markers")]
-            hint = marker_hint(config.option.markexpr, run_markers(settings.scenarios), registered)
+            hint = marker_hint(config.option.markexpr, run_markers(settings.scenarios), registered,
+                               keyword=config.option.keyword)
             for line in hint.splitlines():
                 terminalreporter.write_line(line, yellow=True, bold=True)
         else:

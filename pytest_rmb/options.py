@@ -721,6 +721,19 @@ def _find_dataset(config: pytest.Config, given: str | None, warn: bool = True) -
     return path, str(path)
 
 
+def describe_dataset(label: str) -> str:
+    """Which data a run read, in words for its header: the word's meaning, not only the word (a
+    folder named ``sample`` may sit beside the user)."""
+    if label == SAMPLE:
+        return f"the bundled sample (--rmb-data {SAMPLE})"
+    from pytest_rmb.fetch import cached_dataset
+
+    fetched = cached_dataset()
+    if fetched is not None and label == str(fetched):
+        return f"the fetched copy {label} (--rmb-data {FETCHED})"
+    return label
+
+
 def _warn_word_shadows_folder(config: pytest.Config, source: str, word: str, base: Path) -> None:
     """A word given where a folder of that name exists: the word wins, and the run says so."""
     meaning = "the bundled sample" if word == SAMPLE else "the copy `pytest-rmb fetch` verified"

@@ -58,6 +58,17 @@ def test_markers_are_case_sensitive_and_the_hint_says_so(pytester):
     ])
 
 
+def test_under_xdist_the_controller_gives_the_same_hint(pytester):
+    # The controller collects nothing itself there: it counts the workers' collections.
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--rmb-model", "length", "--rmb-data", "sample",
+                                           "-m", "Chat", "-n", "2")
+    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+    result.stdout.fnmatch_lines([
+        "rmb: no RMB item has the marker 'Chat'; did you mean 'chat'? (markers are case-sensitive)",
+        MARKERS_LINE,
+    ])
+
+
 def test_known_markers_that_select_nothing_together_are_told_apart_from_a_typo(pytester):
     # Harmlessness scenarios have no task: chat and harmlessness share no item.
     result = run(pytester, "--rmb-data", "sample", "-m", "chat and harmlessness")
@@ -68,6 +79,11 @@ def test_known_markers_that_select_nothing_together_are_told_apart_from_a_typo(p
         MARKERS_LINE,
     ])
     assert "did you mean" not in result.stdout.str()
+
+    # -k deselects too: the first line names it, as it may be what selected nothing.
+    both = run(pytester, "--rmb-data", "sample", "-m", "chat", "-k", "nothing_is_called_so")
+    assert both.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+    both.stdout.fnmatch_lines(["rmb: -m 'chat' with -k 'nothing_is_called_so' selected no RMB item."])
 
 
 def test_a_misspelt_marker_of_your_own_sets_gets_your_marker(pytester):
@@ -191,3 +207,15 @@ def test_a_folder_named_like_a_word_is_dot_slash_word(pytester, local_folders, w
     uids = [json.loads(line)["uid"] for line in (pytester.path / "s.jsonl").read_text().splitlines()]
     assert uids == [f"{word}-1"]
     assert "means the bundled sample" not in result.stdout.str()
+
+
+def test_the_header_words_say_which_data_a_word_meant(pytester, local_folders, monkeypatch):
+    from pytest_rmb.options import describe_dataset
+
+    assert describe_dataset("sample") == "the bundled sample (--rmb-data sample)"
+    assert describe_dataset(str(local_folders["rmb"])) == str(local_folders["rmb"])
+    fetched = pytester.path / "cache" / "pytest-rmb" / "RMB_dataset"
+    # By name: pytester's in-process runs may have replaced the module object this file imported.
+    monkeypatch.setattr("pytest_rmb.fetch.cached_dataset", lambda: fetched)
+    assert describe_dataset(str(fetched)) == f"the fetched copy {fetched} (--rmb-data rmb)"
+    assert describe_dataset(str(local_folders["rmb"])) == str(local_folders["rmb"])
