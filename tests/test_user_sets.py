@@ -238,6 +238,17 @@ def test_uids_run_in_natural_order_numbers_as_numbers(pytester):
     assert [key.rsplit("|", 1)[-1] for key in outcomes] == natural
 
 
+def test_node_ids_sort_by_test_then_uid_in_natural_order():
+    # The order a listing of node ids (the misses) takes to match the items'.
+    from pytest_rmb.nodeids import nodeid_sort_key
+
+    ids = ["rmb/c/s::test_pairwise[p10]", "rmb/c/s::test_pairwise[2]", "rmb/c/s::test_bon[p2]",
+           "rmb/c/s::test_pairwise[p2]", "rmb/c/s::test_pairwise[11]"]
+    assert sorted(ids, key=nodeid_sort_key) == [
+        "rmb/c/s::test_bon[p2]", "rmb/c/s::test_pairwise[2]", "rmb/c/s::test_pairwise[11]",
+        "rmb/c/s::test_pairwise[p2]", "rmb/c/s::test_pairwise[p10]"]
+
+
 def test_rmb_data_from_the_environment_adds_rmb_to_the_users_sets(pytester, sets, monkeypatch):
     ours = {f"rmb/custom/support::test_pairwise[{uid}]" for uid in expected_pairs()}
     ours |= {f"rmb/custom/support::test_bon[{uid}]" for uid in expected_bon()}
