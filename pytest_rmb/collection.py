@@ -236,8 +236,6 @@ def select_by_node_prefixes(
     return kept, dropped
 
 
-
-
 def run_markers(scenarios: Iterable[Scenario]) -> list[str]:
     """Every marker the run's scenarios put on their items: goal, task, kind and the user's own."""
     goals: set[str] = set()
