@@ -10,7 +10,7 @@
   ``rmb: scoring chat/discussion 120/480 texts (25%), 3.1 texts/s``. A backend may add a detail
   (an HTTP judge: requests per second and tokens so far), shown after the count. Work that goes
   quiet (a judge waiting on slow requests) still gets a line every :data:`LINE_EVERY` seconds:
-  ``rmb: still scoring custom/q: 0/2 comparisons (0%) after 40 s, none finished in the last 40 s``.
+  ``rmb: still scoring custom/q: 0/2 comparisons (0%) after 40 s, none finished yet``.
 - Nothing on pytest-xdist workers (their output never reaches the terminal) or with ``-qq``.
 
 Scoring runs inside a test, where pytest captures output (on the file descriptors, by default):
@@ -148,6 +148,9 @@ class LineProgress:
         last_line: float | None = None  # when the last line was written
         done_at_last_line = 0
         last_finished = started  # when a result last arrived
+        # The same moment on the wall clock, which the watching thread sleeps by (the clock given
+        # may be a test's, moved by hand).
+        last_active = time.monotonic()
         latest = ""
 
         def rate(now: float) -> str:
@@ -164,17 +167,18 @@ class LineProgress:
             if done > done_at_last_line:
                 self._write(f"rmb: scoring {scenario} {done}/{total} {unit} ({percent}%), {rate(now)}{detail}")
             else:
+                quiet = f"in the last {now - last_finished:.0f} s" if done else "yet"
                 self._write(f"rmb: still scoring {scenario}: {done}/{total} {unit} ({percent}%) after "
-                            f"{now - started:.0f} s, none finished in the last {now - last_finished:.0f} s{detail}")
+                            f"{now - started:.0f} s, none finished {quiet}{detail}")
             last_line, done_at_last_line = now, done
 
         def advance(count: int, detail: str | None = None) -> None:
-            nonlocal done, latest, last_finished
+            nonlocal done, latest, last_finished, last_active
             with self._lock:
                 now = self._clock()
                 done += count
                 if count:
-                    last_finished = now
+                    last_finished, last_active = now, time.monotonic()
                 latest = latest if detail is None else detail
                 if due(now):
                     write_progress(now)
@@ -185,8 +189,11 @@ class LineProgress:
             while not stop.wait(LOOK_EVERY):
                 with self._lock:
                     now = self._clock()
-                    if due(now) and now - last_finished >= QUIET_AFTER:
-                        write_progress(now)
+                    if due(now) and time.monotonic() - last_active >= QUIET_AFTER:
+                        try:
+                            write_progress(now)
+                        except Exception:  # noqa: BLE001 - a progress line is never worth a scoring error
+                            return
 
         watcher = threading.Thread(target=watch, name=f"rmb progress {scenario}", daemon=True)
         watcher.start()
