@@ -20,11 +20,13 @@ progress reaches the real terminal and never lands in a captured test's output.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -127,11 +129,27 @@ class LineProgress:
         self._clock = clock
         # The clock's thread and the scoring thread both write; one line at a time.
         self._lock = threading.Lock()
+        # The module whose line (``rmb/chat/discussion ``) a progress line cut short.
+        self._cut: Path | None = None
 
     def _write(self, line: str) -> None:
         with _uncaptured(self._config):
+            # pytest's reporter knows the module it is writing the line of (a stand-in may not).
+            module = getattr(self._reporter, "currentfspath", None)
+            if isinstance(module, Path):
+                self._cut = module
             self._reporter.write_line(line)
             self._reporter.flush()
+
+    def _resume(self) -> None:
+        """After the work's last line, the cut module's name again, as pytest starts a module's
+        line: its letters go on beside it instead of alone on a line of their own."""
+        module, self._cut = self._cut, None
+        if module is not None:
+            with _uncaptured(self._config):
+                self._reporter.write(os.path.relpath(module, self._reporter.startpath) + " ")
+                self._reporter.currentfspath = module
+                self._reporter.flush()
 
     @contextmanager
     def loading(self, model: str) -> Iterator[None]:
@@ -140,6 +158,7 @@ class LineProgress:
         took = self._clock() - started
         if took >= FIRST_LINE_AFTER:
             self._write(f"rmb: loaded {model} in {took:.1f} s")
+            self._resume()
 
     @contextmanager
     def scoring(self, scenario: str, total: int, unit: str = "texts") -> Iterator[Advance]:
@@ -198,13 +217,16 @@ class LineProgress:
         watcher = threading.Thread(target=watch, name=f"rmb progress {scenario}", daemon=True)
         watcher.start()
         try:
-            yield advance
+            try:
+                yield advance
+            finally:
+                stop.set()
+                watcher.join()
+            if last_line is not None:
+                now = self._clock()
+                self._write(f"rmb: scored {scenario}: {done}/{total} {unit} in {now - started:.1f} s, {rate(now)}")
         finally:
-            stop.set()
-            watcher.join()
-        if last_line is not None:
-            now = self._clock()
-            self._write(f"rmb: scored {scenario}: {done}/{total} {unit} in {now - started:.1f} s, {rate(now)}")
+            self._resume()  # also when scoring failed: pytest's E goes beside the module's name
 
 
 class NoProgress:

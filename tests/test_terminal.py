@@ -238,3 +238,35 @@ def test_line_progress_writes_on_the_clock_while_nothing_finishes(monkeypatch):
         "rmb: still scoring code/sql: 5/100 texts (5%) after 13 s, none finished in the last 12 s",  # since 1.0
         "rmb: scored code/sql: 100/100 texts in 14.0 s, 7.1 texts/s",  # 100 / 14
     ]
+
+
+def test_a_log_keeps_each_module_line_whole_after_progress_lines(pytester, monkeypatch):
+    # Not a terminal: progress comes as lines, which cut pytest's module line short. The module's
+    # letters must then go on beside its name again, not alone on a line of their own.
+    monkeypatch.setattr(progress, "FIRST_LINE_AFTER", 0.2)
+    monkeypatch.setenv("SLOW_SECONDS", "0.5")
+    pytester.makepyfile(slow_model=SLOW)
+    monkeypatch.syspath_prepend(str(pytester.path))
+    result = pytester.runpytest("-p", "no:cacheprovider", "--rmb-model", "python:slow_model:make", "--rmb-data",
+                                "sample", "--rmb-batch-size", "100", "rmb/chat/discussion",
+                                "rmb/chat/casual_conversation")
+    assert result.ret == 0, result.stdout.str()
+    lines = result.stdout.lines
+    start = next(i for i, line in enumerate(lines) if line.startswith("collected "))
+    end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("==="))
+    block = [line.rstrip() for line in lines[start + 1:end]]
+    # Each scenario has three items (five texts) in the sample: its name, its progress lines, then
+    # its whole line.
+    for module, share in (("rmb/chat/casual_conversation", " 50%"), ("rmb/chat/discussion", "100%")):
+        scenario = module.removeprefix("rmb/")
+        assert [line for line in block if line.startswith(module)] == [module, line_of(block, module)], block
+        assert re.fullmatch(rf"{re.escape(module)} \S{{3}} +\[{share}\]", line_of(block, module)), block
+        at, whole = block.index(module), block.index(line_of(block, module))
+        assert whole > at + 1 and all(line.startswith("rmb: ") for line in block[at + 1:whole]), block
+        assert block[whole - 1].startswith(f"rmb: scored {scenario}: 5/5 texts in "), block
+    assert not [line for line in block if re.fullmatch(r"\S{1,3}", line)]  # no letters alone
+
+
+def line_of(block: list[str], module: str) -> str:
+    """The module's line with its letters (``rmb/chat/discussion ...  [ 50%]``)."""
+    return next(line for line in block if line.startswith(module + " "))
