@@ -19,6 +19,7 @@ from types import SimpleNamespace
 import pytest
 
 from pytest_rmb import progress
+from tests.helpers import SHARED_DATA
 from tests.judge_stub import StubServer
 from tests.terminal import run_on_screen
 
@@ -98,17 +99,16 @@ def test_the_quick_start_prints_one_line_per_scenario_on_a_terminal(tmp_path, co
     assert_module_block(screen.lines, modules, columns)
 
 
-@pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "RMB_dataset").is_dir(), reason="no shared RMB copy")
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="no shared RMB copy")
 def test_the_full_data_prints_each_module_once_at_80_columns(tmp_path):
     # Thousands of items a module: pytest wraps each module's letters over several lines itself,
     # each ending in its percentage; the module's name must still appear exactly once.
     pytest.importorskip("pyte")
     env = environment(tmp_path)
-    data = ROOT.parent / "shared" / "data" / "RMB_dataset"
     # --rootdir: the folder the run starts in, as a project's own configuration file would make it
     # (without one, pytest takes the data folder for the rootdir and prints long relative paths).
-    args = ["-p", "no:cacheprovider", "--rootdir", str(tmp_path), "--rmb-model", "length", "--rmb-data", str(data),
-            "-m", "chat"]
+    args = ["-p", "no:cacheprovider", "--rootdir", str(tmp_path), "--rmb-model", "length",
+            "--rmb-data", str(SHARED_DATA), "-m", "chat"]
     modules = modules_of(tmp_path, env, args)
     assert modules
     screen = run_on_screen([sys.executable, "-m", "pytest", *args], cwd=tmp_path, env=env, columns=80)
