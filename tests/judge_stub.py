@@ -209,6 +209,8 @@ class Stub:
             content, letter = EMPTY_CONTENT[options.empty_as], None
             entry["empty"] = True
         usage = usage_for(messages, content or "")
+        for field in options.omit_usage:
+            usage.pop(field, None)
         choice: dict = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
         if request.get("logprobs") and options.logprobs and content:
             choice["logprobs"] = logprobs_for(reply, letter, options.verdict)
@@ -273,6 +275,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--empty-as", choices=sorted(EMPTY_CONTENT), default="null",
                         help="an empty reply's content: null, \"\" or whitespace")
     parser.add_argument("--logprobs", action="store_true", help="return logprobs when asked")
+    parser.add_argument("--omit-usage", action="append", default=[], metavar="FIELD",
+                        help="leave this field out of every reply's usage (servers that do)")
     parser.add_argument("--verdict", choices=sorted(VERDICTS), default="tags",
                         help="the format the longer-answer judge writes its verdict in")
     parser.add_argument("--echo-auth", action="store_true",

@@ -18,6 +18,15 @@ from pytest_rmb.parsers import choice, integer, non_negative_int, renamed, text_
 DEFAULT_PARSE_RETRIES = 2
 
 
+# How the judge writes its verdict. A backend lists it once its parsing and follow-up turns read the
+# prompt's format (resolve_protocol loads the prompt in it).
+VERDICT_ARG = ModelArg(
+    "verdict", choice(*VERDICT_FORMATS), "tags",
+    "how the judge writes its verdict, in the prompt's closing instruction, the follow-up turn and the "
+    "parser: tags [[A]] (MT-Bench); answer-tags <answer>[[A]]</answer> (RM-R1); result [RESULT] A "
+    "(Prometheus); bold-result **Result:** A; boxed \\boxed{A}; json {\"winner\": \"A\"}")
+
+
 def protocol_args(*, prompt_default: str, parse_retries_help: str, seed_help: str) -> tuple[ModelArg, ...]:
     """The protocol's ``--rmb-model-arg`` settings; the texts say what differs per backend."""
     return (
@@ -25,11 +34,6 @@ def protocol_args(*, prompt_default: str, parse_retries_help: str, seed_help: st
         ModelArg("prompt_file", renamed("path", text_value), None,
                  "your own prompt: a template file, or JSON with system/template "
                  "(placeholders: docs/how-to/llm-judges.md)"),
-        ModelArg("verdict", choice(*VERDICT_FORMATS), "tags",
-                 "how the judge writes its verdict, in the prompt's closing instruction, the follow-up "
-                 "turn and the parser: tags [[A]] (MT-Bench); answer-tags <answer>[[A]]</answer> (RM-R1); "
-                 "result [RESULT] A (Prometheus); bold-result **Result:** A; boxed \\boxed{A}; "
-                 "json {\"winner\": \"A\"}"),
         ModelArg("order", choice(*ORDERS), "both",
                  "both: ask each comparison in both answer orders, won only if both agree; random: one "
                  "order from a hash of seed and comparison; fixed: chosen answer always shown as A"),

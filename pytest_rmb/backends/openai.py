@@ -31,7 +31,7 @@ from pytest_rmb.backends import (
     ModelSettings,
     closest_names,
 )
-from pytest_rmb.backends._judges import protocol_args, resolve_protocol
+from pytest_rmb.backends._judges import VERDICT_ARG, protocol_args, resolve_protocol
 from pytest_rmb.judging.orders import OrderResult, chosen_slots, combine
 from pytest_rmb.judging.parsing import EMPTY_REPLY, find_verdict, follow_up, is_empty, miss_note, verdict_probability
 from pytest_rmb.judging.prompts import JudgePrompt, judge_messages
@@ -86,6 +86,7 @@ ARGS = (
                    parse_retries_help="follow-up turns asking for the verdict when a reply has none",
                    seed_help="seed of order=random and, when given, sent to the server (vote i gets seed+i); "
                    "default --rmb-seed"),
+    VERDICT_ARG,
 )
 
 
