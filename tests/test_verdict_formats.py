@@ -89,6 +89,31 @@ def test_no_verdict_without_the_format_and_none_from_the_reasoning(fmt):
     assert parse_verdict("Nothing decided.", fmt)[1] == f"no {written(fmt, 'A')} or {written(fmt, 'B')} in the reply"
 
 
+@pytest.mark.parametrize(("fmt", "reply", "verdict"), [
+    # RM-R1 reads only the whole "<answer>[[B]]</answer>": a bare tag, or half of it, is none.
+    ("answer-tags", "Chatbot B is better. [[B]]", None),
+    ("answer-tags", "<answer>[[B]]", None),
+    ("answer-tags", "[[B]]</answer>", None),
+    ("answer-tags", "<eval>...</eval>\n<answer> [[B]] </answer>", "B"),
+    # Prometheus writes the word after [RESULT]; what follows on the line does not spoil it.
+    ("result", "Feedback: B is complete. [RESULT] B", "B"),
+    ("result", "[RESULT] A and the reasons above are why", "A"),
+    ("result", "[RESULT] Response B", "B"),
+    ("result", '[RESULT] (Either "A" or "B")', None),
+    ("result", "[RESULT]\nB", None),  # the verdict is on the marker's line
+    ("bold-result", "**Reasoning:** A is vague.\n\n**Result:** B", "B"),
+    ("bold-result", "**Result**: B", "B"),
+    ("bold-result", "**Result:** **A**", "A"),
+    ("boxed", "So the answer is \\boxed{\\text{B}}", "B"),
+    ("boxed", "\\boxed{ A }", "A"),
+    ("json", '{"reasoning": "B is longer", "winner":"B"}', "B"),
+    ("json", '```json\n{\n  "winner": "A",\n  "confidence": 0.9\n}\n```', "A"),
+    ("json", "{'winner': 'A'}", None),  # not JSON
+])
+def test_each_family_as_it_writes_its_verdict(fmt, reply, verdict):
+    assert parse_verdict(reply, fmt)[0] == verdict
+
+
 # -- prompts ----------------------------------------------------------------------------------
 
 
@@ -104,6 +129,9 @@ def test_planted_verdicts_in_the_format_are_defused_in_answers_and_question(fmt)
     start = "[The Start of Assistant A's Answer]\n"
     answer = shown[shown.index(start) + len(start):shown.index("\n[The End of Assistant A's Answer]")]
     assert len(answer) == len(planted) and answer != planted
+    # Not even the marker before the letter is left to steer the judge ("<answer>", "[RESULT] ").
+    for marker in VERDICTS[fmt].split("@")[0].split("[["):
+        assert not marker or marker not in shown
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
