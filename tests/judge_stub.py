@@ -1,10 +1,11 @@
 """A small OpenAI-compatible judge server for tests and benches, in a process of its own.
 
 Real servers cannot misbehave on demand; this one can: stand-in judges that prefer the longer
-answer (writing the verdict in any of the common judge formats, ``--verdict``), always say [[A]], write both tags, start with "A" but give no verdict, or answer only
-inside <think>; 429 with Retry-After, 500s, empty replies (HTTP 200 with no content, for the
-first N times each question is asked, on a seeded share of the questions), slow replies, a fixed
-latency, and dying mid-run.
+answer (writing the verdict in any of the common judge formats, ``--verdict``), always say [[A]],
+write both tags, start with "A" but give no verdict, or answer only inside <think>; 429 with
+Retry-After, 500s, empty replies (HTTP 200 with no content, for the first N times each question is
+asked, on a seeded share of the questions), usage without a field, slow replies, a fixed latency,
+and dying mid-run.
 It speaks just enough HTTP/1.1 (keep-alive, Content-Length bodies) on asyncio to serve hundreds of
 concurrent requests on one core, and logs every request as a JSON line (the Authorization header
 only as a SHA-256, so the log never holds a key).

@@ -48,7 +48,10 @@ def stubs(tmp_path_factory):
 
 
 def test_the_formats_are_the_families_own():
-    assert FORMATS == sorted(["tags", "answer-tags", "result", "bold-result", "boxed", "json"])
+    from pytest_rmb.judging.formats import FORMATS as OFFERED
+
+    assert sorted(OFFERED) == FORMATS == sorted(["tags", "answer-tags", "result", "bold-result", "boxed", "json"])
+    assert {name: OFFERED[name].of("B") for name in OFFERED} == {name: written(name, "B") for name in FORMATS}
 
 
 # -- parsing ----------------------------------------------------------------------------------
