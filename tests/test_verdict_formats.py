@@ -194,6 +194,9 @@ def test_a_prompt_file_has_the_answers_their_labels_count_and_the_verdict_format
                         "[The Start of Assistant A's Answer]\none\n[The End of Assistant A's Answer]\n\n"
                         "[The Start of Assistant B's Answer]\ntwo\n[The End of Assistant B's Answer]\n"
                         f"End with {written(fmt, 'A')} or {written(fmt, 'B')}.")
+    with pytest.raises(PromptError, match="unknown verdict format 'xml'; known: tags, answer-tags, result, "
+                                          "bold-result, boxed, json"):
+        load_prompt(file=path, verdict="xml")
     no_answers = tmp_path / "none.txt"
     no_answers.write_text("{question} {answer_a}")
     with pytest.raises(PromptError, match=re.escape("the template must show the answers: {answer_a} and "

@@ -172,7 +172,10 @@ def load_prompt(name: str | None = None, file: str | Path | None = None,
     line of ``judge_prompts.jsonl`` can be used as it is once its tie option is removed. Any other
     file is the user-message template itself, with no system message.
     """
-    fmt = verdict_format(verdict)
+    try:
+        fmt = verdict_format(verdict)
+    except ValueError as exc:
+        raise PromptError(str(exc)) from None
     if file is None:
         return _builtin(name or "pair-v2", fmt)
     path = Path(file)
