@@ -279,4 +279,5 @@ def test_an_unknown_verdict_format_is_a_usage_error_listing_the_formats(pytester
     stub = stubs()
     result = judge(pytester, stub, "--rmb-model-arg", "verdict=xml")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert "verdict" in output(result) and "answer-tags" in output(result) and "bold-result" in output(result)
+    assert ("--rmb-model-arg verdict: expected one of tags, answer-tags, result, bold-result, boxed, json, "
+            "got 'xml'") in output(result)
