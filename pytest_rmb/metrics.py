@@ -306,13 +306,13 @@ class JudgeTally:
         errored = False
         # Expected pass rate of a single random order: a flipped comparison passes half the time.
         value = 1.0
-        seen_loss = False
+        # A skipped comparison's chance is unknown; it only matters while the list can still pass
+        # (value > 0 below), so after a plain loss it changes nothing.
         unknown = False
         for verdict in verdicts:
             if verdict is None:
                 self.skipped += 1
-                # Skipped after a flip (not a plain loss): its own chance is unknown.
-                unknown = unknown or not seen_loss
+                unknown = True
                 continue
             if verdict.get("error"):
                 self.api_failures += 1
@@ -343,12 +343,12 @@ class JudgeTally:
                     self.empty_replies += 1
                 else:
                     self.no_verdict += 1
-                value, seen_loss = 0.0, True
+                value = 0.0
             elif detail.get("flip"):
                 self.flips += 1
                 value *= 0.5
             elif verdict.get("won") is not True:
-                value, seen_loss = 0.0, True
+                value = 0.0
         if errored:
             self.errors += 1
         elif verdicts:

@@ -187,6 +187,9 @@ def test_a_log_says_a_judge_is_still_working_while_its_requests_are_out(pytester
     assert len(still) >= 2, printed
     seconds = [int(after) for after in still]
     assert seconds == sorted(set(seconds)) and seconds[0] >= 1
+    # The judge's ticks say what the quiet wait is waiting on: both requests out, none answered.
+    assert re.search(r"^rmb: still scoring custom/q: 0/2 comparisons .*, 0/2 requests, .*, 2 in flight$",
+                     printed, re.M), printed
     closing = re.search(r"^rmb: scored custom/q: 2/2 comparisons in ([\d.]+) s", printed, re.M)
     assert closing and float(closing.group(1)) >= 4.0, printed
     assert printed.index("rmb: still scoring") < closing.start()

@@ -440,6 +440,7 @@ class OpenAIJudge(PairwiseModel):
                         payload["top_logprobs"] = TOP_LOGPROBS
                     if self.server_seed is not None:
                         payload["seed"] = self.server_seed + vote
+                    state.in_flight += 1
                     try:
                         document = await client.post("/chat/completions", payload)
                     except HTTPFailure as failure:
@@ -447,6 +448,8 @@ class OpenAIJudge(PairwiseModel):
                             continue
                         self._failed(failure, state)
                         raise
+                    finally:
+                        state.in_flight -= 1
                     break
             finally:
                 self._reserved -= reserve
@@ -524,6 +527,7 @@ class _RunState:
         self.concurrency = concurrency
         self.done = 0
         self.tokens = 0
+        self.in_flight = 0  # requests sent and not yet answered: what a quiet wait is waiting on
         self.aborted = False
         self._slots: asyncio.Semaphore | None = None
 
@@ -538,10 +542,11 @@ class _RunState:
         self.tokens = tokens
 
     def describe(self) -> str:
-        """The batch's requests so far, for the progress line: done/total, rate, tokens spent."""
+        """The batch's requests so far, for the progress line: done/total, rate, tokens spent, and
+        how many are out (a slow judge's progress line moves on these before any reply)."""
         elapsed = max(time.perf_counter() - self.started, 1e-9)
         return (f"{self.done}/{self.total} requests, {self.done / elapsed:.1f} requests/s, "
-                f"{self.tokens:,} tokens")
+                f"{self.tokens:,} tokens, {self.in_flight} in flight")
 
 
 async def _all_or_nothing(coroutines: Iterable[Awaitable[T]]) -> list[T]:
