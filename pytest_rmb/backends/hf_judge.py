@@ -203,6 +203,26 @@ class HFJudge(OneNetwork, PairwiseModel):
         """The exact text the judge reads for ``request`` with the chosen answer shown as ``slot``."""
         return self._text(request, slot)
 
+    def explain(self, request: PairRequest) -> dict[str, Any]:
+        """What ``--rmb-show-input`` prints (:func:`pytest_rmb.inspect_input.format_judge_explanation`):
+        per answer order asked, the chat messages, the text the reply is forced to start with, and
+        the prompt as rendered with the chat template; then how the verdict is read."""
+        prompts = []
+        for slot in self.slots(request):
+            messages, start = self._messages(request, slot)
+            prompts.append({"chosen": slot, "messages": messages, "reply_starts": start,
+                            "rendered": self._text(request, slot), "tokens": len(self._render(request, slot))})
+        verdict: dict[str, Any]
+        if self.mode == "logits":
+            ids = dict(zip("AB", self._letters))
+            verdict = {"read": "logits", "after": self._messages(request, "A")[1],
+                       "tokens": {letter: [token, self.tokenizer.convert_ids_to_tokens(token)]
+                                  for letter, token in ids.items()}}
+        else:
+            verdict = {"read": "reply", "max_tokens": self.max_new_tokens, "parse_retries": self.parse_retries}
+        return {"judge": f"hf-judge:{self.name}", "mode": self.mode, "prompt": self.prompt.name, "order": self.order,
+                "prompts": prompts, "context": self.context, "verdict": verdict}
+
     def slots(self, request: PairRequest) -> tuple[str, ...]:
         return chosen_slots(self.order, self.seed, self.cache_key(request))
 
