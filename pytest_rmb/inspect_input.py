@@ -245,7 +245,8 @@ def _verdict_reading(verdict: Mapping[str, Any]) -> str:
                             for letter, (token, text) in verdict["tokens"].items())
         return (f"the next-token logits right after {verdict['after']!r}: {letters}; the higher one is the verdict, "
                 "P(A) = softmax over the two")
-    decoding = "greedy" if verdict.get("temperature") in (None, 0, 0.0) else f"temperature {verdict['temperature']}"
+    # A local judge decodes greedily; a server is asked at a temperature, which it may honour or not.
+    decoding = "greedy" if verdict.get("temperature") is None else f"temperature {verdict['temperature']:g}"
     reading = (f"parsed from the reply ({decoding}, at most {verdict['max_tokens']} new tokens): its last [[A]] or "
                "[[B]] (both, or a tie, on the final verdict line is no verdict)")
     retries = verdict.get("parse_retries") or 0
