@@ -20,8 +20,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pytest_rmb.data import PAIRWISE, Sample
+from pytest_rmb.judging.formats import verdict_format
 from pytest_rmb.judging.orders import ORDERS, chosen_slots
-from pytest_rmb.judging.parsing import FOLLOW_UP
+from pytest_rmb.judging.parsing import follow_up_text
 from pytest_rmb.judging.prompts import JudgePrompt, judge_messages
 from pytest_rmb.models import PairRequest, PairwiseModel, ScoreRequest
 
@@ -201,7 +202,8 @@ def served_judge_explanation(model: Any, request: PairRequest) -> dict[str, Any]
         prompts.append({"chosen": slot, "messages": judge_messages(prompt, request.conversation, a, b, request.goal)})
     name = getattr(model, "model_name", None) or getattr(model, "name", "")
     return {"judge": f"openai:{name}", "prompt": prompt.name, "order": order, "prompts": prompts,
-            "verdict": {"read": "reply", "max_tokens": getattr(model, "max_tokens", None),
+            "verdict": {"read": "reply", "format": prompt.verdict.name,
+                        "max_tokens": getattr(model, "max_tokens", None),
                         "parse_retries": getattr(model, "parse_retries", 0),
                         "temperature": getattr(model, "temperature", None),
                         "logprobs": getattr(model, "logprobs_mode", None)}}
@@ -247,11 +249,13 @@ def _verdict_reading(verdict: Mapping[str, Any]) -> str:
                 "P(A) = softmax over the two")
     # A local judge decodes greedily; a server is asked at a temperature, which it may honour or not.
     decoding = "greedy" if verdict.get("temperature") is None else f"temperature {verdict['temperature']:g}"
-    reading = (f"parsed from the reply ({decoding}, at most {verdict['max_tokens']} new tokens): its last [[A]] or "
-               "[[B]] (both, or a tie, on the final verdict line is no verdict)")
+    written = verdict_format(verdict.get("format"))
+    reading = (f"parsed from the reply ({decoding}, at most {verdict['max_tokens']} new tokens): its last "
+               f"{written.of('A')} or {written.of('B')} (verdict format {written.name}; both, or a tie, on the final "
+               "verdict line is no verdict)")
     retries = verdict.get("parse_retries") or 0
     if retries:
-        reading += f"; a reply without one gets up to {retries} follow-up turn(s): {FOLLOW_UP!r}"
+        reading += f"; a reply without one gets up to {retries} follow-up turn(s): {follow_up_text(written)!r}"
     if verdict.get("logprobs") not in (None, "false"):
         reading += (f"; logprobs={verdict['logprobs']}: P(A) from the verdict letter's logprobs where the server "
                     "returns them")

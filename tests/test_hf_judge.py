@@ -581,6 +581,6 @@ def test_show_input_of_a_generating_judge_shows_the_reply_format_it_parses(pytes
         f"  judge hf-judge:{tiny} (mode=generate, prompt pair-v2, order=fixed): 1 prompt (order=fixed: the chosen "
         "answer always shown as A)",
         "  prompt 1 of 1: the chosen answer shown as A", *shown_messages(messages)])
-    assert ("  verdict: parsed from the reply (greedy, at most 4 new tokens): its last [[A]] or [[B]] (both, or a "
-            f"tie, on the final verdict line is no verdict); a reply without one gets up to 1 follow-up turn(s): "
-            f"{FOLLOW_UP!r}") in result.outlines
+    assert ("  verdict: parsed from the reply (greedy, at most 4 new tokens): its last [[A]] or [[B]] (verdict format "
+            "tags; both, or a tie, on the final verdict line is no verdict); a reply without one gets up to 1 "
+            f"follow-up turn(s): {FOLLOW_UP!r}") in result.outlines

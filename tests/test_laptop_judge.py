@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from pytest_rmb.judging.parsing import FOLLOW_UP
 from pytest_rmb.scenarios import registry
 from tests import smollm
 from tests.helpers import SAMPLE_DATA
@@ -89,10 +88,13 @@ def test_the_pages_hf_judge_command_runs_on_the_smollm2_gguf_file(tmp_path):
 
 
 def recording_judge(request: Request, index: int) -> Reply:
-    """An OpenAI-compatible server serving model "recorder" that answers every comparison [[A]]."""
+    """An OpenAI-compatible server serving model "recorder": a question gets a reply without a
+    verdict, the follow-up turn that asks again gets ``[RESULT] A``."""
     if request.path.endswith("/models"):
         return Reply(body={"object": "list", "data": [{"id": "recorder", "object": "model"}]})
-    return Reply(body={"choices": [{"index": 0, "message": {"role": "assistant", "content": "[[A]]"},
+    followed_up = any(message["role"] == "assistant" for message in json.loads(request.body)["messages"])
+    reply = "[RESULT] A" if followed_up else "Both answers have merits."
+    return Reply(body={"choices": [{"index": 0, "message": {"role": "assistant", "content": reply},
                                     "finish_reason": "stop"}],
                        "usage": {"prompt_tokens": 100, "completion_tokens": 3, "total_tokens": 103}})
 
@@ -105,13 +107,15 @@ def test_show_input_of_a_served_judge_shows_the_messages_the_server_receives(pyt
     with LocalServer(recording_judge) as server:
         result = pytester.runpytest("-p", "no:cacheprovider", "--rmb-data", "sample", "--rmb-no-cache",
                                     "-k", "casual_conversation and pairwise", "--rmb-model", "openai:recorder",
-                                    "--rmb-model-arg", f"base_url={server.url}/v1",
+                                    "--rmb-model-arg", f"base_url={server.url}/v1", "--rmb-model-arg", "verdict=result",
                                     "--rmb-show-input", "chat/casual_conversation/5")
     assert result.ret == 0
     sent = [json.loads(r.body)["messages"] for r in server.requests if r.path.endswith("/chat/completions")]
-    about_pair = [messages for messages in sent if chosen in messages[-1]["content"]
+    about_pair = [messages for messages in sent if len(messages) == 2 and chosen in messages[-1]["content"]
                   and rejected in messages[-1]["content"]]
-    assert len(about_pair) == 2  # order=both: one request per answer order
+    assert len(about_pair) == 2  # order=both: one question per answer order
+    follow_ups = {messages[-1]["content"] for messages in sent if len(messages) > 2}
+    assert len(follow_ups) == 1  # the same follow-up turn after every reply without a verdict
 
     def chosen_first(messages) -> bool:
         return messages[-1]["content"].index(chosen) < messages[-1]["content"].index(rejected)
@@ -125,9 +129,10 @@ def test_show_input_of_a_served_judge_shows_the_messages_the_server_receives(pyt
             expected += [f"    [{message['role']}]", *[f"      | {line}" for line in message["content"].split("\n")]]
     expected += [
         "  the server renders these messages with its own chat template (not visible from here)",
-        "  verdict: parsed from the reply (temperature 0, at most 1024 new tokens): its last [[A]] or [[B]] (both, "
-        f"or a tie, on the final verdict line is no verdict); a reply without one gets up to 2 follow-up turn(s): "
-        f"{FOLLOW_UP!r}; logprobs=auto: P(A) from the verdict letter's logprobs where the server returns them",
+        "  verdict: parsed from the reply (temperature 0, at most 1024 new tokens): its last [RESULT] A or [RESULT] "
+        "B (verdict format result; both, or a tie, on the final verdict line is no verdict); a reply without one "
+        f"gets up to 2 follow-up turn(s): {follow_ups.pop()!r}; logprobs=auto: P(A) from the verdict letter's "
+        "logprobs where the server returns them",
     ]
     lines = result.outlines
     assert expected[0] in lines, result.stdout.str()[-3000:]

@@ -219,7 +219,8 @@ class HFJudge(OneNetwork, PairwiseModel):
                        "tokens": {letter: [token, self.tokenizer.convert_ids_to_tokens(token)]
                                   for letter, token in ids.items()}}
         else:
-            verdict = {"read": "reply", "max_tokens": self.max_new_tokens, "parse_retries": self.parse_retries}
+            verdict = {"read": "reply", "format": self.prompt.verdict.name, "max_tokens": self.max_new_tokens,
+                       "parse_retries": self.parse_retries}
         return {"judge": f"hf-judge:{self.name}", "mode": self.mode, "prompt": self.prompt.name, "order": self.order,
                 "prompts": prompts, "context": self.context, "verdict": verdict}
 
