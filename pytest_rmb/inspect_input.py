@@ -2,7 +2,11 @@
 
 For each response of each matching sample: the rendered text after the chat template, the tokens
 with the special ones marked, the truncation applied and the position the reward is read from,
-as the model's ``explain(request)`` tells it (the Hugging Face backend has one). A model without
+as the model's ``explain(request)`` tells it (the Hugging Face backend has one). For an LLM judge,
+per comparison: the chat messages of each answer order it asks, the prompt rendered with the chat
+template where the model is local (``hf-judge:``), and how the verdict is read (the token ids of
+``A`` and ``B`` whose logits are compared, or the reply format parsed). A served judge (``openai:``)
+is shown the messages it sends: the server applies its own template. Any other model without
 ``explain`` is shown the generic way: the conversation and the response as the engine passes them.
 
 The explanations are made where the model lives (an xdist worker, or the one process) with the
@@ -16,6 +20,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pytest_rmb.data import PAIRWISE, Sample
+from pytest_rmb.judging.formats import verdict_format
+from pytest_rmb.judging.orders import ORDERS, chosen_slots
+from pytest_rmb.judging.parsing import follow_up_text
+from pytest_rmb.judging.prompts import JudgePrompt, judge_messages
 from pytest_rmb.models import PairRequest, PairwiseModel, ScoreRequest
 
 TOKENS_PER_LINE = 100  # characters of joined tokens per printed line
@@ -78,7 +86,11 @@ def explain_sample(model: Any, sample: Sample, engine: Any = None) -> list[str]:
         labels = response_labels(sample)
         for position, request in enumerate(requests, start=1):
             lines.append(f"comparison {position} of {len(requests)}: {labels[0]} (first) against {labels[position]}")
-            lines += _explained(explain, request) if callable(explain) else _generic_pair(request)
+            served = None if callable(explain) else served_judge_explanation(model, request)
+            if served is not None:
+                lines += format_judge_explanation(served)
+            else:
+                lines += _explained(explain, request) if callable(explain) else _generic_pair(request)
         return lines
     for label, response in zip(response_labels(sample), sample.responses):
         request = ScoreRequest(sample.conversation, response.text)
@@ -89,6 +101,8 @@ def explain_sample(model: Any, sample: Sample, engine: Any = None) -> list[str]:
 
 def _explained(explain: Any, request: Any) -> list[str]:
     details = explain(request)
+    if isinstance(details, Mapping) and "prompts" in details and "verdict" in details:
+        return format_judge_explanation(details)
     if isinstance(details, Mapping) and "tokens" in details:
         return format_tokens_explanation(details)
     if isinstance(details, Mapping):
@@ -170,3 +184,79 @@ def format_tokens_explanation(details: Mapping[str, Any]) -> list[str]:
     for note in details.get("notes", ()):
         lines.append(f"  note: {note}")
     return lines
+
+
+# -- LLM judges ------------------------------------------------------------------------------------
+
+
+def served_judge_explanation(model: Any, request: PairRequest) -> dict[str, Any] | None:
+    """A judge that sends the shared protocol's messages to a server (``openai:``) and has no
+    ``explain``: the messages of each order it asks, as :mod:`pytest_rmb.judging` builds them; None
+    for a model that is not such a judge."""
+    prompt, order = getattr(model, "prompt", None), getattr(model, "order", None)
+    if not isinstance(prompt, JudgePrompt) or order not in ORDERS:
+        return None
+    prompts = []
+    for slot in chosen_slots(order, getattr(model, "seed", 0), model.cache_key(request)):
+        a, b = (request.first, request.second) if slot == "A" else (request.second, request.first)
+        prompts.append({"chosen": slot, "messages": judge_messages(prompt, request.conversation, a, b, request.goal)})
+    name = getattr(model, "model_name", None) or getattr(model, "name", "")
+    return {"judge": f"openai:{name}", "prompt": prompt.name, "order": order, "prompts": prompts,
+            "verdict": {"read": "reply", "format": prompt.verdict.name,
+                        "max_tokens": getattr(model, "max_tokens", None),
+                        "parse_retries": getattr(model, "parse_retries", 0),
+                        "temperature": getattr(model, "temperature", None),
+                        "logprobs": getattr(model, "logprobs_mode", None)}}
+
+
+def _orders_asked(order: str, count: int) -> str:
+    if order == "both":
+        return f"{count} prompts, one per answer order"
+    if order == "fixed":
+        return "1 prompt (order=fixed: the chosen answer always shown as A)"
+    return "1 prompt (order=random: the chosen answer's slot hashed from the seed and the comparison)"
+
+
+def format_judge_explanation(details: Mapping[str, Any]) -> list[str]:
+    """A judge's explanation (``HFJudge.explain`` or :func:`served_judge_explanation`) as lines."""
+    prompts = list(details["prompts"])
+    mode = f"mode={details['mode']}, " if details.get("mode") else ""
+    lines = [f"  judge {details['judge']} ({mode}prompt {details['prompt']}, order={details['order']}): "
+             f"{_orders_asked(details['order'], len(prompts))}"]
+    for number, asked in enumerate(prompts, start=1):
+        lines.append(f"  prompt {number} of {len(prompts)}: the chosen answer shown as {asked['chosen']}")
+        for message in asked["messages"]:
+            lines.append(f"    [{message['role']}]")
+            lines += _quoted(message["content"], "      | ")
+        if asked.get("reply_starts"):
+            lines.append("    [assistant] the reply is made to start with:")
+            lines += _quoted(asked["reply_starts"], "      | ")
+        if "rendered" in asked:
+            lines.append(f"    rendered with the model's chat template, as the model reads it ({asked['tokens']} "
+                         f"tokens, context {details.get('context')}):")
+            lines += _quoted(asked["rendered"], "      | ")
+    if "rendered" not in (prompts[0] if prompts else {}):
+        lines.append("  the server renders these messages with its own chat template (not visible from here)")
+    lines.append(f"  verdict: {_verdict_reading(details['verdict'])}")
+    return lines
+
+
+def _verdict_reading(verdict: Mapping[str, Any]) -> str:
+    if verdict["read"] == "logits":
+        letters = ", ".join(f"{letter!r} is token {token} ({text!r})"
+                            for letter, (token, text) in verdict["tokens"].items())
+        return (f"the next-token logits right after {verdict['after']!r}: {letters}; the higher one is the verdict, "
+                "P(A) = softmax over the two")
+    # A local judge decodes greedily; a server is asked at a temperature, which it may honour or not.
+    decoding = "greedy" if verdict.get("temperature") is None else f"temperature {verdict['temperature']:g}"
+    written = verdict_format(verdict.get("format"))
+    reading = (f"parsed from the reply ({decoding}, at most {verdict['max_tokens']} new tokens): its last "
+               f"{written.of('A')} or {written.of('B')} (verdict format {written.name}; both, or a tie, on the final "
+               "verdict line is no verdict)")
+    retries = verdict.get("parse_retries") or 0
+    if retries:
+        reading += f"; a reply without one gets up to {retries} follow-up turn(s): {follow_up_text(written)!r}"
+    if verdict.get("logprobs") not in (None, "false"):
+        reading += (f"; logprobs={verdict['logprobs']}: P(A) from the verdict letter's logprobs where the server "
+                    "returns them")
+    return reading

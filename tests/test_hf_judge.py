@@ -8,8 +8,10 @@ A tiny random causal LM (built offline) checks the arithmetic; SmolLM2-135M-Inst
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -408,3 +410,177 @@ def test_planted_judge_in_generate_mode_writes_and_parses_a_verdict(planted):
             expected_completion += generated
         assert verdict.detail["usage"] == {"prompt_tokens": expected_prompt, "completion_tokens": expected_completion}
         assert verdict.detail["parse_retries"] == 0
+
+
+# -- GGUF files ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def planted_gguf():
+    """The planted judge as the GGUF file llama.cpp serves: hf-judge reads it without a conversion."""
+    return smollm.verdict_judge_gguf()
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_gguf_file_is_read_directly_or_named_with_gguf_file(planted_gguf):
+    """transformers de-quantises the file; the verdicts carry the probability planted in it, and
+    the weights' identity (the cache's key) is the file's own hash."""
+    p_a = smollm.PLANTED_P_A
+    for judge in (load(planted_gguf), load(planted_gguf.parent, f"gguf_file={planted_gguf.name}")):
+        for verdict in judge.compare(REQUESTS[:2]):
+            orders = {order["chosen"]: order for order in verdict.detail["orders"]}
+            assert all(order["votes"] == ["A"] for order in orders.values())
+            assert orders["A"]["p_chosen"] == pytest.approx(p_a, abs=1e-4)
+            assert orders["B"]["p_chosen"] == pytest.approx(1 - p_a, abs=1e-4)
+        assert judge.describe()["weights"] == f"gguf {file_sha256(planted_gguf)}"
+
+
+def write_unknown_architecture_gguf(path: Path) -> Path:
+    """A valid GGUF file of an architecture transformers has never heard of."""
+    gguf = pytest.importorskip("gguf")
+    writer = gguf.GGUFWriter(str(path), "rmb-test-unknown")
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", torch.zeros(2, 2).numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+NO_GGUF_HERE = ("this backend reads transformers checkpoints (a folder with config.json), not GGUF files; hf-judge: "
+                "reads a GGUF file directly (--rmb-model hf-judge:FILE.gguf), or convert it to a checkpoint once with "
+                "transformers (the docs' \"A judge on your laptop\" page shows how)")
+
+
+def gguf_error_cases(root: Path, tiny_checkpoint: Path) -> list[tuple[list[str], str]]:
+    """(command-line arguments, the message they must end the run with), against a folder of two
+    GGUF files and no config.json. The files are never read: each is refused before loading."""
+    folder = root / "downloads"
+    folder.mkdir()
+    for name in ("judge.Q8_0.gguf", "judge.Q4_K_M.gguf"):
+        (folder / name).write_bytes(b"GGUF")
+    file = folder / "judge.Q8_0.gguf"
+    return [
+        (["--rmb-model", f"hf-judge:{folder}"],
+         f"--rmb-model hf-judge:{folder}: no transformers checkpoint here (no config.json), only the GGUF file(s) "
+         f"judge.Q4_K_M.gguf, judge.Q8_0.gguf; load one with --rmb-model hf-judge:{folder}/judge.Q4_K_M.gguf "
+         "(or --rmb-model-arg gguf_file=judge.Q4_K_M.gguf)"),
+        (["--rmb-model", f"hf-judge:{folder}", "--rmb-model-arg", "gguf_file=judge.Q2.gguf"],
+         f"--rmb-model-arg gguf_file=judge.Q2.gguf: no such file in {folder} (the GGUF files there: "
+         "judge.Q4_K_M.gguf, judge.Q8_0.gguf)"),
+        (["--rmb-model", f"hf-judge:{folder}/judge.Q2.gguf"],
+         f"--rmb-model hf-judge:{folder}/judge.Q2.gguf: no such file"),
+        (["--rmb-model", f"hf-judge:{file}", "--rmb-model-arg", "gguf_file=judge.Q4_K_M.gguf"],
+         f"--rmb-model hf-judge:{file}: already a GGUF file, and --rmb-model-arg gguf_file=judge.Q4_K_M.gguf names "
+         "another; give the file alone, or its folder with gguf_file"),
+        (["--rmb-model", f"hf-judge:{tiny_checkpoint / 'config.json'}"],
+         f"--rmb-model hf-judge:{tiny_checkpoint / 'config.json'}: a file, not a checkpoint (a folder with "
+         "config.json, or a .gguf file)"),
+        (["--rmb-model", f"hf:{file}"], f"--rmb-model {file}: a GGUF file; {NO_GGUF_HERE}"),
+        (["--rmb-model", f"hf:{folder}"],
+         f"--rmb-model {folder}: no transformers checkpoint here (no config.json), only the GGUF file(s) "
+         f"judge.Q4_K_M.gguf, judge.Q8_0.gguf; {NO_GGUF_HERE}"),
+        (["--rmb-model", f"dpo:{file}", "--rmb-model-arg", "ref_free=norm"],
+         f"--rmb-model dpo:{file}: a GGUF file; {NO_GGUF_HERE}"),
+        (["--rmb-model", f"dpo:{tiny_checkpoint}", "--rmb-model-arg", f"ref={file}"],
+         f"--rmb-model-arg ref={file}: a GGUF file; {NO_GGUF_HERE}"),
+    ]
+
+
+def test_gguf_mistakes_say_what_to_do_instead(pytester, tiny, tmp_path):
+    for args, message in gguf_error_cases(tmp_path, tiny):
+        result = pytester.runpytest("-p", "no:cacheprovider", "--rmb-data", "sample", "-k", "casual_conversation",
+                                    "--rmb-device", "cpu", *args)
+        assert result.ret != 0, args
+        assert f"rmb: no results: {message}" in result.outlines, (args, result.stdout.str()[-2000:])
+
+
+def test_a_gguf_file_without_the_gguf_package_says_how_to_install_it(pytester, monkeypatch, tmp_path):
+    file = tmp_path / "judge.gguf"
+    file.write_bytes(b"GGUF")
+    monkeypatch.setitem(sys.modules, "gguf", None)  # what importing an absent package finds
+    result = run_pytest(pytester, f"hf-judge:{file}", "--rmb-device", "cpu")
+    assert result.ret != 0
+    assert (f"rmb: no results: --rmb-model hf-judge:{file}: reading a GGUF file needs the gguf package: "
+            "pip install gguf") in result.outlines
+
+
+def test_a_gguf_file_transformers_cannot_read_says_what_to_do_instead(pytester, tmp_path):
+    file = write_unknown_architecture_gguf(tmp_path / "odd.gguf")
+    result = run_pytest(pytester, f"hf-judge:{file}", "--rmb-device", "cpu")
+    assert result.ret != 0
+    assert (f"rmb: no results: --rmb-model hf-judge:{file}: cannot load it as a causal language model with "
+            "transformers: GGUF model with architecture rmb-test-unknown is not supported yet; transformers reads the "
+            "GGUF files of some architectures only: load the checkpoint this file was made from instead, or serve the "
+            "file with llama.cpp (python -m llama_cpp.server --model FILE.gguf) and judge with --rmb-model "
+            "openai:NAME") in result.outlines
+
+
+# -- --rmb-show-input --------------------------------------------------------------------------
+
+
+def quoted(text: str) -> list[str]:
+    return [f"      | {line}" for line in text.split("\n")]
+
+
+def assert_block(lines: list[str], expected: list[str]) -> None:
+    """``expected`` appears in ``lines`` as consecutive lines."""
+    assert expected[0] in lines, f"{expected[0]!r} not in the output"
+    start = lines.index(expected[0])
+    assert lines[start:start + len(expected)] == expected
+
+
+def shown_messages(messages: list[dict]) -> list[str]:
+    lines = []
+    for message in messages:
+        lines += [f"    [{message['role']}]", *quoted(message["content"])]
+    return lines
+
+
+def test_show_input_of_a_local_judge_shows_both_prompts_their_rendering_and_the_verdict_tokens(pytester, tiny):
+    """Everything expected is computed here with the tokenizer alone, as a server renders a chat
+    request; the verdict tokens are the ids the tokenizer gives 'A' and 'B' after '[['."""
+    goal, conversation, chosen, (rejected,) = sample_records(("chat/casual_conversation",))["pairwise", "5"]
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    prompt = load_prompt("verdict-first")
+    expected = ["comparison 1 of 1: chosen (first) against rejected",
+                f"  judge hf-judge:{tiny} (mode=logits, prompt verdict-first, order=both): 2 prompts, one per "
+                "answer order"]
+    for number, (slot, a, b) in enumerate((("A", chosen, rejected), ("B", rejected, chosen)), start=1):
+        messages = judge_messages(prompt, conversation, a, b, goal)
+        rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + "[["
+        tokens = len(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+        expected += [f"  prompt {number} of 2: the chosen answer shown as {slot}", *shown_messages(messages),
+                     "    [assistant] the reply is made to start with:", "      | [[",
+                     f"    rendered with the model's chat template, as the model reads it ({tokens} tokens, "
+                     "context 4096):", *quoted(rendered)]
+    letters = {c: tokenizer(rendered + c, add_special_tokens=False)["input_ids"][-1] for c in "AB"}
+    names = {c: tokenizer.convert_ids_to_tokens(letters[c]) for c in "AB"}
+    expected.append(f"  verdict: the next-token logits right after '[[': 'A' is token {letters['A']} ({names['A']!r}), "
+                    f"'B' is token {letters['B']} ({names['B']!r}); the higher one is the verdict, P(A) = softmax over "
+                    "the two")
+    result = run_pytest(pytester, f"hf-judge:{tiny}", "--rmb-device", "cpu", "--rmb-no-cache",
+                        "--rmb-show-input", "chat/casual_conversation/5", select="casual_conversation")
+    assert result.ret == 0
+    assert_block(result.outlines, expected)
+
+
+def test_show_input_of_a_generating_judge_shows_the_reply_format_it_parses(pytester, tiny):
+    goal, conversation, chosen, (rejected,) = sample_records(("chat/casual_conversation",))["pairwise", "5"]
+    messages = judge_messages(load_prompt("pair-v2"), conversation, chosen, rejected, goal)
+    result = run_pytest(pytester, f"hf-judge:{tiny}", "--rmb-device", "cpu", "--rmb-no-cache",
+                        "--rmb-model-arg", "mode=generate", "--rmb-model-arg", "order=fixed",
+                        "--rmb-model-arg", "max_new_tokens=4", "--rmb-model-arg", "parse_retries=1",
+                        "--rmb-show-input", "chat/casual_conversation/5", select="casual_conversation and pairwise")
+    assert result.ret == 0
+    assert_block(result.outlines, [
+        f"  judge hf-judge:{tiny} (mode=generate, prompt pair-v2, order=fixed): 1 prompt (order=fixed: the chosen "
+        "answer always shown as A)",
+        "  prompt 1 of 1: the chosen answer shown as A", *shown_messages(messages)])
+    assert ("  verdict: parsed from the reply (greedy, at most 4 new tokens): its last [[A]] or [[B]] (verdict format "
+            "tags; both, or a tie, on the final verdict line is no verdict); a reply without one gets up to 1 "
+            f"follow-up turn(s): {FOLLOW_UP!r}") in result.outlines

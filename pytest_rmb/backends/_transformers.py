@@ -8,15 +8,21 @@ one rule each: a limit, a template override or a truncation cannot drift between
 Weights load on first need (:class:`LazyWeights`): a rerun that the score cache answers in full
 reads only the tokenizer and the config, which are all that rendering, cache keys, fingerprints
 and provenance need.
+
+A GGUF file (llama.cpp's format) is read through transformers' ``gguf_file=`` by the backends that
+take one (``hf-judge:``): the tokenizer, the config and the de-quantised weights all come from that
+one file. The others say so, and how to get a checkpoint they read, instead of a tokenizer error.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import re
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,22 +90,24 @@ def load_tokenizer(settings: ModelSettings, label: str, failure: str = "cannot l
         from transformers import AutoTokenizer
     except ImportError as exc:  # pragma: no cover - a dependency
         raise ModelLoadError(f"{label}: transformers is not importable: {exc}") from exc
+    source = Source(target) if target else checkpoint_source(settings)
     try:
-        return AutoTokenizer.from_pretrained(target or settings.target, revision=settings.revision,
-                                             trust_remote_code=settings.trust_remote_code)
+        return AutoTokenizer.from_pretrained(source.name, revision=settings.revision,
+                                             trust_remote_code=settings.trust_remote_code, **source.kwargs())
     except (OSError, ValueError, ImportError, KeyError) as exc:
-        raise ModelLoadError(f"{label}: {failure}: {exc}") from exc
+        raise ModelLoadError(f"{label}: {failure}: {source.failure(exc)}") from exc
 
 
 def load_config(settings: ModelSettings, label: str, failure: str = "cannot load it with transformers"):
     """The checkpoint's config alone: context length, labels and revision without the weights."""
     from transformers import AutoConfig
 
+    source = checkpoint_source(settings)
     try:
-        return AutoConfig.from_pretrained(settings.target, revision=settings.revision,
-                                          trust_remote_code=settings.trust_remote_code)
+        return AutoConfig.from_pretrained(source.name, revision=settings.revision,
+                                          trust_remote_code=settings.trust_remote_code, **source.kwargs())
     except (OSError, ValueError, ImportError, KeyError) as exc:
-        raise ModelLoadError(f"{label}: {failure}: {exc}") from exc
+        raise ModelLoadError(f"{label}: {failure}: {source.failure(exc)}") from exc
 
 
 def override_chat_template(tokenizer, chat_template: str | None) -> bool:
@@ -227,8 +235,18 @@ class ChatRenderer:
 
 
 def weights_identity(settings: ModelSettings, config) -> str:
-    """A local checkpoint: the hash of its weight files; a hub model: its resolved commit."""
-    path = Path(settings.target).expanduser()
+    """A local checkpoint: the hash of its weight files (of a GGUF file: that file alone); a hub
+    model: its resolved commit (and the GGUF file's name in it)."""
+    source = checkpoint_source(settings)
+    path = Path(source.name).expanduser()
+    if source.gguf_file and (path / source.gguf_file).is_file():
+        digest = hashlib.sha256()
+        with open(path / source.gguf_file, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        return f"gguf {digest.hexdigest()}"
+    if source.gguf_file:
+        return f"hub {source.name} {resolved_revision(settings, config)} {source.gguf_file}"
     if path.is_dir():
         digest = hashlib.sha256()
         for file in sorted(p for p in path.rglob("*") if p.suffix in WEIGHT_SUFFIXES and p.is_file()):
@@ -259,21 +277,36 @@ def dtype_name(dtype: Any) -> str:
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?")
 
 
-def check_spec_before_loading(spec: str, label: str | None = None) -> None:
+def check_spec_before_loading(spec: str, label: str | None = None, *, gguf_file: str | None = None,
+                              reads_gguf: bool = False) -> None:
     """Fail at once, instead of after the hub's retries, on a spec that cannot be a model.
 
     Not a local directory and either not shaped like a hub id, or a bare name close to a built-in
     baseline's (``lenght``), or anything at all while offline and absent from the local cache.
+    GGUF files: a backend that ``reads_gguf`` takes a ``.gguf`` file, or a folder or hub id with
+    ``gguf_file`` (once the ``gguf`` package is there); any other backend is told what to do instead.
     ``label`` starts the message (default: ``--rmb-model SPEC``).
     """
     from pytest_rmb.backends import BASELINE_NAMES, closest_names
 
     label = label or f"--rmb-model {spec}"
     path = Path(spec).expanduser()
+    if path.is_file():
+        if not _is_gguf(path):
+            kinds = "a folder with config.json, or a .gguf file" if reads_gguf else "a folder with config.json"
+            raise ModelLoadError(f"{label}: a file, not a checkpoint ({kinds})")
+        if not reads_gguf:
+            raise ModelLoadError(f"{label}: a GGUF file; {NO_GGUF_HERE}")
+        if gguf_file:
+            raise ModelLoadError(f"{label}: already a GGUF file, and --rmb-model-arg gguf_file={gguf_file} names "
+                                 "another; give the file alone, or its folder with gguf_file")
+        require_gguf_package(label)
+        return
     if path.is_dir():
+        _check_folder(path, label, gguf_file, reads_gguf)
         return
     if spec.startswith(("/", "./", "../", "~")) or path.exists():
-        raise ModelLoadError(f"{label}: no such directory")
+        raise ModelLoadError(f"{label}: no such {'file' if _is_gguf(path) else 'directory'}")
     close = closest_names(spec, BASELINE_NAMES)
     baselines = ", ".join(BASELINE_NAMES)
     hint = f" (did you mean {', '.join(close)}?)" if close else f"; the built-in baselines are {baselines}"
@@ -284,6 +317,75 @@ def check_spec_before_loading(spec: str, label: str | None = None) -> None:
     if _offline() and not _in_local_cache(spec):
         raise ModelLoadError(f"{label}: not a local directory, and HF_HUB_OFFLINE is set with no copy in the "
                              f"local Hugging Face cache{hint}")
+    if gguf_file:
+        require_gguf_package(label)
+
+
+# -- GGUF files ------------------------------------------------------------------------------------
+
+# What a backend that cannot read GGUF says about one: the two ways on.
+NO_GGUF_HERE = ("this backend reads transformers checkpoints (a folder with config.json), not GGUF files; "
+                "hf-judge: reads a GGUF file directly (--rmb-model hf-judge:FILE.gguf), or convert it to a "
+                "checkpoint once with transformers (the docs' \"A judge on your laptop\" page shows how)")
+
+
+@dataclass(frozen=True)
+class Source:
+    """What transformers' ``from_pretrained`` reads: a folder or hub id, and a GGUF file in it."""
+
+    name: str
+    gguf_file: str | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
+
+    def failure(self, exc: BaseException) -> str:
+        """Why loading failed; for a GGUF file, what to do instead (transformers reads the GGUF
+        files of some architectures only)."""
+        if not self.gguf_file:
+            return str(exc)
+        return (f"{str(exc).rstrip('.')}; transformers reads the GGUF files of some architectures only: load the "
+                "checkpoint this file was made from instead, or serve the file with llama.cpp "
+                "(python -m llama_cpp.server --model FILE.gguf) and judge with --rmb-model openai:NAME")
+
+
+def checkpoint_source(settings: ModelSettings) -> Source:
+    """``FOLDER/NAME.gguf`` -> (FOLDER, NAME.gguf); otherwise the target, with the ``gguf_file``
+    setting where the backend has one."""
+    path = Path(settings.target).expanduser()
+    if _is_gguf(path) and path.is_file():
+        return Source(str(path.parent), path.name)
+    return Source(settings.target, settings.args.get("gguf_file") or None)
+
+
+def require_gguf_package(label: str) -> None:
+    """transformers reads GGUF files with the ``gguf`` package, which it does not install."""
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelLoadError(f"{label}: reading a GGUF file needs the gguf package: pip install gguf")
+
+
+def _is_gguf(path: Path) -> bool:
+    return path.suffix.lower() == ".gguf"
+
+
+def _check_folder(path: Path, label: str, gguf_file: str | None, reads_gguf: bool) -> None:
+    """A folder with ``gguf_file`` must hold it; one with GGUF files but no config.json is not a
+    checkpoint, whatever transformers would say about its tokenizer."""
+    found = sorted(file.name for file in path.iterdir() if _is_gguf(file) and file.is_file())
+    listed = ", ".join(found)
+    if gguf_file:
+        if not (path / gguf_file).is_file():
+            there = f"the GGUF files there: {listed}" if found else "it holds no .gguf file"
+            raise ModelLoadError(f"--rmb-model-arg gguf_file={gguf_file}: no such file in {path} ({there})")
+        require_gguf_package(label)
+        return
+    if not found or (path / "config.json").is_file():
+        return
+    what = f"{label}: no transformers checkpoint here (no config.json), only the GGUF file(s) {listed}"
+    if reads_gguf:
+        raise ModelLoadError(f"{what}; load one with --rmb-model hf-judge:{path / found[0]} (or --rmb-model-arg "
+                             f"gguf_file={found[0]})")
+    raise ModelLoadError(f"{what}; {NO_GGUF_HERE}")
 
 
 def _offline() -> bool:
@@ -330,11 +432,13 @@ def load_causal_lm(settings: ModelSettings, label: str, dtype, device: str | Non
     ``needs`` ends the error for a checkpoint without one (why this backend needs a causal LM)."""
     from transformers import AutoModelForCausalLM
 
+    source = checkpoint_source(settings)
     try:
-        loaded: Any = AutoModelForCausalLM.from_pretrained(settings.target, output_loading_info=True,
-                                                           **_model_kwargs(settings, dtype, device))
+        loaded: Any = AutoModelForCausalLM.from_pretrained(source.name, output_loading_info=True,
+                                                           **_model_kwargs(settings, dtype, device), **source.kwargs())
     except (OSError, ValueError, ImportError, KeyError) as exc:
-        raise ModelLoadError(f"{label}: cannot load it as a causal language model with transformers: {exc}") from exc
+        raise ModelLoadError(f"{label}: cannot load it as a causal language model with transformers: "
+                             f"{source.failure(exc)}") from exc
     model, info = loaded
     head = model.get_output_embeddings()
     head_names = {name for name, p in model.named_parameters(remove_duplicate=False)

