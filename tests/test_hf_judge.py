@@ -412,6 +412,25 @@ def test_planted_judge_in_generate_mode_writes_and_parses_a_verdict(planted):
         assert verdict.detail["parse_retries"] == 0
 
 
+def test_planted_judge_in_generate_mode_reads_only_the_verdict_format_asked_for(planted):
+    """The planted judge always writes '[[A]]': read as the tags format that is A (above); asked for
+    verdict=result, the same reply holds no verdict, and the follow-up turn asks in that format."""
+    judge = load(planted, "mode=generate", "max_new_tokens=8", "verdict=result", "parse_retries=1")
+    verdicts = judge.compare(REQUESTS)
+    for verdict in verdicts:
+        assert [order["votes"] for order in verdict.detail["orders"]] == [[None], [None]]
+        assert verdict.won is None and verdict.reason.startswith("no verdict")
+    counters = judge.take_counters()
+    # Each order: the first reply, then one follow-up (parse_retries=1), both without a verdict.
+    assert counters["parse_retries"] == 2 * len(REQUESTS) and counters["requests"] == 4 * len(REQUESTS)
+    assert judge.describe()["verdict"] == "result"
+
+
+def test_a_verdict_format_other_than_tags_needs_generate_mode(planted):
+    with pytest.raises(ModelLoadError, match="verdict=json needs mode=generate"):
+        load(planted, "verdict=json")
+
+
 # -- GGUF files ----------------------------------------------------------------------------------
 
 

@@ -41,7 +41,7 @@ from pytest_rmb.backends import (
     ModelSettings,
     prepared_then_loaded,
 )
-from pytest_rmb.backends._judges import DEFAULT_PARSE_RETRIES, protocol_args, resolve_protocol
+from pytest_rmb.backends._judges import DEFAULT_PARSE_RETRIES, VERDICT_ARG, protocol_args, resolve_protocol
 from pytest_rmb.backends._transformers import (
     LazyWeights,
     OneNetwork,
@@ -324,7 +324,7 @@ class HFJudge(OneNetwork, PairwiseModel):
                 self._count("requests")
                 self._count("prompt_tokens", len(prompts[i]))
                 self._count("completion_tokens", completion)
-                letter, reason = parse_verdict(reply)
+                letter, reason = parse_verdict(reply, self.prompt.verdict)
                 if letter is not None:
                     found[i] = (letter, attempt, "")
                     continue
@@ -333,7 +333,7 @@ class HFJudge(OneNetwork, PairwiseModel):
                     found[i] = (None, attempt, note)
                     continue
                 self._count("parse_retries")
-                asked_again = follow_up(asked[i], reply)
+                asked_again = follow_up(asked[i], reply, self.prompt.verdict)
                 ids = self._encode(self.tokenizer.apply_chat_template(asked_again, tokenize=False,
                                                                       add_generation_prompt=True))
                 if len(ids) >= self.context:
@@ -410,6 +410,7 @@ class HFJudge(OneNetwork, PairwiseModel):
             "mode": self.mode,
             "prompt": self.prompt.name,
             "prompt_sha256": self.prompt.sha256,
+            "verdict": self.prompt.verdict.name,
             "order": self.order,
             "revision": self._revision,
             "weights": self._weights,
@@ -434,6 +435,11 @@ def prepare_hf_judge(settings: ModelSettings) -> HFJudge:
     args = settings.args
     mode = args.get("mode") or "logits"
     label = f"--rmb-model {settings.model}"
+    if mode == "logits" and (args.get("verdict") or "tags") != "tags":
+        # The logits mode reads the letter right after a forced '[['; another format's prefix would
+        # end in a space or a brace, where tokenizers split the letter unpredictably.
+        raise ModelLoadError(f"{label}: verdict={args['verdict']} needs mode=generate (mode=logits reads the "
+                             "letter after '[[', the tags format)")
     protocol = resolve_protocol(settings, default_prompt=DEFAULT_PROMPT[mode], label=label)
     check_spec_before_loading(settings.target, label, gguf_file=args.get("gguf_file"), reads_gguf=True)
     device = resolve_device(settings.device, settings.worker_index)
@@ -464,6 +470,7 @@ BACKEND = Backend(
         *protocol_args(prompt_default="verdict-first with mode=logits, pair-v2 with mode=generate",
                        parse_retries_help="mode=generate: follow-up turns asking for the verdict when a reply has none",
                        seed_help="order=random: the seed positions are hashed from (default: --rmb-seed)"),
+        VERDICT_ARG,
     ),
     summary="a local LLM judge: a causal LM (hub id, local checkpoint or GGUF file) compares the two answers, from the "
     "logits of A vs B (mode=logits) or by greedy generation (mode=generate)",
