@@ -16,6 +16,7 @@ COMMANDS = {
     "fetch": "download RMB's data files and check them against the pinned manifest",
     "backends": "list the --rmb-model schemes installed and the --rmb-model-arg keys of each",
     "schema": "print the JSON Schema of the --rmb-json run summary",
+    "cache": "see where the score cache is and what it holds (info), or trim it (prune)",
 }
 
 
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         from pytest_rmb.backends import main as run
     elif command == "schema":
         from pytest_rmb.summary import main as run
+    elif command == "cache":
+        from pytest_rmb.cache import main as run
     else:
         close = difflib.get_close_matches(command, COMMANDS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""

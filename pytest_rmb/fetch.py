@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from pytest_rmb.cache import cache_home
 from pytest_rmb.http import HTTPFailure, JSONClient, RetryPolicy, redact_url
 
 if TYPE_CHECKING:
@@ -96,9 +97,9 @@ def git_blob_sha1(path: Path) -> str:
 
 
 def default_dest() -> Path:
-    """``$XDG_CACHE_HOME/pytest-rmb``, else ``~/.cache/pytest-rmb``."""
-    cache = os.environ.get("XDG_CACHE_HOME", "").strip()
-    return (Path(cache) if cache else Path.home() / ".cache") / "pytest-rmb"
+    """Where the data goes without --dest: pytest-rmb's folder in the user's cache, which also holds
+    the score cache (``$XDG_CACHE_HOME/pytest-rmb``, else ``~/.cache/pytest-rmb``)."""
+    return cache_home()
 
 
 def _on_disk(root: Path, name: str) -> Path:

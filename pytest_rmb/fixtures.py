@@ -63,7 +63,7 @@ def rmb_engine(rmb_model, pytestconfig: pytest.Config, request: pytest.FixtureRe
         # Before the model loads and before the first request: a cache that cannot take the
         # results would have them paid for and then lost.
         try:
-            cache = ScoreCache(settings.cache_dir, fingerprint)
+            cache = ScoreCache(settings.cache_dir, fingerprint, model=settings.model.model)
         except CacheError as exc:
             stop_before_scoring(request, exc)
     progress = progress_for(pytestconfig)

@@ -40,18 +40,28 @@ def test_the_console_script_is_installed():
 @pytest.mark.parametrize("command", commands(), ids=lambda c: Path(c[-1]).name)
 def test_help_lists_every_subcommand_and_a_typo_gets_the_closest(command):
     done = cli(command, "--help")
-    assert done.returncode == 0
-    for name in ("compare", "fetch", "backends", "schema"):
-        assert f"\n  {name} " in done.stdout
+    assert done.returncode == 0 and done.stderr == ""
+    # Each command on a line of its own, with what it does.
+    for name in ("compare", "fetch", "backends", "schema", "cache"):
+        [line] = [line for line in done.stdout.splitlines() if line.startswith(f"  {name} ")]
+        assert len(line.split()) > 3, line
     typo = cli(command, "comapre")
     assert typo.returncode == 2
     assert "pytest-rmb: unknown command 'comapre'; did you mean 'compare'?" in typo.stderr
     assert cli(command).returncode == 2
 
 
+def test_python_m_pytest_rmb_is_the_same_command_as_the_script():
+    if not SCRIPT.exists():
+        pytest.skip("the console script is not installed")
+    for args in (["--help"], ["cache", "--help"], ["comapre"]):
+        module, script = (cli(command, *args) for command in commands())
+        assert (module.returncode, module.stdout, module.stderr) == (script.returncode, script.stdout, script.stderr)
+
+
 @pytest.mark.parametrize("command", commands(), ids=lambda c: Path(c[-1]).name)
 def test_subcommands_have_their_own_help(command):
-    for name in ("compare", "fetch"):
+    for name in ("compare", "fetch", "cache"):
         done = cli(command, name, "--help")
         assert done.returncode == 0 and "usage:" in done.stdout and "--" in done.stdout
 
