@@ -128,8 +128,12 @@ def test_packaged_manifest_pins_upstream() -> None:
 
 
 def test_default_dest_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from pytest_rmb.cache import default_cache_dir
+
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_dest() == tmp_path / "xdg" / "pytest-rmb"
+    # The score cache lives beside the fetched data.
+    assert default_cache_dir() == tmp_path / "xdg" / "pytest-rmb" / "scores"
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert default_dest() == tmp_path / "home" / ".cache" / "pytest-rmb"
