@@ -6,7 +6,6 @@ subcommand is imported only when asked for: ``fetch`` needs neither torch nor th
 
 from __future__ import annotations
 
-import difflib
 import sys
 
 from pytest_rmb.version import __version__
@@ -48,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     elif command == "cache":
         from pytest_rmb.cache import main as run
     else:
-        close = difflib.get_close_matches(command, COMMANDS, n=1)
+        from pytest_rmb.parsers import closest_names
+
+        close = closest_names(command, COMMANDS, count=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         print(f"pytest-rmb: unknown command {command!r}{hint}\n\n{usage()}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import pytest
 
 from pytest_rmb.backends import Backend, BackendError, ModelSettings, backend_for, installed_backends, model_args
+from pytest_rmb.cache import default_cache_dir
 from pytest_rmb.data import BON, PAIRWISE, data_file, sample_dataset
 from pytest_rmb.gate import Gate, GateError, check_metric, load_baseline, parse_gate
 from pytest_rmb.parsers import (
@@ -259,8 +260,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("--rmb-markdown", OUTPUT, metavar="PATH", help="write the tables and gates as GitHub-flavoured Markdown"),
     Option(
         "--rmb-cache-dir", ENGINE, metavar="DIR",
-        help="where scores are cached between runs, one file per model fingerprint "
-        "(default .rmb_cache under the rootdir; ini rmb_cache_dir)",
+        help="where scores and verdicts are cached between runs, one file per model fingerprint, shared by "
+        "every project (default $XDG_CACHE_HOME/pytest-rmb/scores, else ~/.cache/pytest-rmb/scores; "
+        "ini rmb_cache_dir; see and trim it with pytest-rmb cache info|prune)",
         ini=Ini("rmb_cache_dir", "score cache directory (relative to the ini file)", default=""),
     ),
     Option("--rmb-no-cache", ENGINE, action="store_true", default=False, help="neither read nor write the score cache"),
@@ -599,10 +601,10 @@ def _cache_dir(config: pytest.Config, dataset: Path | None) -> Path | None:
     given, source = config.getini("rmb_cache_dir"), "ini option rmb_cache_dir"
     if given:
         return _outside_dataset(_ini_dir(config) / given, dataset, f"{source} {given}")
-    # The rootdir is the project only when pytest found an ini file there; otherwise it may be a
-    # far ancestor (path options count when pytest picks it), so use where pytest was started.
-    default = (config.rootpath if config.inipath else config.invocation_params.dir) / ".rmb_cache"
-    # Started inside the data folder: no folder of the user's to put it in, and never the data's.
+    # Results are keyed by what the model sees, not by project: one folder in the user's cache
+    # serves every project and every directory a run starts from.
+    default = default_cache_dir()
+    # A data folder inside the user's cache folder: never write into the data.
     return None if dataset is not None and is_inside(default, dataset) else default
 
 

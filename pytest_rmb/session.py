@@ -23,7 +23,7 @@ from pytest_rmb.collection import ScenarioModule, item_identity, rmb_collectors,
 from pytest_rmb.data import BON, PAIRWISE, data_file
 from pytest_rmb.inspect_input import explain_selection
 from pytest_rmb.metrics import margin
-from pytest_rmb.options import RunSettings
+from pytest_rmb.options import RunSettings, describe_dataset
 from pytest_rmb.scenarios import Scenario, all_markers
 from pytest_rmb.self_check import run_self_check
 from pytest_rmb.state import OUTCOME
@@ -69,7 +69,7 @@ class RMBSession:
         own = sum(isinstance(s, UserScenario) for s in settings.scenarios)
         line = f"rmb: model {settings.model.model}"
         if settings.dataset is not None:
-            line += f", data {settings.dataset_label}, {len(settings.scenarios) - own} scenarios"
+            line += f", data {describe_dataset(settings.dataset_label)}, {len(settings.scenarios) - own} scenarios"
             absent, wanted = absent_rmb_files(settings.scenarios, settings.dataset)
             if absent:
                 # Before any number is shown: this folder cannot give the whole benchmark's figures.
@@ -78,6 +78,10 @@ class RMBSession:
             line += f"{' +' if settings.dataset is not None else ','} {own} of your own from " + ", ".join(
                 user_sources(settings.scenarios))
         lines = [line]
+        if settings.cache_dir is not None and settings.backend.scheme != "baseline":
+            # On the first screen: a rerun from anywhere reads this folder (the baselines, computed
+            # on the spot, never use it).
+            lines.append(f"rmb: score cache {settings.cache_dir} (pytest-rmb cache info)")
         if getattr(config.option, "dist", "no") == "loadgroup":
             lines.append("rmb: each scenario runs on one xdist worker (--dist loadgroup)")
         return lines

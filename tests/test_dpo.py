@@ -405,8 +405,9 @@ def unique_sample_requests() -> list[ScoreRequest]:
 
 
 def run_pytest(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    # One torch thread: see one_thread.
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # One torch thread: see one_thread. The score cache of the folder the run starts in: a
+    # module's first run and its tests' reruns share it, and nothing else does.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": str(cwd / ".cache")}
     return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--rmb-data", "sample", *args],
                           cwd=cwd, capture_output=True, text=True, timeout=900, env=env, check=False)
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_rmb.cache import default_cache_dir
 from pytest_rmb.judging.prompts import PROMPT_NAMES, load_prompt
 from tests.helpers import SAMPLE_DATA, SHARED_DATA, all_files, ctrl_c_reaches_it, expected_correct
 from tests.judge_stub import VERDICT_PROBABILITY, StubServer
@@ -567,8 +568,8 @@ def test_the_api_key_reaches_the_server_and_no_file_the_run_writes(pytester, stu
     assert failed.ret == pytest.ExitCode.TESTS_FAILED
     assert "stub failure" in output(failed)
     ET.parse(pytester.path / "out" / "junit.xml")  # written, and readable
-    assert (pytester.path / ".rmb_cache").is_dir()
-    written = [path for path in pytester.path.rglob("*") if path.is_file()]
+    assert list(default_cache_dir().glob("*.jsonl"))
+    written = [path for folder in (pytester.path, default_cache_dir()) for path in folder.rglob("*") if path.is_file()]
     assert len(written) > 5
     for path in written:
         assert key.encode() not in path.read_bytes(), path

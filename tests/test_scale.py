@@ -85,10 +85,12 @@ def test_a_second_identical_run_scores_nothing(pytester, tiny_model):
     assert engine_of(pytester.path / "four.json")["texts_scored"] == SAMPLE_TEXTS
 
 
-def test_the_default_cache_is_under_the_rootdir(pytester, tiny_model):
+def test_the_default_cache_is_in_the_users_cache_folder_not_the_rootdir(pytester, tiny_model):
     pytester.makeini("[pytest]\n")
     pytester.runpytest("--rmb-model", str(tiny_model), "--rmb-device", "cpu", "--rmb-data", "sample", "-m", "chat")
-    assert len(list((pytester.path / ".rmb_cache").glob("*.jsonl"))) == 1
+    scores = os.path.join(os.environ["XDG_CACHE_HOME"], "pytest-rmb", "scores")
+    assert len([name for name in os.listdir(scores) if name.endswith(".jsonl")]) == 1
+    assert not (pytester.path / ".rmb_cache").exists()
 
 
 def test_a_torn_last_line_is_tolerated_and_written_past(tmp_path):

@@ -15,6 +15,7 @@ from collections import Counter
 
 import pytest
 
+from pytest_rmb.cache import default_cache_dir
 from tests.helpers import SAMPLE_DATA, SHARED_DATA, all_files, bon, expected_correct, pair, write_dataset
 
 SECTION_OF = {
@@ -261,7 +262,7 @@ def make():
     outcomes = result.parseoutcomes()
     assert (outcomes["passed"], outcomes["failed"], outcomes.get("missed", 0)) == (1, 1, 0)
     result.stdout.fnmatch_lines(["*the model could not be asked: HTTP 500 from the server*"])
-    cached = [json.loads(line) for line in (pytester.path / ".rmb_cache" / "flaky-judge.jsonl").read_text().splitlines()]
+    cached = [json.loads(line) for line in (default_cache_dir() / "flaky-judge.jsonl").read_text().splitlines()]
     assert [entry["v"]["won"] for entry in cached] == [True]
 
 

@@ -25,6 +25,7 @@ import pytest
 
 from pytest_rmb.backends import ModelLoadError, ModelSettings, load_spec
 from pytest_rmb.backends import RMBWarning
+from pytest_rmb.cache import default_cache_dir
 from pytest_rmb.data import Message
 from pytest_rmb.http import HTTPFailure, JSONClient, RetryPolicy
 from pytest_rmb.models import PartialBatchError, ScoreRequest, batch_progress
@@ -492,8 +493,8 @@ def test_vllm_run_reproduces_the_hf_backend_and_never_writes_the_key(pytester, v
     entries = logged(log)
     assert entries and all(e["auth"] for e in entries)
     # The key never reaches the output, the summary, the per-sample file or the cache.
-    written = [p for p in pytester.path.rglob("*") if p.is_file()]
-    assert any(p.suffix == ".jsonl" and ".rmb_cache" in p.parts for p in written)
+    written = [p for folder in (pytester.path, default_cache_dir()) for p in folder.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".jsonl" and p.parent == default_cache_dir() for p in written)
     assert not any(SECRET in p.read_text(encoding="utf-8", errors="replace") for p in written)
     assert SECRET not in output
     # Another address of the same server: the same cache, nothing scored again.
@@ -541,7 +542,7 @@ def test_killed_server_exits_non_zero_then_the_rerun_scores_only_the_rest(pytest
     output = first[0].stdout.str()
     assert f"{dying.url}/pooling" in output
     assert "stopped answering earlier in this run" in output
-    cache_files = list((pytester.path / ".rmb_cache").glob("*.jsonl"))
+    cache_files = list(default_cache_dir().glob("*.jsonl"))
     assert len(cache_files) == 1
     kept = len(cache_files[0].read_text(encoding="utf-8").splitlines())
     # The stub counts an answer before writing it; when it dies, up to `concurrency` answers are
