@@ -251,7 +251,7 @@ def test_require_complete_fails_a_run_on_incomplete_data_naming_the_files(pytest
     assert overall["status"] == "PASS"
     detail = f"{len(ABSENT)} data file(s) missing or empty: {', '.join(ABSENT)}"
     assert (complete["metric"], complete["status"], complete["detail"]) == ("complete", "FAIL", detail)
-    result.stdout.fnmatch_lines([f"  complete: {detail}", "rmb: 1 gate(s) failed: complete"])
+    result.stdout.fnmatch_lines([f"  complete: {detail}", "rmb: 1 gate(s) failed: complete (all data files)"])
 
 
 def test_require_complete_passes_a_selection_whose_files_are_all_there(pytester, partial_copy):
