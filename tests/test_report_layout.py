@@ -347,3 +347,14 @@ def test_a_data_folder_of_ones_own_gets_no_sample_warning(pytester, monkeypatch)
     result = run(pytester, monkeypatch, 80, "--rmb-model", "length", "--rmb-data", "data", "-m", "code")
     assert "for trying the tool" not in result.stdout.str()
     assert "bundled sample" not in result.stdout.str()
+
+
+def test_the_quick_start_screen_is_what_the_run_prints_at_80_columns(pytester, monkeypatch):
+    page = (Path(__file__).resolve().parents[1] / "docs" / "tutorials" / "quick-start.md").read_text()
+    screen = re.search(r"```\n(=+ RMB: length on sample.*?)\n```", page, re.S).group(1).splitlines()
+    result = run(pytester, monkeypatch, 80, "--rmb-model", "length", "--rmb-data", "sample")
+    printed = [line.rstrip() for line in result.outlines]
+    start = printed.index(screen[0])
+    # Up to the engine line, whose seconds differ from run to run.
+    engine = next(i for i, line in enumerate(screen) if line.startswith("engine: "))
+    assert printed[start:start + engine] == screen[:engine]
