@@ -357,12 +357,9 @@ def judge_table(judge: Mapping[str, Any], *, show_scenarios: bool = False) -> Ta
     add(Name("all samples"), judge["overall"], "bold")
     if show_scenarios:
         table.add_section()
-        # The scenario heads its kinds' rows: "id kind" on one line would wrap most ids at 80 columns.
         for scenario in sorted(judge["scenarios"], key=natural_key):
-            table.add_row(Name(scenario), *[""] * (len(table.columns) - 1))
-            kinds = judge["scenarios"][scenario]
-            for kind in sorted(kinds, key=lambda kind: KINDS.index(kind) if kind in KINDS else len(KINDS)):
-                add(Name(KIND_TITLES.get(kind, kind), indent=2), kinds[kind])
+            for kind, entry in judge["scenarios"][scenario].items():
+                add(Name(f"{scenario} {kind}"), entry)
     return table
 
 

@@ -358,3 +358,27 @@ def test_the_quick_start_screen_is_what_the_run_prints_at_80_columns(pytester, m
     # Up to the engine line, whose seconds differ from run to run.
     engine = next(i for i, line in enumerate(screen) if line.startswith("engine: "))
     assert printed[start:start + engine] == screen[:engine]
+
+
+def test_the_judge_table_keeps_section_names_and_numbers_on_one_line_at_80_columns():
+    from pytest_rmb.report import judge_table
+
+    def entry(accuracy, flips, a_share, no_verdict, failures):
+        return {"accuracy": accuracy, "tie_adjusted": accuracy + flips / 2, "flip_rate": flips, "a_share": a_share,
+                "no_verdict": no_verdict, "api_failures": failures}
+
+    sections = {"helpfulness.pairwise": entry(0.8017, 0.1234, 0.5321, 12, 3),
+                "helpfulness.bon": entry(0.6505, 0.2, 0.61, 1234, 10067),
+                "harmlessness.pairwise": entry(0.8058, 0.0567, 0.4999, 0, 0),
+                "harmlessness.bon": entry(0.6625, 0.3, 0.7, 7, 1)}
+    judge = {"overall": entry(0.75, 0.15, 0.55, 1253, 10071), "sections": sections, "scenarios": {}}
+    buffer = io.StringIO()
+    table = judge_table(judge)
+    fit_width(Console(file=buffer, width=80, color_system=None), table).print(table)
+    lines = buffer.getvalue().splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= 80
+    rows = [re.split(r"\s{2,}", line.strip()) for line in lines[3:]]
+    expected = [[name, f"{e['accuracy']:.4f}", f"{e['tie_adjusted']:.4f}", f"{100 * e['flip_rate']:.1f}%",
+                 f"{100 * e['a_share']:.1f}%", str(e["no_verdict"]), str(e["api_failures"])]
+                for name, e in [*sections.items(), ("all samples", judge["overall"])]]
+    assert rows == expected
