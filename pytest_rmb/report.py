@@ -1,8 +1,9 @@
 """Rendering of a run: rich tables on the terminal, JSON, JSONL and Markdown files. No computation here.
 
-Tables fit the terminal by wrapping names; a number is never wrapped or cut: a table whose numbers
-cannot fit is drawn wider than the terminal instead (``fit_width``). The compare command's rendering
-lives beside it in compare.py.
+Tables fit the terminal (80 columns in a CI log or a file) by wrapping names between their words
+(``Name``); a number is never wrapped or cut: a table whose numbers and longest words cannot fit is
+drawn wider than the terminal instead (``fit_width``). Each column is explained once, below the
+first table that shows it (``LEGEND``). The compare command's rendering lives beside it in compare.py.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ LEGEND = {
     "Metric": "overall, a section, task:ID.KIND or scenario:ID.KIND",
     "Value": "this run's value of the metric",
     "Bar": "what the value must meet",
-    "Result": "the gate's verdict; why one failed or was not evaluated is said below the table",
+    "Result": "the gate's verdict; why one failed or was not evaluated is in its detail",
     "Now": "this run's accuracy on the samples it shares with the baseline",
     "Baseline": "the baseline run's accuracy on the same samples",
     "Delta": "Now minus Baseline",
