@@ -14,6 +14,8 @@ can end up as ``/``, and a ``conftest.py`` beside the user would no longer reach
 from __future__ import annotations
 
 import random
+import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ import pytest
 from pytest_rmb.data import EMPTY, BadData, BonSample, DataFileError, MissingData, PairSample, Sample
 from pytest_rmb.nodeids import NODE_ROOT, closest, is_under
 from pytest_rmb.options import sample_limit
+from pytest_rmb.parsers import closest_names
 from pytest_rmb.scenarios import Scenario
 
 
@@ -233,3 +236,45 @@ def select_by_node_prefixes(
     return kept, dropped
 
 
+def run_markers(scenarios: Iterable[Scenario]) -> list[str]:
+    """Every marker the run's scenarios put on their items: goal, task, kind and the user's own."""
+    goals: set[str] = set()
+    kinds: set[str] = set()
+    others: set[str] = set()
+    for scenario in scenarios:
+        goal, *rest = scenario.markers
+        goals.add(goal)
+        kinds.update(scenario.kinds)
+        others.update(rest, (marker for kind in scenario.kinds for marker in scenario.kind_markers(kind)))
+    # Goals, then kinds, then tasks and the user's own, as a reader looks for them.
+    return [*sorted(goals), *sorted(kinds - goals, reverse=True), *sorted(others - goals - kinds)]
+
+
+# The words of pytest's -m grammar that are no marker names.
+_MARK_OPERATORS = frozenset({"and", "or", "not"})
+
+
+def marker_hint(expression: str, markers: list[str], registered: Iterable[str] = (), keyword: str = "") -> str:
+    """Why ``-m EXPRESSION`` selected no RMB item: each name in it that no item carries, with the
+    closest marker of the run (markers are case-sensitive: ``Chat`` is not ``chat``), then the
+    markers there are. ``registered`` names are the project's own markers: no typo, no hint. A
+    ``-k`` ``keyword`` expression deselects too: named beside it, as it may be the cause."""
+    # pytest accepts keyword arguments after a name (``mark(arg=1)``): they name no marker.
+    names = re.findall(r"[^\s()]+", re.sub(r"\([^()]*\)", " ", expression))
+    known = {*markers, *registered}
+    by_lower = {marker.lower(): marker for marker in markers}
+    also = f" with -k {keyword!r}" if keyword else ""
+    lines = [f"rmb: -m {expression!r}{also} selected no RMB item."]
+    unknown = list(dict.fromkeys(n for n in names if n not in _MARK_OPERATORS and n not in known))
+    if not unknown:
+        lines.append("rmb: each name in it is a marker, but no RMB item matches the expression as a whole")
+    for name in unknown:
+        close = closest_names(name.lower(), by_lower, count=1)
+        hint = ""
+        if close:
+            suggestion = by_lower[close[0]]
+            case = " (markers are case-sensitive)" if suggestion.lower() == name.lower() else ""
+            hint = f"; did you mean {suggestion!r}?{case}"
+        lines.append(f"rmb: no RMB item has the marker {name!r}{hint}")
+    lines.append(f"rmb: the markers of this run's items: {', '.join(markers)} (pytest --markers describes them)")
+    return "\n".join(lines)

@@ -15,13 +15,14 @@ from typing import Any
 import pytest
 
 from pytest_rmb import wire
+from pytest_rmb.collection import marker_hint, run_markers
 from pytest_rmb.engine import EngineStats
 from pytest_rmb.gate import FAIL as GATE_FAIL
 from pytest_rmb.gate import evaluate as evaluate_gates
 from pytest_rmb.gate import not_evaluated_when_partial
 from pytest_rmb.inspect_input import input_key, print_shown_input
 from pytest_rmb.models import PAIRWISE_MODEL
-from pytest_rmb.nodeids import display_nodeid
+from pytest_rmb.nodeids import display_nodeid, scenario_and_kind
 from pytest_rmb.options import RunSettings
 from pytest_rmb.report import TableRenderer, write_jsonl, write_markdown
 from pytest_rmb.scenarios import GOALS
@@ -58,6 +59,9 @@ class RunResults:
     # Items selected after deselection (None until collection finished) and items that ran to their
     # teardown: fewer of the second make the run partial, whatever stopped it.
     selected: int | None = None
+    # How many of the selected items are RMB items (or the user's own sets'): none after -m is a typo
+    # more often than a choice.
+    rmb_selected: int | None = None
     ran: int = 0
     # Node ids of the items a pytest-xdist worker died in (xdist reports them with ``when`` "???").
     crashed: list[str] = field(default_factory=list)
@@ -127,13 +131,17 @@ class RunController:
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         # A single process: its items after -k, -m and --deselect. Under xdist this process
         # collects nothing and hears the workers' collections instead (below).
-        self.results.selected = len(session.items)
+        self._selected([item.nodeid for item in session.items])
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
         # Every worker collects the same items (xdist checks it); a replaced worker collects again.
         if self.results.selected is None:
-            self.results.selected = len(ids)
+            self._selected(ids)
+
+    def _selected(self, nodeids: list[str]) -> None:
+        self.results.selected = len(nodeids)
+        self.results.rmb_selected = sum(scenario_and_kind(nodeid) is not None for nodeid in nodeids)
 
     def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
         # Ctrl-C, a model that raised KeyboardInterrupt, or xdist stopping its workers (-x, --maxfail
@@ -255,14 +263,22 @@ class RunController:
                 terminalreporter.write_line(f"rmb: error summary written to {settings.json_path}")
             return
         renderer = TableRenderer(terminalreporter, config.get_terminal_writer().fullwidth)
-        renderer.render(
-            summary,
-            show_scenarios=settings.show_scenarios,
-            misses=self.results.misses,
-            misses_shown=settings.show_misses,
-            null_baseline=settings.null_baseline,
-        )
-        renderer.render_self_check(summary.get("self_check"))
+        if self.results.rmb_selected == 0 and config.option.markexpr:
+            # An empty table would only hide the likely cause: a misspelt marker.
+            registered = [line.split(":", 1)[0].split("(", 1)[0].strip() for line in config.getini("markers")]
+            hint = marker_hint(config.option.markexpr, run_markers(settings.scenarios), registered,
+                               keyword=config.option.keyword)
+            for line in hint.splitlines():
+                terminalreporter.write_line(line, yellow=True, bold=True)
+        else:
+            renderer.render(
+                summary,
+                show_scenarios=settings.show_scenarios,
+                misses=self.results.misses,
+                misses_shown=settings.show_misses,
+                null_baseline=settings.null_baseline,
+            )
+            renderer.render_self_check(summary.get("self_check"))
         for label, path in (("summary", settings.json_path), ("per-sample results", settings.jsonl_path),
                             ("Markdown report", settings.markdown_path)):
             if path and not _failed(path, self.write_errors):

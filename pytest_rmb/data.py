@@ -8,6 +8,7 @@ inside scoring.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib.resources import files
@@ -238,9 +239,16 @@ def _uid_of(record: object, kind: str) -> str | None:
     return uid if isinstance(uid, str) and uid else None
 
 
-def uid_sort_key(uid: str) -> tuple[int, int, str]:
-    """Numeric uids in numeric order, then any others: RMB uids are decimal strings."""
-    return (0, int(uid), "") if uid.isdigit() else (1, 0, uid)
+_DIGITS = re.compile(r"([0-9]+)")
+
+
+def uid_sort_key(uid: str) -> tuple[tuple[str | int, ...], str]:
+    """Natural order: the digit runs of a uid compare as numbers, the rest as text, so that RMB's
+    decimal uids and a user's ``p2``, ``p10`` both sort as a reader counts (``11`` < ``p1`` < ``p2`` <
+    ``p10``). The split alternates text and number from a text part (maybe empty), so two keys only
+    ever compare text with text and number with number; the uid itself breaks ties (``7``, ``07``)."""
+    parts = _DIGITS.split(uid)
+    return tuple(int(part) if i % 2 else part for i, part in enumerate(parts)), uid
 
 
 _UID = {PAIRWISE: "pair_uid", BON: "bon_uid"}

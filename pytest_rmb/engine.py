@@ -200,17 +200,20 @@ class _BatchRunner:
                 for batch in batches:
                     indices = [todo[j] for j in batch]
                     shown = 0
+                    told = ""  # the last detail passed on
                     saved: dict[int, dict[str, Any]] = {}  # position -> its facts, once cached
                     last_save = time.monotonic()
 
                     def within_batch(finished: int, detail: str, results: Mapping[int, Any] | None = None) -> None:
                         # Never backwards (a batch halved after out-of-memory reports its halves
                         # afresh), never past the batch.
-                        nonlocal shown, last_save
+                        # A new detail alone (a judge's tick: requests in flight, tokens so far)
+                        # is passed on too, so the display moves while nothing finishes.
+                        nonlocal shown, told, last_save
                         finished = min(finished, len(batch))
-                        if finished > shown:
-                            advance(finished - shown, detail)
-                            shown = finished
+                        if finished > shown or detail != told:
+                            advance(max(finished - shown, 0), detail)
+                            shown, told = max(shown, finished), detail
                         if results is not None and time.monotonic() - last_save >= SAVE_EVERY_SECONDS:
                             self._save_early(requests, indices, results, cache_keys, saved)
                             last_save = time.monotonic()

@@ -17,11 +17,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pytest_rmb.metrics import SECTIONS, paired_comparison, section_key, split_outcome_key
+from pytest_rmb.parsers import closest_names
 from pytest_rmb.summary import GateRow, SummaryError, partial_account, read_summary
 
 OPERATORS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
 SECTION_NAMES = tuple(section_key(goal, kind) for goal, kind in SECTIONS)
-_GATE = re.compile(r"^\s*(?P<metric>[A-Za-z0-9_:/.]+)\s*(?P<op>>=|<=|>|<)\s*(?P<bar>[-+0-9.eE]+)\s*$")
+# Any name character a user may type, hyphens included, so that a mistyped name is told as an
+# unknown name (with the closest ones), never as a bad operator.
+_GATE = re.compile(r"^\s*(?P<metric>[A-Za-z0-9_:/.-]+)\s*(?P<op>>=|<=|>|<)\s*(?P<bar>[-+0-9.eE]+)\s*$")
 
 GateStatus = Literal["PASS", "FAIL", "NOT EVALUATED"]
 PASS: GateStatus = "PASS"
@@ -79,7 +82,12 @@ def check_metric(metric: str, scenario_ids: set[str] | None, task_ids: set[str] 
             if kind not in ("pairwise", "bon"):
                 raise GateError(f"{text!r}: {metric!r} must end in .pairwise or .bon")
             if known is not None and name not in known:
-                raise GateError(f"{text!r}: unknown {prefix[:-1]} {name!r}; known: {', '.join(sorted(known))}")
+                what = prefix[:-1]
+                close = ", ".join(closest_names(name, sorted(known), cutoff=0.0))
+                hint = f"did you mean {close}? " if close else ""
+                raise GateError(f"{text!r}: unknown {what} {name!r}; {hint}({len(known)} {what}s "
+                                "in this run; `pytest --rmb-model length --collect-only -q` lists them as "
+                                "rmb/<task>/<scenario>)")
             return
     raise GateError(
         f"{text!r}: unknown metric {metric!r}; use overall, {', '.join(SECTION_NAMES)}, "

@@ -6,10 +6,11 @@ xdist scheduler and the controller tell RMB items from other tests; both sides r
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 from pathlib import Path
 
+from pytest_rmb.data import uid_sort_key
+from pytest_rmb.parsers import closest_names
 from pytest_rmb.scenarios import Scenario, registry
 
 NODE_ROOT = "rmb"
@@ -68,8 +69,9 @@ def _check_node_id(typed: str, path: str, test: str | None, scenarios: Sequence[
         )
 
 
-def closest(typed: str, candidates: list[str], count: int = 3) -> str:
-    return ", ".join(difflib.get_close_matches(typed, candidates, n=count, cutoff=0.0))
+def closest(typed: str, candidates: list[str]) -> str:
+    """The three node ids closest to a mistyped one, for "did you mean ...?": always some."""
+    return ", ".join(closest_names(typed, candidates, cutoff=0.0))
 
 
 def is_under(nodeid: str, prefix: str) -> bool:
@@ -92,6 +94,14 @@ def scenario_and_kind(nodeid: str) -> tuple[str, str] | None:
     if len(parts) < 3 or parts[-3] != NODE_ROOT or not test.startswith("test_"):
         return None
     return f"{parts[-2]}/{parts[-1]}", test.split("[", 1)[0].removeprefix("test_")
+
+
+def nodeid_sort_key(nodeid: str) -> tuple:
+    """Node ids in the order of the run: by scenario and test, then by uid in natural order
+    (``[p2]`` before ``[p10]``), as the items themselves are collected."""
+    head, bracket, param = nodeid.partition("[")
+    uid = uid_sort_key(param.removesuffix("]")) if bracket else ((), "")
+    return head, uid
 
 
 def _as_printed_from_outside_rootdir(arg: str) -> str | None:

@@ -26,6 +26,7 @@ from pytest_rmb.parsers import (
     DEVICE_HELP,
     SettingError,
     choice,
+    closest_names,
     device_name,
     dtype_name,
     fraction,
@@ -37,9 +38,12 @@ from pytest_rmb.scenarios import Scenario, registry
 from pytest_rmb.user_sets import UserSetsError, load_user_scenarios, user_sources
 
 DATA_ENV = "RMB_DATA"
-SAMPLE = "sample"
-# --rmb-data rmb: the copy `pytest-rmb fetch` verified into the user cache.
-FETCHED = "rmb"
+# The words --rmb-data (env, ini) takes besides a folder. A word always means its data, whatever
+# folders the directory holds, so that one command runs on one dataset wherever it is typed; a
+# folder of the same name is written ./sample or ./rmb.
+SAMPLE = "sample"  # the sample bundled with the plugin
+FETCHED = "rmb"  # the copy `pytest-rmb fetch` verified into the user cache
+DATA_WORDS = (SAMPLE, FETCHED)
 PREFIX_SHARING_MODES = ("auto", "on", "off")
 prefix_sharing_mode = choice(*PREFIX_SHARING_MODES)
 # An ini default left to pytest ("" for a string, [] for a linelist).
@@ -137,9 +141,11 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "--rmb-data", DATA, metavar="PATH",
-        help=f"RMB_dataset folder in the upstream layout, or 'sample' for the bundled sample "
-        f"(also env {DATA_ENV}, ini rmb_data)",
-        ini=Ini("rmb_data", "RMB_dataset folder (relative to the ini file) or 'sample'"),
+        help=f"RMB_dataset folder in the upstream layout, or one of two words that mean the same data "
+        f"wherever pytest runs: '{SAMPLE}' (the bundled sample, for trying the tool) and '{FETCHED}' (the copy "
+        f"`pytest-rmb fetch` verified). A folder named like a word is ./{SAMPLE} or ./{FETCHED}. Also env "
+        f"{DATA_ENV}, ini rmb_data; without any, the fetched copy",
+        ini=Ini("rmb_data", f"RMB_dataset folder (relative to the ini file), '{SAMPLE}' or '{FETCHED}'"),
     ),
     Option("--rmb-json", OUTPUT, metavar="PATH", help="write the summary (sections, tasks, scenarios) as JSON"),
     Option("--rmb-jsonl", OUTPUT, metavar="PATH", help="write one JSON line per sample: scores and outcome"),
@@ -660,24 +666,28 @@ def _user_scenarios(config: pytest.Config) -> tuple[Scenario, ...]:
         raise pytest.UsageError(f"pytest-rmb: --rmb-scenarios: {exc}") from None
 
 
-def _find_dataset(config: pytest.Config, given: str | None) -> tuple[Path, str]:
-    """The data folder for a ``--rmb-data`` value (None: env, then ini) and its label."""
+def _find_dataset(config: pytest.Config, given: str | None, warn: bool = True) -> tuple[Path, str]:
+    """The data folder for a ``--rmb-data`` value (None: env, then ini) and its label; ``warn``:
+    say when a word is given where a folder of that name exists (once, from pytest_configure)."""
     base, source = config.invocation_params.dir, "--rmb-data"
     if not given and os.environ.get(DATA_ENV):
         given, source = os.environ[DATA_ENV], f"${DATA_ENV}"
     if not given and config.getini("rmb_data"):
         given, source = config.getini("rmb_data"), "ini option rmb_data"
         base = _ini_dir(config)
-    if not given or (given == FETCHED and not (base / given).is_dir()):
+    if warn and given in DATA_WORDS and (base / given).is_dir():
+        _warn_word_shadows_folder(config, source, given, base)
+    if not given or given == FETCHED:
         from pytest_rmb.fetch import cached_dataset, default_dest
 
         fetched = cached_dataset()
         if fetched is not None:
             return fetched, str(fetched)
         if given == FETCHED:
+            folder = f"; the folder {FETCHED}/ here is --rmb-data ./{FETCHED}" if (base / given).is_dir() else ""
             raise pytest.UsageError(
-                f"pytest-rmb: --rmb-data {FETCHED}: no fetched copy of RMB under {default_dest()}; "
-                "get one with `pytest-rmb fetch`, or give --rmb-data PATH"
+                f"pytest-rmb: {source} {FETCHED}: no fetched copy of RMB under {default_dest()}; "
+                f"get one with `pytest-rmb fetch`, or give --rmb-data PATH{folder}"
             )
         raise pytest.UsageError(
             "pytest-rmb: no RMB data configured. Get the benchmark with `pytest-rmb fetch` "
@@ -689,7 +699,9 @@ def _find_dataset(config: pytest.Config, given: str | None) -> tuple[Path, str]:
         return sample_dataset(), SAMPLE
     path = (base / given).resolve()
     if not path.is_dir():
-        raise pytest.UsageError(f"pytest-rmb: {source} {given}: no such directory ({path})")
+        close = closest_names(given, DATA_WORDS, count=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise pytest.UsageError(f"pytest-rmb: {source} {given}: no such directory ({path}){hint}")
     # Accept the repository root as well as its RMB_dataset folder.
     if (path / "RMB_dataset").is_dir() and not (path / "Pairwise_set").is_dir():
         path = path / "RMB_dataset"
@@ -707,6 +719,27 @@ def _find_dataset(config: pytest.Config, given: str | None) -> tuple[Path, str]:
             f"({len(wanted)} files in all)"
         )
     return path, str(path)
+
+
+def describe_dataset(label: str) -> str:
+    """Which data a run read, in words for its header: the word's meaning, not only the word (a
+    folder named ``sample`` may sit beside the user)."""
+    if label == SAMPLE:
+        return f"the bundled sample (--rmb-data {SAMPLE})"
+    from pytest_rmb.fetch import cached_dataset
+
+    fetched = cached_dataset()
+    if fetched is not None and label == str(fetched):
+        return f"the fetched copy {label} (--rmb-data {FETCHED})"
+    return label
+
+
+def _warn_word_shadows_folder(config: pytest.Config, source: str, word: str, base: Path) -> None:
+    """A word given where a folder of that name exists: the word wins, and the run says so."""
+    meaning = "the bundled sample" if word == SAMPLE else "the copy `pytest-rmb fetch` verified"
+    config.issue_config_time_warning(pytest.PytestConfigWarning(
+        f"pytest-rmb: {source} {word} means {meaning}, not the folder {base / word}; "
+        f"to run on that folder give --rmb-data ./{word}"), stacklevel=2)
 
 
 def sample_limit(config: pytest.Config) -> tuple[int, int] | None:
@@ -744,7 +777,7 @@ def cacheprovider_writes_into_dataset(early_config: pytest.Config, parser: pytes
     if not getattr(namespace, "rmb_model", None):
         return False
     try:
-        dataset, _ = _find_dataset(early_config, getattr(namespace, "rmb_data", None))
+        dataset, _ = _find_dataset(early_config, getattr(namespace, "rmb_data", None), warn=False)
     except pytest.UsageError:
         return False  # reported by pytest_configure
     cache_dir = Path(os.path.expandvars(os.path.expanduser(early_config.getini("cache_dir"))))

@@ -18,9 +18,10 @@ Each parser carries a ``type_name``, the short word ``pytest-rmb backends`` list
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -50,6 +51,13 @@ def renamed(type_name: str, parse: Callable[[str], T]) -> Callable[[str], T]:
 
 def type_name(parse: Callable[[str], Any]) -> str:
     return getattr(parse, "type_name", getattr(parse, "__name__", "value"))
+
+
+def closest_names(typed: str, candidates: Iterable[str], count: int = 3, cutoff: float = 0.6) -> list[str]:
+    """The names among ``candidates`` closest to ``typed``, best first: the "did you mean" of every
+    message about a name the tool does not know (a setting, a scheme, a marker, a node id). A
+    ``cutoff`` of 0 always names some: for a node id, where any real one helps more than none."""
+    return difflib.get_close_matches(typed, list(candidates), n=count, cutoff=cutoff)
 
 
 def _number(text: str, convert: Callable[[str], T], wanted: str) -> T:
@@ -152,6 +160,19 @@ dtype_name = named("dtype")(choice(*DTYPES))
 _KEY_PREFIXES = ("hf_", "sk_", "gsk_", "xai_", "ghp_", "gho_", "github_pat_", "pk_", "rk_")
 
 
+def looks_like_key(text: str) -> bool:
+    """True for text shaped like an API key or token: a known key prefix, or one long word of letters,
+    digits, ``-`` and ``_`` in mixed case or with small letters and digits (names and settings are
+    rarely like that; keys are). A URL, a path, a host:port or a number never is."""
+    word = text.strip()
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", word):
+        return False
+    if word.lower().replace("-", "_").startswith(_KEY_PREFIXES):
+        return True
+    return len(word) >= 20 and any(c.islower() for c in word) and (
+        any(c.isupper() for c in word) or any(c.isdigit() for c in word))
+
+
 @named("name")
 def env_var_name(text: str) -> str:
     """``api_key_env=NAME``: the name of the variable that holds a key. Never echoes the value:
@@ -160,9 +181,7 @@ def env_var_name(text: str) -> str:
     key prefix, or a long name in mixed case or with small letters and digits (variable names are
     rarely like that; keys are)."""
     name = text.strip()
-    long_and_keylike = len(name) >= 20 and any(c.islower() for c in name) and (
-        any(c.isupper() for c in name) or any(c.isdigit() for c in name))
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or name.lower().startswith(_KEY_PREFIXES) or long_and_keylike:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or looks_like_key(name):
         raise SettingError("expected the NAME of an environment variable, such as MY_JUDGE_KEY (letters, digits, "
                            "_; not something that looks like a key): keys are read from the environment only")
     return name

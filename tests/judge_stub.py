@@ -1,10 +1,11 @@
 """A small OpenAI-compatible judge server for tests and benches, in a process of its own.
 
 Real servers cannot misbehave on demand; this one can: stand-in judges that prefer the longer
-answer, always say [[A]], write both tags, start with "A" but give no verdict, or answer only
-inside <think>; 429 with Retry-After, 500s, empty replies (HTTP 200 with no content, for the
-first N times each question is asked, on a seeded share of the questions), slow replies, a fixed
-latency, and dying mid-run.
+answer (writing the verdict in any of the common judge formats, ``--verdict``), always say [[A]],
+write both tags, start with "A" but give no verdict, or answer only inside <think>; 429 with
+Retry-After, 500s, empty replies (HTTP 200 with no content, for the first N times each question is
+asked, on a seeded share of the questions), usage without a field, slow replies, a fixed latency,
+and dying mid-run.
 It speaks just enough HTTP/1.1 (keep-alive, Content-Length bodies) on asyncio to serve hundreds of
 concurrent requests on one core, and logs every request as a JSON line (the Authorization header
 only as a SHA-256, so the log never holds a key).
@@ -34,6 +35,10 @@ BEHAVIOURS = ("longer", "always-a", "both-tags", "starts-with-a", "think-only")
 EMPTY_CONTENT = {"null": None, "blank": "", "whitespace": " \n\t "}
 # What the stand-in's top_logprobs give the letter it chose (the other letter gets the rest).
 VERDICT_PROBABILITY = 0.8
+# How the judge families write a verdict, "@" for the letter: the stand-in writes its own, as
+# those families' models do, whatever the harness expects.
+VERDICTS = {"tags": "[[@]]", "answer-tags": "<answer>[[@]]</answer>", "result": "[RESULT] @",
+            "bold-result": "**Result:** @", "boxed": "\\boxed{@}", "json": '{"winner": "@"}'}
 START = "[The Start of Assistant {}'s Answer]\n"
 END = "\n[The End of Assistant {}'s Answer]"
 
@@ -59,7 +64,7 @@ def comparison(messages: list[dict]) -> tuple[str, str, str] | None:
     return None
 
 
-def reply_for(behaviour: str, messages: list[dict]) -> tuple[str, str | None]:
+def reply_for(behaviour: str, messages: list[dict], verdict: str = "tags") -> tuple[str, str | None]:
     """(reply text, the verdict letter it contains or None)."""
     if behaviour == "longer":
         pair = answers(messages)
@@ -68,7 +73,8 @@ def reply_for(behaviour: str, messages: list[dict]) -> tuple[str, str | None]:
         a, b = pair
         # A tie goes to A: a position bias, which the both-order protocol must catch.
         letter = "A" if len(a) >= len(b) else "B"
-        return f"Assistant {letter}'s answer is longer, so it is better.\n\n[[{letter}]]", letter
+        written = VERDICTS[verdict].replace("@", letter)
+        return f"Assistant {letter}'s answer is longer, so it is better.\n\n{written}", letter
     if behaviour == "always-a":
         return "[[A]]", "A"
     if behaviour == "both-tags":
@@ -80,10 +86,11 @@ def reply_for(behaviour: str, messages: list[dict]) -> tuple[str, str | None]:
     raise ValueError(behaviour)
 
 
-def logprobs_for(reply: str, letter: str | None) -> dict:
+def logprobs_for(reply: str, letter: str | None, verdict: str = "tags") -> dict:
     """OpenAI-style logprobs: one token per character run, the verdict letter a token of its own."""
     tokens = []
-    cut = reply.rfind(f"[[{letter}]]") + 2 if letter else -1
+    written = VERDICTS[verdict]
+    cut = reply.rfind(written.replace("@", str(letter))) + written.index("@") if letter else -1
     pieces = [reply[:cut], reply[cut:cut + 1], reply[cut + 1:]] if letter else [reply]
     for index, piece in enumerate(pieces):
         if not piece:
@@ -191,18 +198,23 @@ class Stub:
                          temperature=request.get("temperature"), max_tokens=request.get("max_tokens"),
                          # The comparison's identity whatever the order: the question and both answers, sorted.
                          pair=_digest([found[0].partition("[The Start")[0], sorted(pair)]) if found and pair else None,
-                         a_sha256=hashlib.sha256(pair[0].encode()).hexdigest() if pair else None)
+                         a_sha256=hashlib.sha256(pair[0].encode()).hexdigest() if pair else None,
+                         # Whether the request asked for the verdict in the stand-in's format.
+                         asked_format=any(VERDICTS[options.verdict].replace("@", "A") in (m.get("content") or "")
+                                          for m in messages))
         # The latency counts from the moment the request was read, and the reply is worked out
         # while it runs: the stub's own CPU is not added to the fixed latency it stands for.
-        reply, letter = reply_for(options.behaviour, messages)
+        reply, letter = reply_for(options.behaviour, messages, options.verdict)
         content: str | None = reply
         if options.empty_first and self.empty_now(messages):
             content, letter = EMPTY_CONTENT[options.empty_as], None
             entry["empty"] = True
         usage = usage_for(messages, content or "")
+        for field in options.omit_usage:
+            usage.pop(field, None)
         choice: dict = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
         if request.get("logprobs") and options.logprobs and content:
-            choice["logprobs"] = logprobs_for(reply, letter)
+            choice["logprobs"] = logprobs_for(reply, letter, options.verdict)
         if options.latency:
             await asyncio.sleep(max(0.0, arrived + options.latency - asyncio.get_running_loop().time()))
         if number <= options.rate_limit:
@@ -264,6 +276,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--empty-as", choices=sorted(EMPTY_CONTENT), default="null",
                         help="an empty reply's content: null, \"\" or whitespace")
     parser.add_argument("--logprobs", action="store_true", help="return logprobs when asked")
+    parser.add_argument("--omit-usage", action="append", default=[], metavar="FIELD",
+                        help="leave this field out of every reply's usage (servers that do)")
+    parser.add_argument("--verdict", choices=sorted(VERDICTS), default="tags",
+                        help="the format the longer-answer judge writes its verdict in")
     parser.add_argument("--echo-auth", action="store_true",
                         help="repeat the Authorization header in failure bodies (a careless server)")
     options = parser.parse_args(argv)

@@ -118,7 +118,7 @@ def test_prompt_file_json_in_fastchat_names(tmp_path):
 
 @pytest.mark.parametrize(("text", "message"), [
     ("{question} {answer_a} {answer_b} {reference}", "unknown placeholder {reference}"),
-    ("{question} {answer_a}", "must contain {answer_b}"),
+    ("{question} {answer_a}", "the template must show the answers: {answer_a} and {answer_b}, or {answers}"),
     ("{answer_a} {answer_b}", "shows no question"),
     ("{question} {answer_a} {answer_b} {", "literal braces"),
 ])
@@ -153,6 +153,11 @@ def test_unknown_prompt_name_lists_the_builtins():
     ("Final verdict: [[A]] or [[B]]", None),
     ("[[A/B]]", None),
     ("Earlier [[A]], but in the end it is a tie: [[C]]", None),
+    # A final tag naming both answers, however it is written, is no verdict: never the tag before it.
+    ("Earlier [[A]].\nFinal: [[A or B]]", None),  # two letters as words
+    ("[[B]]\n[[AB]]", None),  # both letters run together
+    ("[[B]]\n[[AA/BB]]", None),  # both, in the longest such tag read as naming both (5 characters)
+    ("[[B]]\n[[AA/BBB]]", "B"),  # longer, and no letter standing alone: not a verdict at all
     ("A is the better answer.", None),  # never the first character
     ("A", None),
     ("<think>[[A]]</think>", None),
@@ -438,3 +443,71 @@ def test_a_local_judge_whose_generation_is_empty_reports_empty_replies_and_cache
             # The follow-up turn was asked too (parse_retries=1), and stayed empty.
             assert [o["notes"] for o in verdict["detail"]["orders"]] == [["empty reply"], ["empty reply"]]
             assert verdict["detail"]["parse_retries"] == 2
+
+
+# -- what the judge already decides, pinned --------------------------------------------------
+
+
+def test_flip_rate_counts_only_comparisons_asked_in_both_orders():
+    # Two comparisons asked in one order (order=random), one flip asked in both: 1 flip of 1.
+    single_won = combine([order("A", "A")], "random")
+    single_lost = combine([order("B", "A")], "random")
+    flip = combine([order("A", "A"), order("B", "A")], "both")
+    stats = judge_stats([record("chat/discussion", "pairwise", [verdict])
+                         for verdict in (single_won, single_lost, flip)])["overall"]
+    assert stats["comparisons"] == 3 and stats["flips"] == 1
+    assert stats["flip_rate"] == pytest.approx(1 / 1)
+
+
+def test_a_list_lost_after_a_flip_and_a_skip_is_exact():
+    """Its value is 0 whatever the skipped comparison would have said: not an upper bound."""
+    won = combine([order("A", "A"), order("B", "B")], "both")
+    flip = combine([order("A", "A"), order("B", "A")], "both")
+    lost = combine([order("A", "B"), order("B", "A")], "both")
+    stats = judge_stats([record("harmlessness/s1_violent_crimes", "bon", [flip, None, lost]),
+                         record("harmlessness/s1_violent_crimes", "bon", [won, flip, None])])["overall"]
+    assert stats["tie_adjusted"] == pytest.approx((0 + 0.5) / 2)
+    assert stats["tie_adjusted_inexact"] == 1  # only the list still worth 0.5
+
+
+def test_missing_usage_and_counts_are_zero_not_one():
+    from pytest_rmb.models import Verdict
+
+    verdict = combine([OrderResult("A", ("A",)), OrderResult("B", ("B",))], "both")
+    assert verdict.detail["usage"] == {"prompt_tokens": 0, "completion_tokens": 0}
+    # A record whose verdict says nothing of tokens, parse failures or retries (an older run's).
+    bare = Verdict(True, detail={"orders": [{"chosen": "A", "verdict": "A", "votes": ["A"]}]})
+    stats = judge_stats([record("chat/discussion", "pairwise", [bare])])["overall"]
+    assert (stats["prompt_tokens"], stats["completion_tokens"]) == (0, 0)
+    assert (stats["parse_failures"], stats["parse_retries"]) == (0, 0)
+
+
+def test_history_is_every_earlier_turn_and_only_those(tmp_path):
+    turns = (user("q1"), Message("assistant", "a1"), user("q2"), Message("assistant", "a2"), user("q3"))
+    expected = "\n\n".join(f"### {m.role.capitalize()}:\n{m.content}" for m in turns[:-1])
+    path = tmp_path / "history.txt"
+    path.write_text("<{history}>\n{last_question}\n{answer_a}\n{answer_b}")
+    content = judge_messages(load_prompt(file=path), turns, "x", "y")[-1]["content"]
+    assert content == f"<{expected}>\nq3\nx\ny"
+
+
+def test_p_a_counts_the_sampled_token_when_the_top_alternatives_leave_it_out():
+    reply = "Verdict: [[A]]"
+    tokens = [{"token": "Verdict: [[", "logprob": -0.1},
+              {"token": "A", "logprob": math.log(0.5), "top_logprobs": [{"token": "B", "logprob": math.log(0.3)}]},
+              {"token": "]]", "logprob": 0.0}]
+    assert verdict_probability(tokens, reply, find_verdict(reply).position) == pytest.approx(0.5 / 0.8)
+    # Listed among the alternatives too, it counts once.
+    tokens[1]["top_logprobs"].append({"token": "A", "logprob": math.log(0.5)})
+    assert verdict_probability(tokens, reply, find_verdict(reply).position) == pytest.approx(0.5 / 0.8)
+
+
+def test_the_default_prompt_keeps_its_identity_so_earlier_caches_still_answer():
+    import hashlib
+
+    from pytest_rmb.judging.prompts import RENDER_VERSION
+
+    prompt = load_prompt("pair-v2")
+    before = json.dumps([RENDER_VERSION, prompt.system, prompt.template, prompt.multi_turn_system])
+    assert prompt.sha256 == hashlib.sha256(before.encode("utf-8")).hexdigest()
+    assert load_prompt("pair-v2", verdict="tags").sha256 == prompt.sha256

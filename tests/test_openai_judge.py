@@ -378,6 +378,18 @@ def test_tokens_are_summed_with_cached_ones_apart_and_reruns_are_free(pytester, 
     assert len(answered(stub)) == 3 * len(log)
 
 
+def test_a_server_that_omits_completion_tokens_counts_none_for_them(pytester, stubs):
+    stub = stubs("longer", "--omit-usage", "completion_tokens")
+    result = judge(pytester, stub, "-m", "harmlessness and pairwise", "--rmb-json", "s.json")
+    assert result.ret == 0, output(result)
+    log = answered(stub)
+    assert log and all("completion_tokens" not in entry["usage"] for entry in log)
+    engine = json.loads((pytester.path / "s.json").read_text())["engine"]
+    assert engine["prompt_tokens"] == sum(entry["usage"]["prompt_tokens"] for entry in log)
+    assert engine.get("completion_tokens", 0) == 0
+    assert engine["requests"] == len(log)
+
+
 def test_a_server_that_dies_mid_run_keeps_every_verdict_and_the_rerun_asks_only_the_rest(pytester, stubs):
     total = unique_comparisons(SAMPLE_DATA, kinds=("Pairwise_set",))
     dying = stubs("longer", "--die-after", "60")

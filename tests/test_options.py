@@ -223,6 +223,16 @@ def test_a_key_given_as_a_variable_name_is_refused_without_echoing_it(key):
     assert key not in str(info.value)
 
 
+@pytest.mark.parametrize(("text", "keylike"), [
+    ("sk-proj-Abc123", True), ("hf_abcdefghijklmnop", True), ("aB3dE5gH7jK9mN1pQ3sT5", True),
+    ("localhost:8000", False), ("http://localhost:8000/v1", False), ("concurrency", False), ("1024", False),
+    ("Qwen/Qwen2.5-7B-Instruct", False),
+])
+def test_only_text_shaped_like_a_key_counts_as_one(text, keylike):
+    # What a refused setting hides: a key pasted in, never a URL, a host or a model name.
+    assert parsers.looks_like_key(text) is keylike
+
+
 def test_type_names_for_listings_and_the_backend_api_offers_the_same_parsers():
     assert [parsers.type_name(p) for p in (parsers.positive_int, parsers.positive_float, parsers.boolean)] == [
         "int", "float", "bool"]

@@ -218,6 +218,37 @@ def test_items_have_rmb_node_ids_and_only_the_kinds_declared(pytester, sets, tmp
     assert set(collected(result)) == {f"rmb/custom/only_pairs::test_pairwise[{uid}]" for uid in expected_pairs()}
 
 
+def test_uids_run_in_natural_order_numbers_as_numbers(pytester):
+    """``[2]`` before ``[11]`` and ``[p2]`` before ``[p10]``, in the items and in every file the run writes."""
+    rows = [{"id": uid, "prompt": f"Question {uid}", "chosen": f"A long answer to {uid}", "rejected": "No"}
+            for uid in ("p10", "11", "p2", "p1", "2")]
+    write_rows(pytester.path / "numbered.jsonl", [(str(row["id"]), row) for row in rows])
+    (pytester.path / "numbered.toml").write_text('[[scenario]]\nname = "numbered"\nkind = "pairwise"\n'
+                                                 'path = "numbered.jsonl"\n')
+    natural = ["2", "11", "p1", "p2", "p10"]
+    args = ("--rmb-model", "length", "--rmb-scenarios", "numbered.toml")
+    listed = collected(run(pytester, *args, "--collect-only", "-q"))
+    assert listed == [f"rmb/custom/numbered::test_pairwise[{uid}]" for uid in natural]
+    result = run(pytester, *args, "-v", "--rmb-jsonl", "s.jsonl", "--rmb-json", "s.json")
+    assert result.ret == 0
+    ran = [line.split(" ", 1)[0] for line in result.outlines if line.startswith("rmb/custom/numbered::")]
+    assert ran == listed
+    assert [record["uid"] for record in jsonl(pytester.path / "s.jsonl")] == natural
+    outcomes = json.loads((pytester.path / "s.json").read_text())["outcomes"]
+    assert [key.rsplit("|", 1)[-1] for key in outcomes] == natural
+
+
+def test_node_ids_sort_by_test_then_uid_in_natural_order():
+    # The order a listing of node ids (the misses) takes to match the items'.
+    from pytest_rmb.nodeids import nodeid_sort_key
+
+    ids = ["rmb/c/s::test_pairwise[p10]", "rmb/c/s::test_pairwise[2]", "rmb/c/s::test_bon[p2]",
+           "rmb/c/s::test_pairwise[p2]", "rmb/c/s::test_pairwise[11]"]
+    assert sorted(ids, key=nodeid_sort_key) == [
+        "rmb/c/s::test_bon[p2]", "rmb/c/s::test_pairwise[2]", "rmb/c/s::test_pairwise[11]",
+        "rmb/c/s::test_pairwise[p2]", "rmb/c/s::test_pairwise[p10]"]
+
+
 def test_rmb_data_from_the_environment_adds_rmb_to_the_users_sets(pytester, sets, monkeypatch):
     ours = {f"rmb/custom/support::test_pairwise[{uid}]" for uid in expected_pairs()}
     ours |= {f"rmb/custom/support::test_bon[{uid}]" for uid in expected_bon()}

@@ -11,8 +11,8 @@ from three places, in this order: pytest-rmb's own, the ``pytest_rmb.backends`` 
 from __future__ import annotations
 
 import argparse
-import difflib
 import importlib
+import os
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,8 +27,10 @@ from pytest_rmb.models import PairwiseModel, PointwiseModel
 from pytest_rmb.parsers import (  # noqa: F401
     boolean,
     choice,
+    closest_names,
     env_var_name,
     integer,
+    looks_like_key,
     non_negative_float,
     non_negative_int,
     positive_float,
@@ -49,8 +51,9 @@ BUILTIN = {
     "sglang": "pytest_rmb.backends.served:SGLANG_BACKEND",
     "vllm": "pytest_rmb.backends.served:VLLM_BACKEND",
 }
-# A rejected setting value this long could be a pasted secret: error messages show *** instead.
-SECRET_LENGTH = 8
+# The last word of a setting's or an environment variable's name that says it holds a credential
+# (api_key, HF_TOKEN, OPENAI_API_KEY; not max_tokens or api_key_env, which hold a number or a name).
+CREDENTIAL_WORDS = ("key", "token", "secret", "password", "credentials")
 # Bare names that are not Hugging Face ids: the baselines.
 BASELINE_NAMES = ("length", "random")
 
@@ -140,15 +143,39 @@ class Backend:
                     values[key] = text
                     continue
                 accepted = ", ".join(declared) or "none"
-                raise BackendError(f"--rmb-model-arg {key}: the {self.scheme} backend has no setting {key!r}; "
+                close = closest_names(key, declared, count=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise BackendError(f"--rmb-model-arg {key}: the {self.scheme} backend has no setting {key!r}{hint}; "
                                    f"accepted: {accepted}")
             try:
                 values[key] = arg.parse(text)
             except (ValueError, argparse.ArgumentTypeError) as exc:
-                # A key pasted into the wrong setting stays off screen, whatever the parser says.
-                message = str(exc).replace(text, "***") if len(text) >= SECRET_LENGTH else str(exc)
-                raise BackendError(f"--rmb-model-arg {key}: {message}") from None
+                raise BackendError(f"--rmb-model-arg {key}: {without_credentials(str(exc), key, text)}") from None
         return values
+
+
+def is_credential_name(name: str) -> bool:
+    return name.lower().rsplit("_", 1)[-1] in CREDENTIAL_WORDS
+
+
+def without_credentials(message: str, key: str, text: str) -> str:
+    """A parser's message about the value ``text`` of setting ``key`` with every credential in it
+    masked, and the rest of the user's own text left to read (``got 'localhost:8000'``).
+
+    A credential is: the whole value of a credential setting (``api_key=...``) or of one shaped like
+    a key (one pasted into the wrong setting, ``n=sk-...``), the password of a URL in it, and a key
+    that an environment variable holds (``$OPENAI_API_KEY`` pasted in), in each form http.py scrubs.
+    """
+    from pytest_rmb.http import SCRUBBED, secret_forms
+
+    if is_credential_name(key) or looks_like_key(text):
+        return message.replace(text, SCRUBBED).replace(text.strip() or text, SCRUBBED)
+    keys = [value for name, value in os.environ.items() if is_credential_name(name) and value.strip()]
+    forms = {form for held in keys for form in secret_forms((), held.strip())}
+    forms.update(secret_forms(text.split(","), None))
+    for form in sorted((f for f in forms if f in text), key=len, reverse=True):
+        message = message.replace(form, SCRUBBED)
+    return message
 
 
 def split_spec(spec: str) -> tuple[str, str]:
@@ -263,10 +290,6 @@ def load_spec(settings: ModelSettings) -> PointwiseModel | PairwiseModel:
     """Resolve ``settings.model`` and load it, outside pytest (scripts, benches, tests)."""
     backend = backend_for(settings.model, installed_backends())
     return load_model(settings, backend)
-
-
-def closest_names(name: str, candidates: Iterable[str]) -> list[str]:
-    return difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.6)
 
 
 def main(argv: list[str] | None = None) -> int:

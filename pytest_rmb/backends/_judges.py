@@ -1,5 +1,5 @@
 """What the two judge backends (``openai:`` and ``hf-judge:``) share: the settings of the judge
-protocol (prompt, answer order, parse retries, seed), declared once and resolved once.
+protocol (prompt, verdict format, answer order, parse retries, seed), declared once and resolved once.
 
 Each backend lists these beside its own transport settings; a judge asked the same way through
 either backend is asked the same thing.
@@ -10,11 +10,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pytest_rmb.backends import ModelArg, ModelLoadError, ModelSettings
+from pytest_rmb.judging.formats import VERDICT_FORMATS
 from pytest_rmb.judging.orders import ORDERS
 from pytest_rmb.judging.prompts import PROMPT_NAMES, JudgePrompt, PromptError, load_prompt
 from pytest_rmb.parsers import choice, integer, non_negative_int, renamed, text_value
 
 DEFAULT_PARSE_RETRIES = 2
+
+
+# How the judge writes its verdict. A backend lists it once its parsing and follow-up turns read the
+# prompt's format (resolve_protocol loads the prompt in it).
+VERDICT_ARG = ModelArg(
+    "verdict", choice(*VERDICT_FORMATS), "tags",
+    "how the judge writes its verdict, in the prompt's closing instruction, the follow-up turn and the "
+    "parser: tags [[A]] (MT-Bench); answer-tags <answer>[[A]]</answer> (RM-R1); result [RESULT] A "
+    "(Prometheus); bold-result **Result:** A; boxed \\boxed{A}; json {\"winner\": \"A\"}")
 
 
 def protocol_args(*, prompt_default: str, parse_retries_help: str, seed_help: str) -> tuple[ModelArg, ...]:
@@ -51,7 +61,7 @@ def resolve_protocol(settings: ModelSettings, *, default_prompt: str, label: str
     if args.get("prompt") and args.get("prompt_file"):
         raise ModelLoadError(f"{label}: give prompt or prompt_file, not both")
     try:
-        prompt = load_prompt(args.get("prompt") or default_prompt, args.get("prompt_file"))
+        prompt = load_prompt(args.get("prompt") or default_prompt, args.get("prompt_file"), args.get("verdict"))
     except PromptError as exc:
         raise ModelLoadError(f"{label}: {exc}") from None
     given_seed = args.get("seed")

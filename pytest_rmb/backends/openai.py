@@ -31,7 +31,7 @@ from pytest_rmb.backends import (
     ModelSettings,
     closest_names,
 )
-from pytest_rmb.backends._judges import protocol_args, resolve_protocol
+from pytest_rmb.backends._judges import VERDICT_ARG, protocol_args, resolve_protocol
 from pytest_rmb.judging.orders import OrderResult, chosen_slots, combine
 from pytest_rmb.judging.parsing import EMPTY_REPLY, find_verdict, follow_up, is_empty, miss_note, verdict_probability
 from pytest_rmb.judging.prompts import JudgePrompt, judge_messages
@@ -86,6 +86,7 @@ ARGS = (
                    parse_retries_help="follow-up turns asking for the verdict when a reply has none",
                    seed_help="seed of order=random and, when given, sent to the server (vote i gets seed+i); "
                    "default --rmb-seed"),
+    VERDICT_ARG,
 )
 
 
@@ -186,7 +187,8 @@ class OpenAIJudge(PairwiseModel):
         return {
             "backend": "openai", "judge_model": self.model_name,
             "endpoints": [redact_url(url) for url in self.base_urls],
-            "prompt": self.prompt.name, "prompt_sha256": self.prompt.sha256, "order": self.order,
+            "prompt": self.prompt.name, "prompt_sha256": self.prompt.sha256, "verdict": self.prompt.verdict.name,
+            "order": self.order,
             "votes": self.votes, "temperature": self.temperature, "max_tokens": self.max_tokens,
             "parse_retries": self.parse_retries, "logprobs": self.logprobs_mode, "seed": self.seed,
             "bon_early_stop": self.bon_early_stop, "budget_tokens": self.budget_tokens,
@@ -370,14 +372,14 @@ class OpenAIJudge(PairwiseModel):
                 # Empty after its retries (_chat): a follow-up would quote nothing back. The vote is
                 # unknown; combine() decides whether the comparison must be asked again.
                 return None, None, usage, attempt, EMPTY_REPLY
-            parsed = find_verdict(reply)
+            parsed = find_verdict(reply, self.prompt.verdict)
             if parsed.verdict is not None:
                 p_a = verdict_probability(tokens, reply, parsed.position) if tokens else None
                 return parsed.verdict, p_a, usage, attempt, ""
             note = miss_note(parsed.reason, reply)
             if attempt < self.parse_retries:
                 self._count("parse_retries")
-                messages = follow_up(ask.messages, reply)
+                messages = follow_up(ask.messages, reply, self.prompt.verdict)
         return None, None, usage, self.parse_retries, note
 
     async def _chat(self, client: Any, messages: list[dict[str, str]], vote: int,

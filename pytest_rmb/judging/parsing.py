@@ -1,8 +1,9 @@
 """What a judge's reply says: the verdict letter, why there is none, P("A") from logprobs.
 
-``<think>`` blocks are masked first; the verdict is the last ``[[A]]``/``[[B]]``; a final verdict
-line that names both, or ends in a tie tag, is no verdict. There is no fallback to the reply's first
-character and no default.
+``<think>`` blocks are masked first; the verdict is the last one in the reply's verdict format
+(``[[A]]``/``[[B]]`` by default, :mod:`pytest_rmb.judging.formats`); a final verdict line that
+names both, or ends in a tie, is no verdict. There is no fallback to the reply's first character
+and no default.
 """
 
 from __future__ import annotations
@@ -13,12 +14,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_rmb.judging.prompts import SLOTS, TAG_LIKE
+from pytest_rmb.judging.formats import TAGS, VerdictFormat, classify, verdict_format
 
 _THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 _THINK_OPEN = re.compile(r"<think>", re.IGNORECASE)
 _THINK_CLOSE = re.compile(r"</think>", re.IGNORECASE)
-_TIE_WORDS = {"C", "TIE", "DRAW", "EQUAL", "BOTH", "NEITHER"}
 # Why a reply with no content (or only whitespace) gives no verdict. Also the whole note of such a
 # vote (:func:`miss_note` has nothing to quote), which is how a combined verdict tells a vote whose
 # reply stayed empty from one that said something else.
@@ -53,47 +53,56 @@ def is_empty(reply: str | None) -> bool:
     return not reply or not reply.strip()
 
 
-def find_verdict(text: str) -> ParsedVerdict:
+def find_verdict(text: str, verdict: str | VerdictFormat = TAGS) -> ParsedVerdict:
     """:func:`parse_verdict` with the verdict letter's offset in ``text``."""
+    fmt = verdict_format(verdict)
     if is_empty(text):
         return ParsedVerdict(None, EMPTY_REPLY)
     visible = _mask_thinking(text)
     if not visible.strip():
-        return ParsedVerdict(None, "verdict only inside <think>" if "[[" in text else "reply is all <think>")
-    tags = []
-    for match in TAG_LIKE.finditer(visible):
-        inner = match.group(1).strip().upper()
-        letters = set(re.findall(r"\b[AB]\b", inner))
-        if inner in SLOTS:
-            tags.append((match, inner))
-        elif inner in _TIE_WORDS or len(letters) == 2 or "A" in inner and "B" in inner and len(inner) <= 5:
-            tags.append((match, "?"))
-    if not tags:
-        return ParsedVerdict(None, "no [[A]] or [[B]] in the reply")
-    last_match, last = tags[-1]
+        inside = fmt.pattern.search(text) is not None
+        return ParsedVerdict(None, "verdict only inside <think>" if inside else "reply is all <think>")
+    found = []
+    for match in fmt.pattern.finditer(visible):
+        said = classify(match.group(1))
+        if said is not None:
+            found.append((match, said))
+    if not found:
+        return ParsedVerdict(None, f"no {fmt.of('A')} or {fmt.of('B')} in the reply")
+    last_match, last = found[-1]
     if last == "?":
         return ParsedVerdict(None, f"final verdict {last_match.group(0)!r} names no single answer")
-    # The final verdict is the line of the last tag: naming both answers there is ambiguous.
+    # The final verdict is the line of the last verdict: naming both answers there is ambiguous.
     line_start = visible.rfind("\n", 0, last_match.start()) + 1
-    on_line = {tag for match, tag in tags if match.start() >= line_start}
+    on_line = {said for match, said in found if match.start() >= line_start}
     if on_line != {last}:
-        return ParsedVerdict(None, "final verdict names both [[A]] and [[B]]")
-    # The tag may be written [[a]] or [[ b ]]: find the letter in the tag as written.
+        return ParsedVerdict(None, f"final verdict names both {fmt.of('A')} and {fmt.of('B')}")
+    # The verdict may be written [[a]] or [[ b ]]: find the letter in it as written.
     letter = last_match.start(1) + last_match.group(1).upper().index(last)
     return ParsedVerdict(last, "", letter)
 
 
-def parse_verdict(text: str) -> tuple[str | None, str]:
-    """("A" | "B" | None, reason): the judge's verdict, or None with why there is none."""
-    parsed = find_verdict(text)
+def parse_verdict(text: str, verdict: str | VerdictFormat = TAGS) -> tuple[str | None, str]:
+    """("A" | "B" | None, reason): the judge's verdict in the format ``verdict`` (default
+    ``tags``: ``[[A]]``), or None with why there is none."""
+    parsed = find_verdict(text, verdict)
     return parsed.verdict, parsed.reason
 
 
 # A reply without a usable verdict is asked again as a follow-up turn (asking the identical request
 # again at temperature 0 would mostly repeat the same reply). The local judge and a served one use
 # the same turn, so that the same model asked both ways is asked the same thing.
-FOLLOW_UP = ('Your reply did not end with a verdict in the required format. Output your final verdict now, '
-             'only "[[A]]" if assistant A is better or "[[B]]" if assistant B is better.')
+_FOLLOW_UP = ("Your reply did not end with a verdict in the required format. Output your final verdict now, "
+              "only {choices}.")
+
+
+def follow_up_text(verdict: str | VerdictFormat = TAGS) -> str:
+    """The follow-up turn asking for the verdict in the format ``verdict``."""
+    choices = verdict_format(verdict).choices.replace(", ", " or ", 1)
+    return _FOLLOW_UP.format(choices=choices)
+
+
+FOLLOW_UP = follow_up_text(TAGS)
 # How much of a reply without a verdict a miss's note quotes.
 NOTE_CHARS = 160
 
@@ -104,9 +113,12 @@ def miss_note(reason: str, reply: str) -> str:
     return f"{reason}: {excerpt!r}" if excerpt else reason
 
 
-def follow_up(messages: Sequence[Mapping[str, str]], reply: str) -> list[dict[str, str]]:
-    """The conversation asked again: the judge's reply without a verdict, then :data:`FOLLOW_UP`."""
-    return [*map(dict, messages), {"role": "assistant", "content": reply}, {"role": "user", "content": FOLLOW_UP}]
+def follow_up(messages: Sequence[Mapping[str, str]], reply: str,
+              verdict: str | VerdictFormat = TAGS) -> list[dict[str, str]]:
+    """The conversation asked again: the judge's reply without a verdict, then the follow-up turn
+    (:func:`follow_up_text`; :data:`FOLLOW_UP` for the default format)."""
+    return [*map(dict, messages), {"role": "assistant", "content": reply},
+            {"role": "user", "content": follow_up_text(verdict)}]
 
 
 def verdict_probability(tokens: Sequence[Mapping[str, Any]], reply: str, position: int) -> float | None:
