@@ -19,10 +19,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from pytest_rmb.data import uid_sort_key
 from pytest_rmb.gate import SECTION_NAMES, compare_shared, outcomes_by_section, provenance_differences
 from pytest_rmb.metrics import KINDS, outcome_records, split_outcome_key, summarize
 from pytest_rmb.options import add_arguments
-from pytest_rmb.report import KIND_TITLES, Name, fit_width, fmt_accuracy, natural_key, new_table
+from pytest_rmb.report import KIND_TITLES, Name, fit_width, fmt_accuracy, new_table
 from pytest_rmb.summary import RunSummary, ScenarioRef, SummaryError, read_summary, scenario_refs
 
 RUN_COLOURS = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#ff9da6", "#9d755d")
@@ -170,8 +171,8 @@ def compare_runs(runs: Sequence[Mapping[str, Any]], seed: int = 0, resamples: in
 
 def _ordered(metrics: list[str]) -> list[str]:
     head = ["overall", *SECTION_NAMES]
-    tasks = sorted((m for m in metrics if m.startswith("task:")), key=natural_key)
-    scenarios = sorted((m for m in metrics if m.startswith("scenario:")), key=natural_key)
+    tasks = sorted((m for m in metrics if m.startswith("task:")), key=uid_sort_key)
+    scenarios = sorted((m for m in metrics if m.startswith("scenario:")), key=uid_sort_key)
     return head + tasks + scenarios
 
 

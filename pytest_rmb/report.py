@@ -128,12 +128,6 @@ def table_headers(table: Table) -> list[str]:
     return [str(column.header) for column in table.columns]
 
 
-def natural_key(text: str) -> tuple:
-    """Numbers inside a name in numeric order (s1, s2, s10), each run of digits or of other
-    characters compared as ``uid_sort_key`` compares a whole uid."""
-    return tuple(uid_sort_key(part) for part in re.split(r"(\d+)", text) if part)
-
-
 # Where a name may break: after a path or word separator, or at a space. Never inside a word.
 _NAME_PIECE = re.compile(r"[^\s/_.:-]*(?:[/_.:-]+|\s+|$)")
 
@@ -206,7 +200,8 @@ def sample_caveat(summary: Mapping[str, Any]) -> str:
 def run_title(summary: RunSummary) -> str:
     title = f"RMB: {summary['model']} on {summary['dataset']}"
     if sample_caveat(summary):
-        title += " (for trying the tool, not for judging a model)"
+        # Short, so that the title keeps to one line at 80 columns; the line below it says why.
+        title += " (for trying the tool only)"
     if summary.get("limit"):
         title += f", limited to {summary['limit']} samples per scenario and kind (seed {summary['seed']})"
     if summary.get("complete") is False:
@@ -294,7 +289,7 @@ def headline_table(summary: RunSummary, *, null_baseline: bool = True) -> Table:
 
 def goal_order(goal: str) -> tuple:
     """RMB's goals first, in their order, then those of the user's own sets in natural order."""
-    return (GOALS.index(goal), ()) if goal in GOALS else (len(GOALS), natural_key(goal))
+    return (GOALS.index(goal), uid_sort_key("")) if goal in GOALS else (len(GOALS), uid_sort_key(goal))
 
 
 def grouped_table(title: str, first_column: str, rows: Mapping[str, Mapping[str, Any]], name_key: str, *,
@@ -315,7 +310,7 @@ def grouped_table(title: str, first_column: str, rows: Mapping[str, Mapping[str,
     for goal in goals:
         table.add_row(Name(goal), *[""] * (len(table.columns) - 1), style="bold")
         members = [(row_id, row) for row_id, row in rows.items() if row["goal"] == goal]
-        for row_id, row in sorted(members, key=lambda item: natural_key(item[0])):
+        for row_id, row in sorted(members, key=lambda item: uid_sort_key(item[0])):
             label = row[name_key] if name_key else row_id
             cells: list[Any] = [Name(label, indent=2)]
             for kind in kinds:
@@ -352,13 +347,13 @@ def judge_table(judge: Mapping[str, Any], *, show_scenarios: bool = False) -> Ta
 
     # The headline's order; a section of no sample is not in the judge's figures.
     order = {section_key(goal, kind): index for index, (goal, kind) in enumerate(SECTIONS)}
-    for name in sorted(judge["sections"], key=lambda name: (order.get(name, len(order)), natural_key(name))):
+    for name in sorted(judge["sections"], key=lambda name: (order.get(name, len(order)), uid_sort_key(name))):
         add(Name(name), judge["sections"][name])
     # Micro over every sample of the run (the headline's Overall is the mean of the sections).
     add(Name("all samples"), judge["overall"], "bold")
     if show_scenarios:
         table.add_section()
-        for scenario in sorted(judge["scenarios"], key=natural_key):
+        for scenario in sorted(judge["scenarios"], key=uid_sort_key):
             for kind, entry in judge["scenarios"][scenario].items():
                 add(Name(f"{scenario} {kind}"), entry)
     return table
@@ -606,7 +601,7 @@ class TableRenderer:
         if not misses or shown <= 0:
             return
         self._tr.section(f"RMB misses ({len(misses)})", sep="-")
-        for nodeid, line in sorted(misses, key=lambda miss: natural_key(miss[0]))[:shown]:
+        for nodeid, line in sorted(misses, key=lambda miss: uid_sort_key(miss[0]))[:shown]:
             self._tr.write_line(f"{nodeid}: {line}")
         if len(misses) > shown:
             self._tr.write_line(
@@ -686,7 +681,7 @@ def markdown_document(summary: RunSummary, *, null_baseline: bool = True) -> str
     for title, rows, named in tables:
         lines += ["", f"<details><summary>{title}</summary>", "",
                   f"| {title[4:].capitalize()} | Goal | Pairwise | BoN |", "| --- | --- | ---: | ---: |"]
-        ordered = sorted(rows.items(), key=lambda item: (goal_order(item[1]["goal"]), natural_key(item[0])))
+        ordered = sorted(rows.items(), key=lambda item: (goal_order(item[1]["goal"]), uid_sort_key(item[0])))
         for row_id, row in ordered:
             label = row["name"] if named else f"`{row_id}`"
             lines.append(f"| {label} | {row['goal']} | {fmt_tally(row['pairwise'])} | {fmt_tally(row['bon'])} |")
