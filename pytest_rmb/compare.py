@@ -16,14 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from pytest_rmb.data import uid_sort_key
 from pytest_rmb.gate import SECTION_NAMES, compare_shared, outcomes_by_section, provenance_differences
 from pytest_rmb.metrics import KINDS, outcome_records, split_outcome_key, summarize
 from pytest_rmb.options import add_arguments
-from pytest_rmb.report import KIND_TITLES, fit_width, fmt_accuracy
+from pytest_rmb.report import KIND_TITLES, Name, fit_width, fmt_accuracy, new_table
 from pytest_rmb.summary import RunSummary, ScenarioRef, SummaryError, read_summary, scenario_refs
 
 RUN_COLOURS = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#ff9da6", "#9d755d")
@@ -171,8 +171,8 @@ def compare_runs(runs: Sequence[Mapping[str, Any]], seed: int = 0, resamples: in
 
 def _ordered(metrics: list[str]) -> list[str]:
     head = ["overall", *SECTION_NAMES]
-    tasks = sorted(m for m in metrics if m.startswith("task:"))
-    scenarios = sorted(m for m in metrics if m.startswith("scenario:"))
+    tasks = sorted((m for m in metrics if m.startswith("task:")), key=uid_sort_key)
+    scenarios = sorted((m for m in metrics if m.startswith("scenario:")), key=uid_sort_key)
     return head + tasks + scenarios
 
 
@@ -202,13 +202,10 @@ def run_lines(names: list[str], comparison: Comparison, reference_samples: int |
 
 
 def comparison_table(names: list[str], rows: list[dict], *, show_scenarios: bool, alpha: float) -> Table:
-    table = Table(
-        title=f"RMB runs compared on shared samples: deltas against A, * significant at alpha={alpha:g} "
-        "(paired bootstrap)",
-        title_justify="left", box=box.SIMPLE_HEAD,
-    )
-    # The metric name is the one column that wraps; numbers never do (see fit_width).
-    table.add_column("Metric", overflow="fold")
+    table = new_table(f"RMB runs compared on shared samples: deltas against A, * significant at alpha={alpha:g} "
+                      "(paired bootstrap)")
+    # The metric name is the one column that wraps, between its words; numbers never do (see fit_width).
+    table.add_column("Metric")
     table.add_column("A", justify="right", no_wrap=True)
     for index in range(1, len(names)):
         table.add_column(LETTERS[index], justify="right", no_wrap=True)
@@ -220,7 +217,7 @@ def comparison_table(names: list[str], rows: list[dict], *, show_scenarios: bool
         if previous_group is not None and row["group"] != previous_group:
             table.add_section()
         previous_group = row["group"]
-        cells = [row["metric"], fmt_accuracy(row["values"][0])]
+        cells: list = [Name(row["metric"]), fmt_accuracy(row["values"][0])]
         for value, delta, p_drop, p_gain in zip(row["values"][1:], row["deltas"], row["p_drop"], row["p_gain"]):
             text, style = fmt_delta(delta, p_drop, p_gain, alpha)
             cells += [fmt_accuracy(value), f"[{style}]{text}[/]" if style else text]

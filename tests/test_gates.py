@@ -105,7 +105,7 @@ def test_passing_thresholds_exit_0_and_the_gates_table_comes_last(pytester):
 def test_a_failing_threshold_exits_1_and_says_which(pytester):
     result = run(pytester, "--rmb-model", "length", "--rmb-gate", "task:closed_qa.bon>0.5", "--rmb-json", "s.json")
     assert result.ret == 1
-    result.stdout.fnmatch_lines(["*task:closed_qa.bon*0.0000*> 0.5*FAIL*", "rmb: 1 gate(s) failed: task:closed_qa.bon"])
+    result.stdout.fnmatch_lines(["*task:closed_qa.bon*0.0000*> 0.5*FAIL*", "rmb: 1 gate(s) failed: task:closed_qa.bon > 0.5 (threshold)"])
     gates = json.loads((pytester.path / "s.json").read_text())["gates"]
     assert gates == [{"metric": "task:closed_qa.bon", "value": 0.0, "reference": "> 0.5",
                       "interval": None, "status": "FAIL", "detail": ""}]
@@ -165,7 +165,12 @@ def test_random_against_a_length_baseline_fails_with_significance(pytester):
     assert overall["baseline"] == pytest.approx(main["overall"])
     assert overall["current"] == pytest.approx(summary["overall"])
     assert overall["p_drop"] < 0.05 and overall["ci95"][1] < 0
-    result.stdout.fnmatch_lines(["*overall*baseline*FAIL*", "*overall: delta -0.*p=0.0*n=147*"])
+    result.stdout.fnmatch_lines([
+        "Baseline gates*",
+        f"overall *{overall['current']:.4f} *{overall['baseline']:.4f} *{overall['delta']:+.4f} *"
+        f"[[]{overall['ci95'][0]:+.4f}, {overall['ci95'][1]:+.4f}] *FAIL*",
+        "*overall: delta -0.*p=0.0*n=147*",
+        f"rmb: * gate(s) failed: overall vs baseline ({overall['delta']:+.4f} < -0.01), *"])
     # The same drop passes when more is allowed.
     result = run(pytester, "--rmb-model", "random", "--rmb-baseline", "main.json", "--rmb-max-drop", "0.9")
     assert result.ret == 0
@@ -277,7 +282,8 @@ def test_a_baseline_sharing_no_samples_fails_and_says_nothing_was_compared(pytes
     result = run(pytester, *args)
     assert result.ret == 1
     result.stdout.fnmatch_lines([
-        "*overall*baseline -*FAIL*",
+        "Baseline gates*",
+        "overall * - * - * - * - *FAIL*",
         "*overall: no samples shared with the baseline*nothing was compared*--rmb-gate-allow-empty*",
         "baseline: no samples shared with the baseline: nothing was compared*",
     ])
@@ -315,4 +321,5 @@ def test_thresholds_exactly_at_the_accuracy(pytester):
     rows = json.loads((pytester.path / "s.json").read_text())["gates"]
     assert [(r["reference"].split()[0], r["value"], r["status"]) for r in rows] == [
         (">=", value, "PASS"), (">", value, "FAIL"), ("<=", value, "PASS"), ("<", value, "FAIL")]
-    result.stdout.fnmatch_lines(["rmb: 2 gate(s) failed: helpfulness.pairwise, helpfulness.pairwise"])
+    result.stdout.fnmatch_lines([f"rmb: 2 gate(s) failed: helpfulness.pairwise > {value:g} (threshold), "
+                                 f"helpfulness.pairwise < {value:g} (threshold)"])

@@ -35,7 +35,9 @@ from pytest_rmb.report import (
     fit_width,
     grouped_table,
     headline_table,
+    legend_lines,
     markdown_document,
+    table_headers,
 )
 from pytest_rmb.scenarios import Scenario
 
@@ -451,7 +453,8 @@ def test_tables_show_the_length_baseline_and_mark_where_it_is_not_beaten():
     harm_line = next(line for line in text.splitlines() if "Harmlessness Pairwise" in line)
     assert "Length" in text and "0.6000" in help_line and "0.8000!" in help_line
     assert "0.8750" in harm_line and "0.1250" in harm_line and "!" not in harm_line
-    assert "where the model does not beat it" in " ".join(text.split())
+    legend = " ".join(" ".join(legend_lines(table_headers(headline_table(summary)), set(), 80)).split())
+    assert "Length: the length baseline" in legend and "where the model does not beat it" in legend
     hidden = render(headline_table(summary, null_baseline=False))
     assert "Length" not in hidden and "0.8000" not in hidden
     tasks = render(grouped_table("Per task", "Task", summary["tasks"], "name"))

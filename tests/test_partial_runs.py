@@ -83,7 +83,7 @@ def test_x_stops_at_the_first_miss_and_the_run_is_partial_with_no_gate_passed_or
     out = result.stdout.str()
     assert "PASS" not in out and "FAIL" not in out and "all gates passed" not in out
     result.stdout.fnmatch_lines([
-        f"*= RMB: length on sample, PARTIAL RUN: {ran} of {SAMPLE_ITEMS} items ran =*",
+        f"*= RMB: length on sample (*), PARTIAL RUN: {ran} of {SAMPLE_ITEMS} items ran =*",
         "PARTIAL RESULTS: the run was interrupted before every item ran.",
         f"rmb: {account}; its gates are not evaluated",
         f"RMB accuracy - PARTIAL RUN: {ran} of {SAMPLE_ITEMS} items ran*",
@@ -251,7 +251,7 @@ def test_require_complete_fails_a_run_on_incomplete_data_naming_the_files(pytest
     assert overall["status"] == "PASS"
     detail = f"{len(ABSENT)} data file(s) missing or empty: {', '.join(ABSENT)}"
     assert (complete["metric"], complete["status"], complete["detail"]) == ("complete", "FAIL", detail)
-    result.stdout.fnmatch_lines([f"  complete: {detail}", "rmb: 1 gate(s) failed: complete"])
+    result.stdout.fnmatch_lines([f"  complete: {detail}", "rmb: 1 gate(s) failed: complete (all data files)"])
 
 
 def test_require_complete_passes_a_selection_whose_files_are_all_there(pytester, partial_copy):

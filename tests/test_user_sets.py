@@ -364,7 +364,8 @@ def test_a_gate_on_a_users_scenario_passes_and_fails_on_its_accuracy(pytester, s
     assert (gate["status"], gate["value"]) == ("PASS", pytest.approx(accuracy))
     failing = run(pytester, *base, "--rmb-gate", f"scenario:custom/support.pairwise>={accuracy + 0.001:.4f}")
     assert failing.ret == 1
-    failing.stdout.fnmatch_lines(["rmb: 1 gate(s) failed: scenario:custom/support.pairwise"])
+    failing.stdout.fnmatch_lines(
+        [f"rmb: 1 gate(s) failed: scenario:custom/support.pairwise >= {float(f'{accuracy + 0.001:.4f}'):g} (threshold)"])
     task_gate = run(pytester, *base, "--rmb-gate", "task:custom.bon>=0")
     assert task_gate.ret == 0
     unknown = run(pytester, *base, "--rmb-gate", "scenario:custom/nothing.pairwise>=0.5")
