@@ -202,8 +202,8 @@ def run_lines(names: list[str], comparison: Comparison, reference_samples: int |
 
 
 def comparison_table(names: list[str], rows: list[dict], *, show_scenarios: bool, alpha: float) -> Table:
-    table = new_table(f"RMB runs compared on shared samples: deltas against A, * significant at alpha={alpha:g} "
-                      "(paired bootstrap)")
+    table = new_table(f"RMB runs compared on shared samples: deltas against A; on overall and "
+                      f"the sections, * significant at alpha={alpha:g} (paired bootstrap)")
     # The metric name is the one column that wraps, between its words; numbers never do (see fit_width).
     table.add_column("Metric")
     table.add_column("A", justify="right", no_wrap=True)
@@ -303,7 +303,8 @@ tr.overall td {{ font-weight: bold; }}
 </style></head><body>
 <h1>RMB runs compared</h1>
 <p>Each run is compared with A on the samples the two share; deltas are against A on those samples.
-<b>*</b> marks a difference significant at alpha={alpha:g} by a paired bootstrap.</p>
+On the overall and section rows, <b>*</b> marks a difference significant at alpha={alpha:g} by a paired
+bootstrap; task and scenario rows are not tested.</p>
 <ul>{about}</ul>
 <table><tr><th>Metric</th>{head}</tr>
 {"".join(body)}
