@@ -77,3 +77,16 @@ def run_rmb(pytester, *args: str, options: tuple[str, ...] = ()):
     pytest's own cache is off (it would write beside the data); ``options`` are a file's standing
     options (``--rmb-data sample``), given before the test's own."""
     return pytester.runpytest("-p", "no:cacheprovider", *options, *args)
+
+
+class FakeReporter:
+    """pytest's terminal reporter as the plain-line progress uses it, keeping the lines written."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def write_line(self, line: str) -> None:
+        self.lines.append(line)
+
+    def flush(self) -> None:
+        pass

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 
 from pytest_rmb import progress
-from tests.helpers import SHARED_DATA
+from tests.helpers import SHARED_DATA, FakeReporter
 from tests.judge_stub import StubServer
 from tests.terminal import run_on_screen
 
@@ -195,19 +195,6 @@ def test_a_log_says_a_judge_is_still_working_while_its_requests_are_out(pytester
     assert printed.index("rmb: still scoring") < closing.start()
 
 
-class Lines:
-    """pytest's terminal reporter as LineProgress uses it, keeping the lines."""
-
-    def __init__(self):
-        self.lines: list[str] = []
-
-    def write_line(self, line: str) -> None:
-        self.lines.append(line)
-
-    def flush(self) -> None:
-        pass
-
-
 def wait_for(condition, seconds: float = 10.0) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
@@ -220,7 +207,7 @@ def test_line_progress_writes_on_the_clock_while_nothing_finishes(monkeypatch):
     # time and writes once the work has been quiet for 50 ms.
     monkeypatch.setattr(progress, "LOOK_EVERY", 0.02)
     monkeypatch.setattr(progress, "QUIET_AFTER", 0.05)
-    reporter = Lines()
+    reporter = FakeReporter()
     plugins = {"terminalreporter": reporter, "capturemanager": None}
     config = SimpleNamespace(pluginmanager=SimpleNamespace(getplugin=plugins.get))
     now = [0.0]

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import pytest
 
 from pytest_rmb.cache import ScoreCache
-from tests.helpers import SAMPLE_DATA, all_files
+from tests.helpers import SAMPLE_DATA, FakeReporter, all_files
 
 CHAT = ("Pairwise_set/Helpfulness/Chat/", "BoN_set/Helpfulness/Chat/")
 DISCUSSION = ("Pairwise_set/Helpfulness/Chat/Discussion.json", "BoN_set/Helpfulness/Chat/Discussion.json")
@@ -227,17 +227,6 @@ def test_a_terminal_gets_the_rich_bar_under_pytest_default_capture(tmp_path):
     assert "\x1b[" in output  # drawn and erased in place, not as lines
     plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output)
     assert re.search(rf"rmb: scoring chat/discussion ━+ [0-{total}]/{total} texts", plain)  # the count column
-
-
-class FakeReporter:
-    def __init__(self):
-        self.lines: list[str] = []
-
-    def write_line(self, line: str) -> None:
-        self.lines.append(line)
-
-    def flush(self) -> None:
-        pass
 
 
 def test_line_progress_shows_after_two_seconds_then_every_ten_and_closes():
