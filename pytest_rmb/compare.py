@@ -202,8 +202,8 @@ def run_lines(names: list[str], comparison: Comparison, reference_samples: int |
 
 
 def comparison_table(names: list[str], rows: list[dict], *, show_scenarios: bool, alpha: float) -> Table:
-    table = new_table(f"RMB runs compared on shared samples: deltas against A; on overall and "
-                      f"the sections, * significant at alpha={alpha:g} (paired bootstrap)")
+    table = new_table(f"RMB runs compared on shared samples: deltas against A, * significant at alpha={alpha:g} "
+                      "(paired bootstrap)")
     # The metric name is the one column that wraps, between its words; numbers never do (see fit_width).
     table.add_column("Metric")
     table.add_column("A", justify="right", no_wrap=True)
