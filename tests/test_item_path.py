@@ -48,14 +48,18 @@ def pytest_fixture_setup(fixturedef, request):
 
 def test_items_take_their_sample_without_a_fixture_setup(pytester):
     documentation_data(pytester.path / "data")
-    pytester.makeconftest(FIXTURE_SETUPS)
-    result = run_rmb(pytester, "--rmb-model", "length", "--rmb-data", "data", SCENARIO, "--rmb-jsonl", "r.jsonl")
+    # A plugin, not a conftest.py: pytest applies a conftest's hooks by the item's directory, and
+    # RMB items live at a virtual path.
+    pytester.makepyfile(setup_log=FIXTURE_SETUPS)
+    pytester.syspathinsert()
+    result = run_rmb(pytester, "-p", "setup_log", "--rmb-model", "length", "--rmb-data", "data", SCENARIO,
+                     "--rmb-jsonl", "r.jsonl")
     expected = expected_items()
     misses = sum(not correct for correct in expected.values())
     outcomes = result.parseoutcomes()
     assert (outcomes["passed"], outcomes["missed"]) == (len(expected) - misses, misses)
     setups = [tuple(json.loads(line)) for line in (pytester.path / "setups.jsonl").read_text().splitlines()]
-    # The session fixtures are set up once, by the first item; no item sets up its sample.
+    # The session fixtures are set up once; no item sets up its sample.
     assert sorted(name for _, name in setups) == ["pytestconfig", "rmb_engine", "rmb_model"]
     records = [json.loads(line) for line in (pytester.path / "r.jsonl").read_text().splitlines()]
     assert {f"{SCENARIO}::test_{r['kind']}[{r['uid']}]": r["correct"] for r in records} == expected
