@@ -8,6 +8,7 @@ sees the sample. Expected values come from the raw records (tests/helpers.py).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -34,6 +35,7 @@ def expected_items():
 
 FIXTURE_SETUPS = """
 import json
+from pathlib import Path
 from pathlib import Path
 
 import pytest
@@ -70,6 +72,7 @@ def test_user_fixtures_still_see_each_items_sample(pytester):
     pytester.makeconftest("""
 import json
 from pathlib import Path
+from pathlib import Path
 
 import pytest
 
@@ -96,3 +99,33 @@ def test_setup_show_still_lists_each_sample(pytester, option):
         assert "rmb_sample" in lines[shown]
         assert lines[shown - 1].strip().startswith("SETUP    F rmb_sample[")
     assert sum(line.strip().startswith("SETUP    F rmb_sample[") for line in lines) == len(expected_items())
+
+
+LOCATIONS = """
+import json
+from pathlib import Path
+from pathlib import Path
+
+def pytest_runtest_logstart(nodeid, location):
+    with Path("locations.jsonl").open("a") as out:
+        out.write(json.dumps([nodeid, location]) + "\\n")
+"""
+
+
+def test_each_item_reports_its_test_functions_file_and_line(pytester):
+    """The location pytest reports (JUnit XML, -v, xdist) names the test function's own line."""
+    documentation_data(pytester.path / "data")
+    pytester.makepyfile(location_log=LOCATIONS)
+    pytester.syspathinsert()
+    result = run_rmb(pytester, "-p", "location_log", "--rmb-model", "length", "--rmb-data", "data", SCENARIO)
+    assert result.ret == 0
+    source = (Path(__file__).resolve().parents[1] / "pytest_rmb" / "benchmark.py").read_text().splitlines()
+    # pytest's lines are 0-based and name the decorator above a decorated function.
+    line_of = {name: source.index(f"def {name}(rmb_sample, request):") - 1 for name in ("test_pairwise", "test_bon")}
+    locations = {nodeid: location for nodeid, location in
+                 (json.loads(line) for line in (pytester.path / "locations.jsonl").read_text().splitlines())}
+    assert set(locations) == set(expected_items())
+    for nodeid, (path, line, name) in locations.items():
+        test = nodeid.split("::")[1]
+        assert Path(path).name == "benchmark.py"
+        assert (line, name) == (line_of[test.split("[")[0]], test)
