@@ -48,8 +48,16 @@ class ScenarioModule(pytest.Module):
     def collect(self):
         # A user's scenario may have one kind only: its other test function collects nothing.
         kinds = self.scenario.kinds
-        return [item for item in super().collect()
-                if not isinstance(item, pytest.Function) or item.originalname.removeprefix("test_") in kinds]
+        items = [item for item in super().collect()
+                 if not isinstance(item, pytest.Function) or item.originalname.removeprefix("test_") in kinds]
+        # --setup-show and --setup-plan list the sample as a fixture set up per item: only then
+        # does it go through the fixture machinery.
+        functions = [item for item in items if isinstance(item, pytest.Function)]
+        if not getattr(self.config.option, "setupshow", False):
+            for item in functions:
+                given_directly(item)
+        share_location(functions)
+        return items
 
     def parameters(self, kind: str) -> tuple[list[object], list[str], list]:
         """(values, ids, marks) for the ``rmb_sample`` parameter of the ``kind`` test."""
@@ -86,6 +94,37 @@ class ScenarioModule(pytest.Module):
             values.append(BadData(self.scenario.id, kind, relative, bad.describe(path, kind)))
             ids.append(_error_id(bad.uid, bad.index, taken))
         return values, ids, own
+
+
+def given_directly(item: pytest.Function) -> None:
+    """Hand the item its arguments at collection, so that its setup resolves no fixture for them.
+
+    Both are known by now: the sample is the item's parameter, and ``request`` is the item's own
+    request object. pytest fills only the arguments an item does not hold yet, so a user's autouse
+    fixtures still run; resolving these two instead would be about a tenth of a length-baseline
+    run over the whole benchmark. pytest drops ``funcargs`` after the item ran, and fills them
+    the usual way if it runs again (pytest-rerunfailures).
+    """
+    item.funcargs["rmb_sample"] = item.callspec.params["rmb_sample"]
+    item.funcargs["request"] = item._request
+
+
+def share_location(items: list[pytest.Function]) -> None:
+    """Work out each test function's file and line once, not once per sample.
+
+    pytest reports an item's ``location`` (file, line, name: in JUnit XML, -v lines and the xdist
+    protocol) by inspecting the test function's source, about as costly as running a trivial test;
+    the items of one test function here share that function, so they share its file and line.
+    ``location`` is a cached property: setting it where the cache lives is what computing it does.
+    """
+    first: dict[str, tuple[str, int | None]] = {}
+    for item in items:
+        shared = first.get(item.originalname)
+        if shared is None:
+            path, line, _ = item.location
+            first[item.originalname] = (path, line)
+        else:
+            item.__dict__["location"] = (*shared, item.getmodpath())
 
 
 def limited(samples: list[Sample], limit: int, seed: int, *, scenario: str, kind: str) -> list[Sample]:
