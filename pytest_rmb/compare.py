@@ -2,14 +2,16 @@
 
 The first file is the reference. Every other run is compared with it on the samples the two share
 (matched by scenario, kind and uid from the per-sample ``outcomes`` every --rmb-json carries): both
-accuracies are recomputed over those samples, and the delta gets a paired bootstrap p-value. What
-differs between the runs' provenance is printed before the numbers.
+accuracies are recomputed over those samples, and every row's delta gets a two-sided p-value from the
+samples where the two runs disagree, adjusted for the number of rows shown (Holm's correction unless
+``--correction`` says otherwise). What differs between the runs' provenance is printed before the numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import html
+import math
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,14 +22,17 @@ from rich.console import Console
 from rich.table import Table
 
 from pytest_rmb.data import uid_sort_key
-from pytest_rmb.gate import SECTION_NAMES, compare_shared, outcomes_by_section, provenance_differences
-from pytest_rmb.metrics import KINDS, outcome_records, split_outcome_key, summarize
+from pytest_rmb.gate import SECTION_NAMES, provenance_differences
+from pytest_rmb.metrics import KINDS, outcome_records, section_key, split_outcome_key, summarize
 from pytest_rmb.options import add_arguments
 from pytest_rmb.report import KIND_TITLES, Name, fit_width, fmt_accuracy, new_table
 from pytest_rmb.summary import RunSummary, ScenarioRef, SummaryError, read_summary, scenario_refs
 
 RUN_COLOURS = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#ff9da6", "#9d755d")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+# --correction's choices, as the output names them.
+CORRECTIONS = {"holm": "Holm's correction", "bh": "Benjamini-Hochberg correction (false discovery rate)",
+               "none": "no correction"}
 
 
 def load_summary(path: Path) -> RunSummary:
@@ -37,16 +42,100 @@ def load_summary(path: Path) -> RunSummary:
         raise SystemExit(f"pytest-rmb compare: {path}: {exc}") from None
 
 
-def significance(reference: Mapping[str, Any], other: Mapping[str, Any], seed: int, resamples: int) -> dict[str, dict]:
-    """Paired comparison per section and overall, on the samples both runs share."""
-    if "outcomes" not in reference or "outcomes" not in other:
-        return {}
-    goal_of = {sid: ref.goal for sid, ref in scenario_refs([reference, other]).items()}
-    return compare_shared(
-        outcomes_by_section(reference["outcomes"], goal_of),
-        outcomes_by_section(other["outcomes"], goal_of),
-        seed=seed, resamples=resamples,
-    )
+def row_keys(keys: list[str], scenarios: Mapping[str, ScenarioRef]) -> dict[str, list[str]]:
+    """The samples (outcome keys) behind each section, task and scenario row, under the table's names."""
+    rows: dict[str, list[str]] = {}
+    for key in keys:
+        scenario_id, kind, _ = split_outcome_key(key)
+        scenario = scenarios[scenario_id]
+        section = section_key(scenario.goal, kind)
+        # A scenario of neither RMB goal (a user's own set) counts in no section, as in summarize.
+        if section in SECTION_NAMES:
+            rows.setdefault(section, []).append(key)
+        rows.setdefault(f"task:{scenario.task_id}.{kind}", []).append(key)
+        rows.setdefault(f"scenario:{scenario_id}.{kind}", []).append(key)
+    return rows
+
+
+def sign_test_p(lost: int, gained: int) -> float:
+    """Two-sided exact sign test (McNemar's exact test) of a row's paired outcomes.
+
+    Only the samples where the two runs disagree carry information; if neither run were better,
+    each would go either way with probability 1/2, so the smaller of ``lost`` and ``gained`` would
+    be Binomial(lost + gained, 1/2). The p-value is twice that lower tail, at most 1. Exact, so
+    it stays honest in the far tail that a correction over many rows looks at."""
+    disagree = lost + gained
+    if disagree == 0:
+        return 1.0
+    term = tail = 1  # C(disagree, 0), then each next binomial coefficient from the one before
+    for k in range(min(lost, gained)):
+        term = term * (disagree - k) // (k + 1)
+        tail += term
+    return min(1.0, 2 * tail / 2 ** disagree)
+
+
+def overall_p(sections: Sequence[tuple[int, int, int]]) -> float:
+    """Two-sided p-value of the overall row, the mean of the sections' accuracies.
+
+    ``sections`` holds (samples, lost, gained) per section. Under the same null as
+    :func:`sign_test_p`, each disagreement adds +-1/n to its section's delta with equal chance, so
+    the overall delta has mean 0 and variance sum(lost + gained) / n^2 over the sections, divided by
+    the number of sections squared; with thousands of disagreements the normal approximation of
+    that distribution is close, and its two tails give the p-value."""
+    count = len(sections)
+    delta = sum((gained - lost) / n for n, lost, gained in sections) / count
+    variance = sum((lost + gained) / n**2 for n, lost, gained in sections) / count**2
+    if variance == 0:
+        return 1.0
+    return math.erfc(abs(delta) / math.sqrt(2 * variance))
+
+
+def row_tests(reference: Mapping[str, Any], other: Mapping[str, Any], shared: list[str],
+              scenarios: Mapping[str, ScenarioRef]) -> dict[str, float]:
+    """metric -> two-sided p-value of other against reference, for every row, on the shared samples."""
+    counts = {}
+    for metric, keys in row_keys(shared, scenarios).items():
+        old, new = reference["outcomes"], other["outcomes"]
+        lost = sum(1 for key in keys if old[key] and not new[key])
+        gained = sum(1 for key in keys if new[key] and not old[key])
+        counts[metric] = (len(keys), lost, gained)
+    tests = {metric: sign_test_p(lost, gained) for metric, (_, lost, gained) in counts.items()}
+    sections = [counts[section] for section in SECTION_NAMES if section in counts]
+    if sections:
+        tests["overall"] = overall_p(sections)
+    return tests
+
+
+def adjust_p_values(p_values: Sequence[float], correction: str) -> list[float]:
+    """The p-values adjusted for being tested together, in the order given.
+
+    ``holm``: Holm's step-down; the chance of even one false star stays under alpha, however the
+    rows depend on each other (a section and its tasks share samples). ``bh``: Benjamini-Hochberg's
+    step-up; the expected share of false stars among the stars stays under alpha (rows independent
+    or positively dependent), so it keeps more stars. ``none``: unchanged."""
+    if correction == "none":
+        return list(p_values)
+    count = len(p_values)
+    order = sorted(range(count), key=lambda i: p_values[i])
+    adjusted = [1.0] * count
+    if correction == "holm":
+        # The k-th smallest is multiplied by the number of hypotheses still standing; never below the
+        # one before it, since the step-down stops at the first that fails.
+        running = 0.0
+        for rank, index in enumerate(order):
+            running = max(running, min(1.0, (count - rank) * p_values[index]))
+            adjusted[index] = running
+    elif correction == "bh":
+        # The k-th smallest is scaled by count / k; never above the one after it, since the step-up
+        # accepts everything below the largest that passes.
+        running = 1.0
+        for rank in range(count - 1, -1, -1):
+            index = order[rank]
+            running = min(running, count * p_values[index] / (rank + 1))
+            adjusted[index] = running
+    else:
+        raise ValueError(f"unknown correction {correction!r}: choose from {', '.join(CORRECTIONS)}")
+    return adjusted
 
 
 @dataclass
@@ -60,6 +149,8 @@ class Comparison:
     # Per run, reference first: what keeps its numbers from standing for its whole selection
     # ("partial run: ...", "incomplete data: ..."), or "".
     caveats: list[str] = field(default_factory=list)
+    correction: str = "holm"
+    tested: list[int] = field(default_factory=list)  # per later run: rows shown that have a p-value
 
 
 def caveat(summary: Mapping[str, Any]) -> str:
@@ -96,9 +187,13 @@ def _on_keys(summary: Mapping[str, Any], keys: list[str], scenarios: dict[str, S
     return _values(summarize(outcome_records(summary["outcomes"], keys), scenarios, resamples=1))
 
 
-def compare_runs(runs: Sequence[Mapping[str, Any]], seed: int = 0, resamples: int = 1000) -> Comparison:
+def compare_runs(runs: Sequence[Mapping[str, Any]], *, correction: str = "holm",
+                 show_scenarios: bool = False) -> Comparison:
     """Each later run against the first, on the samples the two share; scenarios are placed as the
-    summaries themselves describe them, so that runs on a user's own sets compare row by row."""
+    summaries themselves describe them, so that runs on a user's own sets compare row by row.
+
+    Every row gets a two-sided p-value per later run; those of the rows shown (scenario rows only
+    with ``show_scenarios``) are adjusted together by ``correction``, one family per later run."""
     scenarios = scenario_refs(runs)
 
     def known(summary: Mapping[str, Any]) -> set[str] | None:
@@ -110,6 +205,7 @@ def compare_runs(runs: Sequence[Mapping[str, Any]], seed: int = 0, resamples: in
     per_run: list[dict[str, float | None]] = []
     reference_per_run: list[dict[str, float | None]] = []
     shared_counts: list[int | None] = []
+    tests: list[dict[str, float]] = []
     notes: list[str] = []
     for index, run in enumerate(runs[1:], start=1):
         keys = known(run)
@@ -119,6 +215,7 @@ def compare_runs(runs: Sequence[Mapping[str, Any]], seed: int = 0, resamples: in
             reference_per_run.append(_values(runs[0]))
             notes.append(f"{LETTERS[index]} or A has no per-sample outcomes: {LETTERS[index]} is compared on "
                          "the numbers as reported, which may cover different samples")
+            tests.append({})
             continue
         shared = sorted(reference_keys & keys)
         shared_counts.append(len(shared))
@@ -126,6 +223,7 @@ def compare_runs(runs: Sequence[Mapping[str, Any]], seed: int = 0, resamples: in
             notes.append(f"{LETTERS[index]} shares no samples with A: nothing to compare")
         per_run.append(_on_keys(run, shared, scenarios))
         reference_per_run.append(_on_keys(runs[0], shared, scenarios))
+        tests.append(row_tests(runs[0], run, shared, scenarios))
 
     # The reference's own column: over the samples every run shares with it (when they all share the
     # same samples, exactly the numbers each delta is taken against).
@@ -142,7 +240,6 @@ def compare_runs(runs: Sequence[Mapping[str, Any]], seed: int = 0, resamples: in
     else:
         reference_column = _values(runs[0])
 
-    tests = [significance(runs[0], run, seed, resamples) if n else {} for run, n in zip(runs[1:], shared_counts)]
     metrics = ["overall", *SECTION_NAMES, *reference_column]
     for values in per_run:
         metrics += [m for m in values if m not in reference_column and m not in metrics]
@@ -155,18 +252,38 @@ def compare_runs(runs: Sequence[Mapping[str, Any]], seed: int = 0, resamples: in
         for own, reference in zip(per_run, reference_per_run):
             value, base = own.get(metric), reference.get(metric)
             deltas.append(None if value is None or base is None else value - base)
-        found = [test.get(metric) for test in tests]
+        # A row one of the two runs lacks on their shared samples has no delta, and no test.
+        found = [test.get(metric) if delta is not None else None for test, delta in zip(tests, deltas)]
         rows.append({
             "group": metric.partition(":")[0] if ":" in metric else ("overall" if metric == "overall" else "section"),
             "metric": metric, "values": column, "deltas": deltas,
-            "p_drop": [entry["p_drop"] if entry else None for entry in found],
-            "p_gain": [entry["p_gain"] if entry else None for entry in found],
+            "p": found,
         })
+    tested = adjust_rows(rows, correction, show_scenarios)
     provenance = [
         provenance_differences(runs[0].get("provenance"), run.get("provenance"), ("A", LETTERS[i]))
         for i, run in enumerate(runs[1:], start=1)
     ]
-    return Comparison(rows, shared_counts, notes, provenance, [caveat(run) for run in runs])
+    return Comparison(rows, shared_counts, notes, provenance, [caveat(run) for run in runs], correction, tested)
+
+
+def shown(row: Mapping[str, Any], show_scenarios: bool) -> bool:
+    return show_scenarios or row["group"] != "scenario"
+
+
+def adjust_rows(rows: list[dict], correction: str, show_scenarios: bool) -> list[int]:
+    """Set each row's ``p_adjusted`` (per later run) over the family of rows shown that have a
+    p-value; rows not shown get None. Returns the family's size per later run."""
+    runs = len(rows[0]["p"]) if rows else 0
+    for row in rows:
+        row["p_adjusted"] = [None] * runs
+    sizes = []
+    for run in range(runs):
+        family = [row for row in rows if shown(row, show_scenarios) and row["p"][run] is not None]
+        for row, adjusted in zip(family, adjust_p_values([row["p"][run] for row in family], correction)):
+            row["p_adjusted"][run] = adjusted
+        sizes.append(len(family))
+    return sizes
 
 
 def _ordered(metrics: list[str]) -> list[str]:
@@ -176,15 +293,27 @@ def _ordered(metrics: list[str]) -> list[str]:
     return head + tasks + scenarios
 
 
-def fmt_delta(delta: float | None, p_drop: float | None, p_gain: float | None, alpha: float) -> tuple[str, str]:
-    """(text, style) of a delta; a star marks a difference significant at ``alpha`` (paired bootstrap)."""
+def fmt_delta(delta: float | None, p_adjusted: float | None, alpha: float) -> tuple[str, str]:
+    """(text, style) of a delta; a star marks a difference whose adjusted p-value is below ``alpha``."""
     if delta is None:
         return "", ""
-    if p_drop is not None and p_drop < alpha:
-        return f"{delta:+.4f}*", "red"
-    if p_gain is not None and p_gain < alpha:
-        return f"{delta:+.4f}*", "green"
+    if p_adjusted is not None and p_adjusted < alpha:
+        return f"{delta:+.4f}*", "red" if delta < 0 else "green"
     return f"{delta:+.4f} ", ""
+
+
+def significance_phrase(comparison: Comparison, alpha: float) -> str:
+    """What a star means here: the level, the test, the correction and over how many rows."""
+    sizes = comparison.tested
+    if not any(sizes):
+        return f"* significant at alpha={alpha:g}, but no row could be tested"
+    if len(set(sizes)) == 1:
+        rows = f"{sizes[0]} rows"
+    else:
+        rows = "each run's rows (" + ", ".join(f"{LETTERS[i]}: {n}" for i, n in enumerate(sizes, start=1)) + ")"
+    how = (f"no correction for testing {rows}" if comparison.correction == "none"
+           else f"{CORRECTIONS[comparison.correction]} over {rows}")
+    return f"* significant at alpha={alpha:g} (two-sided paired sign test; {how})"
 
 
 def run_lines(names: list[str], comparison: Comparison, reference_samples: int | None) -> list[str]:
@@ -201,9 +330,9 @@ def run_lines(names: list[str], comparison: Comparison, reference_samples: int |
     return lines
 
 
-def comparison_table(names: list[str], rows: list[dict], *, show_scenarios: bool, alpha: float) -> Table:
-    table = new_table(f"RMB runs compared on shared samples: deltas against A, * significant at alpha={alpha:g} "
-                      "(paired bootstrap)")
+def comparison_table(names: list[str], comparison: Comparison, *, show_scenarios: bool, alpha: float) -> Table:
+    # No line of the title may start with a row's name: users and tests find rows by their first word.
+    table = new_table(f"RMB runs compared on shared samples: deltas against A, {significance_phrase(comparison, alpha)}")
     # The metric name is the one column that wraps, between its words; numbers never do (see fit_width).
     table.add_column("Metric")
     table.add_column("A", justify="right", no_wrap=True)
@@ -211,15 +340,15 @@ def comparison_table(names: list[str], rows: list[dict], *, show_scenarios: bool
         table.add_column(LETTERS[index], justify="right", no_wrap=True)
         table.add_column(f"{LETTERS[index]}-A", justify="right", no_wrap=True)
     previous_group = None
-    for row in rows:
-        if row["group"] == "scenario" and not show_scenarios:
+    for row in comparison.rows:
+        if not shown(row, show_scenarios):
             continue
         if previous_group is not None and row["group"] != previous_group:
             table.add_section()
         previous_group = row["group"]
         cells: list = [Name(row["metric"]), fmt_accuracy(row["values"][0])]
-        for value, delta, p_drop, p_gain in zip(row["values"][1:], row["deltas"], row["p_drop"], row["p_gain"]):
-            text, style = fmt_delta(delta, p_drop, p_gain, alpha)
+        for value, delta, p_adjusted in zip(row["values"][1:], row["deltas"], row["p_adjusted"]):
+            text, style = fmt_delta(delta, p_adjusted, alpha)
             cells += [fmt_accuracy(value), f"[{style}]{text}[/]" if style else text]
         table.add_row(*cells)
     return table
@@ -232,7 +361,7 @@ def print_comparison(names: list[str], comparison: Comparison, *, show_scenarios
     console = console or Console(highlight=False)
     for line in run_lines(names, comparison, reference_samples):
         console.print(line, markup=False, overflow="fold")
-    table = comparison_table(names, comparison.rows, show_scenarios=show_scenarios, alpha=alpha)
+    table = comparison_table(names, comparison, show_scenarios=show_scenarios, alpha=alpha)
     fit_width(console, table).print(table)
 
 
@@ -264,20 +393,22 @@ def _bar_chart(title: str, names: list[str], rows: list[dict]) -> str:
     return "".join(parts)
 
 
-def comparison_html(names: list[str], rows: list[dict], *, alpha: float = 0.05,
+def comparison_html(names: list[str], comparison: Comparison, *, show_scenarios: bool = False, alpha: float = 0.05,
                     legend_lines: tuple[str, ...] | list[str] = ()) -> str:
-    """One self-contained page: the comparison table and per-scenario charts, no external assets."""
+    """One self-contained page: the comparison table (the terminal's rows) and per-scenario charts,
+    no external assets."""
+    rows = comparison.rows
     head = "".join(
         f"<th>{LETTERS[i]}: {html.escape(n)}</th>" + (f"<th>{LETTERS[i]}-A</th>" if i else "")
         for i, n in enumerate(names)
     )
     body = []
     for row in rows:
-        if row["group"] == "scenario":
+        if not shown(row, show_scenarios):
             continue
         cells = [f"<td><code>{html.escape(row['metric'])}</code></td>", f"<td>{fmt_accuracy(row['values'][0])}</td>"]
-        for value, delta, p_drop, p_gain in zip(row["values"][1:], row["deltas"], row["p_drop"], row["p_gain"]):
-            text, style = fmt_delta(delta, p_drop, p_gain, alpha)
+        for value, delta, p_adjusted in zip(row["values"][1:], row["deltas"], row["p_adjusted"]):
+            text, style = fmt_delta(delta, p_adjusted, alpha)
             cells.append(f"<td>{fmt_accuracy(value)}</td><td class='{style}'>{text.strip()}</td>")
         body.append(f"<tr class='{row['group']}'>{''.join(cells)}</tr>")
     legend = " ".join(
@@ -303,8 +434,11 @@ tr.overall td {{ font-weight: bold; }}
 </style></head><body>
 <h1>RMB runs compared</h1>
 <p>Each run is compared with A on the samples the two share; deltas are against A on those samples.
-On the overall and section rows, <b>*</b> marks a difference significant at alpha={alpha:g} by a paired
-bootstrap; task and scenario rows are not tested.</p>
+Every row is tested: {html.escape(significance_phrase(comparison, alpha))}. A row's p-value counts
+the samples where the two runs disagree: with no real difference each would go either way with
+probability 1/2 (exact sign test; the overall row, a mean of the sections, uses the normal
+approximation of the same null), and the p-value is twice the smaller tail. The correction adjusts
+the p-values of the rows in this table together, separately for each run compared with A.</p>
 <ul>{about}</ul>
 <table><tr><th>Metric</th>{head}</tr>
 {"".join(body)}
@@ -319,13 +453,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pytest-rmb compare", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("summaries", nargs="+", type=Path, metavar="SUMMARY.json")
     parser.add_argument("--html", type=Path, metavar="OUT", help="also write a self-contained HTML page")
-    parser.add_argument("--scenarios", action="store_true", help="include the per-scenario rows in the table")
-    # The plugin's own declarations of these settings: the same values are refused, with the same words.
-    add_arguments(parser, {
-        "rmb_seed": ("--seed", "seed of the paired bootstrap"),
-        "rmb_bootstrap": ("--bootstrap", "bootstrap resamples"),
-        "rmb_alpha": ("--alpha", "significance level of the * marks"),
-    })
+    parser.add_argument("--scenarios", action="store_true",
+                        help="include the per-scenario rows in the table (and in the rows corrected for)")
+    parser.add_argument("--correction", choices=tuple(CORRECTIONS), default="holm",
+                        help="multiple-testing correction of the p-values of the rows shown, per run compared "
+                             "with A: holm (Holm's step-down, family-wise), bh (Benjamini-Hochberg, false "
+                             "discovery rate) or none (default holm)")
+    # The plugin's own declaration of alpha: the same values are refused, with the same words.
+    add_arguments(parser, {"rmb_alpha": ("--alpha", "significance level of the * marks, after the correction")})
     args = parser.parse_args(argv)
     if len(args.summaries) < 2:
         parser.error("give at least two summaries to compare")
@@ -334,13 +469,13 @@ def main(argv: list[str] | None = None) -> int:
 
     runs = [load_summary(path) for path in args.summaries]
     names = [f"{run.get('model')} ({path.name})" for run, path in zip(runs, args.summaries)]
-    comparison = compare_runs(runs, args.seed, args.bootstrap)
+    comparison = compare_runs(runs, correction=args.correction, show_scenarios=args.scenarios)
     reference_samples = len(runs[0]["outcomes"]) if "outcomes" in runs[0] else None
     print_comparison(names, comparison, show_scenarios=args.scenarios, alpha=args.alpha,
                      reference_samples=reference_samples)
     if args.html:
         args.html.parent.mkdir(parents=True, exist_ok=True)
-        page = comparison_html(names, comparison.rows, alpha=args.alpha,
+        page = comparison_html(names, comparison, show_scenarios=args.scenarios, alpha=args.alpha,
                                legend_lines=run_lines(names, comparison, reference_samples))
         args.html.write_text(page, encoding="utf-8")
         print(f"wrote {args.html}")
