@@ -9,14 +9,15 @@ import re
 import shutil
 import subprocess
 import sys
+from fractions import Fraction
 from functools import partial
 from pathlib import Path
+from statistics import NormalDist
 
 import pytest
 
 import pytest_rmb
-from tests.helpers import SAMPLE_DATA, run_rmb
-from tests.test_numbers import expected_paired
+from tests.helpers import SAMPLE_DATA, SHARED_DATA, run_rmb
 
 # The package under test, whichever checkout it is imported from.
 PACKAGE_ROOT = str(Path(pytest_rmb.__file__).resolve().parents[1])
@@ -128,19 +129,183 @@ def test_alpha_sets_the_significance_marks_exactly(pytester, runs):
     run(pytester, "--rmb-model", "random", "--rmb-json", "random.json")
     random = json.loads((pytester.path / "random.json").read_text())
     random3 = runs["random3"]
-    keys = set(random["outcomes"])
-    old, new = by_section(random, keys), by_section(random3, keys)
-    want = expected_paired(old, new, seed=0, resamples=1000)["overall"]
-    p = min(want["p_drop"], want["p_gain"])
+    section = "helpfulness.pairwise"
+    lost, gained, _ = row_counts(random, random3, set(random["outcomes"]))[section]
+    p = sign_test(lost, gained)
     assert 0 < p < 1
-    at = compare(pytester.path, "random.json", "random3.json", "--alpha", repr(p))
-    above = compare(pytester.path, "random.json", "random3.json", "--alpha", repr(math.nextafter(p, 1)))
+    delta = (gained - lost) / len(by_section(random, set(random["outcomes"]))[section])
+    at = compare(pytester.path, "random.json", "random3.json", "--alpha", repr(p), "--correction", "none")
+    above = compare(pytester.path, "random.json", "random3.json", "--alpha", repr(math.nextafter(p, 1)),
+                    "--correction", "none")
     assert at.returncode == above.returncode == 0, at.stderr + above.stderr
-    assert table_row(at.stdout, "overall").split()[3] == f"{want['delta']:+.4f}"
-    assert table_row(above.stdout, "overall").split()[3] == f"{want['delta']:+.4f}*"
+    assert table_row(at.stdout, section).split()[3] == f"{delta:+.4f}"
+    assert table_row(above.stdout, section).split()[3] == f"{delta:+.4f}*"
     assert f"alpha={p:g}" in " ".join(at.stdout.split())
     bad = compare(pytester.path, "random.json", "random3.json", "--alpha", "5")
     assert bad.returncode == 2 and "between 0 and 1" in bad.stderr
+
+
+# --- every row tested, corrected for the rows shown: each p-value recomputed here from the outcomes ---
+
+
+def row_counts(reference, other, keys):
+    """metric -> (lost, gained, samples) of other against reference, per section, task and scenario
+    row, grouped by the scenario rows the reference summary itself carries."""
+    counts = {}
+    for key in keys:
+        scenario, kind, _ = key.split("|", 2)
+        row = reference["scenarios"][scenario]
+        old, new = bool(reference["outcomes"][key]), bool(other["outcomes"][key])
+        for metric in (f"{row['goal']}.{kind}", f"task:{row['task']}.{kind}", f"scenario:{scenario}.{kind}"):
+            lost, gained, n = counts.get(metric, (0, 0, 0))
+            counts[metric] = (lost + (old and not new), gained + (new and not old), n + 1)
+    return counts
+
+
+def sign_test(lost, gained):
+    """Exact two-sided sign test: twice the Binomial(lost + gained, 1/2) tail at the smaller count."""
+    d = lost + gained
+    tail = sum(Fraction(math.comb(d, k), 2**d) for k in range(min(lost, gained) + 1))
+    return min(1.0, float(2 * tail))
+
+
+def expected_p_values(reference, other, *, scenarios):
+    """metric -> p of every row the table shows, the overall row by the normal approximation of the
+    sign-flip null of the mean of the sections' deltas."""
+    keys = set(reference["outcomes"]) & set(other["outcomes"])
+    counts = row_counts(reference, other, keys)
+    p = {metric: sign_test(lost, gained) for metric, (lost, gained, _) in counts.items()
+         if scenarios or not metric.startswith("scenario:")}
+    sections = [counts[s] for s in SECTIONS if s in counts]
+    delta = sum((gained - lost) / n for lost, gained, n in sections) / len(sections)
+    sd = math.sqrt(sum((lost + gained) / n**2 for lost, gained, n in sections)) / len(sections)
+    p["overall"] = 2 * NormalDist().cdf(-abs(delta) / sd) if sd else 1.0
+    return p
+
+
+def starred(p_values, correction, alpha=0.05):
+    """The rows a correction rejects, as its rejection procedure is stated (not via adjusted p-values)."""
+    ranked = sorted(p_values, key=p_values.get)
+    m = len(ranked)
+    if correction == "none":
+        return {metric for metric in ranked if p_values[metric] < alpha}
+    if correction == "holm":  # step down: reject while the k-th smallest is below alpha / (m - k + 1)
+        rejected = set()
+        for k, metric in enumerate(ranked, start=1):
+            if not p_values[metric] < alpha / (m - k + 1):
+                break
+            rejected.add(metric)
+        return rejected
+    # bh, step up: reject the k smallest, k the largest rank whose p is below k * alpha / m
+    passing = [k for k, metric in enumerate(ranked, start=1) if p_values[metric] < k * alpha / m]
+    return set(ranked[:max(passing, default=0)])
+
+
+def stars_in(stdout, run_index):
+    """The metrics whose delta against A carries a star in run ``run_index`` (1: B, 2: C)."""
+    stars = set()
+    for line in stdout.splitlines():
+        cells = line.split()
+        if len(cells) > 2 * run_index + 1 and (cells[0] in ("overall", *SECTIONS) or ":" in cells[0]):
+            if cells[2 * run_index + 1].endswith("*"):
+                stars.add(cells[0])
+    return stars
+
+
+@pytest.fixture
+def sample_runs(pytester):
+    run(pytester, "--rmb-model", "random", "--rmb-seed", "1", "--rmb-json", "random1.json")
+    run(pytester, "--rmb-model", "length", "--rmb-json", "length.json")
+    run(pytester, "--rmb-model", "random", "--rmb-seed", "2", "--rmb-json", "random2.json")
+    return [json.loads((pytester.path / f"{name}.json").read_text()) for name in ("random1", "length", "random2")]
+
+
+@pytest.mark.parametrize("scenarios", [True, False])
+def test_every_row_shown_is_tested_and_corrected_per_run(pytester, sample_runs, scenarios):
+    reference, *others = sample_runs
+    expected = [expected_p_values(reference, other, scenarios=scenarios) for other in others]
+    assert len(expected[0]) == len(expected[1])
+    rows = len(expected[0])
+    # Overall, the four sections, both kinds of every task with samples (and of every scenario).
+    tasks = {s["task"] for s in reference["scenarios"].values()}
+    assert rows == 1 + 4 + 2 * len(tasks) + (2 * len(reference["scenarios"]) if scenarios else 0)
+    flags = ["--scenarios"] if scenarios else []
+    named = {"none": f"no correction for testing {rows} rows", "holm": f"Holm's correction over {rows} rows",
+             "bh": f"Benjamini-Hochberg correction (false discovery rate) over {rows} rows"}
+    found = {}
+    for correction, phrase in named.items():
+        done = compare(pytester.path, "random1.json", "length.json", "random2.json", "--correction", correction,
+                       *flags)
+        assert done.returncode == 0, done.stderr
+        assert f"* significant at alpha=0.05 (two-sided paired sign test; {phrase})" in " ".join(done.stdout.split())
+        found[correction] = [stars_in(done.stdout, index) for index in (1, 2)]
+        assert found[correction] == [starred(p, correction) for p in expected], correction
+    # Holm's is the default; length's real lead keeps its stars on the overall row and the sections
+    # with the most samples (the sample's 12-sample harmlessness sections do not survive 129 rows).
+    default = compare(pytester.path, "random1.json", "length.json", "random2.json", *flags)
+    assert [stars_in(default.stdout, index) for index in (1, 2)] == found["holm"]
+    assert {"overall", "helpfulness.pairwise", "helpfulness.bon"} <= found["holm"][0]
+    # The correction is what takes stars away: Holm keeps fewer than BH, BH no more than none.
+    assert found["holm"][0] <= found["bh"][0] <= found["none"][0]
+    assert found["holm"][0] != found["none"][0]
+
+
+def test_the_page_shows_the_rows_stars_and_correction_of_the_terminal(pytester, sample_runs):
+    done = compare(pytester.path, "random1.json", "length.json", "--scenarios", "--html", "page.html")
+    assert done.returncode == 0, done.stderr
+    page = (pytester.path / "page.html").read_text(encoding="utf-8")
+    rows = len(expected_p_values(sample_runs[0], sample_runs[1], scenarios=True))
+    assert (f"Every row is tested: * significant at alpha=0.05 (two-sided paired sign test; Holm&#x27;s "
+            f"correction over {rows} rows)") in " ".join(page.split())
+    cells = re.findall(r"<tr class='(\w+)'><td><code>([^<]+)</code></td><td>[^<]*</td><td>[^<]*</td>"
+                       r"<td class='(\w*)'>([^<]*)</td></tr>", page)
+    assert len(cells) == rows and sum(group == "scenario" for group, *_ in cells) == 2 * len(
+        sample_runs[0]["scenarios"])
+    assert {metric for _, metric, _, text in cells if text.endswith("*")} == stars_in(done.stdout, 1)
+    # Without --scenarios the page, like the table, has no scenario rows.
+    compare(pytester.path, "random1.json", "length.json", "--html", "fewer.html")
+    assert "<tr class='scenario'>" not in (pytester.path / "fewer.html").read_text(encoding="utf-8")
+
+
+def test_an_unknown_correction_is_refused_naming_the_choices(pytester, sample_runs):
+    done = compare(pytester.path, "random1.json", "length.json", "--correction", "bonferroni")
+    assert done.returncode == 2
+    assert "argument --correction: invalid choice: 'bonferroni'" in done.stderr
+    assert all(choice in done.stderr for choice in ("holm", "bh", "none"))
+
+
+@pytest.fixture(scope="module")
+def real_runs(tmp_path_factory):
+    """Two runs of random (seeds 1 and 2) and one of length over the real data, made once."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real RMB data not found at {SHARED_DATA}")
+    folder = tmp_path_factory.mktemp("real")
+    env = {**os.environ, "PYTHONPATH": PACKAGE_ROOT}
+    for name, args in (("random1", ("random", "--rmb-seed", "1")), ("random2", ("random", "--rmb-seed", "2")),
+                       ("length", ("length",))):
+        subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--rmb-model", *args,
+                        "--rmb-data", str(SHARED_DATA), "--rmb-json", f"{name}.json"],
+                       cwd=folder, env=env, capture_output=True, check=True)
+    return folder, [json.loads((folder / f"{name}.json").read_text()) for name in ("random1", "random2", "length")]
+
+
+def test_two_runs_of_random_on_the_real_data_keep_no_star_after_holm(real_runs):
+    folder, (random1, random2, length) = real_runs
+    expected = expected_p_values(random1, random2, scenarios=True)
+    uncorrected = compare(folder, "random1.json", "random2.json", "length.json", "--scenarios", "--correction",
+                          "none")
+    holm = compare(folder, "random1.json", "random2.json", "length.json", "--scenarios")
+    assert uncorrected.returncode == holm.returncode == 0, uncorrected.stderr + holm.stderr
+    chance = stars_in(uncorrected.stdout, 1)
+    # Over a hundred-odd rows, two runs of the same random model differ "significantly" on some.
+    assert chance == starred(expected, "none") and len(chance) >= 1
+    assert stars_in(holm.stdout, 1) == set()
+    # A real difference keeps its stars where the samples are many: overall and the big sections.
+    real = expected_p_values(random1, length, scenarios=True)
+    kept = stars_in(holm.stdout, 2)
+    assert kept == starred(real, "holm")
+    assert {"overall", "helpfulness.pairwise", "helpfulness.bon", "harmlessness.pairwise"} <= kept
+    assert kept < stars_in(uncorrected.stdout, 2)
 
 
 NUMBER = re.compile(r"^[+-]?\d\.\d{4}\*?$|^-$")
