@@ -332,7 +332,8 @@ def run_lines(names: list[str], comparison: Comparison, reference_samples: int |
 
 def comparison_table(names: list[str], comparison: Comparison, *, show_scenarios: bool, alpha: float) -> Table:
     # No line of the title may start with a row's name: users and tests find rows by their first word.
-    table = new_table(f"RMB runs compared on shared samples: deltas against A, {significance_phrase(comparison, alpha)}")
+    table = new_table("RMB runs compared on shared samples: deltas against A, "
+                      + significance_phrase(comparison, alpha))
     # The metric name is the one column that wraps, between its words; numbers never do (see fit_width).
     table.add_column("Metric")
     table.add_column("A", justify="right", no_wrap=True)

@@ -86,6 +86,23 @@ def test_runs_are_compared_on_the_samples_they_share(pytester, runs):
     for section, values in by_section(part, shared_b).items():
         cells = table_row(out, section).split()
         assert cells[2] == f"{sum(values) / len(values):.4f}"
+    # B shares fewer rows with A than C does: each is corrected over its own.
+    rows_b, rows_c = (len(expected_p_values(length, other, scenarios=False)) for other in (part, random3))
+    assert rows_b < rows_c
+    assert f"Holm's correction over each run's rows (B: {rows_b}, C: {rows_c})" in " ".join(out.split())
+
+
+def test_runs_without_per_sample_outcomes_get_no_star_and_say_so(pytester, runs):
+    for name in ("length", "random3"):
+        summary = runs[name]
+        # As summaries from before per-sample outcomes were kept (no schema version: read as 1).
+        del summary["outcomes"], summary["schema_version"]
+        (pytester.path / f"{name}.json").write_text(json.dumps(summary))
+    done = compare(pytester.path, "length.json", "random3.json", "--scenarios", "--correction", "none")
+    assert done.returncode == 0, done.stderr
+    assert "* significant at alpha=0.05, but no row could be tested" in " ".join(done.stdout.split())
+    assert "note: B or A has no per-sample outcomes" in done.stdout
+    assert stars_in(done.stdout, 1) == set()
 
 
 def test_a_run_sharing_nothing_is_said_not_compared_and_fails_the_command(pytester, runs):
