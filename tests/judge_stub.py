@@ -242,11 +242,11 @@ class Stub:
             entry["empty"] = True
         if options.cut_off_share and self.cut_off_now(messages):
             # Stopped mid-thought: the answer never came (an inline thought is left open).
-            content, letter, finish_reason = "", None, options.cut_off_finish
+            content, letter, finish_reason = "Assistant A's answer is", None, options.cut_off_finish
             if options.reason == "inline":
                 content = "<think>" + reasoning_for(None, options.verdict)
             elif options.reason == "field":
-                reasoning = reasoning_for(None, options.verdict)
+                content, reasoning = "", reasoning_for(None, options.verdict)
             entry["cut_off"] = True
         message["content"] = content
         if reasoning:

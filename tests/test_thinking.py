@@ -68,12 +68,13 @@ def summary(path: Path) -> dict:
 
 def test_a_cut_off_is_a_length_finish_or_reasoning_without_an_answer():
     assert is_cut_off("length", "Assistant A is", None)
-    assert is_cut_off("length", "", "")
     assert is_cut_off("stop", "", "I was weighing the two when")
     assert is_cut_off("stop", None, "I was weighing")
     # An answer, or nothing at all (an empty reply, asked again as a passing fault), is no cut-off.
     assert not is_cut_off("stop", "[[A]]", "I was weighing")
     assert not is_cut_off("stop", "", "")
+    assert not is_cut_off("length", "", "")
+    assert not is_cut_off("length", None, " ")
     assert not is_cut_off(None, " \n", None)
 
 
@@ -120,7 +121,8 @@ def test_a_separate_reasoning_field_is_never_read_and_its_tokens_are_counted_apa
     assert (run["engine"]["reasoning_tokens"], run["engine"]["completion_tokens"]) == (reasoning, completion)
     assert "reasoning_tokens_unknown" not in run["engine"]
     assert run["judge"]["overall"]["reasoning_tokens"] == reasoning
-    assert f"completion ({reasoning} reasoning + {completion - reasoning} answer) in {len(log)} requests" in output(result)
+    line = f"completion ({reasoning} reasoning + {completion - reasoning} answer) in {len(log)} requests"
+    assert line in output(result)
 
     # Cached verdicts keep what their reasoning cost.
     again = judge(pytester, stub, "-m", "pairwise", "--rmb-json", "again.json")
@@ -188,7 +190,8 @@ def test_cut_off_replies_are_misses_of_their_own_never_losses(pytester, stubs):
     assert (run["engine"]["cut_off_replies"], run["engine"].get("cut_offs_rescued", 0)) == (cut_replies, 0)
     text = output(result)
     assert re.search(r"No verdict\s.*Cut off", text), text
-    assert f"{cut_replies} replies cut off at the reply limit before their verdict, 0 rescued by a follow-up turn" in text
+    assert f"{cut_replies} replies cut off at the reply limit before their verdict, 0 rescued by a follow-up turn" \
+        in text
 
 
 def test_a_follow_up_turn_rescues_a_cut_off_vote(pytester, stubs):
@@ -237,3 +240,56 @@ def test_a_run_whose_first_replies_are_cut_off_stops_early_and_the_rerun_resumes
     assert rerun.ret == 2, output(rerun)
     asked_again = {entry["pair"] for entry in answered(stub)[len(first):]}
     assert asked_again and not asked_again & complete
+
+
+# -- the local judge --------------------------------------------------------------------------
+
+
+def rambling_judge(folder: Path) -> Path:
+    """A tiny causal LM that never ends its reply: every step's greedy token is one of two visible
+    tokens (the sign of one hidden unit picks which), never the end-of-sequence token."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from tests.tiny_models import save_causal_lm
+
+    path = save_causal_lm(folder / "rambling", max_length=4096)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    model = transformers.AutoModelForCausalLM.from_pretrained(path)
+    visible = [i for i in range(len(tokenizer)) if i not in tokenizer.all_special_ids
+               and tokenizer.decode([i]).strip().isalpha()][:2]
+    assert len(visible) == 2
+    with torch.no_grad():
+        model.model.norm.weight.zero_()
+        model.model.norm.weight[0] = 1.0
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[visible[0], 0] = 10.0
+        model.lm_head.weight[visible[1], 0] = -10.0
+    model.save_pretrained(path)
+    return path
+
+
+def test_a_local_judge_that_reaches_max_new_tokens_is_cut_off_and_stops_early(pytester, tmp_path):
+    path = rambling_judge(tmp_path)
+    pair_scenario(pytester.path)
+    common = ["-p", "no:cacheprovider", "--rmb-model", f"hf-judge:{path}", "--rmb-scenarios", "sets.toml",
+              "--rmb-model-arg", "mode=generate", "--rmb-model-arg", "max_new_tokens=3",
+              "--rmb-model-arg", "parse_retries=0"]
+    counted = pytester.runpytest(*common, "--rmb-model-arg", "stop_on_cut_offs=false", "--rmb-no-cache",
+                                 "--rmb-json", "counted.json", "--rmb-jsonl", "counted.jsonl")
+    assert counted.ret == 0, output(counted)
+    run = summary(pytester.path / "counted.json")
+    # Every reply (two orders per pair) ran to the limit: every comparison is cut off, none "no verdict".
+    assert run["engine"]["cut_off_replies"] == 2 * PAIRS
+    assert (run["judge"]["overall"]["cut_off"], run["judge"]["overall"]["no_verdict"]) == (PAIRS, 0)
+    for record in records(pytester.path / "counted.jsonl"):
+        assert record["verdicts"][0]["detail"]["cut_off"] is True
+
+    stopped = pytester.runpytest(*common, "--rmb-json", "stopped.json")
+    assert stopped.ret == 2, output(stopped)
+    assert ("20 of the judge's first 20 replies were cut off at max_new_tokens=3 before their verdict (a judge that "
+            "reasons needs more room); rerun with --rmb-model-arg max_new_tokens=12") in output(stopped)
+    # The batch that was judged is kept: the rerun asks nothing.
+    rerun = pytester.runpytest(*common, "--rmb-json", "rerun.json")
+    assert rerun.ret == 0, output(rerun)
+    engine = summary(pytester.path / "rerun.json")["engine"]
+    assert (engine["comparisons_made"], engine["cache_hits"]) == (0, PAIRS)

@@ -64,7 +64,7 @@ from pytest_rmb.backends._transformers import (
     weights_identity,
 )
 from pytest_rmb.data import Message
-from pytest_rmb.judging.cutoffs import CUT_OFF, CutOffWatch, JudgeCutOff
+from pytest_rmb.judging.cutoffs import CUT_OFF, CutOffWatch, JudgeCutOff, is_cut_off
 from pytest_rmb.judging.orders import ORDERS, OrderResult, chosen_slots, combine
 from pytest_rmb.judging.parsing import follow_up, miss_note, parse_verdict
 from pytest_rmb.judging.prompts import (
@@ -406,10 +406,11 @@ class HFJudge(OneNetwork, PairwiseModel):
             # (counted as generated, as servers count it).
             end = next((j + 1 for j, token in enumerate(row) if token in self._eos), None)
             # No end-of-sequence token: the reply ran to the limit (generation ends early only once
-            # every row has ended), so it was cut off there.
-            cut = end is None
+            # every row has ended), so it was cut off there, as a server's finish_reason "length" says.
+            ran_out = end is None
             end = len(row) if end is None else end
-            replies.append((self.tokenizer.decode(row[:end], skip_special_tokens=True), end, cut))
+            reply = self.tokenizer.decode(row[:end], skip_special_tokens=True)
+            replies.append((reply, end, is_cut_off("length" if ran_out else "stop", reply)))
         return replies
 
     # -- bookkeeping ----------------------------------------------------------------------------

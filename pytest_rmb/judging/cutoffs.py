@@ -27,8 +27,12 @@ EARLY_CUT_OFFS = 20
 
 def is_cut_off(finish_reason: object, content: str | None, reasoning: str | None = None) -> bool:
     """Whether a reply ended at the token limit: ``finish_reason`` "length", or an empty answer after
-    reasoning (a server's reasoning parser puts an unfinished thought in its reasoning field)."""
-    return finish_reason == "length" or (is_empty(content) and not is_empty(reasoning))
+    reasoning (a server's reasoning parser puts an unfinished thought in its reasoning field).
+
+    A reply that wrote nothing at all is an empty reply whatever its finish_reason: it says nothing
+    about the limit (greedy decoding of special tokens only, a passing fault) and is asked again."""
+    wrote = not is_empty(content) or not is_empty(reasoning)
+    return wrote and (finish_reason == "length" or is_empty(content))
 
 
 class JudgeCutOff(RunStopped):
