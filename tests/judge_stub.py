@@ -248,6 +248,8 @@ class Stub:
             elif options.reason == "field":
                 content, reasoning = "", reasoning_for(None, options.verdict)
             entry["cut_off"] = True
+        elif options.length_after_verdict:
+            finish_reason = "length"  # a verdict-first judge stopped at the limit after its verdict
         message["content"] = content
         if reasoning:
             message[options.reasoning_field] = reasoning
@@ -344,6 +346,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="a cut-off reply's finish_reason (stop: only the empty answer after reasoning tells)")
     parser.add_argument("--cut-off-follow-ups", action="store_true",
                         help="cut off follow-up turns too (by default they answer, rescuing the vote)")
+    parser.add_argument("--length-after-verdict", action="store_true",
+                        help="say finish_reason length on replies that did give their verdict")
     parser.add_argument("--echo-auth", action="store_true",
                         help="repeat the Authorization header in failure bodies (a careless server)")
     options = parser.parse_args(argv)

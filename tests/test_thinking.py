@@ -194,6 +194,40 @@ def test_cut_off_replies_are_misses_of_their_own_never_losses(pytester, stubs):
         in text
 
 
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+def test_an_empty_answer_after_reasoning_is_a_cut_off_whatever_the_finish_reason(pytester, stubs, field):
+    ids = pair_scenario(pytester.path)
+    stub = stubs("--reason", "field", "--reasoning-field", field, "--cut-off-share", "0.4", "--cut-off-finish",
+                 "stop", "--cut-off-follow-ups")
+    result = run_pairs(pytester, stub, "--rmb-model-arg", "parse_retries=0", "--rmb-model-arg", "stop_on_cut_offs=false",
+                       "--rmb-jsonl", "out.jsonl", "--rmb-json", "out.json")
+    assert result.ret == 0, output(result)
+    cut = cut_ids(stub, ids)
+    assert 0 < len(cut) < PAIRS
+    # Not an empty reply (those are asked again): each cut request was asked once.
+    assert len(answered(stub)) == 2 * PAIRS
+    overall = summary(pytester.path / "out.json")["judge"]["overall"]
+    assert (overall["cut_off"], overall["empty_replies"], overall["no_verdict"]) == (len(cut), 0, 0)
+    for record in records(pytester.path / "out.jsonl"):
+        if record["uid"] in cut:
+            notes = [order["notes"][0] for order in record["verdicts"][0]["detail"]["orders"]]
+            # The note quotes the reasoning the judge was cut off in.
+            assert len(notes) == 2
+            assert all(note.startswith(f"cut off at the reply limit: {REASONING[:26]!r}"[:-1]) for note in notes)
+
+
+def test_a_reply_stopped_at_the_limit_after_its_verdict_gives_that_verdict(pytester, stubs):
+    """A verdict-first prompt with a small max_tokens: the verdict came before the limit."""
+    pair_scenario(pytester.path)
+    stub = stubs("--length-after-verdict")
+    result = run_pairs(pytester, stub, "--rmb-json", "out.json")
+    assert result.ret == 0, output(result)
+    assert {entry["status"] for entry in answered(stub)} == {200} and len(answered(stub)) == 2 * PAIRS
+    run = summary(pytester.path / "out.json")
+    assert (run["judge"]["overall"]["correct"], run["judge"]["overall"]["cut_off"]) == (PAIRS, 0)
+    assert "cut_off_replies" not in run["engine"]
+
+
 def test_a_follow_up_turn_rescues_a_cut_off_vote(pytester, stubs):
     ids = pair_scenario(pytester.path)
     # Only the first turn is cut off (an unfinished <think> holding a decoy): the follow-up asks
