@@ -190,6 +190,8 @@ def test_cut_off_replies_are_misses_of_their_own_never_losses(pytester, stubs):
     assert (run["engine"]["cut_off_replies"], run["engine"].get("cut_offs_rescued", 0)) == (cut_replies, 0)
     text = output(result)
     assert re.search(r"No verdict\s.*Cut off", text), text
+    # The all-samples row: accuracy, tie-adjusted, flips, A share, then no verdict 0, cut off, API failures 0.
+    assert re.search(rf"all samples\s+\S+\s+\S+\s+\S+\s+\S+\s+0\s+{len(cut)}\s+0\b", text), text
     assert f"{cut_replies} replies cut off at the reply limit before their verdict, 0 rescued by a follow-up turn" \
         in text
 
