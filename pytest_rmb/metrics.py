@@ -288,6 +288,10 @@ class JudgeTally:
         self.both_orders = 0
         self.flips = 0
         self.no_verdict = 0
+        # Misses because the judge's reply was cut off at its reply limit before the verdict.
+        self.cut_off = 0
+        # Votes whose reply was cut off and whose follow-up turn then gave the verdict.
+        self.cut_offs_rescued = 0
         self.empty_replies = 0
         self.no_majority = 0
         self.api_failures = 0
@@ -298,6 +302,8 @@ class JudgeTally:
         self.parse_retries = 0
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        # Of the completion tokens, those the server said were reasoning (where it said so).
+        self.reasoning_tokens = 0
 
     def add(self, record: Mapping[str, Any]) -> None:
         verdicts = record.get("verdicts") or []
@@ -322,6 +328,8 @@ class JudgeTally:
             usage = detail.get("usage") or {}
             self.prompt_tokens += int(usage.get("prompt_tokens", 0) or 0)
             self.completion_tokens += int(usage.get("completion_tokens", 0) or 0)
+            self.reasoning_tokens += int(usage.get("reasoning_tokens", 0) or 0)
+            self.cut_offs_rescued += int(detail.get("cut_offs_rescued", 0) or 0)
             self.parse_failures += int(detail.get("parse_failures", 0) or 0)
             self.parse_retries += int(detail.get("parse_retries", 0) or 0)
             self.comparisons += 1
@@ -341,6 +349,9 @@ class JudgeTally:
                 # judge failing to decide: counted apart.
                 if verdict.get("ask_again"):
                     self.empty_replies += 1
+                elif detail.get("cut_off"):
+                    # Stopped before its verdict: a limit too small, not a judge that could not decide.
+                    self.cut_off += 1
                 else:
                     self.no_verdict += 1
                 value = 0.0
@@ -375,12 +386,15 @@ class JudgeTally:
             "a_share": ratio(self.a_letters, self.letters),
             "no_verdict": self.no_verdict,
             "empty_replies": self.empty_replies,
+            "cut_off": self.cut_off,
+            "cut_offs_rescued": self.cut_offs_rescued,
             "no_majority": self.no_majority,
             "parse_failures": self.parse_failures,
             "parse_retries": self.parse_retries,
             "api_failures": self.api_failures,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
         }
 
 
@@ -392,8 +406,9 @@ def judge_stats(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     agree), tie-adjusted accuracy (a flipped comparison counts 0.5, a list's value is the product
     over its comparisons: comparable with tools that ask one random order), flip rate among
     comparisons judged in both orders, the share of "A" among all parsed votes (position bias),
-    comparisons without a verdict, those whose replies stayed empty (apart), parse failures and
-    retries, API failures, and the tokens the
+    comparisons without a verdict, those whose replies stayed empty and those cut off at the reply
+    limit (each apart), cut-off votes a follow-up turn rescued, parse failures and retries, API
+    failures, and the tokens (reasoning tokens apart, where the server said them) the
     verdicts cost when they were asked for. Records without ``verdicts`` (pointwise models) are
     ignored.
     """

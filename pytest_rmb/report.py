@@ -334,13 +334,17 @@ def judge_table(judge: Mapping[str, Any], *, show_scenarios: bool = False) -> Ta
     # any, so the usual table keeps its width at 80 columns; summaries written before they were
     # counted apart lack the key.
     empty = bool(judge["overall"].get("empty_replies"))
-    for column in ("Accuracy", "Tie-adj.", "Flips", "A share", "No verdict", *(("Empty",) if empty else ()),
-                   "API fail"):
+    # Cut off: misses whose reply hit the reply limit before its verdict; shown, like Empty, when any.
+    cut = bool(judge["overall"].get("cut_off"))
+    for column in ("Accuracy", "Tie-adj.", "Flips", "A share", "No verdict", *(("Cut off",) if cut else ()),
+                   *(("Empty",) if empty else ()), "API fail"):
         table.add_column(column, justify="right", no_wrap=True)
 
     def add(label: Name, entry: dict, style: str | None = None) -> None:
         cells = [fmt_accuracy(entry["accuracy"]), fmt_accuracy(entry["tie_adjusted"]), fmt_share(entry["flip_rate"]),
                  fmt_share(entry["a_share"]), str(entry["no_verdict"])]
+        if cut:
+            cells.append(str(entry.get("cut_off", 0)))
         if empty:
             cells.append(str(entry.get("empty_replies", 0)))
         table.add_row(label, *cells, str(entry["api_failures"]), style=style)
@@ -373,8 +377,23 @@ def token_line(engine: dict) -> str:
     if not any(engine.get(key) for key in ("prompt_tokens", "completion_tokens", "cached_prompt_tokens")):
         return ""
     return (f"tokens: {engine.get('prompt_tokens', 0):.0f} prompt + {engine.get('completion_tokens', 0):.0f} "
-            f"completion in {engine.get('requests', 0):.0f} requests now; from the cache "
-            f"{engine.get('cached_prompt_tokens', 0):.0f} + {engine.get('cached_completion_tokens', 0):.0f}")
+            f"completion{_reasoning_part(engine, '')} in {engine.get('requests', 0):.0f} requests now; from the "
+            f"cache {engine.get('cached_prompt_tokens', 0):.0f} + {engine.get('cached_completion_tokens', 0):.0f}"
+            f"{_reasoning_part(engine, 'cached_')}")
+
+
+def _reasoning_part(engine: Mapping[str, Any], prefix: str) -> str:
+    """Of the completion tokens, the reasoning and the answer apart, where any reasoning was counted;
+    and the replies that reasoned without the server saying how many tokens it took."""
+    reasoning = engine.get(f"{prefix}reasoning_tokens", 0)
+    unknown = engine.get(f"{prefix}reasoning_tokens_unknown", 0)
+    parts = []
+    if reasoning:
+        answer = engine.get(f"{prefix}completion_tokens", 0) - reasoning
+        parts.append(f"{reasoning:.0f} reasoning + {answer:.0f} answer")
+    if unknown:
+        parts.append(f"reasoning tokens unknown in {unknown:.0f} replies")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def engine_line(engine: dict) -> str:
@@ -402,6 +421,9 @@ def engine_line(engine: dict) -> str:
         line += f", {engine['oom_retries']} out-of-memory retries"
     if engine.get("empty_replies"):
         line += f"; {engine['empty_replies']} comparisons got only empty replies (a rerun asks them again)"
+    if engine.get("cut_off_replies"):
+        line += (f"; {engine['cut_off_replies']:.0f} replies cut off at the reply limit before their verdict, "
+                 f"{engine.get('cut_offs_rescued', 0):.0f} rescued by a follow-up turn")
     if engine.get("cache_write_failures"):
         line += f"; {engine['cache_write_failures']} results not saved in the cache (a rerun asks them again)"
     return line

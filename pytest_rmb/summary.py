@@ -171,7 +171,8 @@ class Provenance(TypedDict):
 
 
 class JudgeStats(TypedDict):
-    """A pairwise model's (judge's) protocol figures: flips, first-position share, failures."""
+    """A pairwise model's (judge's) protocol figures: flips, first-position share, failures, replies cut off at
+    the reply limit (cut_off, cut_offs_rescued), reasoning tokens."""
 
     overall: dict[str, Any]
     sections: dict[str, dict[str, Any]]

@@ -5,7 +5,12 @@ answer (writing the verdict in any of the common judge formats, ``--verdict``), 
 write both tags, start with "A" but give no verdict, or answer only inside <think>; 429 with
 Retry-After, 500s, empty replies (HTTP 200 with no content, for the first N times each question is
 asked, on a seeded share of the questions), usage without a field, slow replies, a fixed latency,
-and dying mid-run.
+and dying mid-run. It can reason before it answers (``--reason field``: in a separate
+``reasoning_content``/``reasoning`` field, as vLLM's and SGLang's reasoning parsers return it;
+``--reason inline``: a ``<think>`` block in the answer), each reasoning holding a decoy verdict for
+the other answer, and be cut off at the reply limit on a seeded share of the comparisons
+(``--cut-off-share``: ``finish_reason: "length"`` with the answer empty, or only an unfinished
+``<think>``).
 It speaks just enough HTTP/1.1 (keep-alive, Content-Length bodies) on asyncio to serve hundreds of
 concurrent requests on one core, and logs every request as a JSON line (the Authorization header
 only as a SHA-256, so the log never holds a key).
@@ -39,6 +44,10 @@ VERDICT_PROBABILITY = 0.8
 # those families' models do, whatever the harness expects.
 VERDICTS = {"tags": "[[@]]", "answer-tags": "<answer>[[@]]</answer>", "result": "[RESULT] @",
             "bold-result": "**Result:** @", "boxed": "\\boxed{@}", "json": '{"winner": "@"}'}
+# The reasoning a thinking stand-in writes first; "@" is the decoy: a verdict for the other answer,
+# which a harness that read the reasoning would take.
+REASONING = "Let me weigh both answers. At first sight I would say @ is better, but let me check the lengths."
+REASON_MODES = ("none", "field", "inline")
 START = "[The Start of Assistant {}'s Answer]\n"
 END = "\n[The End of Assistant {}'s Answer]"
 
@@ -86,6 +95,16 @@ def reply_for(behaviour: str, messages: list[dict], verdict: str = "tags") -> tu
     raise ValueError(behaviour)
 
 
+def other_letter(letter: str) -> str:
+    return "B" if letter == "A" else "A"
+
+
+def reasoning_for(letter: str | None, verdict: str = "tags") -> str:
+    """The stand-in's reasoning, with a decoy verdict for the answer it will not choose."""
+    decoy = VERDICTS[verdict].replace("@", other_letter(letter or "B"))
+    return REASONING.replace("@", decoy)
+
+
 def logprobs_for(reply: str, letter: str | None, verdict: str = "tags") -> dict:
     """OpenAI-style logprobs: one token per character run, the verdict letter a token of its own."""
     tokens = []
@@ -105,10 +124,16 @@ def logprobs_for(reply: str, letter: str | None, verdict: str = "tags") -> dict:
     return {"content": tokens}
 
 
-def usage_for(messages: list[dict], reply: str) -> dict:
+def usage_for(messages: list[dict], reply: str, reasoning: str = "", reasoning_tokens: bool = False) -> dict:
+    """Tokens as chars / 4. The reasoning is part of the completion, as servers count it; with
+    ``reasoning_tokens`` its share is said in ``completion_tokens_details``, as OpenAI's API does."""
     prompt = sum(len(m.get("content") or "") for m in messages) // 4 + 1
-    completion = len(reply) // 4 + 1
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    thought = len(reasoning) // 4 + 1 if reasoning else 0
+    completion = len(reply) // 4 + 1 + thought
+    usage: dict = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    if reasoning_tokens:
+        usage["completion_tokens_details"] = {"reasoning_tokens": thought}
+    return usage
 
 
 def _digest(value: object) -> str:
@@ -206,14 +231,33 @@ class Stub:
         # while it runs: the stub's own CPU is not added to the fixed latency it stands for.
         reply, letter = reply_for(options.behaviour, messages, options.verdict)
         content: str | None = reply
+        message: dict = {"role": "assistant"}
+        finish_reason = "stop"
+        reasoning = reasoning_for(letter, options.verdict) if options.reason != "none" else ""
+        if options.reason == "inline":
+            reply = content = f"<think>{reasoning}</think>\n\n{reply}"
+            reasoning = ""
         if options.empty_first and self.empty_now(messages):
             content, letter = EMPTY_CONTENT[options.empty_as], None
             entry["empty"] = True
-        usage = usage_for(messages, content or "")
+        if options.cut_off_share and self.cut_off_now(messages):
+            # Stopped mid-thought: the answer never came (an inline thought is left open).
+            content, letter, finish_reason = "Assistant A's answer is", None, options.cut_off_finish
+            if options.reason == "inline":
+                content = "<think>" + reasoning_for(None, options.verdict)
+            elif options.reason == "field":
+                content, reasoning = "", reasoning_for(None, options.verdict)
+            entry["cut_off"] = True
+        elif options.length_after_verdict:
+            finish_reason = "length"  # a verdict-first judge stopped at the limit after its verdict
+        message["content"] = content
+        if reasoning:
+            message[options.reasoning_field] = reasoning
+        usage = usage_for(messages, content or "", reasoning, options.reasoning_tokens)
         for field in options.omit_usage:
             usage.pop(field, None)
-        choice: dict = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
-        if request.get("logprobs") and options.logprobs and content:
+        choice: dict = {"index": 0, "message": message, "finish_reason": finish_reason}
+        if request.get("logprobs") and options.logprobs and content and not entry.get("cut_off"):
             choice["logprobs"] = logprobs_for(reply, letter, options.verdict)
         if options.latency:
             await asyncio.sleep(max(0.0, arrived + options.latency - asyncio.get_running_loop().time()))
@@ -236,6 +280,16 @@ class Stub:
         self.record(entry)
         return 200, {"id": f"stub-{number}", "object": "chat.completion", "model": request.get("model"),
                      "choices": [choice], "usage": usage}, {}
+
+    def cut_off_now(self, messages: list[dict]) -> bool:
+        """Whether this request is cut off: its comparison (either order) is in the
+        ``--cut-off-share`` picked by its digest, and it is not a follow-up turn (those answer at
+        once and rescue the vote) unless ``--cut-off-follow-ups``."""
+        if any(m.get("role") == "assistant" for m in messages) and not self.options.cut_off_follow_ups:
+            return False
+        found = comparison(messages)
+        pair = [found[0].partition("[The Start")[0], sorted(found[1:])] if found else messages
+        return int(_digest(pair)[:8], 16) / 16**8 < self.options.cut_off_share
 
     def empty_now(self, messages: list[dict]) -> bool:
         """Whether this request gets an empty reply: one of the first ``--empty-first`` times its
@@ -280,6 +334,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="leave this field out of every reply's usage (servers that do)")
     parser.add_argument("--verdict", choices=sorted(VERDICTS), default="tags",
                         help="the format the longer-answer judge writes its verdict in")
+    parser.add_argument("--reason", choices=REASON_MODES, default="none",
+                        help="reason before answering: in a separate field, or inline in <think>")
+    parser.add_argument("--reasoning-field", choices=("reasoning_content", "reasoning"), default="reasoning_content",
+                        help="the message field --reason field writes the reasoning in")
+    parser.add_argument("--reasoning-tokens", action="store_true",
+                        help="say the reasoning's tokens in usage.completion_tokens_details")
+    parser.add_argument("--cut-off-share", type=float, default=0.0,
+                        help="the share of comparisons (picked by their digest) whose replies are cut off")
+    parser.add_argument("--cut-off-finish", choices=("length", "stop"), default="length",
+                        help="a cut-off reply's finish_reason (stop: only the empty answer after reasoning tells)")
+    parser.add_argument("--cut-off-follow-ups", action="store_true",
+                        help="cut off follow-up turns too (by default they answer, rescuing the vote)")
+    parser.add_argument("--length-after-verdict", action="store_true",
+                        help="say finish_reason length on replies that did give their verdict")
     parser.add_argument("--echo-auth", action="store_true",
                         help="repeat the Authorization header in failure bodies (a careless server)")
     options = parser.parse_args(argv)

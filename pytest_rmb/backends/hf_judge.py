@@ -64,6 +64,7 @@ from pytest_rmb.backends._transformers import (
     weights_identity,
 )
 from pytest_rmb.data import Message
+from pytest_rmb.judging.cutoffs import CUT_OFF, CutOffWatch, JudgeCutOff, is_cut_off
 from pytest_rmb.judging.orders import ORDERS, OrderResult, chosen_slots, combine
 from pytest_rmb.judging.parsing import follow_up, miss_note, parse_verdict
 from pytest_rmb.judging.prompts import (
@@ -72,8 +73,8 @@ from pytest_rmb.judging.prompts import (
     load_prompt,
     verdict_first_prefix,
 )
-from pytest_rmb.models import PairRequest, PairwiseModel, Verdict
-from pytest_rmb.parsers import choice, positive_int, text_value
+from pytest_rmb.models import PairRequest, PairwiseModel, PartialBatchError, Verdict
+from pytest_rmb.parsers import boolean, choice, positive_int, text_value
 
 MODES = ("logits", "generate")
 DEFAULT_PROMPT = {"logits": "verdict-first", "generate": "pair-v2"}
@@ -95,7 +96,7 @@ class HFJudge(OneNetwork, PairwiseModel):
                  prompt: JudgePrompt | None = None, order: str = "both",
                  max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, parse_retries: int = DEFAULT_PARSE_RETRIES,
                  seed: int = 0, weights: str = "", config: Any = None, load: Any = None, device: str = "cpu",
-                 dtype: Any = None):
+                 dtype: Any = None, stop_on_cut_offs: bool = True):
         """``model`` loaded, or None with its ``config``, the ``device`` and ``dtype`` it will
         load to, and ``load()`` that loads it on first need."""
         import torch
@@ -113,6 +114,10 @@ class HFJudge(OneNetwork, PairwiseModel):
         self.prompt = prompt or load_prompt(DEFAULT_PROMPT[mode])
         self.order = order
         self.max_new_tokens = max_new_tokens
+        self._cut_off_watch = (CutOffWatch(f"max_new_tokens={max_new_tokens}",
+                                           f"rerun with --rmb-model-arg max_new_tokens={4 * max_new_tokens}")
+                               if stop_on_cut_offs and mode == "generate" else None)
+        self._stop: JudgeCutOff | None = None
         self.parse_retries = parse_retries
         self.seed = seed
         self._weights = weights or weights_identity(settings, config)
@@ -247,6 +252,8 @@ class HFJudge(OneNetwork, PairwiseModel):
     # -- judging --------------------------------------------------------------------------------
 
     def compare(self, batch: Sequence[PairRequest]) -> list[Verdict]:
+        if self._stop is not None:
+            raise JudgeCutOff(str(self._stop))
         self.load()
         self.cost(batch)
         rows = [row for request in batch for row in self._rows(request)]
@@ -270,6 +277,9 @@ class HFJudge(OneNetwork, PairwiseModel):
         empty = sum(verdict.ask_again for verdict in verdicts)
         if empty:
             self._count("empty_replies", empty)
+        if self._stop is not None:
+            # This batch's verdicts are kept (and cached); the run stops before the next.
+            raise PartialBatchError(dict(enumerate(verdicts)), self._stop)
         return verdicts
 
     def _judge_logits(self, rows: list[Row]) -> list[OrderResult]:
@@ -313,21 +323,31 @@ class HFJudge(OneNetwork, PairwiseModel):
         prompts = {i: self._ids[row] for i, row in enumerate(rows)}
         usage = {i: {"prompt_tokens": 0, "completion_tokens": 0} for i in asked}
         found: dict[int, tuple[str | None, int, str]] = {}
+        was_cut: set[int] = set()
         for attempt in range(self.parse_retries + 1):
             pending = sorted(i for i in asked if i not in found)
             if not pending:
                 break
             replies = self._generate([prompts[i] for i in pending])
-            for i, (reply, completion) in zip(pending, replies):
+            for i, (reply, completion, cut) in zip(pending, replies):
                 usage[i]["prompt_tokens"] += len(prompts[i])
                 usage[i]["completion_tokens"] += completion
                 self._count("requests")
                 self._count("prompt_tokens", len(prompts[i]))
                 self._count("completion_tokens", completion)
                 letter, reason = parse_verdict(reply, self.prompt.verdict)
+                # As the openai judge: a reply stopped at the limit after its verdict said it.
+                cut_before_verdict = cut and letter is None
+                self._watch(cut_before_verdict)
                 if letter is not None:
                     found[i] = (letter, attempt, "")
+                    if i in was_cut:
+                        self._count("cut_offs_rescued")
                     continue
+                if cut_before_verdict:
+                    was_cut.add(i)
+                    self._count("cut_off_replies")
+                    reason = f"{CUT_OFF} at the reply limit"
                 note = miss_note(reason, reply)
                 if attempt == self.parse_retries:
                     found[i] = (None, attempt, note)
@@ -344,15 +364,20 @@ class HFJudge(OneNetwork, PairwiseModel):
         for i, row in enumerate(rows):
             letter, retries, note = found[i]
             results.append(OrderResult(row[1], (letter,), usage=usage[i], parse_retries=retries,
-                                       notes=(note,) if note else ()))
+                                       notes=(note,) if note else (), rescued=int(letter is not None and i in was_cut)))
         return results
 
-    def _generate(self, prompts: list[list[int]]) -> list[tuple[str, int]]:
-        """(reply, generated tokens) per prompt: greedy, batched with left padding. A prompt that
+    def _watch(self, cut_off: bool) -> None:
+        """Count a reply for the early stop on cut-offs; the stop is raised once the batch is kept."""
+        if self._cut_off_watch is not None:
+            self._stop = self._stop or self._cut_off_watch.see(cut_off)
+
+    def _generate(self, prompts: list[list[int]]) -> list[tuple[str, int, bool]]:
+        """(reply, generated tokens, cut off) per prompt: greedy, batched with left padding. A prompt that
         leaves less room than ``max_new_tokens`` in the context is generated alone, with what room
         there is, so that it does not shorten the replies of the others."""
         full = [i for i, ids in enumerate(prompts) if len(ids) + self.max_new_tokens <= self.context]
-        out: dict[int, tuple[str, int]] = {}
+        out: dict[int, tuple[str, int, bool]] = {}
         if full:
             out.update(zip(full, self._generate_batch([prompts[i] for i in full], self.max_new_tokens)))
         for i, ids in enumerate(prompts):
@@ -360,7 +385,7 @@ class HFJudge(OneNetwork, PairwiseModel):
                 out[i] = self._generate_batch([ids], self.context - len(ids))[0]
         return [out[i] for i in range(len(prompts))]
 
-    def _generate_batch(self, prompts: list[list[int]], max_new_tokens: int) -> list[tuple[str, int]]:
+    def _generate_batch(self, prompts: list[list[int]], max_new_tokens: int) -> list[tuple[str, int, bool]]:
         torch = self._torch
         width = max(len(p) for p in prompts)
         input_ids = torch.full((len(prompts), width), self._pad_id, dtype=torch.long)
@@ -379,8 +404,13 @@ class HFJudge(OneNetwork, PairwiseModel):
         for row in sequences[:, width:].tolist():
             # A finished row is padded until the longest one stops: its reply ends at its own EOS
             # (counted as generated, as servers count it).
-            end = next((j + 1 for j, token in enumerate(row) if token in self._eos), len(row))
-            replies.append((self.tokenizer.decode(row[:end], skip_special_tokens=True), end))
+            end = next((j + 1 for j, token in enumerate(row) if token in self._eos), None)
+            # No end-of-sequence token: the reply ran to the limit (generation ends early only once
+            # every row has ended), so it was cut off there, as a server's finish_reason "length" says.
+            ran_out = end is None
+            end = len(row) if end is None else end
+            reply = self.tokenizer.decode(row[:end], skip_special_tokens=True)
+            replies.append((reply, end, is_cut_off("length" if ran_out else "stop", reply)))
         return replies
 
     # -- bookkeeping ----------------------------------------------------------------------------
@@ -451,6 +481,7 @@ def prepare_hf_judge(settings: ModelSettings) -> HFJudge:
     return HFJudge(None, tokenizer, settings, mode=mode, prompt=protocol.prompt, order=protocol.order,
                    max_new_tokens=args.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS,
                    parse_retries=protocol.parse_retries, seed=protocol.seed, config=config, device=device, dtype=dtype,
+                   stop_on_cut_offs=args.get("stop_on_cut_offs", True),
                    load=lambda: load_causal_lm(settings, label, dtype, target, "a judge must be a causal LM").eval())
 
 
@@ -463,7 +494,12 @@ BACKEND = Backend(
         ModelArg("mode", choice(*MODES), "logits",
                  "logits: the verdict read from the next-token logits of A vs B after '[[' (verdict-first prompt; "
                  "exact, one forward pass, gives P(chosen)); generate: greedy generation and parsing (pair-v2)"),
-        ModelArg("max_new_tokens", positive_int, DEFAULT_MAX_NEW_TOKENS, "mode=generate: tokens the reply may use"),
+        ModelArg("max_new_tokens", positive_int, DEFAULT_MAX_NEW_TOKENS,
+                 "mode=generate: tokens the reply may use, reasoning included; a reply that reaches it without "
+                 "its end token and verdict is a 'cut off' miss"),
+        ModelArg("stop_on_cut_offs", boolean, True,
+                 "mode=generate: stop the run (exit 2, verdicts kept) when 20 of the first 50 replies are cut off "
+                 "at max_new_tokens before their verdict"),
         ModelArg("gguf_file", text_value, None,
                  "the GGUF file to read in the model's folder or hub repository (needs pip install gguf); "
                  "a path to a .gguf file needs no setting"),

@@ -4,9 +4,12 @@
 The protocol (prompts, parsing, orders, votes) lives in :mod:`pytest_rmb.judging`, shared with the
 local judge; HTTP (concurrency, retries, Retry-After, timeouts, key scrubbing) in
 :mod:`pytest_rmb.http`. What is left here: asking each comparison in its orders and votes with
-parse retries, asking again after an empty reply, reading the verdict's logprobs, token accounting
-and the token budget, and stopping a batch cleanly when the server is gone, keeping every verdict
-already received.
+parse retries, asking again after an empty reply, telling a reply cut off at ``max_tokens`` from
+one without a verdict (and stopping a run whose first replies are mostly cut off), reading the
+answer apart from the reasoning (a server's ``reasoning_content``/``reasoning`` field, inline
+``<think>``), reading the verdict's logprobs, token accounting (reasoning tokens apart) and the
+token budget, and stopping a batch cleanly when the server is gone, keeping every verdict already
+received.
 
 The API key comes from the environment only (``OPENAI_API_KEY`` or ``api_key_env=NAME``) and
 goes to the HTTP client and nowhere else: not into settings, the fingerprint, ``describe()``, or
@@ -16,6 +19,7 @@ any message.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import os
@@ -32,8 +36,17 @@ from pytest_rmb.backends import (
     closest_names,
 )
 from pytest_rmb.backends._judges import VERDICT_ARG, protocol_args, resolve_protocol
+from pytest_rmb.judging.cutoffs import CUT_OFF, CutOffWatch, is_cut_off
 from pytest_rmb.judging.orders import OrderResult, chosen_slots, combine
-from pytest_rmb.judging.parsing import EMPTY_REPLY, find_verdict, follow_up, is_empty, miss_note, verdict_probability
+from pytest_rmb.judging.parsing import (
+    EMPTY_REPLY,
+    find_verdict,
+    follow_up,
+    has_thinking,
+    is_empty,
+    miss_note,
+    verdict_probability,
+)
 from pytest_rmb.judging.prompts import JudgePrompt, judge_messages
 from pytest_rmb.models import PairRequest, PairwiseModel, PartialBatchError, RunStopped, Verdict
 from pytest_rmb.parsers import (
@@ -54,6 +67,12 @@ T = TypeVar("T")
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 TOP_LOGPROBS = 5
+# Reply limits (reasoning included). 1024 leaves a judge that explains room for its explanation and
+# keeps the budget's reservation per request small. A judge that reasons first writes thousands of
+# tokens (RM-R1's logged verdicts run 2,000-6,000 characters, and it allows 50,000 tokens; Qwen3 and
+# DeepSeek-R1 recommend 32,768 for their thinking mode): thinking=true allows 32,768.
+DEFAULT_MAX_TOKENS = 1024
+THINKING_MAX_TOKENS = 32768
 
 
 def _base_urls(text: str) -> tuple[str, ...]:
@@ -76,7 +95,15 @@ ARGS = (
              "empty reply"),
     ModelArg("votes", positive_int, 1, "samples per comparison and order; a strict majority decides"),
     ModelArg("temperature", non_negative_float, 0.0, "sampling temperature (votes > 1 needs > 0)"),
-    ModelArg("max_tokens", positive_int, 1024, "most tokens per reply"),
+    ModelArg("max_tokens", positive_int, None,
+             f"most tokens per reply, reasoning included (default {DEFAULT_MAX_TOKENS}; {THINKING_MAX_TOKENS} with "
+             "thinking=true); a reply cut off there before its verdict is a 'cut off' miss"),
+    ModelArg("thinking", boolean, False,
+             f"the judge reasons before its verdict: max_tokens defaults to {THINKING_MAX_TOKENS} (each reply "
+             "may cost that many tokens; the preview says the most a run can take)"),
+    ModelArg("stop_on_cut_offs", boolean, True,
+             "stop the run (exit 2, verdicts kept) when 20 of the judge's first 50 replies are cut off at "
+             "max_tokens before their verdict"),
     ModelArg("logprobs", choice("auto", "true", "false"), "auto",
              "ask for the verdict token's logprobs (P(chosen) in the JSONL); auto drops them if refused"),
     ModelArg("bon_early_stop", boolean, True, "stop judging a Best-of-N list once one comparison is lost"),
@@ -116,6 +143,31 @@ class _Aborted(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class _Reply:
+    """One chat completion as the judge reads it."""
+
+    # The answer: the verdict is read here, never in the reasoning.
+    content: str
+    # OpenAI-style logprobs.content of the answer, when given.
+    tokens: list[dict] | None
+    # prompt_tokens, completion_tokens (reasoning included, as servers count them) and, when the
+    # server said it, reasoning_tokens; None when the server gave no usage.
+    usage: dict[str, int] | None
+    finish_reason: object
+    # The server's separate reasoning (vLLM's and SGLang's reasoning parsers), "" when none.
+    reasoning: str
+
+    @property
+    def cut_off(self) -> bool:
+        """Whether the reply ended at max_tokens (see :func:`is_cut_off`)."""
+        return is_cut_off(self.finish_reason, self.content, self.reasoning)
+
+    @property
+    def reasoned(self) -> bool:
+        return bool(self.reasoning.strip()) or has_thinking(self.content)
+
+
 class OpenAIJudge(PairwiseModel):
     """A pairwise model asking an OpenAI-compatible chat endpoint; see the module docstring."""
 
@@ -144,7 +196,14 @@ class OpenAIJudge(PairwiseModel):
         if self.votes > 1 and self.temperature == 0:
             raise ModelLoadError(f"openai judge: votes={self.votes} at temperature 0 would ask the same "
                                  "question several times for the same answer; set temperature > 0")
-        self.max_tokens: int = args.get("max_tokens", 1024)
+        self.thinking = bool(args.get("thinking", False))
+        given_max = args.get("max_tokens")
+        self.max_tokens: int = given_max or (THINKING_MAX_TOKENS if self.thinking else DEFAULT_MAX_TOKENS)
+        remedy = f"rerun with --rmb-model-arg max_tokens={4 * self.max_tokens}"
+        if not self.thinking and self.max_tokens < THINKING_MAX_TOKENS:
+            remedy += f" or thinking=true (max_tokens={THINKING_MAX_TOKENS})"
+        self._cut_off_watch = (CutOffWatch(f"max_tokens={self.max_tokens}", remedy)
+                               if args.get("stop_on_cut_offs", True) else None)
         self.parse_retries: int = protocol.parse_retries
         self.logprobs_mode: str = args.get("logprobs", "auto")
         self.bon_early_stop = bool(args.get("bon_early_stop", True))
@@ -190,6 +249,7 @@ class OpenAIJudge(PairwiseModel):
             "prompt": self.prompt.name, "prompt_sha256": self.prompt.sha256, "verdict": self.prompt.verdict.name,
             "order": self.order,
             "votes": self.votes, "temperature": self.temperature, "max_tokens": self.max_tokens,
+            "thinking": self.thinking,
             "parse_retries": self.parse_retries, "logprobs": self.logprobs_mode, "seed": self.seed,
             "bon_early_stop": self.bon_early_stop, "budget_tokens": self.budget_tokens,
             "concurrency": self.concurrency,
@@ -291,7 +351,9 @@ class OpenAIJudge(PairwiseModel):
                 chars += ask.chars * self.votes
         tokens = int(chars / self._chars_per_token())
         extra = " (fewer when Best-of-N lists stop early)" if self.bon_early_stop else ""
-        return (f"{calls} requests, ~{tokens} prompt tokens to {self.model_name}{extra}"
+        # Replies are what a judge that reasons spends most on: their most, with the reasoning.
+        return (f"{calls} requests, ~{tokens} prompt tokens to {self.model_name}{extra}; replies at most "
+                f"{calls * self.max_tokens} tokens (max_tokens={self.max_tokens} each, reasoning included)"
                 + (f"; budget {self.budget_tokens} tokens" if self.budget_tokens else ""))
 
     # -- judging --------------------------------------------------------------------------
@@ -349,53 +411,87 @@ class OpenAIJudge(PairwiseModel):
 
     async def _order(self, client: Any, ask: _Ask, state: _RunState) -> OrderResult:
         samples = await _all_or_nothing(self._sample(client, ask, vote, state) for vote in range(self.votes))
-        usage = {"prompt_tokens": sum(s[2]["prompt_tokens"] for s in samples),
-                 "completion_tokens": sum(s[2]["completion_tokens"] for s in samples)}
+        usage = {name: sum(s[2][name] for s in samples) for name in ("prompt_tokens", "completion_tokens")}
+        if all("reasoning_tokens" in s[2] for s in samples):
+            usage["reasoning_tokens"] = sum(s[2]["reasoning_tokens"] for s in samples)
         probabilities = [s[1] for s in samples if s[1] is not None]
         return OrderResult(
             ask.slot, tuple(s[0] for s in samples),
             sum(probabilities) / len(probabilities) if probabilities else None,
             usage, sum(s[3] for s in samples), tuple(s[4] for s in samples if s[4]),
+            rescued=sum(s[5] for s in samples),
         )
 
     async def _sample(self, client: Any, ask: _Ask, vote: int,
-                      state: _RunState) -> tuple[str | None, float | None, dict[str, int], int, str]:
-        """(letter, P(A), usage, parse retries, note) for one vote, follow-ups included."""
+                      state: _RunState) -> tuple[str | None, float | None, dict[str, int], int, str, bool]:
+        """(letter, P(A), usage, parse retries, note, rescued) for one vote, follow-ups included;
+        rescued: a reply was cut off before its verdict and a follow-up turn then gave one."""
         messages = ask.messages
-        usage = {"prompt_tokens": 0, "completion_tokens": 0}
+        usage: dict[str, int] = {"prompt_tokens": 0, "completion_tokens": 0, "reasoning_tokens": 0}
         note = ""
+        was_cut = False
         for attempt in range(self.parse_retries + 1):
-            reply, tokens, used = await self._chat(client, messages, vote, state)
-            for name in usage:
-                usage[name] += used.get(name, 0)
-            if is_empty(reply):
+            reply, used = await self._chat(client, messages, vote, state)
+            for name in list(usage):
+                if name in used:
+                    usage[name] += used[name]
+                else:  # a reply whose reasoning tokens are unknown makes the vote's sum unknown
+                    del usage[name]
+            cut = reply.cut_off
+            if is_empty(reply.content) and not cut:
                 # Empty after its retries (_chat): a follow-up would quote nothing back. The vote is
                 # unknown; combine() decides whether the comparison must be asked again.
-                return None, None, usage, attempt, EMPTY_REPLY
-            parsed = find_verdict(reply, self.prompt.verdict)
+                return None, None, usage, attempt, EMPTY_REPLY, False
+            parsed = find_verdict(reply.content, self.prompt.verdict)
+            # A reply cut off after its verdict (a verdict-first prompt, a small max_tokens) said it.
+            cut_before_verdict = cut and parsed.verdict is None
+            self._watch(cut_before_verdict, state)
             if parsed.verdict is not None:
-                p_a = verdict_probability(tokens, reply, parsed.position) if tokens else None
-                return parsed.verdict, p_a, usage, attempt, ""
-            note = miss_note(parsed.reason, reply)
+                p_a = verdict_probability(reply.tokens, reply.content, parsed.position) if reply.tokens else None
+                if was_cut:
+                    self._count("cut_offs_rescued")
+                return parsed.verdict, p_a, usage, attempt, "", was_cut
+            if cut_before_verdict:
+                was_cut = True
+                self._count("cut_off_replies")
+                # The excerpt: what the judge wrote before the limit, its reasoning when the answer is empty.
+                note = miss_note(f"{CUT_OFF} at the reply limit", reply.content if not is_empty(reply.content)
+                                 else reply.reasoning)
+            else:
+                note = miss_note(parsed.reason, reply.content)
             if attempt < self.parse_retries:
                 self._count("parse_retries")
-                messages = follow_up(ask.messages, reply, self.prompt.verdict)
-        return None, None, usage, self.parse_retries, note
+                messages = follow_up(ask.messages, reply.content, self.prompt.verdict)
+        return None, None, usage, self.parse_retries, note, False
+
+    def _watch(self, cut_off: bool, state: _RunState) -> None:
+        """Count a reply for the early stop on cut-offs (:class:`CutOffWatch`)."""
+        if self._cut_off_watch is None:
+            return
+        stop = self._cut_off_watch.see(cut_off)
+        if stop is not None:
+            self._stop(stop, state)
 
     async def _chat(self, client: Any, messages: list[dict[str, str]], vote: int,
-                    state: _RunState) -> tuple[str, list[dict] | None, dict[str, int]]:
-        """One chat completion: (reply text, logprob tokens or None, usage summed over the attempts).
+                    state: _RunState) -> tuple[_Reply, dict[str, int]]:
+        """One chat completion: (the reply, usage summed over the attempts; reasoning_tokens only
+        when every attempt's server said them).
 
-        An empty reply (no content, or only whitespace) is asked again like a failed request:
-        up to ``retries`` times, with the client's backoff, counted in ``http_retries``. It is
-        returned empty only when every attempt was."""
-        usage = {"prompt_tokens": 0, "completion_tokens": 0}
+        An empty reply (no content, or only whitespace, and no reasoning cut off) is asked again
+        like a failed request: up to ``retries`` times, with the client's backoff, counted in
+        ``http_retries``. It is returned empty only when every attempt was. A reply cut off at
+        max_tokens is an answer, not a fault: asking the same again would cut it off again."""
+        usage = {"prompt_tokens": 0, "completion_tokens": 0, "reasoning_tokens": 0}
         attempt = 0
         while True:
-            reply, tokens, used = await self._ask(client, messages, vote, state)
-            for name in usage:
-                usage[name] += used[name]
-            if not is_empty(reply):
+            reply = await self._ask(client, messages, vote, state)
+            assert reply.usage is not None  # _ask fills it in
+            for name in list(usage):
+                if name in reply.usage:
+                    usage[name] += reply.usage[name]
+                else:
+                    del usage[name]
+            if not is_empty(reply.content) or reply.cut_off:
                 self._consecutive_failures = 0
                 break
             if attempt >= self.policy.retries:
@@ -407,12 +503,12 @@ class OpenAIJudge(PairwiseModel):
             await asyncio.sleep(self.policy.delay(attempt))
             attempt += 1
         state.finished(self._spent)
-        return reply, tokens, usage
+        return reply, usage
 
     async def _ask(self, client: Any, messages: list[dict[str, str]], vote: int,
-                   state: _RunState) -> tuple[str, list[dict] | None, dict[str, int]]:
-        """One request (the client retries transport failures): (reply text, logprob tokens or
-        None, usage), within the token budget."""
+                   state: _RunState) -> _Reply:
+        """One request (the client retries transport failures), within the token budget; its
+        usage estimated when the server gave none."""
         from pytest_rmb.http import HTTPFailure
 
         chars = sum(len(m["content"]) for m in messages)
@@ -453,9 +549,13 @@ class OpenAIJudge(PairwiseModel):
                     break
             finally:
                 self._reserved -= reserve
-        reply, tokens, usage = _read_completion(document)
+        reply = _read_completion(document)
+        usage = reply.usage
         if usage is None:
-            usage = {"prompt_tokens": estimate, "completion_tokens": len(reply) // 4 + 1}
+            # The reasoning was generated too: it counts against the budget as the answer does.
+            usage = {"prompt_tokens": estimate,
+                     "completion_tokens": (len(reply.content) + len(reply.reasoning)) // 4 + 1}
+            reply = dataclasses.replace(reply, usage=usage)
             self._count("usage_estimated")
         else:
             self._prompt_chars += chars
@@ -464,7 +564,12 @@ class OpenAIJudge(PairwiseModel):
         self._count("requests")
         self._count("prompt_tokens", usage["prompt_tokens"])
         self._count("completion_tokens", usage["completion_tokens"])
-        return reply, tokens, usage
+        if "reasoning_tokens" in usage:
+            self._count("reasoning_tokens", usage["reasoning_tokens"])
+        elif reply.reasoned:
+            # Reasoned, but the server did not say how many tokens of the reply that took.
+            self._count("reasoning_tokens_unknown")
+        return reply
 
     def _adapt(self, failure: Any) -> bool:
         """A 400 that refuses an optional parameter: drop or rename it once and ask again."""
@@ -568,20 +673,33 @@ def _status(failure: Any) -> str:
     return f"HTTP {failure.status}" if failure.status is not None else (failure.detail or "no response")
 
 
-def _read_completion(document: Any) -> tuple[str, list[dict] | None, dict[str, int] | None]:
+# Where servers put a reasoning parser's output beside the answer: vLLM's and SGLang's
+# ``reasoning_content``, and ``reasoning`` (vLLM's newer name, OpenRouter, Ollama).
+REASONING_FIELDS = ("reasoning_content", "reasoning")
+
+
+def _read_completion(document: Any) -> _Reply:
     try:
         choice0 = document["choices"][0]
-        content = choice0["message"].get("content") or ""
+        message = choice0["message"]
+        content = message.get("content") or ""
     except (KeyError, IndexError, TypeError, AttributeError):
         raise JudgeReplyError("the server's reply has no choices[0].message") from None
+    reasoning = next((text for text in (message.get(name) for name in REASONING_FIELDS)
+                      if isinstance(text, str) and text), "")
     logprobs = choice0.get("logprobs")
     tokens = logprobs.get("content") if isinstance(logprobs, Mapping) else None
     usage = document.get("usage")
+    counted = None
     if isinstance(usage, Mapping) and isinstance(usage.get("prompt_tokens"), int):
         counted = {"prompt_tokens": int(usage["prompt_tokens"]),
                    "completion_tokens": int(usage.get("completion_tokens") or 0)}
-        return str(content), tokens if isinstance(tokens, list) else None, counted
-    return str(content), tokens if isinstance(tokens, list) else None, None
+        details = usage.get("completion_tokens_details")
+        said = details.get("reasoning_tokens") if isinstance(details, Mapping) else None
+        if isinstance(said, int) and not isinstance(said, bool):
+            counted["reasoning_tokens"] = said
+    return _Reply(str(content), tokens if isinstance(tokens, list) else None, counted,
+                  choice0.get("finish_reason"), reasoning)
 
 
 def load(settings: ModelSettings) -> OpenAIJudge:

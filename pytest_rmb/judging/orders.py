@@ -8,6 +8,10 @@ A vote whose reply stayed empty (after the backend asked again) is unknown rathe
 vote: when what it might have said could change the comparison's verdict, the comparison is an
 "empty reply" miss that the next run asks again (:attr:`Verdict.ask_again`, never cached). When the
 other votes or orders settle the verdict whatever it might have said, the verdict stands.
+
+A vote whose reply was cut off at the reply limit (:mod:`pytest_rmb.judging.cutoffs`) gave no
+verdict; a comparison that misses for it is "cut off", not "no verdict", and says so in its detail
+(``cut_off: true``), with the votes cut off and those a follow-up turn rescued.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pytest_rmb.judging.cutoffs import CUT_OFF
 from pytest_rmb.judging.parsing import EMPTY_REPLY
 from pytest_rmb.judging.prompts import SLOTS
 from pytest_rmb.models import Verdict
@@ -50,7 +55,9 @@ class OrderResult:
     letter after its parse retries, None when it gave none. ``p_a``: P("A") from logprobs or
     logits (mean over the votes that had it), None when unknown. ``notes``: why votes failed
     (reason and a short excerpt of the reply), one per failed vote, for the JSONL; a vote whose
-    reply stayed empty has the note :data:`EMPTY_REPLY` exactly. ``usage``: tokens this order cost.
+    reply stayed empty has the note :data:`EMPTY_REPLY` exactly, one whose last reply was cut off a
+    note starting with :data:`CUT_OFF`. ``usage``: tokens this order cost. ``rescued``: votes whose
+    reply was cut off and whose follow-up turn then gave a verdict.
     """
 
     chosen_slot: str
@@ -59,6 +66,12 @@ class OrderResult:
     usage: Mapping[str, int] = field(default_factory=dict)
     parse_retries: int = 0
     notes: tuple[str, ...] = ()
+    rescued: int = 0
+
+    @property
+    def cut_off_votes(self) -> int:
+        """Votes without a verdict because their last reply was cut off at the reply limit."""
+        return sum(note.startswith(CUT_OFF) for note in self.notes)
 
     @property
     def empty_votes(self) -> int:
@@ -105,6 +118,9 @@ def combine(order_results: Sequence[OrderResult], order: str) -> Verdict:
     if not order_results:
         raise ValueError("combine needs at least one order's result")
     usage = {"prompt_tokens": 0, "completion_tokens": 0}
+    # Reasoning tokens only when every order's server said them: a partial sum would pass for the whole.
+    if all("reasoning_tokens" in r.usage for r in order_results):
+        usage["reasoning_tokens"] = 0
     orders = []
     outcomes = []
     letters = []
@@ -131,10 +147,18 @@ def combine(order_results: Sequence[OrderResult], order: str) -> Verdict:
         "flip": flip,
         "usage": usage,
         "parse_retries": sum(r.parse_retries for r in order_results),
-        "parse_failures": sum(v is None for r in order_results for v in r.votes) - empty,
+        # Votes the judge answered without a usable verdict: not those whose reply stayed empty or was cut off.
+        "parse_failures": (sum(v is None for r in order_results for v in r.votes) - empty
+                           - sum(r.cut_off_votes for r in order_results)),
     }
     if empty:
         detail["empty_replies"] = empty
+    cut_offs = sum(r.cut_off_votes for r in order_results)
+    if cut_offs:
+        detail["cut_offs"] = cut_offs
+    rescued = sum(r.rescued for r in order_results)
+    if rescued:
+        detail["cut_offs_rescued"] = rescued
     p_first = sum(p_chosen) / len(p_chosen) if p_chosen else None
     unsettled = [r.chosen_slot for r in order_results if not r.settled()]
     # An order without a verdict that no empty reply could change makes the comparison "no
@@ -144,8 +168,12 @@ def combine(order_results: Sequence[OrderResult], order: str) -> Verdict:
         where = " and ".join(f"chosen as {slot}" for slot in unsettled)
         return Verdict(None, p_first, f"{EMPTY_REPLY} ({where})", detail=detail, ask_again=True)
     if None in outcomes:
-        missing = [r.chosen_slot for r, won in zip(order_results, outcomes) if won is None]
-        where = " and ".join(f"chosen as {slot}" for slot in missing)
+        missing = [r for r, won in zip(order_results, outcomes) if won is None]
+        where = " and ".join(f"chosen as {r.chosen_slot}" for r in missing)
+        if any(r.cut_off_votes for r in missing):
+            # The judge was stopped before its verdict: not a judge that could not decide.
+            detail["cut_off"] = True
+            return Verdict(None, p_first, f"{CUT_OFF} at the reply limit ({where})", detail=detail)
         return Verdict(None, p_first, f"no verdict ({where})", detail=detail)
     if flip:
         said = ", ".join(f"chosen as {r.chosen_slot}: {'won' if won else 'lost'}"

@@ -47,6 +47,12 @@ def _mask_thinking(text: str) -> str:
     return blank
 
 
+def has_thinking(text: str | None) -> bool:
+    """Whether a reply carries its reasoning inline: a ``<think>`` block, or a stray ``</think>``
+    (a template that opened the block in the prompt)."""
+    return bool(text) and (_THINK_OPEN.search(text or "") or _THINK_CLOSE.search(text or "")) is not None
+
+
 def is_empty(reply: str | None) -> bool:
     """No content, or only whitespace: the judge said nothing at all (a passing server fault more
     often than an answer), which is asked again rather than parsed."""
