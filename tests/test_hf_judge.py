@@ -198,6 +198,7 @@ def test_generate_matches_unbatched_greedy_replies_and_follow_ups(tiny):
             a, b = answers(request, order["chosen"])
             messages = judge_messages(prompt, request.conversation, a, b, request.goal)
             reply, prompt_tokens, generated = reference.reply(messages, max_new)
+            last_generated = generated
             letter, reason = parse_verdict(reply)
             if letter is None:
                 retries += 1
@@ -205,7 +206,11 @@ def test_generate_matches_unbatched_greedy_replies_and_follow_ups(tiny):
                 reply, more_prompt, more_generated = reference.reply(follow, max_new)
                 prompt_tokens += more_prompt
                 generated += more_generated
+                last_generated = more_generated
                 letter, reason = parse_verdict(reply)
+            if letter is None and reply and last_generated == max_new:
+                # The last reply used every token it had without ending: cut off, not a judged miss.
+                reason = "cut off at the reply limit"
             assert order["votes"] == [letter]
             if letter is None:
                 excerpt = " ".join(reply.split())[:160]
@@ -367,7 +372,8 @@ def test_smollm_generate_run_counts_misses_and_verdicts(pytester, smol):
             (order,) = verdict["detail"]["orders"]
             assert order["chosen"] == "A"
             if verdict["won"] is None:
-                assert verdict["reason"] == "no verdict (chosen as A)" and order["notes"]
+                assert verdict["reason"] in ("no verdict (chosen as A)", "cut off at the reply limit (chosen as A)")
+                assert order["notes"]
             else:
                 assert order["votes"][0] in ("A", "B") and verdict["won"] is (order["votes"][0] == "A")
     assert seen > 0

@@ -233,7 +233,9 @@ def check_misses_are_counted(result, records: list[dict]) -> None:
     for _, verdict in comparisons(records):
         assert verdict["error"] is None
         if verdict["won"] is None:
-            assert verdict["reason"].startswith("no verdict")
+            # A reply that ran out of max_tokens before its verdict is a cut-off, said as such.
+            assert verdict["reason"].startswith(("no verdict", "cut off"))
+            assert verdict["reason"].startswith("cut off") == bool(verdict["detail"].get("cut_off"))
             assert all(order.get("notes") for order in verdict["detail"]["orders"] if order["verdict"] is None)
 
 
