@@ -17,6 +17,13 @@ import numpy  # noqa: E402,F401
 import torch  # noqa: E402,F401
 import transformers  # noqa: E402,F401
 
+# The same for what torch and transformers import lazily on first use (a Llama model's classes pull
+# in torch.distributed's functional collectives, which register operators once per process): an
+# in-process run that first imported them would leave them to be registered a second time.
+if torch.distributed.is_available():  # builds without it never register those operators
+    import torch.distributed._functional_collectives  # noqa: F401
+import transformers.models.llama.modeling_llama  # noqa: E402,F401
+
 
 def _use_the_http_stack_once() -> None:
     """httpx imports its async stack (httpcore, anyio) on first use, and pytester's in-process runs
@@ -100,3 +107,22 @@ def every_summary_written_validates(tmp_path_factory):
             if errors:
                 invalid.append(f"{path}: {errors[:3]}")
     assert not invalid, "summaries that do not hold to the shipped schema:\n" + "\n".join(invalid)
+
+
+@pytest.fixture
+def stubs(tmp_path_factory):
+    """start(*flags): a stand-in judge that prefers the longer answer (tests/judge_stub.py), stopped
+    after the test."""
+    from tests.judge_stub import StubServer
+
+    started: list[StubServer] = []
+    folder = tmp_path_factory.mktemp("stub-logs")
+
+    def start(*flags: str) -> StubServer:
+        server = StubServer(folder, "longer", *flags).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

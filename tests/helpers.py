@@ -90,3 +90,17 @@ class FakeReporter:
 
     def flush(self) -> None:
         pass
+
+
+# A python: model whose every batch takes $SLOW_SECONDS: long enough for progress to show.
+SLOW_MODEL = """
+import os, time
+
+class Slow:
+    def score(self, batch):
+        time.sleep(float(os.environ["SLOW_SECONDS"]))
+        return [float(len(r.response)) for r in batch]
+
+def make():
+    return Slow()
+"""

@@ -19,23 +19,12 @@ from types import SimpleNamespace
 import pytest
 
 from pytest_rmb import progress
-from tests.helpers import SHARED_DATA, FakeReporter
+from tests.helpers import SHARED_DATA, SLOW_MODEL, FakeReporter
 from tests.judge_stub import StubServer
 from tests.terminal import run_on_screen
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SLOW = '''
-import os, time
-
-class Slow:
-    def score(self, batch):
-        time.sleep(float(os.environ["SLOW_SECONDS"]))
-        return [float(len(r.response)) for r in batch]
-
-def make():
-    return Slow()
-'''
 
 
 def environment(folder: Path, **extra: str) -> dict[str, str]:
@@ -134,7 +123,7 @@ def test_a_slow_model_shows_its_bar_below_the_module_line_then_leaves_a_clean_sc
     # One batch a scenario that takes 3 s: the bar stays up with nothing finished, and its elapsed
     # time must move on its own.
     pytest.importorskip("pyte")
-    (tmp_path / "slow_model.py").write_text(SLOW)
+    (tmp_path / "slow_model.py").write_text(SLOW_MODEL)
     env = environment(tmp_path, SLOW_SECONDS="3")
     args = ["-p", "no:cacheprovider", "--rmb-model", "python:slow_model:make", "--rmb-data", "sample",
             "--rmb-batch-size", "1000", "rmb/chat/discussion", "rmb/chat/casual_conversation"]
@@ -235,7 +224,7 @@ def test_a_log_keeps_each_module_line_whole_after_progress_lines(pytester, monke
     # letters must then go on beside its name again, not alone on a line of their own.
     monkeypatch.setattr(progress, "FIRST_LINE_AFTER", 0.2)
     monkeypatch.setenv("SLOW_SECONDS", "0.5")
-    pytester.makepyfile(slow_model=SLOW)
+    pytester.makepyfile(slow_model=SLOW_MODEL)
     monkeypatch.syspath_prepend(str(pytester.path))
     result = pytester.runpytest("-p", "no:cacheprovider", "--rmb-model", "python:slow_model:make", "--rmb-data",
                                 "sample", "--rmb-batch-size", "100", "rmb/chat/discussion",

@@ -24,21 +24,6 @@ from tests.test_openai_judge import answered, judge, length_sections, output, re
 PAIRS = 30
 
 
-@pytest.fixture
-def stubs(tmp_path_factory):
-    started: list[StubServer] = []
-    folder = tmp_path_factory.mktemp("stub-logs")
-
-    def start(*flags: str) -> StubServer:
-        server = StubServer(folder, "longer", *flags).start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
 def pair_scenario(folder: Path) -> dict[str, str]:
     """A custom scenario ``q`` of 30 pairs (a full answer against "No."), which the prefer-longer
     judge gets right every time; returns each pair's id by the SHA-256 of its chosen answer."""

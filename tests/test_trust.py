@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import pytest
 
 from pytest_rmb.cache import ScoreCache
-from tests.helpers import SAMPLE_DATA, FakeReporter, all_files
+from tests.helpers import SAMPLE_DATA, SLOW_MODEL, FakeReporter, all_files
 
 CHAT = ("Pairwise_set/Helpfulness/Chat/", "BoN_set/Helpfulness/Chat/")
 DISCUSSION = ("Pairwise_set/Helpfulness/Chat/Discussion.json", "BoN_set/Helpfulness/Chat/Discussion.json")
@@ -158,17 +158,6 @@ def test_truncation_and_tokens_are_the_same_cold_cached_and_half_cached(pytester
 
 # -- item 13: progress on a terminal and in a log ---------------------------------------------------
 
-SLOW = '''
-import os, time
-
-class Slow:
-    def score(self, batch):
-        time.sleep(float(os.environ["SLOW_SECONDS"]))
-        return [float(len(r.response)) for r in batch]
-
-def make():
-    return Slow()
-'''
 
 
 def discussion_texts() -> int:
@@ -176,7 +165,7 @@ def discussion_texts() -> int:
 
 
 def run_slow(cwd: Path) -> list[str]:
-    (cwd / "slow_progress.py").write_text(SLOW)
+    (cwd / "slow_progress.py").write_text(SLOW_MODEL)
     return [sys.executable, "-m", "pytest", *rmb_args("--rmb-model", "python:slow_progress:make",
                                                       "--rmb-batch-size", "1", "rmb/chat/discussion")]
 

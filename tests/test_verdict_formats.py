@@ -18,7 +18,7 @@ from pytest_rmb.data import Message
 from pytest_rmb.judging.parsing import FOLLOW_UP, find_verdict, follow_up, parse_verdict, verdict_probability
 from pytest_rmb.judging.prompts import PromptError, judge_messages, load_prompt
 from tests.helpers import SAMPLE_DATA, all_files
-from tests.judge_stub import VERDICT_PROBABILITY, VERDICTS, StubServer
+from tests.judge_stub import VERDICT_PROBABILITY, VERDICTS
 from tests.test_openai_judge import answered, judge, length_sections, output, records, sections, unique_comparisons
 
 FORMATS = sorted(VERDICTS)
@@ -30,21 +30,6 @@ def written(fmt: str, letter: str) -> str:
 
 def user(text: str) -> Message:
     return Message("user", text, "English")
-
-
-@pytest.fixture
-def stubs(tmp_path_factory):
-    started: list[StubServer] = []
-    folder = tmp_path_factory.mktemp("stub-logs")
-
-    def start(*flags: str) -> StubServer:
-        server = StubServer(folder, "longer", *flags).start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
 
 
 def test_the_formats_are_the_families_own():
