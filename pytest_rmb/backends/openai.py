@@ -82,6 +82,9 @@ def _base_urls(text: str) -> tuple[str, ...]:
 
 
 ARGS = (
+    ModelArg("mode", choice("pairwise", "rating", "listwise"), "pairwise",
+             "pairwise: the judge compares two answers (pair-v2); rating: it rates one answer at a time, the rating "
+             "is its score; listwise: it names the best answer of a whole list in one request"),
     ModelArg("base_url", renamed("url[,url...]", _base_urls), None,
              "server base URL(s), comma-separated replicas share the load (default: $OPENAI_BASE_URL, "
              f"then {DEFAULT_BASE_URL})"),
@@ -703,6 +706,11 @@ def _read_completion(document: Any) -> _Reply:
 
 
 def load(settings: ModelSettings) -> OpenAIJudge:
+    mode = settings.args.get("mode") or "pairwise"
+    if mode == "rating":
+        raise ModelLoadError("openai judge: mode=rating is not available yet")
+    if mode == "listwise":
+        raise ModelLoadError("openai judge: mode=listwise is not available yet")
     return OpenAIJudge(settings)
 
 
