@@ -306,6 +306,30 @@ def wait_for_replies(proxy: ChaosProxy, process: subprocess.Popen, count: int, *
         time.sleep(0.005)
 
 
+def stop_after_replies(proxy: ChaosProxy, process: subprocess.Popen, count: int, *, seconds: float,
+                       stop: str = "kill -9 seconds later") -> None:
+    """Once ``count`` POST replies went through ``proxy`` whole (the rest of the batch waits on a
+    retry), stop the run: SIGKILL once those replies are seconds old, or Ctrl-C at once."""
+    try:
+        wait_for_replies(proxy, process, count, seconds=seconds)
+        if stop == "Ctrl-C at once":
+            # "Delivered" is the proxy's word: the replies are written to the run's socket. A
+            # moment (far under SAVE_EVERY) for the run to read them is what makes them arrived;
+            # without it, a busy machine signals while some still sit in the socket.
+            time.sleep(0.25)
+            process.send_signal(signal.SIGINT)
+            assert process.wait(30) == pytest.ExitCode.INTERRUPTED
+        else:
+            time.sleep(2 * (SAVE_EVERY + SLACK))  # those replies are seconds old; the retry still waits
+            assert process.poll() is None
+            process.send_signal(signal.SIGKILL)
+            process.wait(30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def test_verdicts_received_while_the_batch_waits_on_a_retry_survive_a_kill(judge_stub, tmp_path):
     data = write_dataset(tmp_path / "data", {"Pairwise_set/Helpfulness/Chat/Discussion.json": [
         pair(str(i), f"Question {i}: how do I keep a plant alive?", f"Water it weekly, number {i}. " * 3, "No.")
@@ -324,16 +348,8 @@ def test_verdicts_received_while_the_batch_waits_on_a_retry_survive_a_kill(judge
     with stall:
         process = subprocess.Popen(command(stall), cwd=workdir, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
-        try:
-            wait_for_replies(stall, process, 19, seconds=60)
-            time.sleep(2 * (SAVE_EVERY + SLACK))  # the 19 verdicts are seconds old; the retry still waits
-            assert len(stall.exchanges) == 21 and process.poll() is None
-            process.send_signal(signal.SIGKILL)
-            process.wait(30)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        stop_after_replies(stall, process, 19, seconds=60)
+    assert len(stall.exchanges) == 21  # the model list and the 20 comparisons: the retry was not yet sent
     received = {comparison_of(e)[0] for e in stall.exchanges if e.delivered and e.method == "POST"}
     with ChaosProxy(f"http://127.0.0.1:{judge_stub.port}", rate=0.0, keep_bodies=True) as relay:
         done = subprocess.run(command(relay), cwd=workdir, capture_output=True, text=True, timeout=120)
@@ -412,24 +428,7 @@ def test_scores_received_while_a_served_batch_waits_on_a_retry_survive_a_stop(vl
     with stall:
         process = subprocess.Popen(command(stall), cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                    preexec_fn=ctrl_c_reaches_it)
-        try:
-            wait_for_replies(stall, process, texts, seconds=120)  # the probe and the texts answered at once
-            if stop == "Ctrl-C at once":
-                # "Delivered" is the proxy's word: the replies are written to the run's socket. A
-                # moment (far under SAVE_EVERY) for the run to read them is what makes them arrived;
-                # without it, a busy machine signals while some still sit in the socket.
-                time.sleep(0.25)
-                process.send_signal(signal.SIGINT)
-                assert process.wait(30) == pytest.ExitCode.INTERRUPTED
-            else:
-                time.sleep(2 * (SAVE_EVERY + SLACK))  # those rewards are seconds old; the retry still waits
-                assert process.poll() is None
-                process.send_signal(signal.SIGKILL)
-                process.wait(30)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        stop_after_replies(stall, process, texts, seconds=120, stop=stop)  # the probe and the texts answered at once
     posts = [e for e in stall.exchanges if e.method == "POST"]
     probe = posts[0].key
     received = {e.key for e in posts if e.delivered} - {probe}
