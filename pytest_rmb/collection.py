@@ -292,6 +292,24 @@ def run_markers(scenarios: Iterable[Scenario]) -> list[str]:
 # The words of pytest's -m grammar that are no marker names.
 _MARK_OPERATORS = frozenset({"and", "or", "not"})
 
+def keyword_hint(expression: str, scenarios: Iterable[Scenario]) -> str:
+    """Why ``-k EXPRESSION`` selected no RMB item: each word in it that matches no part of an item's
+    name or markers, with the closest such part, then what the names look like."""
+    parts: set[str] = set(run_markers(scenarios)) | {"test_pairwise", "test_bon"}
+    for scenario in scenarios:
+        parts.update(scenario.id.split("/"))
+    words = re.findall(r"[^\s()]+", expression)
+    lines = [f"rmb: -k {expression!r} selected no RMB item."]
+    for word in dict.fromkeys(w for w in words if w not in _MARK_OPERATORS):
+        if any(word.lower() in part.lower() for part in parts):
+            continue
+        close = closest_names(word.lower(), sorted(parts), count=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        lines.append(f"rmb: no RMB item's name or marker contains {word!r}{hint}")
+    lines.append("rmb: -k matches parts of item names such as rmb/chat/casual_conversation::test_bon[12] "
+                 "and their markers (pytest --collect-only -q lists the names)")
+    return "\n".join(lines)
+
 
 def marker_hint(expression: str, markers: list[str], registered: Iterable[str] = (), keyword: str = "") -> str:
     """Why ``-m EXPRESSION`` selected no RMB item: each name in it that no item carries, with the

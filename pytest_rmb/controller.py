@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from pytest_rmb import wire
-from pytest_rmb.collection import marker_hint, run_markers
+from pytest_rmb.collection import keyword_hint, marker_hint, run_markers
 from pytest_rmb.engine import EngineStats
 from pytest_rmb.gate import FAIL as GATE_FAIL
 from pytest_rmb.gate import evaluate as evaluate_gates
@@ -269,6 +269,9 @@ class RunController:
             hint = marker_hint(config.option.markexpr, run_markers(settings.scenarios), registered,
                                keyword=config.option.keyword)
             for line in hint.splitlines():
+                terminalreporter.write_line(line, yellow=True, bold=True)
+        elif self.results.rmb_selected == 0 and config.option.keyword:
+            for line in keyword_hint(config.option.keyword, settings.scenarios).splitlines():
                 terminalreporter.write_line(line, yellow=True, bold=True)
         else:
             renderer.render(

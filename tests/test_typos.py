@@ -47,6 +47,23 @@ def test_a_misspelt_marker_names_the_closest_and_every_marker_after_an_empty_run
     assert "RMB accuracy" not in result.stdout.str()
 
 
+def test_a_misspelt_keyword_names_the_closest_part_of_an_item_name_after_an_empty_run(pytester):
+    result = run(pytester, "--rmb-data", "sample", "-k", "brainstrom and not idea")
+    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+    lines = result.stdout.lines
+    start = lines.index("rmb: -k 'brainstrom and not idea' selected no RMB item.")
+    # 'idea' is part of rmb/brainstorming/idea_development: no complaint about it.
+    assert lines[start + 1] == "rmb: no RMB item's name or marker contains 'brainstrom'; did you mean 'brainstorming'?"
+    assert lines[start + 2].startswith("rmb: -k matches parts of item names such as ")
+    assert "RMB accuracy" not in result.stdout.str()
+
+
+def test_a_keyword_that_selects_items_gets_no_hint(pytester):
+    result = run(pytester, "--rmb-data", "sample", "-k", "brainstorming")
+    assert result.ret == pytest.ExitCode.OK
+    assert "selected no RMB item" not in result.stdout.str()
+
+
 def test_markers_are_case_sensitive_and_the_hint_says_so(pytester):
     result = run(pytester, "--rmb-data", "sample", "-m", "Chat and not BON")
     assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
@@ -137,7 +154,7 @@ def test_a_misspelt_setting_gets_the_closest_and_the_accepted_ones(pytester):
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     message = output(result)
     assert ("--rmb-model-arg concurency: the openai backend has no setting 'concurency' (did you mean "
-            "'concurrency'?); accepted: base_url, api_key_env, concurrency, ") in message
+            "'concurrency'?); accepted: mode, base_url, api_key_env, concurrency, ") in message
 
 
 def test_a_refused_value_is_shown_as_typed_unless_it_is_a_credential(pytester, monkeypatch):
