@@ -7,8 +7,8 @@ different generators and where the model preferred one answer (:mod:`pytest_rmb.
 - each generator's win rate under the labels and under the model (wins / such samples it is in);
 - a Bradley-Terry strength of each generator under each (the log of its strength, fitted by the
   minorise-maximise iteration with one win and one loss against an opponent of strength 1 added to
-  every generator, so that one that never loses stays finite, and 0 is that opponent), and the Spearman and Kendall (tau-b)
-  correlations between the two rankings;
+  every generator, so that one that never loses stays finite, and 0 is that opponent), and the
+  Spearman and Kendall (tau-b) correlations between the two rankings;
 - a flag where the model favours one generator's answers far more than the labels do: among its
   samples where the model and the labels disagree, the model sided with it significantly more often
   than against it (exact sign test, Holm-corrected over the generators, at 0.05), and its win rate
@@ -72,7 +72,8 @@ def kendall_tau_b(a: Sequence[float], b: Sequence[float]) -> float | None:
     return (concordant - discordant) / denominator if denominator else None
 
 
-def bradley_terry(names: Sequence[str], wins: Mapping[tuple[str, str], int], iterations: int = 1000) -> dict[str, float]:
+def bradley_terry(names: Sequence[str], wins: Mapping[tuple[str, str], int],
+                  iterations: int = 1000) -> dict[str, float]:
     """Log strengths from ``wins[(winner, loser)]`` counts, on the scale the prior's opponent sets
     (strength 1, log 0): the prior makes the fit unique, so no other normalisation."""
     index = {name: i for i, name in enumerate(names)}
@@ -137,7 +138,8 @@ def generator_stats(records: Iterable[Mapping[str, Any]]) -> dict[str, Any] | No
             "model_win_rate": model_rate,
             "label_strength": round(label_strength[name], 6),
             "model_strength": round(model_strength[name], 6),
-            "favoured": bool(p < ALPHA and sided_for[name] > sided_against[name] and model_rate - label_rate >= FAVOUR_GAP),
+            "favoured": bool(p < ALPHA and sided_for[name] > sided_against[name]
+                             and model_rate - label_rate >= FAVOUR_GAP),
             "p_favoured": p,
         }
     labels = [label_strength[n] for n in names]
