@@ -20,6 +20,7 @@ from pytest_rmb.engine import EngineStats
 from pytest_rmb.gate import FAIL as GATE_FAIL
 from pytest_rmb.gate import evaluate as evaluate_gates
 from pytest_rmb.gate import not_evaluated_when_partial
+from pytest_rmb.html_report import write_html
 from pytest_rmb.inspect_input import input_key, print_shown_input
 from pytest_rmb.models import PAIRWISE_MODEL
 from pytest_rmb.nodeids import display_nodeid, scenario_and_kind
@@ -238,6 +239,8 @@ class RunController:
                 (settings.jsonl_path, lambda path: write_jsonl(path, self.records)),
                 (settings.markdown_path,
                  lambda path: write_markdown(path, summary, null_baseline=settings.null_baseline)),
+                (settings.html_path,
+                 lambda path: write_html(path, summary, self.records, settings.scenarios, settings.dataset)),
             ]
         for path, write in writers:
             if path is None:
@@ -283,7 +286,7 @@ class RunController:
             )
             renderer.render_self_check(summary.get("self_check"))
         for label, path in (("summary", settings.json_path), ("per-sample results", settings.jsonl_path),
-                            ("Markdown report", settings.markdown_path)):
+                            ("Markdown report", settings.markdown_path), ("HTML page", settings.html_path)):
             if path and not _failed(path, self.write_errors):
                 terminalreporter.write_line(f"rmb: {label} written to {path}")
         for failure in self.write_errors:

@@ -258,6 +258,10 @@ OPTIONS: tuple[Option, ...] = (
         ini=Ini("rmb_alpha", "significance level of the baseline comparison", default="0.05"),
     ),
     Option("--rmb-markdown", OUTPUT, metavar="PATH", help="write the tables and gates as GitHub-flavoured Markdown"),
+    Option("--rmb-html", OUTPUT, metavar="PATH",
+           help="write the run as one self-contained HTML page (opens offline): sections, a heatmap of every "
+           "scenario, the tasks, a misses browser, the judge's figures, provenance (needs matplotlib: "
+           "pip install 'pytest-rmb[report]')"),
     Option(
         "--rmb-cache-dir", ENGINE, metavar="DIR",
         help="where scores and verdicts are cached between runs, one file per model fingerprint, shared by "
@@ -423,6 +427,7 @@ class RunSettings:
     show_scenarios: bool
     show_misses: int
     markdown_path: Path | None
+    html_path: Path | None
     cache_dir: Path | None
     gates: tuple[Gate, ...]
     allow_empty_gates: bool
@@ -467,10 +472,17 @@ def resolve(config: pytest.Config) -> RunSettings | None:
         prefix_sharing=setting(config, "rmb_prefix_sharing") or "auto",
     )
     check_distinct_outputs(config)
-    outputs = {name: _output(config, name) for name in ("rmb_json", "rmb_jsonl", "rmb_markdown")}
+    outputs = {name: _output(config, name) for name in ("rmb_json", "rmb_jsonl", "rmb_markdown", "rmb_html")}
     for name, path in outputs.items():
         if path is not None:
             check_writable(path, "--" + name.replace("_", "-"))
+    if outputs["rmb_html"] is not None:
+        from pytest_rmb.html_report import ReportUnavailable, require_matplotlib
+
+        try:  # now, not after the scoring it would report
+            require_matplotlib()
+        except ReportUnavailable as exc:
+            raise pytest.UsageError(f"pytest-rmb: {exc}") from None
     return RunSettings(
         model=model,
         backend=backend,
@@ -484,6 +496,7 @@ def resolve(config: pytest.Config) -> RunSettings | None:
         show_scenarios=setting(config, "rmb_show_scenarios") or config.getoption("verbose", 0) > 0,
         show_misses=setting(config, "rmb_show_misses"),
         markdown_path=outputs["rmb_markdown"],
+        html_path=outputs["rmb_html"],
         cache_dir=_cache_dir(config, dataset),
         gates=_gates(config, (*registry(), *user_scenarios)),
         allow_empty_gates=setting(config, "rmb_gate_allow_empty"),
@@ -524,6 +537,7 @@ OUTPUT_FILES = (
     OutputFile("--rmb-json", "rmb_json"),
     OutputFile("--rmb-jsonl", "rmb_jsonl"),
     OutputFile("--rmb-markdown", "rmb_markdown"),
+    OutputFile("--rmb-html", "rmb_html"),
     OutputFile("--junitxml", "xmlpath", expands=True),
 )
 
