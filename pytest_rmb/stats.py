@@ -9,7 +9,7 @@ Spearman with average ranks for ties, percentile bootstrap intervals). numpy onl
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -137,29 +137,34 @@ def adjust_p_values(p_values: Sequence[float], correction: str) -> list[float]:
 # --- correlations ---------------------------------------------------------------------------------
 
 
+def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson's r of each row of ``a`` with the same row of ``b``; NaN where a row is constant."""
+    a = a - a.mean(axis=-1, keepdims=True)
+    b = b - b.mean(axis=-1, keepdims=True)
+    scale = np.sqrt((a * a).sum(axis=-1) * (b * b).sum(axis=-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(scale > 0, (a * b).sum(axis=-1) / np.where(scale > 0, scale, 1), np.nan)
+
+
+def _ranks_rows(values: np.ndarray) -> np.ndarray:
+    """Average ranks (from 1) within each row: the values below, plus the middle of the tied block."""
+    below = (values[..., None, :] < values[..., :, None]).sum(axis=-1)
+    tied = (values[..., None, :] == values[..., :, None]).sum(axis=-1)
+    return below + (tied + 1) / 2
+
+
+def _defined(value: float) -> float | None:
+    return None if math.isnan(value) else float(value)
+
+
 def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
     """Pearson's r; None where either variable is constant (r is undefined there)."""
-    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    a, b = a - a.mean(), b - b.mean()
-    scale = math.sqrt(float(a @ a) * float(b @ b))
-    if scale == 0:
-        return None
-    return float(a @ b) / scale
+    return _defined(float(_pearson_rows(np.asarray(x, dtype=float), np.asarray(y, dtype=float))))
 
 
-def average_ranks(values: Sequence[float]) -> np.ndarray:
+def average_ranks(values: Sequence[float]) -> list[float]:
     """Ranks from 1, tied values sharing the mean of the ranks they span."""
-    data = np.asarray(values, dtype=float)
-    order = np.argsort(data, kind="stable")
-    ranks = np.empty(len(data))
-    start = 0
-    while start < len(data):
-        end = start
-        while end + 1 < len(data) and data[order[end + 1]] == data[order[start]]:
-            end += 1
-        ranks[order[start:end + 1]] = (start + end) / 2 + 1
-        start = end + 1
-    return ranks
+    return [float(rank) for rank in _ranks_rows(np.asarray(values, dtype=float))]
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
@@ -167,21 +172,23 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
     return pearson(average_ranks(x), average_ranks(y))
 
 
-def bootstrap_interval(x: Sequence[float], y: Sequence[float], statistic: Callable[..., float | None], *,
-                       seed: int, resamples: int = 2000) -> list[float] | None:
-    """95% percentile bootstrap interval of ``statistic(x, y)``, resampling the pairs (the models).
+CORRELATIONS = ("pearson", "spearman")
 
-    A resample where the statistic is undefined (a variable constant, as when one model is drawn
-    every time) is left out; None when no resample gives a value."""
+
+def bootstrap_correlations(x: Sequence[float], y: Sequence[float], *, seed: int,
+                           resamples: int = 2000) -> dict[str, list[float] | None]:
+    """95% percentile bootstrap intervals of Pearson's r and Spearman's rho, resampling the pairs
+    (the models) with replacement.
+
+    A resample where a coefficient is undefined (a variable constant, as when one model is drawn
+    every time) is left out of that coefficient's interval; None when no resample gives a value."""
     rng = np.random.default_rng(seed)
     a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    values = []
-    for _ in range(resamples):
-        pick = rng.integers(0, len(a), len(a))
-        value = statistic(a[pick], b[pick])
-        if value is not None:
-            values.append(value)
-    if not values:
-        return None
-    low, high = np.percentile(values, [2.5, 97.5])
-    return [float(low), float(high)]
+    pick = rng.integers(0, len(a), (resamples, len(a)))
+    drawn = {"pearson": _pearson_rows(a[pick], b[pick]),
+             "spearman": _pearson_rows(_ranks_rows(a[pick]), _ranks_rows(b[pick]))}
+    intervals: dict[str, list[float] | None] = {}
+    for name, values in drawn.items():
+        values = values[~np.isnan(values)]
+        intervals[name] = None if not len(values) else [float(v) for v in np.percentile(values, [2.5, 97.5])]
+    return intervals
