@@ -73,7 +73,7 @@ def strangers(comparison: Comparison) -> list[int]:
     return [index for index, shared in enumerate(comparison.shared, start=1) if shared == 0]
 
 
-def _values(summary: Mapping[str, Any]) -> dict[str, float | None]:
+def row_values(summary: Mapping[str, Any]) -> dict[str, float | None]:
     """metric -> accuracy, in the row order of the table."""
     out: dict[str, float | None] = {"overall": summary["overall"]}
     for section in SECTION_NAMES:
@@ -88,7 +88,7 @@ def _values(summary: Mapping[str, Any]) -> dict[str, float | None]:
 
 
 def _on_keys(summary: Mapping[str, Any], keys: list[str], scenarios: dict[str, ScenarioRef]) -> dict[str, float | None]:
-    return _values(summarize(outcome_records(summary["outcomes"], keys), scenarios, resamples=1))
+    return row_values(summarize(outcome_records(summary["outcomes"], keys), scenarios, resamples=1))
 
 
 def compare_runs(runs: Sequence[Mapping[str, Any]], *, correction: str = "holm",
@@ -115,8 +115,8 @@ def compare_runs(runs: Sequence[Mapping[str, Any]], *, correction: str = "holm",
         keys = known(run)
         if reference_keys is None or keys is None:
             shared_counts.append(None)
-            per_run.append(_values(run))
-            reference_per_run.append(_values(runs[0]))
+            per_run.append(row_values(run))
+            reference_per_run.append(row_values(runs[0]))
             notes.append(f"{LETTERS[index]} or A has no per-sample outcomes: {LETTERS[index]} is compared on "
                          "the numbers as reported, which may cover different samples")
             tests.append({})
@@ -142,7 +142,7 @@ def compare_runs(runs: Sequence[Mapping[str, Any]], *, correction: str = "holm",
                 "every run has, each delta is against A on that run's own shared samples"
             )
     else:
-        reference_column = _values(runs[0])
+        reference_column = row_values(runs[0])
 
     metrics = ["overall", *SECTION_NAMES, *reference_column]
     for values in per_run:
