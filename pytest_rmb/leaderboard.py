@@ -179,17 +179,22 @@ def fmt_gap(g: Gap, alpha: float) -> str:
 
 
 def ranking_rows(board: Board) -> list[list[str]]:
-    """Rank, letter, run, overall, interval, gap to the next run: the cells of every ranking table."""
+    """Rank, letter, run, overall, interval, gap to the next run and its corrected p-value: the cells of
+    every ranking table."""
     rows = []
     for index, run in enumerate(board.runs):
         rank = board.ranks[index]
-        gap_text = fmt_gap(board.gaps[index], board.alpha) if index < len(board.gaps) else ""
+        gap_text = p_text = ""
+        if index < len(board.gaps):
+            gap_text = fmt_gap(board.gaps[index], board.alpha)
+            adjusted = board.gaps[index].p_adjusted
+            p_text = "-" if adjusted is None else f"{adjusted:.3g}"
         rows.append(["-" if rank is None else str(rank), board.letters[index], board.names[index],
-                     fmt_accuracy(run["overall"]), fmt_interval(run.get("overall_ci95")), gap_text])
+                     fmt_accuracy(run["overall"]), fmt_interval(run.get("overall_ci95")), gap_text, p_text])
     return rows
 
 
-RANKING_HEADERS = ("Rank", "Run", "Model (file)", "Overall", "95% interval", "Next")
+RANKING_HEADERS = ("Rank", "Run", "Model (file)", "Overall", "95% interval", "Next", "p adj.")
 
 
 # --- the scenario-by-model table ------------------------------------------------------------------
@@ -227,15 +232,16 @@ def legend_lines(board: Board) -> list[str]:
 
 def print_board(board: Board, console: Console | None = None) -> None:
     console = console or Console(highlight=False)
-    table = new_table("RMB leaderboard, by overall accuracy. " + significance_phrase(board))
+    table = new_table("RMB leaderboard, by overall accuracy")
     for header in RANKING_HEADERS:
         if header == "Model (file)":
             table.add_column(header)
         else:
-            table.add_column(header, justify="right" if header != "Next" else "left", no_wrap=True)
+            table.add_column(header, justify="left" if header == "Next" else "right", no_wrap=True)
     for row in ranking_rows(board):
         table.add_row(*row[:2], Name(row[2]), *row[3:])
     fit_width(console, table).print(table)
+    console.print(significance_phrase(board), markup=False, overflow="fold")
     for line in legend_lines(board):
         console.print(line, markup=False, overflow="fold")
     for kind in KINDS:
@@ -351,7 +357,7 @@ def board_html(board: Board) -> str:
 body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
 table {{ border-collapse: collapse; margin-bottom: 1em; }}
 td, th {{ padding: 3px 10px; border-bottom: 1px solid #eee; text-align: right; }}
-td:nth-child(3), th:nth-child(3), td:last-child {{ text-align: left; }}
+td:nth-child(3), th:nth-child(3), td:nth-child(6) {{ text-align: left; }}
 </style></head><body>
 <h1>RMB leaderboard</h1>
 <p>Ranked by overall accuracy. {html.escape(significance_phrase(board))}.</p>
