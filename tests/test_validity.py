@@ -141,3 +141,16 @@ def test_without_matplotlib_plot_names_the_pip_command(pytester, runs):
     assert done.returncode == 2
     assert "--plot draws its charts with matplotlib, which is not installed: pip install 'pytest-rmb[report]'" \
         in done.stderr
+
+
+def test_the_statistics_by_hand():
+    from pytest_rmb.stats import average_ranks, bootstrap_correlations, pearson, spearman
+
+    assert average_ranks([30, 10, 30, 20, 30]) == [4.0, 1.0, 4.0, 2.0, 4.0]  # ranks 3, 4, 5 share 4
+    # rho of [1, 2, 3, 4] with [10, 30, 20, 40]: ranks differ by 1 twice, 1 - 6 * 2 / (4 * 15)
+    assert spearman([1, 2, 3, 4], [10, 30, 20, 40]) == pytest.approx(0.8)
+    assert pearson([1, 2, 3], [2, 4, 7]) == pytest.approx(5 / math.sqrt(2 * 12.666666666666666))
+    assert pearson([0.5, 0.5, 0.5], [1, 2, 3]) is None
+    # One model's value repeated: no resample has a defined coefficient.
+    assert bootstrap_correlations([0.5, 0.5, 0.5], [1, 2, 3], seed=0, resamples=50) == {
+        "pearson": None, "spearman": None}
