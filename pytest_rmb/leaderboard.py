@@ -25,11 +25,12 @@ from typing import Any
 
 from rich.console import Console
 
+from pytest_rmb.compare import caveat
 from pytest_rmb.data import uid_sort_key
 from pytest_rmb.gate import provenance_differences
 from pytest_rmb.metrics import KINDS
 from pytest_rmb.options import add_arguments
-from pytest_rmb.report import KIND_TITLES, Name, fit_width, fmt_accuracy, fmt_interval, new_table
+from pytest_rmb.report import KIND_TITLES, Name, fit_width, fmt_accuracy, fmt_interval, new_table, sample_caveat
 from pytest_rmb.stats import CORRECTIONS, adjust_p_values, row_tests, unpaired_p
 from pytest_rmb.summary import RunSummary, ScenarioRef, SummaryError, read_summary, scenario_refs
 
@@ -225,8 +226,14 @@ def heatmap_rows(board: Board, kind: str) -> list[tuple[ScenarioRef, list[float 
 
 
 def legend_lines(board: Board) -> list[str]:
+    """What the reader must know beside the numbers: data conflicts, runs whose numbers do not cover
+    their selection, provenance differences, and the sample's caveat."""
     lines = [f"RUNS ON DIFFERENT DATA (ranked anyway, --allow-different-data): {line}" for line in board.conflicts]
+    lines += [f"note: {name}{said}" for name, run in zip(board.names, board.runs) if (said := caveat(run))]
     lines += [f"provenance {line}" for line in board.provenance]
+    warning = next((said for run in board.runs if (said := sample_caveat(run))), "")
+    if warning:
+        lines.append(f"note: {warning}")
     return lines
 
 

@@ -173,6 +173,19 @@ def test_runs_on_other_samples_are_compared_unpaired_from_their_intervals(pytest
     assert "data files read only by" in done.stdout
 
 
+def test_a_partial_run_is_flagged_beside_its_numbers(pytester, runs):
+    # Misses are failed tests: --maxfail stops the run early.
+    run(pytester, "--rmb-model", "random", "--maxfail", "2", "--rmb-json", "partial.json")
+    partial = json.loads((pytester.path / "partial.json").read_text())
+    items = partial["items"]
+    assert partial["partial"] and items["ran"] < items["selected"]
+    done = command(pytester.path, "leaderboard", "length.json", "partial.json")
+    assert done.returncode == 0, done.stderr
+    assert (f"note: random (partial.json) (partial run: {items['ran']} of {items['selected']} items ran)"
+            in done.stdout)
+    assert "note: the bundled sample is small and favours longer answers" in done.stdout
+
+
 def test_runs_on_different_data_are_refused_unless_allowed(pytester, runs):
     data = pytester.path / "changed"
     shutil.copytree(SAMPLE_DATA, data)
