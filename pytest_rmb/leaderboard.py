@@ -344,7 +344,7 @@ def heatmap_svg(board: Board, kind: str) -> str:
     axes.set_ylim(len(rows), 0)
     axes.set_xticks([x + 0.5 for x in range(len(board.runs))], board.letters)
     axes.xaxis.tick_top()
-    axes.set_yticks([y + 0.5 for y in range(len(rows))], [f"{s.goal[:4]}  {s.id}" for s, _ in rows], fontsize=7)
+    axes.set_yticks([y + 0.5 for y in range(len(rows))], [s.id for s, _ in rows], fontsize=7)
     axes.set_title(f"{KIND_TITLES[kind]} accuracy per scenario", fontsize=9)
     figure.tight_layout()
     return figure_svg(figure, inline=True)
