@@ -12,6 +12,8 @@ from pytest_rmb.version import __version__
 
 COMMANDS = {
     "compare": "compare --rmb-json summaries side by side on the samples they share (--html for a page)",
+    "leaderboard": "rank many --rmb-json summaries, with significance and the scenario-by-model heatmap",
+    "validity": "correlate runs' accuracies with their models' downstream results (--downstream CSV)",
     "fetch": "download RMB's data files and check them against the pinned manifest",
     "backends": "list the --rmb-model schemes installed and the --rmb-model-arg keys of each",
     "schema": "print the JSON Schema of the --rmb-json run summary",
@@ -38,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = args[0], args[1:]
     if command == "compare":
         from pytest_rmb.compare import main as run
+    elif command == "leaderboard":
+        from pytest_rmb.leaderboard import main as run
+    elif command == "validity":
+        from pytest_rmb.validity import main as run
     elif command == "fetch":
         from pytest_rmb.fetch import main as run
     elif command == "backends":

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import math
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,16 +22,17 @@ from rich.table import Table
 
 from pytest_rmb.data import uid_sort_key
 from pytest_rmb.gate import SECTION_NAMES, provenance_differences
-from pytest_rmb.metrics import KINDS, outcome_records, section_key, split_outcome_key, summarize
+from pytest_rmb.metrics import KINDS, outcome_records, split_outcome_key, summarize
 from pytest_rmb.options import add_arguments
 from pytest_rmb.report import KIND_TITLES, Name, fit_width, fmt_accuracy, new_table
+from pytest_rmb.stats import CORRECTIONS, adjust_p_values, row_tests
+
+# generators.py imports the sign test from here; it lives in stats now.
+from pytest_rmb.stats import sign_test_p as sign_test_p
 from pytest_rmb.summary import RunSummary, ScenarioRef, SummaryError, read_summary, scenario_refs
 
 RUN_COLOURS = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#ff9da6", "#9d755d")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-# --correction's choices, as the output names them.
-CORRECTIONS = {"holm": "Holm's correction", "bh": "Benjamini-Hochberg correction (false discovery rate)",
-               "none": "no correction"}
 
 
 def load_summary(path: Path) -> RunSummary:
@@ -40,102 +40,6 @@ def load_summary(path: Path) -> RunSummary:
         return read_summary(path, need_outcomes=False)
     except SummaryError as exc:
         raise SystemExit(f"pytest-rmb compare: {path}: {exc}") from None
-
-
-def row_keys(keys: list[str], scenarios: Mapping[str, ScenarioRef]) -> dict[str, list[str]]:
-    """The samples (outcome keys) behind each section, task and scenario row, under the table's names."""
-    rows: dict[str, list[str]] = {}
-    for key in keys:
-        scenario_id, kind, _ = split_outcome_key(key)
-        scenario = scenarios[scenario_id]
-        section = section_key(scenario.goal, kind)
-        # A scenario of neither RMB goal (a user's own set) counts in no section, as in summarize.
-        if section in SECTION_NAMES:
-            rows.setdefault(section, []).append(key)
-        rows.setdefault(f"task:{scenario.task_id}.{kind}", []).append(key)
-        rows.setdefault(f"scenario:{scenario_id}.{kind}", []).append(key)
-    return rows
-
-
-def sign_test_p(lost: int, gained: int) -> float:
-    """Two-sided exact sign test (McNemar's exact test) of a row's paired outcomes.
-
-    Only the samples where the two runs disagree carry information; if neither run were better,
-    each would go either way with probability 1/2, so the smaller of ``lost`` and ``gained`` would
-    be Binomial(lost + gained, 1/2). The p-value is twice that lower tail, at most 1. Exact, so
-    it stays honest in the far tail that a correction over many rows looks at."""
-    disagree = lost + gained
-    if disagree == 0:
-        return 1.0
-    term = tail = 1  # C(disagree, 0), then each next binomial coefficient from the one before
-    for k in range(min(lost, gained)):
-        term = term * (disagree - k) // (k + 1)
-        tail += term
-    return min(1.0, 2 * tail / 2 ** disagree)
-
-
-def overall_p(sections: Sequence[tuple[int, int, int]]) -> float:
-    """Two-sided p-value of the overall row, the mean of the sections' accuracies.
-
-    ``sections`` holds (samples, lost, gained) per section. Under the same null as
-    :func:`sign_test_p`, each disagreement adds +-1/n to its section's delta with equal chance, so
-    the overall delta has mean 0 and variance sum(lost + gained) / n^2 over the sections, divided by
-    the number of sections squared; with thousands of disagreements the normal approximation of
-    that distribution is close, and its two tails give the p-value."""
-    count = len(sections)
-    delta = sum((gained - lost) / n for n, lost, gained in sections) / count
-    variance = sum((lost + gained) / n**2 for n, lost, gained in sections) / count**2
-    if variance == 0:
-        return 1.0
-    return math.erfc(abs(delta) / math.sqrt(2 * variance))
-
-
-def row_tests(reference: Mapping[str, Any], other: Mapping[str, Any], shared: list[str],
-              scenarios: Mapping[str, ScenarioRef]) -> dict[str, float]:
-    """metric -> two-sided p-value of other against reference, for every row, on the shared samples."""
-    counts = {}
-    for metric, keys in row_keys(shared, scenarios).items():
-        old, new = reference["outcomes"], other["outcomes"]
-        lost = sum(1 for key in keys if old[key] and not new[key])
-        gained = sum(1 for key in keys if new[key] and not old[key])
-        counts[metric] = (len(keys), lost, gained)
-    tests = {metric: sign_test_p(lost, gained) for metric, (_, lost, gained) in counts.items()}
-    sections = [counts[section] for section in SECTION_NAMES if section in counts]
-    if sections:
-        tests["overall"] = overall_p(sections)
-    return tests
-
-
-def adjust_p_values(p_values: Sequence[float], correction: str) -> list[float]:
-    """The p-values adjusted for being tested together, in the order given.
-
-    ``holm``: Holm's step-down; the chance of even one false star stays under alpha, however the
-    rows depend on each other (a section and its tasks share samples). ``bh``: Benjamini-Hochberg's
-    step-up; the expected share of false stars among the stars stays under alpha (rows independent
-    or positively dependent), so it keeps more stars. ``none``: unchanged."""
-    if correction == "none":
-        return list(p_values)
-    count = len(p_values)
-    order = sorted(range(count), key=lambda i: p_values[i])
-    adjusted = [1.0] * count
-    if correction == "holm":
-        # The k-th smallest is multiplied by the number of hypotheses still standing; never below the
-        # one before it, since the step-down stops at the first that fails.
-        running = 0.0
-        for rank, index in enumerate(order):
-            running = max(running, min(1.0, (count - rank) * p_values[index]))
-            adjusted[index] = running
-    elif correction == "bh":
-        # The k-th smallest is scaled by count / k; never above the one after it, since the step-up
-        # accepts everything below the largest that passes.
-        running = 1.0
-        for rank in range(count - 1, -1, -1):
-            index = order[rank]
-            running = min(running, count * p_values[index] / (rank + 1))
-            adjusted[index] = running
-    else:
-        raise ValueError(f"unknown correction {correction!r}: choose from {', '.join(CORRECTIONS)}")
-    return adjusted
 
 
 @dataclass
@@ -169,7 +73,7 @@ def strangers(comparison: Comparison) -> list[int]:
     return [index for index, shared in enumerate(comparison.shared, start=1) if shared == 0]
 
 
-def _values(summary: Mapping[str, Any]) -> dict[str, float | None]:
+def row_values(summary: Mapping[str, Any]) -> dict[str, float | None]:
     """metric -> accuracy, in the row order of the table."""
     out: dict[str, float | None] = {"overall": summary["overall"]}
     for section in SECTION_NAMES:
@@ -184,7 +88,7 @@ def _values(summary: Mapping[str, Any]) -> dict[str, float | None]:
 
 
 def _on_keys(summary: Mapping[str, Any], keys: list[str], scenarios: dict[str, ScenarioRef]) -> dict[str, float | None]:
-    return _values(summarize(outcome_records(summary["outcomes"], keys), scenarios, resamples=1))
+    return row_values(summarize(outcome_records(summary["outcomes"], keys), scenarios, resamples=1))
 
 
 def compare_runs(runs: Sequence[Mapping[str, Any]], *, correction: str = "holm",
@@ -211,8 +115,8 @@ def compare_runs(runs: Sequence[Mapping[str, Any]], *, correction: str = "holm",
         keys = known(run)
         if reference_keys is None or keys is None:
             shared_counts.append(None)
-            per_run.append(_values(run))
-            reference_per_run.append(_values(runs[0]))
+            per_run.append(row_values(run))
+            reference_per_run.append(row_values(runs[0]))
             notes.append(f"{LETTERS[index]} or A has no per-sample outcomes: {LETTERS[index]} is compared on "
                          "the numbers as reported, which may cover different samples")
             tests.append({})
@@ -238,7 +142,7 @@ def compare_runs(runs: Sequence[Mapping[str, Any]], *, correction: str = "holm",
                 "every run has, each delta is against A on that run's own shared samples"
             )
     else:
-        reference_column = _values(runs[0])
+        reference_column = row_values(runs[0])
 
     metrics = ["overall", *SECTION_NAMES, *reference_column]
     for values in per_run:

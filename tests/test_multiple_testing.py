@@ -11,7 +11,7 @@ from statistics import NormalDist
 
 import pytest
 
-from pytest_rmb.compare import adjust_p_values, overall_p, sign_test_p
+from pytest_rmb.stats import adjust_p_values, overall_p, sign_test_p
 
 # Ties (two 0.04) and a step where the raw products are not monotone: Holm's fifth product, 2 * 0.04
 # = 0.08, sits below the fourth's 0.12; BH's fifth, 6/5 * 0.04 = 0.048, below the fourth's 0.06.
