@@ -21,14 +21,11 @@ from rich.console import Console
 from rich.table import Table
 
 from pytest_rmb.data import uid_sort_key
-from pytest_rmb.gate import SECTION_NAMES, provenance_differences
-from pytest_rmb.metrics import KINDS, outcome_records, split_outcome_key, summarize
+from pytest_rmb.gate import provenance_differences
+from pytest_rmb.metrics import KINDS, SECTION_NAMES, outcome_records, split_outcome_key, summarize
 from pytest_rmb.options import add_arguments
 from pytest_rmb.report import KIND_TITLES, Name, fit_width, fmt_accuracy, new_table
 from pytest_rmb.stats import CORRECTIONS, adjust_p_values, row_tests
-
-# generators.py imports the sign test from here; it lives in stats now.
-from pytest_rmb.stats import sign_test_p as sign_test_p
 from pytest_rmb.summary import RunSummary, ScenarioRef, SummaryError, read_summary, scenario_refs
 
 RUN_COLOURS = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#ff9da6", "#9d755d")

@@ -16,12 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pytest_rmb.metrics import SECTIONS, paired_comparison, section_key, split_outcome_key
+from pytest_rmb.metrics import SECTION_NAMES, paired_comparison, section_key, split_outcome_key
 from pytest_rmb.parsers import closest_names
 from pytest_rmb.summary import GateRow, SummaryError, partial_account, read_summary
 
 OPERATORS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
-SECTION_NAMES = tuple(section_key(goal, kind) for goal, kind in SECTIONS)
 # Any name character a user may type, hyphens included, so that a mistyped name is told as an
 # unknown name (with the closest ones), never as a bad operator.
 _GATE = re.compile(r"^\s*(?P<metric>[A-Za-z0-9_:/.-]+)\s*(?P<op>>=|<=|>|<)\s*(?P<bar>[-+0-9.eE]+)\s*$")

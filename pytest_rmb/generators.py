@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from pytest_rmb.compare import adjust_p_values, sign_test_p
 from pytest_rmb.preferences import CHOSEN, preferred
+from pytest_rmb.stats import adjust_p_values, sign_test_p
 
 FAVOUR_GAP = 0.05
 ALPHA = 0.05

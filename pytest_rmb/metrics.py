@@ -111,6 +111,10 @@ def section_key(goal: str, kind: str) -> str:
     return f"{goal}.{kind}"
 
 
+# The four sections' keys, in the tables' order.
+SECTION_NAMES = tuple(section_key(goal, kind) for goal, kind in SECTIONS)
+
+
 def summarize(
     records: Iterable[Mapping],
     scenarios: Mapping[str, ScenarioLike],

@@ -18,6 +18,7 @@ from typing import Any
 from pytest_rmb.data import PAIRWISE, Sample
 from pytest_rmb.metrics import is_correct, margin
 from pytest_rmb.models import Verdict
+from pytest_rmb.style import style_fields
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,11 @@ def null_correct(sample: Sample) -> bool:
 
 
 def _base_record(sample: Sample, correct: bool) -> dict[str, Any]:
+    # What the analyses after the run need of the texts, since records carry no texts: each answer's
+    # style counts (and the markdown baseline's outcome) and the model that wrote it.
     return {"scenario": sample.scenario, "kind": sample.kind, "uid": sample.uid, "correct": correct,
-            "null_correct": null_correct(sample)}
+            "null_correct": null_correct(sample), **style_fields(r.text for r in sample.responses),
+            "generators": [r.model for r in sample.responses]}
 
 
 def outcome_from_scores(sample: Sample, scores: Sequence[float]) -> Outcome:

@@ -492,6 +492,54 @@ def baseline_cells(gate: Mapping[str, Any], baseline: Mapping[str, Any] | None) 
             f"[{low:+.4f}, {high:+.4f}]"]
 
 
+def meaning_lines(summary: Mapping[str, Any]) -> list[str]:
+    """The "what this score means" block: one line per analysis that has something to say."""
+    analysis = summary.get("analysis") or {}
+    lines = []
+    markdown = analysis.get("markdown_baseline") or {}
+    style = analysis.get("style")
+    if style:
+        known = markdown.get("overall") is not None
+        rule = f"more markdown wins on {markdown['overall']:.4f} (overall); " if known else ""
+        if style["style_share"] is None:
+            said = (f"the model's preferences do not clearly beat a coin flip on {style['pairs']} pairs, so "
+                    "there is nothing for style to explain")
+        else:
+            said = (f"style explains {style['style_share']:.0%} of the model's agreement with the labels "
+                    f"({style['accuracy']:.4f} on {style['pairs']} pairs, {style['style_controlled_accuracy']:.4f} "
+                    "with style held equal)")
+        lines.append(f"Style: {rule}{said}")
+    generators = analysis.get("generators")
+    if generators:
+        rows = generators["generators"]
+        rho = generators["spearman"]
+        agreement = "" if rho is None else f" (Spearman {rho:.2f} with the labels' ranking)"
+        favoured = [name for name, row in rows.items() if row["favoured"]]
+        if favoured:
+            named = "; ".join(f"{name} ({rows[name]['model_win_rate']:.2f} vs {rows[name]['label_win_rate']:.2f} "
+                              "under the labels)" for name in favoured)
+            said = f"the model favours the answers of {named}"
+        else:
+            said = "the model favours no generator's answers beyond what the labels do"
+        lines.append(f"Generators: {len(rows)} answer generators{agreement}; {said}")
+    tied = analysis.get("ties")
+    if tied and tied["tie_adjusted"] is not None:
+        sections = tied["sections"].values()
+        samples = sum(entry["samples"] for entry in sections)
+        if tied["ties"]:
+            lines.append(f"Ties: {tied['ties']} of {samples} samples tie at the top score (each a miss here); "
+                         f"tie-adjusted overall {tied['tie_adjusted']:.4f} (a tie of k counts 1/k)")
+        else:
+            lines.append(f"Ties: none of {samples} samples ties at the top score")
+    calibrated = analysis.get("calibration")
+    if calibrated:
+        deciles = calibrated["deciles"]
+        lines.append(f"Calibration of {calibrated['source']} on {calibrated['samples']} pairs: Brier "
+                     f"{calibrated['brier']:.4f}, ECE {calibrated['ece']:.4f}; accuracy from the least sure tenth "
+                     f"to the surest: {deciles[0]['accuracy']:.2f} ... {deciles[-1]['accuracy']:.2f}")
+    return lines
+
+
 class TableRenderer:
     """Draws the summary through the terminal reporter's public methods only."""
 
@@ -557,6 +605,12 @@ class TableRenderer:
             for line in (inexact_line(summary["judge"]), token_line(summary["engine"])):
                 if line:
                     self._tr.write_line(line)
+        meaning = meaning_lines(summary)
+        if meaning:
+            self._tr.write_line("")
+            self._tr.write_line("What this score means", bold=True)
+            for line in meaning:
+                self._write_wrapped(line)
         # Something other than an absent file (an empty file, a directory) is always named.
         for entry in summary["missing"]:
             if entry.get("problem"):

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pytest_rmb.gate import SECTION_NAMES
-from pytest_rmb.metrics import section_key, split_outcome_key
-from pytest_rmb.summary import ScenarioRef
+from pytest_rmb.metrics import SECTION_NAMES, section_key, split_outcome_key
+
+if TYPE_CHECKING:  # summary's analyses use these tests: a run-time import would go round in a circle
+    from pytest_rmb.summary import ScenarioRef
 
 # --correction's choices, as the output names them.
 CORRECTIONS = {"holm": "Holm's correction", "bh": "Benjamini-Hochberg correction (false discovery rate)",

@@ -30,6 +30,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypedDict, Union
 
+from pytest_rmb.analysis import analyse
 from pytest_rmb.data import uid_sort_key
 from pytest_rmb.metrics import outcome_key, summarize
 from pytest_rmb.scenarios import Scenario
@@ -179,6 +180,93 @@ class JudgeStats(TypedDict):
     scenarios: dict[str, dict[str, dict[str, Any]]]
 
 
+class KindAccuracy(TypedDict):
+    pairwise: Accuracy
+    bon: Accuracy
+
+
+class MarkdownBaseline(TypedDict):
+    """The markdown rule (more headings, list items, bold and code wins; a tie is wrong) on the run's samples."""
+
+    sections: dict[str, Accuracy]
+    overall: Annotated[float | None, "unweighted mean of the sections that have samples"]
+    tasks: dict[str, KindAccuracy]
+    scenarios: dict[str, KindAccuracy]
+
+
+class StyleDecomposition(TypedDict):
+    """A logistic regression of the model's preferences on the label and the answers' style differences
+    (pairwise samples where the model preferred one answer)."""
+
+    pairs: int
+    accuracy: Annotated[float, "share of those pairs where the model preferred the labelled answer"]
+    style_controlled_accuracy: Annotated[float, "the fitted share with no difference in style"]
+    style_share: Annotated[float | None, "1 - (style_controlled_accuracy - 0.5) / (accuracy - 0.5): how much of the "
+                                         "agreement beyond a coin flip style explains; null when accuracy is not "
+                                         "clearly above 0.5"]
+    weights: Annotated[dict[str, float], "the fitted weight of each style difference (unit variance)"]
+
+
+class GeneratorRow(TypedDict):
+    samples: Annotated[int, "pairwise samples with this generator's answer against another generator's"]
+    label_win_rate: float
+    model_win_rate: float
+    label_strength: Annotated[float, "Bradley-Terry log strength under the labels"]
+    model_strength: Annotated[float, "Bradley-Terry log strength under the model's preferences"]
+    favoured: Annotated[bool, "the model sides with this generator against the labels significantly more often "
+                              "than the other way (Holm-corrected sign test at 0.05) and its win rate rises by 0.05+"]
+    p_favoured: float
+
+
+class GeneratorStats(TypedDict):
+    samples: int
+    generators: dict[str, GeneratorRow]
+    spearman: Annotated[float | None, "between the generators' strengths under the labels and under the model"]
+    kendall: Annotated[float | None, "tau-b, as spearman"]
+    correction: str
+
+
+class SectionTies(TypedDict):
+    samples: int
+    ties: Annotated[int, "samples whose chosen (best) answer ties the top score of the others"]
+    tie_adjusted: Annotated[float, "a tie among k answers at the top counts 1/k, a win 1, a loss 0"]
+
+
+class Ties(TypedDict):
+    """Exact score ties of a pointwise model; RMB's strict accuracy counts each as a miss."""
+
+    sections: dict[str, SectionTies]
+    ties: int
+    tie_adjusted: Annotated[float | None, "the mean of the sections' tie-adjusted accuracies"]
+
+
+class Decile(TypedDict):
+    samples: int
+    smallest: Annotated[float, "the smallest |margin| (or |P(chosen) - 0.5|) in the decile"]
+    largest: float
+    accuracy: float
+
+
+class Calibration(TypedDict):
+    """How well P(chosen) (sigmoid of the margin, or the judge's) matches how often the model is right."""
+
+    samples: Annotated[int, "pairwise samples with a P(chosen)"]
+    source: Annotated[str, "sigmoid(margin) or p_chosen"]
+    brier: Annotated[float, "mean of (1 - P(chosen))^2"]
+    ece: Annotated[float, "expected calibration error over 10 equal-width confidence bins from 0.5 to 1"]
+    deciles: Annotated[list[Decile], "accuracy by decile of |margin|, smallest first"]
+
+
+class Analysis(TypedDict):
+    """What the score means (the block after the tables); each part null where the records cannot say."""
+
+    markdown_baseline: MarkdownBaseline | None
+    style: StyleDecomposition | None
+    generators: GeneratorStats | None
+    ties: Ties | None
+    calibration: Calibration | None
+
+
 class ItemCounts(TypedDict):
     """Selected items (after -k, -m and --deselect; a missing data file is one item) and those that ran."""
 
@@ -229,6 +317,7 @@ class RunSummary(_Header, total=False):
     outcomes: Annotated[dict[str, Literal[0, 1]], "per sample, keyed 'scenario|kind|uid': 1 right, 0 wrong"]
     provenance: Provenance
     judge: JudgeStats
+    analysis: Annotated[Analysis, "absent before pytest-rmb 0.4"]
     self_check: SelfCheckEntry | None
     gates: list[GateRow]
     baseline: BaselineAccount | None
@@ -307,6 +396,7 @@ def build_summary(settings: Any, facts: RunFacts) -> RunSummary:
         summary["overall_beats_null"] = metrics["overall_beats_null"]
     if facts.judge is not None:
         summary["judge"] = typing.cast(JudgeStats, facts.judge)
+    summary["analysis"] = typing.cast(Analysis, analyse(records, scenarios))
     return summary
 
 
