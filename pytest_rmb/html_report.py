@@ -22,6 +22,7 @@ from typing import Any
 
 from pytest_rmb.data import PAIRWISE, Sample, uid_sort_key
 from pytest_rmb.metrics import margin
+from pytest_rmb.report import meaning_lines
 
 KIND_LABELS = {"pairwise": "Pairwise", "bon": "BoN"}
 SECTION_LABELS = {"helpfulness.pairwise": "Helpfulness Pairwise", "helpfulness.bon": "Helpfulness BoN",
@@ -199,7 +200,37 @@ def _sections(summary: Mapping[str, Any]) -> str:
     ci = summary.get("overall_ci95")
     rows.append(["Overall", _percent(overall), "n/a" if not ci else f"[{ci[0]:.4f}, {ci[1]:.4f}]", "",
                  _percent(summary.get("overall_null")), ""])
-    return _table(["Section", "Accuracy", "95% CI", "Correct", "Length baseline", "Macro"], rows, "sections")
+    markdown = (summary.get("analysis") or {}).get("markdown_baseline")
+    header = ["Section", "Accuracy", "95% CI", "Correct", "Length baseline", "Macro"]
+    if markdown:
+        header.append("Markdown baseline")
+        keys = [key for key, section in summary["sections"].items() if section["total"]]
+        for row, key in zip(rows, keys):
+            row.append(_percent(markdown["sections"][key]["accuracy"]))
+        rows[-1].append(_percent(markdown["overall"]))
+    return _table(header, rows, "sections")
+
+
+def _meaning(summary: Mapping[str, Any]) -> str:
+    """The terminal's "what this score means" lines, then the generators and the deciles in full."""
+    analysis = summary.get("analysis") or {}
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in meaning_lines(summary))
+    parts = ["<h2>What this score means</h2>", f"<ul id='meaning'>{items}</ul>"]
+    generators = analysis.get("generators")
+    if generators:
+        rows = [[name, row["samples"], f"{row['label_win_rate']:.3f}", f"{row['model_win_rate']:.3f}",
+                 f"{row['label_strength']:+.3f}", f"{row['model_strength']:+.3f}", "yes" if row["favoured"] else ""]
+                for name, row in sorted(generators["generators"].items(), key=lambda item: -item[1]["label_strength"])]
+        parts.append("<h3>Generators</h3>" + _table(
+            ["Generator", "Samples", "Wins (labels)", "Wins (model)", "Strength (labels)", "Strength (model)",
+             "Favoured"], rows, "generators"))
+    calibrated = analysis.get("calibration")
+    if calibrated:
+        rows = [[str(i + 1), d["samples"], f"{d['smallest']:.4g} to {d['largest']:.4g}", f"{d['accuracy']:.3f}"]
+                for i, d in enumerate(calibrated["deciles"])]
+        parts.append("<h3>Accuracy by margin decile</h3>" + _table(["Decile", "Samples", "|margin|", "Accuracy"],
+                                                                   rows, "deciles"))
+    return "".join(parts)
 
 
 def _flatten(prefix: str, value: Any) -> Iterable[tuple[str, str]]:
@@ -312,6 +343,7 @@ def render_html(summary: Mapping[str, Any], misses: Sequence[Mapping[str, Any]])
 length baseline (the longer answer wins) on the same samples.</p>
 <div id="heatmap">{heatmap_svg(summary)}</div>
 <h2>Tasks</h2><div id="task-bars">{task_bars_svg(summary)}</div>
+{_meaning(summary)}
 {_judge(summary)}
 <h2>Misses</h2><p>Texts are cut at {TEXT_LIMIT} characters.{cut} Click a row to read it.</p>
 <div class="filters"><label>Scenario <select id="filter-scenario"><option value="">all</option></select></label>

@@ -7,6 +7,7 @@ import itertools
 import math
 import random
 
+import numpy as np
 import pytest
 
 from pytest_rmb.generators import bradley_terry, generator_stats, kendall_tau_b, spearman
@@ -283,3 +284,29 @@ def test_a_model_that_agrees_with_the_labels_favours_nobody():
     assert result["spearman"] == pytest.approx(1.0)
     assert result["kendall"] == pytest.approx(1.0)
     assert generator_stats(records[:9]) is None
+
+
+def test_the_regression_recovers_known_weights():
+    """Preferences drawn in the test from a logistic model with known weights on the standardised
+    style differences: the fit finds them again."""
+    rng = np.random.default_rng(4)
+    count = 20000
+    truth = {"length": 0.8, "headings": 0.0, "list_items": 0.5, "bold": -0.4, "code_blocks": 0.0}
+    label_weight = 0.6
+    chosen = np.column_stack([rng.integers(50, 3000, count), rng.integers(0, 4, count), rng.integers(0, 12, count),
+                              rng.integers(0, 6, count), rng.integers(0, 2, count)])
+    rejected = np.column_stack([rng.integers(50, 3000, count), rng.integers(0, 4, count), rng.integers(0, 12, count),
+                                rng.integers(0, 6, count), rng.integers(0, 2, count)])
+    total = chosen + rejected
+    difference = np.where(total > 0, (chosen - rejected) / np.maximum(total, 1), 0.0)
+    # Chosen and rejected come from one distribution, so each difference has mean 0 and its spread
+    # is its root mean square, whichever answer is shown first.
+    standardised = difference / np.sqrt((difference ** 2).mean(axis=0))
+    logit = label_weight + standardised @ np.array(list(truth.values()))
+    prefers_chosen = rng.random(count) < 1 / (1 + np.exp(-logit))
+    records = [{"scenario": "s", "kind": "pairwise", "uid": str(i), "scores": [1, 0] if prefers_chosen[i] else [0, 1],
+                "style": [chosen[i].tolist(), rejected[i].tolist()]} for i in range(count)]
+    result = style_decomposition(records)
+    for name, weight in truth.items():
+        assert result["weights"][name] == pytest.approx(weight, abs=0.06), name
+    assert result["style_controlled_accuracy"] == pytest.approx(1 / (1 + math.exp(-label_weight)), abs=0.015)
