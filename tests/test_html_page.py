@@ -144,3 +144,31 @@ def test_without_matplotlib_the_run_refuses_before_scoring(tmp_path):
     assert done.returncode == pytest.ExitCode.USAGE_ERROR
     assert "--rmb-html draws its charts with matplotlib: pip install 'pytest-rmb[report]'" in done.stderr
     assert not (tmp_path / "run" / "page.html").exists()
+
+
+def test_a_judge_run_shows_its_figures_and_each_missed_verdict(browser, stubs, tmp_path):
+    stub = stubs()
+    workdir = tmp_path / "judge"
+    done = run_with_page(workdir, "openai:stub-judge", "--rmb-model-arg", f"base_url={stub.base_url}",
+                         "--rmb-json", "summary.json")
+    assert done.returncode in (0, 1), done.stdout[-3000:] + done.stderr[-3000:]
+    judge = json.loads((workdir / "summary.json").read_text())["judge"]["overall"]
+    records = [json.loads(line) for line in (workdir / "samples.jsonl").read_text().splitlines()]
+    page = browser.new_page()
+    try:
+        page.goto((workdir / "page.html").as_uri())
+        figures = dict(page.eval_on_selector_all("#judge tbody tr",
+                                                 "rows => rows.map(r => [r.cells[0].innerText, r.cells[1].innerText])"))
+        # The stand-in prefers the longer answer in either order: no flip, and A named on about half.
+        assert json.loads(figures["flips"]) == sum(
+            bool((v.get("detail") or {}).get("flip")) for r in records for v in r["verdicts"] if v) == judge["flips"]
+        votes = [vote for r in records for v in r["verdicts"] if v for o in v["detail"]["orders"] for vote in o["votes"]]
+        assert json.loads(figures["a_share"]) == pytest.approx(votes.count("A") / len(votes))
+        miss = next(r for r in records if not r["correct"])
+        page.select_option("#filter-scenario", miss["scenario"])
+        page.locator("#misses-table tbody tr", has_text=miss["uid"]).first.click()
+        lost = next(v for v in miss["verdicts"] if v is not None and v["won"] is not True)
+        assert f'"won": {json.dumps(lost["won"])}' in page.inner_text("#miss-detail")
+        assert lost["reason"] in page.inner_text("#miss-detail")
+    finally:
+        page.close()
