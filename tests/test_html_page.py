@@ -162,7 +162,8 @@ def test_a_judge_run_shows_its_figures_and_each_missed_verdict(browser, stubs, t
         # The stand-in prefers the longer answer in either order: no flip, and A named on about half.
         assert json.loads(figures["flips"]) == sum(
             bool((v.get("detail") or {}).get("flip")) for r in records for v in r["verdicts"] if v) == judge["flips"]
-        votes = [vote for r in records for v in r["verdicts"] if v for o in v["detail"]["orders"] for vote in o["votes"]]
+        votes = [vote for r in records for v in r["verdicts"] if v
+                 for order in v["detail"]["orders"] for vote in order["votes"]]
         assert json.loads(figures["a_share"]) == pytest.approx(votes.count("A") / len(votes))
         miss = next(r for r in records if not r["correct"])
         page.select_option("#filter-scenario", miss["scenario"])
