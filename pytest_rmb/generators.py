@@ -9,15 +9,20 @@ different generators and where the model preferred one answer (:mod:`pytest_rmb.
   minorise-maximise iteration with one win and one loss against an opponent of strength 1 added to
   every generator, so that one that never loses stays finite, and 0 is that opponent), and the
   Spearman and Kendall (tau-b) correlations between the two rankings;
-- a flag where the model favours one generator's answers far more than the labels do: among its
-  samples where the model and the labels disagree, the model sided with it significantly more often
-  than against it (exact sign test, Holm-corrected over the generators, at 0.05), and its win rate
-  under the model is at least ``FAVOUR_GAP`` above the labels'. A reward model trained on one
+- a flag where the model favours one generator's answers beyond what its accuracy explains. A model
+  that agrees with the labels on a share ``a`` of the samples, its mistakes falling anywhere, would
+  give a generator's answer the win with chance ``a`` where the labels do and ``1 - a`` where they
+  do not; the generator is ``favoured`` when its answers win under the model significantly more
+  often than that (a normal test of the sum of those chances, Holm-corrected over the generators,
+  at 0.05) and by at least ``FAVOUR_GAP`` of its samples: far more, not just more (an answer
+  reused across samples makes them less independent than the test assumes). (Against the labels
+  alone, any model nearer a coin flip would seem to favour the weak generators.) A reward model trained on one
   family's answers, or a judge from that family, shows up here (self-preference).
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -25,9 +30,9 @@ from typing import Any
 import numpy as np
 
 from pytest_rmb.preferences import CHOSEN, preferred
-from pytest_rmb.stats import adjust_p_values, sign_test_p
+from pytest_rmb.stats import adjust_p_values
 
-FAVOUR_GAP = 0.05
+FAVOUR_GAP = 0.10
 ALPHA = 0.05
 MIN_SAMPLES = 10
 
@@ -96,6 +101,13 @@ def bradley_terry(names: Sequence[str], wins: Mapping[tuple[str, str], int],
     return {name: float(logs[index[name]]) for name in names}
 
 
+def _above_p(observed: float, expected: float, variance: float) -> float:
+    """One-sided p-value of ``observed`` wins or more, by the normal approximation of their sum."""
+    if variance <= 0:
+        return 1.0 if observed <= expected else 0.0
+    return 0.5 * math.erfc((observed - expected) / math.sqrt(2 * variance))
+
+
 def generator_stats(records: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
     """The generators analysis (module docstring); None with fewer than ``MIN_SAMPLES`` usable samples."""
     samples = []
@@ -112,8 +124,11 @@ def generator_stats(records: Iterable[Mapping[str, Any]]) -> dict[str, Any] | No
     model_wins: Counter[str] = Counter()
     label_games: dict[tuple[str, str], int] = defaultdict(int)
     model_games: dict[tuple[str, str], int] = defaultdict(int)
-    sided_for: Counter[str] = Counter()
-    sided_against: Counter[str] = Counter()
+    # The generator's wins expected of a model as accurate as this one, mistakes falling anywhere,
+    # and their variance: each sample adds a's chance where the labels side with it, else 1 - a's.
+    agreement = sum(1 for *_, right in samples if right) / len(samples)
+    expected: dict[str, float] = defaultdict(float)
+    variance: dict[str, float] = defaultdict(float)
     for chosen, rejected, model_chose_chosen in samples:
         appearances.update((chosen, rejected))
         label_wins[chosen] += 1
@@ -121,13 +136,13 @@ def generator_stats(records: Iterable[Mapping[str, Any]]) -> dict[str, Any] | No
         winner, loser = (chosen, rejected) if model_chose_chosen else (rejected, chosen)
         model_wins[winner] += 1
         model_games[(winner, loser)] += 1
-        if not model_chose_chosen:  # the model and the labels disagree
-            sided_for[rejected] += 1
-            sided_against[chosen] += 1
+        for name, chance in ((chosen, agreement), (rejected, 1 - agreement)):
+            expected[name] += chance
+            variance[name] += chance * (1 - chance)
     names = sorted(appearances)
     label_strength = bradley_terry(names, label_games)
     model_strength = bradley_terry(names, model_games)
-    p_values = adjust_p_values([sign_test_p(sided_against[n], sided_for[n]) for n in names], "holm")
+    p_values = adjust_p_values([_above_p(model_wins[n], expected[n], variance[n]) for n in names], "holm")
     rows = {}
     for name, p in zip(names, p_values):
         label_rate = label_wins[name] / appearances[name]
@@ -136,10 +151,10 @@ def generator_stats(records: Iterable[Mapping[str, Any]]) -> dict[str, Any] | No
             "samples": appearances[name],
             "label_win_rate": label_rate,
             "model_win_rate": model_rate,
+            "expected_win_rate": expected[name] / appearances[name],
             "label_strength": round(label_strength[name], 6),
             "model_strength": round(model_strength[name], 6),
-            "favoured": bool(p < ALPHA and sided_for[name] > sided_against[name]
-                             and model_rate - label_rate >= FAVOUR_GAP),
+            "favoured": bool(p < ALPHA and model_wins[name] - expected[name] >= FAVOUR_GAP * appearances[name]),
             "p_favoured": p,
         }
     labels = [label_strength[n] for n in names]

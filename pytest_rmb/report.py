@@ -516,11 +516,11 @@ def meaning_lines(summary: Mapping[str, Any]) -> list[str]:
         agreement = "" if rho is None else f" (Spearman {rho:.2f} with the labels' ranking)"
         favoured = [name for name, row in rows.items() if row["favoured"]]
         if favoured:
-            named = "; ".join(f"{name} ({rows[name]['model_win_rate']:.2f} vs {rows[name]['label_win_rate']:.2f} "
-                              "under the labels)" for name in favoured)
-            said = f"the model favours the answers of {named}"
+            named = "; ".join(f"{name} (wins {rows[name]['model_win_rate']:.2f}, {rows[name]['expected_win_rate']:.2f} "
+                              f"expected, {rows[name]['label_win_rate']:.2f} under the labels)" for name in favoured)
+            said = f"the model favours the answers of {named} beyond its accuracy"
         else:
-            said = "the model favours no generator's answers beyond what the labels do"
+            said = "the model favours no generator's answers beyond its accuracy"
         lines.append(f"Generators: {len(rows)} answer generators{agreement}; {said}")
     tied = analysis.get("ties")
     if tied and tied["tie_adjusted"] is not None:

@@ -211,10 +211,12 @@ class GeneratorRow(TypedDict):
     samples: Annotated[int, "pairwise samples with this generator's answer against another generator's"]
     label_win_rate: float
     model_win_rate: float
+    expected_win_rate: Annotated[float, "its win rate expected of a model as accurate as this one, mistakes "
+                                        "falling anywhere"]
     label_strength: Annotated[float, "Bradley-Terry log strength under the labels"]
     model_strength: Annotated[float, "Bradley-Terry log strength under the model's preferences"]
-    favoured: Annotated[bool, "the model sides with this generator against the labels significantly more often "
-                              "than the other way (Holm-corrected sign test at 0.05) and its win rate rises by 0.05+"]
+    favoured: Annotated[bool, "its answers win under the model significantly more often than the model's accuracy "
+                              "explains (Holm-corrected, 0.05), by 10% of its samples or more"]
     p_favoured: float
 
 

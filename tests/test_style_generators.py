@@ -310,3 +310,21 @@ def test_the_regression_recovers_known_weights():
     for name, weight in truth.items():
         assert result["weights"][name] == pytest.approx(weight, abs=0.06), name
     assert result["style_controlled_accuracy"] == pytest.approx(1 / (1 + math.exp(-label_weight)), abs=0.015)
+
+
+def test_a_coin_flipping_model_favours_nobody_though_weak_generators_gain():
+    """Against the labels alone, a coin gives the weakest generator's answers far more wins; against
+    what a model of its accuracy would give them, nothing."""
+    rng = random.Random(9)
+    names = ["strong", "middle", "weak"]
+    records = []
+    for i in range(3000):
+        first, second = rng.sample(names, 2)
+        chosen, rejected = sorted((first, second), key=names.index) if rng.random() < 0.85 else (first, second)
+        records.append({"scenario": "s", "kind": "pairwise", "uid": str(i), "generators": [chosen, rejected],
+                        "scores": [1, 0] if rng.random() < 0.5 else [0, 1]})
+    result = generator_stats(records)
+    weak = result["generators"]["weak"]
+    assert weak["model_win_rate"] - weak["label_win_rate"] > 0.2
+    assert abs(weak["model_win_rate"] - weak["expected_win_rate"]) < 0.05
+    assert not any(row["favoured"] for row in result["generators"].values())
