@@ -27,9 +27,10 @@ from pytest_rmb.report import meaning_lines
 KIND_LABELS = {"pairwise": "Pairwise", "bon": "BoN"}
 SECTION_LABELS = {"helpfulness.pairwise": "Helpfulness Pairwise", "helpfulness.bon": "Helpfulness BoN",
                   "harmlessness.pairwise": "Harmlessness Pairwise", "harmlessness.bon": "Harmlessness BoN"}
-# The page stays a few megabytes on a weak model's thousands of misses: each text is cut here.
+# The page stays a few megabytes on a weak model's ten thousand misses: every miss is listed, but
+# only the surest of each scenario and kind (largest |margin|) carry their texts, each cut here.
 TEXT_LIMIT = 1500
-MISSES_LIMIT = 5000
+TEXTS_PER_CELL = 10
 
 INSTALL_HINT = "--rmb-html draws its charts with matplotlib: pip install 'pytest-rmb[report]'"
 
@@ -149,26 +150,32 @@ def _cut(text: str) -> str:
 
 
 def miss_entries(records: Iterable[Mapping[str, Any]], samples: Mapping[tuple[str, str, str], Sample]) -> list[dict]:
-    """The missed records, each with its texts where the sample was found, ready for the page."""
+    """Every missed record, ready for the page; the ``TEXTS_PER_CELL`` surest of each scenario and
+    kind with their texts, where the sample was found."""
     entries = []
     for record in records:
         if record.get("correct"):
             continue
-        key = (record["scenario"], record["kind"], record["uid"])
-        sample = samples.get(key)
         scores = record.get("scores")
-        entry: dict[str, Any] = {
+        entries.append({
             "scenario": record["scenario"], "kind": record["kind"], "uid": record["uid"],
             "margin": margin(scores) if scores else None,
             "scores": scores, "verdicts": record.get("verdicts"),
-        }
-        if sample is not None:
+        })
+    cells: dict[tuple[str, str], list[dict]] = {}
+    for entry in entries:
+        cells.setdefault((entry["scenario"], entry["kind"]), []).append(entry)
+    for cell in cells.values():
+        cell.sort(key=lambda e: (-abs(e["margin"] or 0.0), uid_sort_key(e["uid"])))
+        for entry in cell[:TEXTS_PER_CELL]:
+            sample = samples.get((entry["scenario"], entry["kind"], entry["uid"]))
+            if sample is None:
+                continue
             entry["conversation"] = [[m.role, _cut(m.content)] for m in sample.conversation]
             names = ["chosen", "rejected"] if sample.kind == PAIRWISE else \
                 ["best"] + [f"loser {i}" for i in range(1, len(sample.responses))]
             entry["answers"] = [{"label": name, "text": _cut(response.text), "generator": response.model}
                                 for name, response in zip(names, sample.responses)]
-        entries.append(entry)
     entries.sort(key=lambda e: (e["scenario"], e["kind"], uid_sort_key(e["uid"])))
     return entries
 
@@ -288,6 +295,10 @@ SCRIPT = """
   }
   function show(miss) {
     detail.replaceChildren(text('h3', miss.scenario + ' ' + miss.kind + ' [' + miss.uid + ']'));
+    if (!miss.conversation) {
+      detail.appendChild(text('p', 'Its texts are not in this page (only the surest misses of each scenario '
+        + 'and kind carry theirs); the data file has them.'));
+    }
     for (const [role, content] of (miss.conversation || [])) {
       detail.appendChild(text('div', role + ': ' + content, 'turn'));
     }
@@ -327,10 +338,7 @@ def render_html(summary: Mapping[str, Any], misses: Sequence[Mapping[str, Any]])
     if summary.get("partial"):
         banner = (f"<p class='banner'>Partial run: {html.escape(str(summary.get('stop_reason') or 'stopped early'))}. "
                   "These numbers cover only the items that ran.</p>")
-    shown = list(misses[:MISSES_LIMIT])
-    cut = (f" The first {MISSES_LIMIT} of {len(misses)} misses are included."
-           if len(misses) > MISSES_LIMIT else "")
-    data = json.dumps(shown, ensure_ascii=False).replace("</", "<\\/")
+    data = json.dumps(list(misses), ensure_ascii=False).replace("</", "<\\/")
     kinds = "".join(f"<option value='{k}'>{v}</option>" for k, v in KIND_LABELS.items())
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -345,7 +353,8 @@ length baseline (the longer answer wins) on the same samples.</p>
 <h2>Tasks</h2><div id="task-bars">{task_bars_svg(summary)}</div>
 {_meaning(summary)}
 {_judge(summary)}
-<h2>Misses</h2><p>Texts are cut at {TEXT_LIMIT} characters.{cut} Click a row to read it.</p>
+<h2>Misses</h2><p>Every miss is listed; click a row to read it. The {TEXTS_PER_CELL} surest misses of each
+scenario and kind (largest |margin|) carry their texts, cut at {TEXT_LIMIT} characters.</p>
 <div class="filters"><label>Scenario <select id="filter-scenario"><option value="">all</option></select></label>
 <label>Kind <select id="filter-kind"><option value="">all</option>{kinds}</select></label>
 <label>|margin| at most <input id="filter-margin" type="number" step="any" min="0"></label></div>

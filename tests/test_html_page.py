@@ -173,3 +173,23 @@ def test_a_judge_run_shows_its_figures_and_each_missed_verdict(browser, stubs, t
         assert lost["reason"] in page.inner_text("#miss-detail")
     finally:
         page.close()
+
+
+def test_only_the_surest_misses_of_a_cell_carry_their_texts():
+    from pytest_rmb.data import Message, PairSample, Response
+    from pytest_rmb.html_report import TEXTS_PER_CELL, miss_entries
+
+    margins = [-0.5, -3.0, -0.1, -7.0, -2.0, -0.0, -1.0, -4.0, -6.0, -0.2, -5.0, -0.3]
+    records = [{"scenario": "chat/discussion", "kind": "pairwise", "uid": str(i), "correct": False,
+                "scores": [0.0, -m]} for i, m in enumerate(margins)]
+    samples = {("chat/discussion", "pairwise", str(i)): PairSample("chat/discussion", str(i),
+                                                                   (Message("user", f"question {i}"),),
+                                                                   Response("gen-a", f"chosen {i}"),
+                                                                   Response("gen-b", f"rejected {i}"))
+               for i in range(len(margins))}
+    entries = miss_entries(records, samples)
+    assert [e["uid"] for e in entries] == [str(i) for i in range(len(margins))]  # every miss, in uid order
+    surest = sorted(range(len(margins)), key=lambda i: margins[i])[:TEXTS_PER_CELL]
+    assert {e["uid"] for e in entries if "answers" in e} == {str(i) for i in surest}
+    first = next(e for e in entries if e["uid"] == str(surest[0]))
+    assert first["answers"][0] == {"label": "chosen", "text": f"chosen {surest[0]}", "generator": "gen-a"}
