@@ -22,7 +22,7 @@ from typing import Any
 
 from pytest_rmb.data import PAIRWISE, Sample, uid_sort_key
 from pytest_rmb.metrics import margin
-from pytest_rmb.report import meaning_lines
+from pytest_rmb.report import goal_order, meaning_lines
 
 KIND_LABELS = {"pairwise": "Pairwise", "bon": "BoN"}
 SECTION_LABELS = {"helpfulness.pairwise": "Helpfulness Pairwise", "helpfulness.bon": "Helpfulness BoN",
@@ -66,15 +66,10 @@ def _figure(width: float, height: float) -> Any:
     return Figure(figsize=(width, height))
 
 
-def _goal_order(goal: str) -> tuple[int, str]:
-    """Helpfulness, harmlessness, then the goals of a user's own sets by name."""
-    return {"helpfulness": 0, "harmlessness": 1}.get(goal, 2), goal
-
-
 def scenario_rows(summary: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
     """The scenarios in the heatmap's order: by goal (helpfulness first), task, then name."""
     return sorted(summary["scenarios"].items(),
-                  key=lambda item: (_goal_order(item[1]["goal"]), item[1]["task_name"], item[1]["name"]))
+                  key=lambda item: (goal_order(item[1]["goal"]), item[1]["task_name"], item[1]["name"]))
 
 
 def heatmap_svg(summary: Mapping[str, Any]) -> str:
@@ -117,7 +112,7 @@ def heatmap_svg(summary: Mapping[str, Any]) -> str:
 
 def task_bars_svg(summary: Mapping[str, Any]) -> str:
     """Each task's accuracy per kind, with the length baseline as a black tick."""
-    tasks = sorted(summary["tasks"].items(), key=lambda item: (_goal_order(item[1]["goal"]), item[1]["name"]))
+    tasks = sorted(summary["tasks"].items(), key=lambda item: (goal_order(item[1]["goal"]), item[1]["name"]))
     kinds = [k for k in KIND_LABELS if any(task[k]["total"] for _, task in tasks)]
     figure = _figure(7.0, 0.8 + 0.28 * len(tasks) * len(kinds))
     axes = figure.add_subplot(1, 1, 1)
