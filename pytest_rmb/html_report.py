@@ -14,56 +14,22 @@ read again from their data files (the records carry ids, not texts).
 from __future__ import annotations
 
 import html
-import io
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pytest_rmb.charts import figure_svg, new_figure
 from pytest_rmb.data import PAIRWISE, Sample, uid_sort_key
 from pytest_rmb.metrics import margin
-from pytest_rmb.report import goal_order, meaning_lines
+from pytest_rmb.report import KIND_TITLES, goal_order, meaning_lines
 
-KIND_LABELS = {"pairwise": "Pairwise", "bon": "BoN"}
-SECTION_LABELS = {"helpfulness.pairwise": "Helpfulness Pairwise", "helpfulness.bon": "Helpfulness BoN",
-                  "harmlessness.pairwise": "Harmlessness Pairwise", "harmlessness.bon": "Harmlessness BoN"}
 # The page stays a few megabytes on a weak model's ten thousand misses: every miss is listed, but
 # only the surest of each scenario and kind (largest |margin|) carry their texts, each cut here.
 TEXT_LIMIT = 1500
 TEXTS_PER_CELL = 10
 
-INSTALL_HINT = "--rmb-html draws its charts with matplotlib: pip install 'pytest-rmb[report]'"
-
-
-class ReportUnavailable(RuntimeError):
-    """The page cannot be drawn here (matplotlib is not installed)."""
-
-
-def require_matplotlib() -> None:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise ReportUnavailable(INSTALL_HINT) from None
-
-
 # -- charts -----------------------------------------------------------------------------------------
-
-
-def _svg(figure: Any) -> str:
-    buffer = io.StringIO()
-    figure.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
-    text = buffer.getvalue()
-    return text[text.index("<svg"):]  # the XML prolog and DOCTYPE have no place inside HTML
-
-
-def _figure(width: float, height: float) -> Any:
-    import matplotlib
-    from matplotlib.figure import Figure
-
-    # Text stays text (searchable, small); ids are stable from run to run.
-    matplotlib.rcParams["svg.fonttype"] = "none"
-    matplotlib.rcParams["svg.hashsalt"] = "pytest-rmb"
-    return Figure(figsize=(width, height))
 
 
 def scenario_rows(summary: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
@@ -79,8 +45,8 @@ def heatmap_svg(summary: Mapping[str, Any]) -> str:
     from matplotlib.patches import Rectangle
 
     rows = scenario_rows(summary)
-    kinds = [k for k in KIND_LABELS if any(row[k]["total"] for _, row in rows)]
-    figure = _figure(2.2 + 1.3 * len(kinds), 0.6 + 0.24 * len(rows))
+    kinds = [k for k in KIND_TITLES if any(row[k]["total"] for _, row in rows)]
+    figure = new_figure("--rmb-html", figsize=(2.2 + 1.3 * len(kinds), 0.6 + 0.24 * len(rows)))
     axes = figure.add_axes((0.0, 0.0, 1.0, 1.0))
     colours = colormaps["viridis"]
     for y, (scenario_id, row) in enumerate(rows):
@@ -100,21 +66,21 @@ def heatmap_svg(summary: Mapping[str, Any]) -> str:
                       color="white" if dark else "black")
     axes.set_xlim(0, len(kinds))
     axes.set_ylim(len(rows), 0)
-    axes.set_xticks([x + 0.5 for x in range(len(kinds))], [KIND_LABELS[k] for k in kinds])
+    axes.set_xticks([x + 0.5 for x in range(len(kinds))], [KIND_TITLES[k] for k in kinds])
     axes.xaxis.tick_top()
     axes.set_yticks([y + 0.5 for y in range(len(rows))],
                     [f"{row['task_name']} / {row['name']}" for _, row in rows], fontsize=7)
     axes.tick_params(length=0)
     for spine in axes.spines.values():
         spine.set_visible(False)
-    return _svg(figure)
+    return figure_svg(figure, inline=True, tight=True)
 
 
 def task_bars_svg(summary: Mapping[str, Any]) -> str:
     """Each task's accuracy per kind, with the length baseline as a black tick."""
     tasks = sorted(summary["tasks"].items(), key=lambda item: (goal_order(item[1]["goal"]), item[1]["name"]))
-    kinds = [k for k in KIND_LABELS if any(task[k]["total"] for _, task in tasks)]
-    figure = _figure(7.0, 0.8 + 0.28 * len(tasks) * len(kinds))
+    kinds = [k for k in KIND_TITLES if any(task[k]["total"] for _, task in tasks)]
+    figure = new_figure("--rmb-html", figsize=(7.0, 0.8 + 0.28 * len(tasks) * len(kinds)))
     axes = figure.add_subplot(1, 1, 1)
     labels = []
     y = 0
@@ -124,18 +90,18 @@ def task_bars_svg(summary: Mapping[str, Any]) -> str:
             cell = task[kind]
             if cell["accuracy"] is not None:
                 axes.barh(y, cell["accuracy"], color=colours[kind], height=0.8,
-                          label=KIND_LABELS[kind] if KIND_LABELS[kind] not in axes.get_legend_handles_labels()[1]
+                          label=KIND_TITLES[kind] if KIND_TITLES[kind] not in axes.get_legend_handles_labels()[1]
                           else None)
                 if cell.get("null_accuracy") is not None:
                     axes.plot([cell["null_accuracy"]] * 2, [y - 0.4, y + 0.4], color="black", linewidth=1.5)
-            labels.append(f"{task['name']} ({KIND_LABELS[kind]})")
+            labels.append(f"{task['name']} ({KIND_TITLES[kind]})")
             y += 1
     axes.set_yticks(range(len(labels)), labels, fontsize=7)
     axes.set_ylim(len(labels) - 0.5, -0.5)
     axes.set_xlim(0, 1)
     axes.set_xlabel("accuracy (black tick: the length baseline)")
     axes.legend(loc="lower right", fontsize=7)
-    return _svg(figure)
+    return figure_svg(figure, inline=True, tight=True)
 
 
 # -- the misses -------------------------------------------------------------------------------------
@@ -198,7 +164,8 @@ def _sections(summary: Mapping[str, Any]) -> str:
         if not section["total"]:
             continue
         ci = section.get("ci95")
-        rows.append([SECTION_LABELS.get(key, key), _percent(section["accuracy"]),
+        goal, kind = key.split(".")
+        rows.append([f"{goal.capitalize()} {KIND_TITLES[kind]}", _percent(section["accuracy"]),
                      "n/a" if not ci else f"[{ci[0]:.4f}, {ci[1]:.4f}]", f"{section['correct']}/{section['total']}",
                      _percent(section.get("null_accuracy")), _percent(section.get("macro"))])
     overall = summary.get("overall")
@@ -337,7 +304,7 @@ def render_html(summary: Mapping[str, Any], misses: Sequence[Mapping[str, Any]])
         banner = (f"<p class='banner'>Partial run: {html.escape(str(summary.get('stop_reason') or 'stopped early'))}. "
                   "These numbers cover only the items that ran.</p>")
     data = json.dumps(list(misses), ensure_ascii=False).replace("</", "<\\/")
-    kinds = "".join(f"<option value='{k}'>{v}</option>" for k, v in KIND_LABELS.items())
+    kinds = "".join(f"<option value='{k}'>{v}</option>" for k, v in KIND_TITLES.items())
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <meta http-equiv="Content-Security-Policy"

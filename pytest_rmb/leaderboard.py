@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import io
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +24,8 @@ from typing import Any
 
 from rich.console import Console
 
-from pytest_rmb.compare import caveat
+from pytest_rmb import charts
+from pytest_rmb.compare import LETTERS, caveat
 from pytest_rmb.data import uid_sort_key
 from pytest_rmb.gate import provenance_differences
 from pytest_rmb.metrics import KINDS
@@ -34,10 +34,8 @@ from pytest_rmb.report import KIND_TITLES, Name, fit_width, fmt_accuracy, fmt_in
 from pytest_rmb.stats import CORRECTIONS, adjust_p_values, row_tests, unpaired_p
 from pytest_rmb.summary import RunSummary, ScenarioRef, SummaryError, read_summary, scenario_refs
 
-LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 PROG = "pytest-rmb leaderboard"
 # What makes --html and --plot work, as the error says it.
-REPORT_EXTRA = "pip install 'pytest-rmb[report]' (or: pip install matplotlib)"
 
 
 class UsageError(Exception):
@@ -297,30 +295,11 @@ def board_markdown(board: Board) -> str:
 
 
 def new_figure(option: str, **kwargs: Any) -> Any:
-    """A matplotlib figure (no pyplot, no display); a clear error naming the pip command without it."""
+    """A matplotlib figure; a usage error naming the pip command without matplotlib."""
     try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise UsageError(f"{option} draws its charts with matplotlib, which is not installed: {REPORT_EXTRA}") from None
-    import matplotlib
-
-    # Text stays text (searchable, smaller) and ids are stable from run to run.
-    matplotlib.rcParams["svg.fonttype"] = "none"
-    matplotlib.rcParams["svg.hashsalt"] = "pytest-rmb"
-    return Figure(**kwargs)
-
-
-def figure_svg(figure: Any, *, inline: bool) -> str:
-    """The figure as SVG text; ``inline`` drops what an SVG inside HTML does not need (the XML
-    declaration, the doctype and the namespace URLs), so that the page names no address at all."""
-    buffer = io.StringIO()
-    figure.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
-    text = buffer.getvalue()
-    if inline:
-        text = text[text.index("<svg"):]
-        for attribute in (' xmlns="http://www.w3.org/2000/svg"', ' xmlns:xlink="http://www.w3.org/1999/xlink"'):
-            text = text.replace(attribute, "")
-    return text
+        return charts.new_figure(option, **kwargs)
+    except charts.ChartsUnavailable as exc:
+        raise UsageError(str(exc)) from None
 
 
 def heatmap_svg(board: Board, kind: str) -> str:
@@ -347,7 +326,7 @@ def heatmap_svg(board: Board, kind: str) -> str:
     axes.set_yticks([y + 0.5 for y in range(len(rows))], [s.id for s, _ in rows], fontsize=7)
     axes.set_title(f"{KIND_TITLES[kind]} accuracy per scenario", fontsize=9)
     figure.tight_layout()
-    return figure_svg(figure, inline=True)
+    return charts.figure_svg(figure, inline=True)
 
 
 def board_html(board: Board) -> str:

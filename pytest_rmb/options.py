@@ -477,11 +477,11 @@ def resolve(config: pytest.Config) -> RunSettings | None:
         if path is not None:
             check_writable(path, "--" + name.replace("_", "-"))
     if outputs["rmb_html"] is not None:
-        from pytest_rmb.html_report import ReportUnavailable, require_matplotlib
+        from pytest_rmb.charts import ChartsUnavailable, require_matplotlib
 
         try:  # now, not after the scoring it would report
-            require_matplotlib()
-        except ReportUnavailable as exc:
+            require_matplotlib("--rmb-html")
+        except ChartsUnavailable as exc:
             raise pytest.UsageError(f"pytest-rmb: {exc}") from None
     return RunSettings(
         model=model,

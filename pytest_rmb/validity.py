@@ -25,8 +25,9 @@ from typing import Any
 
 from rich.console import Console
 
+from pytest_rmb.charts import figure_svg
 from pytest_rmb.compare import row_values
-from pytest_rmb.leaderboard import UsageError, data_conflicts, figure_svg, load_runs, new_figure
+from pytest_rmb.leaderboard import UsageError, data_conflicts, load_runs, new_figure
 from pytest_rmb.metrics import SECTION_NAMES
 from pytest_rmb.report import Name, fit_width, new_table
 from pytest_rmb.stats import CORRELATIONS, bootstrap_correlations, pearson, spearman

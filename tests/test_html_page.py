@@ -142,7 +142,8 @@ def test_without_matplotlib_the_run_refuses_before_scoring(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), os.environ.get("PYTHONPATH", "")])}
     done = run_with_page(tmp_path / "run", "length", env=env)
     assert done.returncode == pytest.ExitCode.USAGE_ERROR
-    assert "--rmb-html draws its charts with matplotlib: pip install 'pytest-rmb[report]'" in done.stderr
+    assert ("--rmb-html draws its charts with matplotlib, which is not installed: pip install 'pytest-rmb[report]'"
+            in done.stderr)
     assert not (tmp_path / "run" / "page.html").exists()
 
 
