@@ -130,7 +130,8 @@ def generator_stats(records: Iterable[Mapping[str, Any]]) -> dict[str, Any] | No
     expected: dict[str, float] = defaultdict(float)
     variance: dict[str, float] = defaultdict(float)
     for chosen, rejected, model_chose_chosen in samples:
-        appearances.update((chosen, rejected))
+        appearances[chosen] += 1
+        appearances[rejected] += 1
         label_wins[chosen] += 1
         label_games[(chosen, rejected)] += 1
         winner, loser = (chosen, rejected) if model_chose_chosen else (rejected, chosen)

@@ -18,7 +18,7 @@ from typing import Any
 from pytest_rmb.data import PAIRWISE, Sample
 from pytest_rmb.metrics import is_correct, margin
 from pytest_rmb.models import Verdict
-from pytest_rmb.style import style_fields
+from pytest_rmb.style import markdown_correct, style_counts
 
 
 @dataclass(frozen=True)
@@ -29,18 +29,15 @@ class Outcome:
     error: str | None = None
 
 
-def null_correct(sample: Sample) -> bool:
-    """The ``length`` baseline's outcome on the sample: free, and the floor every model must beat."""
-    lengths = [len(response.text) for response in sample.responses]
-    return is_correct(lengths)
-
-
 def _base_record(sample: Sample, correct: bool) -> dict[str, Any]:
     # What the analyses after the run need of the texts, since records carry no texts: each answer's
-    # style counts (and the markdown baseline's outcome) and the model that wrote it.
+    # style counts (its length first: the length baseline's outcome comes from them), the markdown
+    # baseline's outcome, and the model that wrote each answer.
+    counts = [style_counts(response.text) for response in sample.responses]
     return {"scenario": sample.scenario, "kind": sample.kind, "uid": sample.uid, "correct": correct,
-            "null_correct": null_correct(sample), **style_fields(r.text for r in sample.responses),
-            "generators": [r.model for r in sample.responses]}
+            "null_correct": is_correct([c[0] for c in counts]), "style": counts,
+            "markdown_correct": markdown_correct(counts),
+            "generators": tuple(response.model for response in sample.responses)}
 
 
 def outcome_from_scores(sample: Sample, scores: Sequence[float]) -> Outcome:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pytest_rmb.generators import bradley_terry, generator_stats, kendall_tau_b, spearman
-from pytest_rmb.style import MIN_PAIRS, style_counts, style_decomposition, style_fields
+from pytest_rmb.style import MIN_PAIRS, markdown_correct, style_counts, style_decomposition
 from tests.helpers import SHARED_DATA
 
 
@@ -56,7 +56,12 @@ ANSWERS = [
 
 @pytest.mark.parametrize("text", ANSWERS)
 def test_style_counts_agree_with_a_line_by_line_count(text):
-    assert style_counts(text) == count_markdown_by_lines(text)
+    assert list(style_counts(text)) == count_markdown_by_lines(text)
+
+
+def style_fields(texts):
+    counts = [style_counts(text) for text in texts]
+    return {"style": counts, "markdown_correct": markdown_correct(counts)}
 
 
 def test_the_markdown_baseline_is_strict_more_markdown_wins():
