@@ -47,6 +47,7 @@ BUILTIN = {
     "hf": "pytest_rmb.backends.hf:BACKEND",
     "hf-judge": "pytest_rmb.backends.hf_judge:BACKEND",
     "openai": "pytest_rmb.backends.openai:BACKEND",
+    "panel": "pytest_rmb.backends.panel:BACKEND",
     "python": "pytest_rmb.backends.python:BACKEND",
     "sglang": "pytest_rmb.backends.served:SGLANG_BACKEND",
     "vllm": "pytest_rmb.backends.served:VLLM_BACKEND",
