@@ -119,6 +119,8 @@ def test_two_longer_judges_outvote_a_shorter_one_and_each_verdict_is_recorded(py
     servers, judges = trio
     result = panel(pytester, judges, "--rmb-json", "panel.json", "--rmb-jsonl", "panel.jsonl")
     assert result.ret == 0, output(result)
+    assert "rmb: panel trio of 3 judges; judge 1 (openai:long-1): " in output(result)
+    assert "an even split" not in output(result)
     expected = length_sections()
     assert len(expected) == 4
     assert sections(pytester.path / "panel.json") == expected
@@ -151,9 +153,10 @@ def test_two_longer_judges_outvote_a_shorter_one_and_each_verdict_is_recorded(py
 
 
 def test_an_even_split_is_no_verdict(pytester, stubs, swapped_prompt):
-    longer, shorter = stubs("--model", "long"), stubs("--model", "short")
-    judges = (f"openai:long base_url={longer.base_url};"
-              f"openai:short base_url={shorter.base_url} prompt_file={swapped_prompt}")
+    # Two judges of one spec (the same model name on two servers) are told apart by their place.
+    longer, shorter = stubs(), stubs()
+    judges = (f"openai:stub-judge base_url={longer.base_url};"
+              f"openai:stub-judge base_url={shorter.base_url} prompt_file={swapped_prompt}")
     result = panel(pytester, judges, "-m", "pairwise", "--rmb-json", "even.json", "--rmb-jsonl", "even.jsonl")
     out = output(result)
     assert ("panel trio of 2 judges (an even split, 1-1, is no verdict, so ties will be common; an odd number of "
@@ -164,7 +167,37 @@ def test_an_even_split_is_no_verdict(pytester, stubs, swapped_prompt):
     expected = Counter({"panel split 1-1": sum(c != r for c, r in lengths.values()),
                         "": sum(c == r for c, r in lengths.values())})
     assert reasons == +expected
+    members = {tuple(m["judge"] for m in r["verdicts"][0]["detail"]["members"])
+               for r in records(pytester.path / "even.jsonl")}
+    assert members == {("openai:stub-judge #1", "openai:stub-judge #2")}
     assert all(correct == 0 for correct, _ in sections(pytester.path / "even.json").values())
+
+
+def test_a_local_judge_sits_on_a_panel_with_http_judges(pytester, stubs, tmp_path):
+    from tests.tiny_models import save_causal_lm
+
+    tiny = save_causal_lm(tmp_path / "tiny", max_length=4096, seed=31)
+    long1, long2 = stubs("--model", "long-1"), stubs("--model", "long-2")
+    judges = (f"openai:long-1 base_url={long1.base_url};hf-judge:{tiny} order=fixed;"
+              f"openai:long-2 base_url={long2.base_url}")
+    select = ("-m", "pairwise", "-k", "brainstorming or chat", "--rmb-device", "cpu")
+    result = panel(pytester, judges, *select, "--rmb-jsonl", "panel.jsonl")
+    assert result.ret in (0, 1), output(result)
+    # The local judge's verdicts are those it gives alone, asked through its own backend.
+    alone = pytester.runpytest("-p", "no:cacheprovider", "--rmb-model", f"hf-judge:{tiny}", "--rmb-model-arg",
+                               "order=fixed", "--rmb-data", "sample", *select, "--rmb-jsonl", "alone.jsonl")
+    assert alone.ret in (0, 1), output(alone)
+    own = {r["uid"]: r["verdicts"][0]["won"] for r in records(pytester.path / "alone.jsonl")}
+    lengths = pair_lengths()
+    panel_records = records(pytester.path / "panel.jsonl")
+    assert len(panel_records) == len(own) == 10
+    for record in panel_records:
+        (verdict,) = record["verdicts"]
+        longer = expected_member(*lengths[record["uid"]], prefers_longer=True)
+        assert [m["won"] for m in verdict["detail"]["members"]] == [longer, own[record["uid"]], longer]
+        assert verdict["won"] is longer
+    # Both outcomes of the local judge appear, so its place in the members list is pinned.
+    assert len(set(own.values())) == 2
 
 
 # -- errors name the judge ------------------------------------------------------------------------
@@ -291,6 +324,10 @@ def verdicts(*codes: str) -> list[tuple[str, Verdict | None]]:
     # An empty reply: the same, but a miss to ask again, not an error.
     ("WWQ", True, "", False, False),
     ("WLQ", None, "no majority yet: j3 gave only empty replies", False, True),
+    ("WWLQ", None, "no majority yet: j4 gave only empty replies", False, True),
+    ("LLWQ", None, "no majority yet: j4 gave only empty replies", False, True),
+    ("LLLWQ", False, "", False, False),
+    ("WLWL", None, "panel split 2-2", False, False),
     ("WMQ", None, "no majority yet: j3 gave only empty replies", False, True),
 ])
 def test_the_majority_rule(codes, won, reason, error, ask_again):

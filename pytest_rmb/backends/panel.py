@@ -183,10 +183,9 @@ def decide(members: Sequence[tuple[str, Verdict | None]]) -> Verdict:
     if unsettled:
         return Verdict(None, reason=f"no majority yet: {', '.join(unsettled)} gave only empty replies",
                        detail=detail, ask_again=True)
-    if votes_for == votes_against:
-        reason = NO_VERDICT if votes_for == 0 else f"{SPLIT} {votes_for}-{votes_against}"
-        return Verdict(None, reason=reason, detail=detail)
-    raise AssertionError("a strict majority is decided above")  # pragma: no cover
+    # Nothing unknown and no strict majority: the votes are even.
+    reason = NO_VERDICT if votes_for == 0 else f"{SPLIT} {votes_for}-{votes_against}"
+    return Verdict(None, reason=reason, detail=detail)
 
 
 class JudgePanel(PairwiseModel):
