@@ -200,6 +200,56 @@ def test_a_local_judge_sits_on_a_panel_with_http_judges(pytester, stubs, tmp_pat
     assert len(set(own.values())) == 2
 
 
+# A judge of the user's own (python: backend) that prefers the longer answer and runs out of memory
+# on its first batch of more than one comparison, as a local model on a full GPU does.
+MEMORY_HUNGRY_JUDGE = """
+from pytest_rmb.models import Verdict
+
+
+class LongerJudge:
+    def __init__(self):
+        self.failed = False
+        self.batches = []
+
+    def compare(self, batch):
+        if len(batch) > 1 and not self.failed:
+            self.failed = True
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        self.batches.append(len(batch))
+        return [Verdict(len(r.first) > len(r.second)) for r in batch]
+
+
+def make():
+    return LongerJudge()
+"""
+
+
+def test_a_judge_out_of_memory_halves_the_batch_and_the_others_are_not_asked_twice(pytester, stubs):
+    pytester.makepyfile(hungry_judge=MEMORY_HUNGRY_JUDGE)
+    long1, long2 = stubs("--model", "long-1"), stubs("--model", "long-2")
+    judges = (f"openai:long-1 base_url={long1.base_url};python:hungry_judge:make;"
+              f"openai:long-2 base_url={long2.base_url}")
+    result = panel(pytester, judges, "-m", "pairwise", "--rmb-json", "oom.json", "--rmb-jsonl", "oom.jsonl")
+    assert result.ret == 0, output(result)
+    assert sections(pytester.path / "oom.json") == length_sections(kinds=("Pairwise_set",))
+    assert json.loads((pytester.path / "oom.json").read_text())["engine"]["oom_retries"] >= 1
+    # Each HTTP judge answered each comparison once in each order: nothing asked twice.
+    pairs = len(pair_lengths())
+    assert [chat_requests(long1), chat_requests(long2)] == [2 * pairs, 2 * pairs]
+    assert all(len(record["verdicts"][0]["detail"]["members"]) == 3 for record in records(pytester.path / "oom.jsonl"))
+
+
+def test_a_judge_that_raises_is_named_in_the_error(pytester, stubs):
+    pytester.makepyfile(broken_judge=(
+        "def make():\n    return Broken()\n\n\nclass Broken:\n"
+        "    def compare(self, batch):\n        raise ValueError('the weights are corrupt')\n"))
+    long1, long2 = stubs("--model", "long-1"), stubs("--model", "long-2")
+    judges = f"openai:long-1 base_url={long1.base_url};python:broken_judge:make;openai:long-2 base_url={long2.base_url}"
+    result = panel(pytester, judges, "-m", "pairwise", "-k", "brainstorming")
+    assert result.ret not in (0, 4)
+    assert "panel judge 2 (python:broken_judge:make): ValueError: the weights are corrupt" in output(result)
+
+
 # -- errors name the judge ------------------------------------------------------------------------
 
 

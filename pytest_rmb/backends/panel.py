@@ -285,18 +285,24 @@ class JudgePanel(PairwiseModel):
                     thread.join(TICK_SECONDS)
                     self._report(batch, got, lock)
         except KeyboardInterrupt:
-            raise PartialBatchError(self._decided(batch, got, lock, {}), KeyboardInterrupt("interrupted")) from None
+            decided = self._decided(batch, got, lock, {})
+            self._hold(keys, got, decided)
+            raise PartialBatchError(decided, KeyboardInterrupt("interrupted")) from None
         decided = self._decided(batch, got, lock, failures)
+        if not failures:
+            self._hold(keys, got, decided)
+            return [decided[p] for p in range(len(batch))]
+        number, exc = min(failures.items())
+        if _is_out_of_memory(exc):
+            # The engine halves the batch and asks again: every judge's verdicts are held for it,
+            # those the others could decide without the failed judge too.
+            self._hold(keys, got, {})
+            raise exc
         self._hold(keys, got, decided)
-        if failures:
-            number, exc = min(failures.items())
-            if _is_out_of_memory(exc) and not isinstance(exc, PartialBatchError):
-                raise exc  # the engine halves the batch; the other judges' verdicts are held
-            label = f"panel judge {number + 1} ({self.members[number].label})"
-            cause = (PanelJudgeStopped if isinstance(exc, RunStopped) else PanelJudgeFailed)(
-                f"{label}: {type(exc).__name__}: {exc}" if not isinstance(exc, RunStopped) else f"{label}: {exc}")
-            raise PartialBatchError(decided, cause) from exc
-        return [decided[p] for p in range(len(batch))]
+        label = f"panel judge {number + 1} ({self.members[number].label})"
+        cause = (PanelJudgeStopped(f"{label}: {exc}") if isinstance(exc, RunStopped)
+                 else PanelJudgeFailed(f"{label}: {type(exc).__name__}: {exc}"))
+        raise PartialBatchError(decided, cause) from exc
 
     def _ask_member(self, number: int, batch: Sequence[PairRequest], got: dict[int, Verdict],
                     lock: threading.Lock) -> None:
