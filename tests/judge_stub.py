@@ -354,6 +354,9 @@ class Stub:
         if options.delay:
             await asyncio.sleep(options.delay)
         entry.update(status=200, usage=usage, verdict=letter, rating=rating,
+                     # Whether a rating request asked for this stand-in's rating form (its example: 5).
+                     asked_rating_form=any(RATINGS[options.verdict].replace("@", "5") in (m.get("content") or "")
+                                           for m in messages),
                      rated_sha256=hashlib.sha256(rated.encode()).hexdigest() if rated is not None else None)
         self.record(entry)
         return 200, {"id": f"stub-{number}", "object": "chat.completion", "model": request.get("model"),

@@ -256,9 +256,9 @@ def expected_rating_from_logprobs(tokens: Sequence[Mapping[str, Any]], reply: st
     At the token where the number starts, each alternative that writes digits there counts for the
     number they spell. When the reply's own number goes on in the next token (a tokenizer that
     writes "10" as "1" then "0"), that token's alternatives (renormalised over those shown) split
-    the first digit's probability: more digits go on to a longer number (counted when the scale has it), anything else ends the
-    number where it is. An alternative whose continuation the server does not show counts for the
-    digits it writes.
+    the first digit's probability: more digits go on to a longer number (counted when the scale has
+    it), anything else ends the number where it is. An alternative whose continuation the server
+    does not show counts for the digits it writes.
     """
     if position < 0 or not tokens:
         return None
