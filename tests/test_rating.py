@@ -34,9 +34,10 @@ from tests.judge_stub import (
     RATINGS,
     TEN_FIRST,
     TEN_SECOND,
+    StubServer,
     misses_rating,
 )
-from tests.test_openai_judge import SECTION_OF, answered, output, records, stubs  # noqa: F401
+from tests.test_openai_judge import SECTION_OF, answered, output, records
 
 FORMATS = sorted(RATINGS)
 SCALE = parse_scale("1-10")
@@ -265,7 +266,7 @@ def test_a_number_of_two_tokens_gets_the_probability_of_its_whole_spelling():
     # One token for "10": its alternatives count as they are, "1" for 1.
     single = [token("So: [[", 0.99), token("10", 0.5, ("10", 0.5), ("1", 0.25), ("9", 0.25)), token("]]", 1.0)]
     assert expected_rating_from_logprobs(single, reply, reply.index("10"), SCALE) == pytest.approx(
-        (10 * 0.5 + 1 * 0.25 + 9 * 0.25))
+        10 * 0.5 + 1 * 0.25 + 9 * 0.25)
     # The number last in the reply: nothing follows to split it.
     last = [token("So: [[", 0.99), token("1", 0.5, ("1", 0.5), ("2", 0.5))]
     assert expected_rating_from_logprobs(last, "So: [[1", 6, SCALE) == pytest.approx(1.5)
@@ -290,8 +291,24 @@ def test_no_expected_rating_where_the_tokens_do_not_say():
 # -- openai: a served judge that rates ---------------------------------------------------------
 
 
-def test_a_length_bucket_rater_gives_exactly_the_counts_of_its_rule(pytester, stubs):
-    stub = stubs("longer", "--rate", "length-buckets")
+@pytest.fixture
+def raters(tmp_path_factory):
+    """Start rating stand-ins with ``raters(*flags)``; every one is stopped by pid afterwards."""
+    started: list[StubServer] = []
+    folder = tmp_path_factory.mktemp("rater-logs")
+
+    def start(*flags: str) -> StubServer:
+        server = StubServer(folder, "longer", "--rate", "length-buckets", *flags).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def test_a_length_bucket_rater_gives_exactly_the_counts_of_its_rule(pytester, raters):
+    stub = raters()
     result = rate(pytester, stub)
     assert result.ret == 0, output(result)
     expected = rule_sections(SAMPLE_DATA, bucket)
@@ -322,8 +339,8 @@ def test_a_length_bucket_rater_gives_exactly_the_counts_of_its_rule(pytester, st
     assert sections(pytester.path / "again.json") == expected
 
 
-def test_with_logprobs_the_score_is_the_expected_rating(pytester, stubs):
-    stub = stubs("longer", "--rate", "length-buckets", "--logprobs")
+def test_with_logprobs_the_score_is_the_expected_rating(pytester, raters):
+    stub = raters("--logprobs")
     result = rate(pytester, stub)
     assert result.ret == 0, output(result)
     seen = scores_by_answer(pytester.path / "s.jsonl")
@@ -341,8 +358,8 @@ def test_with_logprobs_the_score_is_the_expected_rating(pytester, stubs):
 
 
 @pytest.mark.parametrize("fmt", [f for f in FORMATS if f != "tags"])
-def test_every_format_gives_the_same_counts(pytester, stubs, fmt):
-    stub = stubs("longer", "--rate", "length-buckets", "--verdict", fmt)
+def test_every_format_gives_the_same_counts(pytester, raters, fmt):
+    stub = raters("--verdict", fmt)
     result = rate(pytester, stub, "--rmb-model-arg", f"verdict={fmt}")
     assert result.ret == 0, output(result)
     assert sections(pytester.path / "s.json") == rule_sections(SAMPLE_DATA, bucket)
@@ -351,9 +368,9 @@ def test_every_format_gives_the_same_counts(pytester, stubs, fmt):
     assert asked and all(entry["asked_rating_form"] and entry["rating"] is not None for entry in asked)
 
 
-def test_an_answer_without_a_rating_is_followed_up_then_scored_below_the_scale(pytester, stubs):
+def test_an_answer_without_a_rating_is_followed_up_then_scored_below_the_scale(pytester, raters):
     share = 0.25
-    stub = stubs("longer", "--rate", "length-buckets", "--no-rating-share", str(share))
+    stub = raters("--no-rating-share", str(share))
     result = rate(pytester, stub, "--rmb-model-arg", "parse_retries=1", "--rmb-self-check", "0")
     assert result.ret == 0, output(result)
     unique = unique_answers(SAMPLE_DATA)
@@ -374,8 +391,8 @@ def test_an_answer_without_a_rating_is_followed_up_then_scored_below_the_scale(p
         assert scores == {0.0 if misses_rating(answer, share) else float(bucket(answer))}
 
 
-def test_a_cut_off_reply_is_rescued_by_the_follow_up_and_counted(pytester, stubs):
-    stub = stubs("longer", "--rate", "length-buckets", "--cut-off-share", "0.3")
+def test_a_cut_off_reply_is_rescued_by_the_follow_up_and_counted(pytester, raters):
+    stub = raters("--cut-off-share", "0.3")
     result = rate(pytester, stub, "--rmb-model-arg", "stop_on_cut_offs=false", "--rmb-self-check", "0")
     assert result.ret == 0, output(result)
     cut = [entry for entry in answered(stub) if entry.get("cut_off")]
@@ -386,8 +403,8 @@ def test_a_cut_off_reply_is_rescued_by_the_follow_up_and_counted(pytester, stubs
     assert f"{len(cut)} replies cut off at the reply limit" in output(result)
 
 
-def test_a_rater_cut_off_every_time_stops_early_naming_max_tokens(pytester, stubs):
-    stub = stubs("longer", "--rate", "length-buckets", "--cut-off-share", "1", "--cut-off-follow-ups")
+def test_a_rater_cut_off_every_time_stops_early_naming_max_tokens(pytester, raters):
+    stub = raters("--cut-off-share", "1", "--cut-off-follow-ups")
     result = rate(pytester, stub, "--rmb-model-arg", "max_tokens=64", "--rmb-model-arg", "concurrency=1")
     assert result.ret != 0
     assert "were cut off at max_tokens=64 before their verdict" in output(result)
@@ -403,8 +420,8 @@ def test_a_rater_cut_off_every_time_stops_early_naming_max_tokens(pytester, stub
     (("order=random",), "order= does not apply to mode=rating"),
     (("votes=3", "temperature=1"), "votes= does not apply to mode=rating"),
 ])
-def test_settings_that_do_not_fit_rating_are_refused(pytester, stubs, args, message):
-    stub = stubs("longer", "--rate", "length-buckets")
+def test_settings_that_do_not_fit_rating_are_refused(pytester, raters, args, message):
+    stub = raters()
     options = [part for arg in args for part in ("--rmb-model-arg", arg)]
     result = rate(pytester, stub, *options)
     assert result.ret == pytest.ExitCode.USAGE_ERROR, output(result)
@@ -412,8 +429,8 @@ def test_settings_that_do_not_fit_rating_are_refused(pytester, stubs, args, mess
     assert not answered(stub)
 
 
-def test_failed_requests_keep_the_ratings_received(pytester, stubs):
-    stub = stubs("longer", "--rate", "length-buckets", "--fail-count", "3", "--fail-status", "400")
+def test_failed_requests_keep_the_ratings_received(pytester, raters):
+    stub = raters("--fail-count", "3", "--fail-status", "400")
     result = rate(pytester, stub, "--rmb-model-arg", "retries=0", "--rmb-self-check", "0")
     assert result.ret != 0
     assert "could not be rated, the first: " in output(result)
