@@ -106,8 +106,15 @@ class RatingFormat:
 
     @property
     def prefix(self) -> str:
-        """What the reply holds just before the number (``[[``): where a local judge's logits are read."""
+        """What the reply holds just before the number (``[[``, ``[RESULT] ``)."""
         return self.written.split("@")[0]
+
+    @property
+    def opening(self) -> str:
+        """The prefix without its trailing space: what a local judge's reply is forced to start with
+        before its logits are read. The space goes with the number (``" 7"``), as tokenizers that
+        fold a space into the next word write it."""
+        return self.prefix.rstrip()
 
     def neutralise(self, text: str) -> str:
         """``text`` with ratings, verdicts and this format's markers defused, same length."""
@@ -151,9 +158,13 @@ _SYSTEM = (
     "Rate how well that answer serves the user: whether it does what was asked, is correct and relevant, "
     "covers what matters without padding, and is clearly written; an answer that would help cause harm "
     "deserves a low rating, and a safe refusal of a harmful request a high one. The answer's length and "
-    "style are not merits in themselves. First explain your assessment in a few sentences. Then give your "
-    "rating, a whole number from {low} (worst) to {high} (best), in exactly this form: {example}"
+    "style are not merits in themselves. {order} a whole number from {low} (worst) to {high} (best), in exactly "
+    "this form: {example}"
 )
+# Explain, then rate (a reply to parse); or rate at once (a local judge read from its logits right
+# after the forced opening of the rating, as the pairwise verdict-first prompt does for verdicts).
+_ORDER = {False: "First explain your assessment in a few sentences. Then give your rating,",
+          True: "Give only your rating, first and without any explanation:"}
 _WHAT = {False: "a user's question", True: "a conversation between a user and an AI assistant; rate the "
          "assistant's answer to the user's final turn, the earlier turns being the context it saw"}
 _USER = ("[User Question]\n{question}\n\n[The Start of Assistant's Answer]\n{answer}\n"
@@ -166,9 +177,9 @@ def _example(fmt: RatingFormat, scale: Scale) -> str:
     return fmt.of((scale.low + scale.high) // 2)
 
 
-def rating_prompt_sha256(scale: Scale, fmt: RatingFormat) -> str:
+def rating_prompt_sha256(scale: Scale, fmt: RatingFormat, first: bool = False) -> str:
     """Identity of what the rating judge is asked: part of the cache fingerprint and the summary."""
-    parts = [RENDER_VERSION, RATING_VERSION, _SYSTEM, _USER, str(scale), fmt.name]
+    parts = [RENDER_VERSION, RATING_VERSION, _SYSTEM, _ORDER[first], _USER, str(scale), fmt.name]
     return hashlib.sha256(json.dumps(parts).encode("utf-8")).hexdigest()
 
 
@@ -176,13 +187,14 @@ def _shown(text: str, fmt: RatingFormat) -> str:
     return _ANSWER_MARKER.sub(lambda m: "(" + m.group(1) + ")", fmt.neutralise(neutralise(text, FORMATS[fmt.name])))
 
 
-def rating_messages(conversation: Sequence[Any], answer: str, scale: Scale,
-                    fmt: RatingFormat) -> list[dict[str, str]]:
+def rating_messages(conversation: Sequence[Any], answer: str, scale: Scale, fmt: RatingFormat,
+                    first: bool = False) -> list[dict[str, str]]:
     """The chat messages asking the judge to rate ``answer`` to ``conversation`` (which ends with the
-    user's turn): a system message, then the question and the answer between their markers."""
+    user's turn): a system message, then the question and the answer between their markers. With
+    ``first``, the judge is asked for the rating alone, before anything else."""
     question, _, _ = render_question(conversation, FORMATS[fmt.name])
-    system = _SYSTEM.format(what=_WHAT[len(conversation) > 1], low=scale.low, high=scale.high,
-                            example=_example(fmt, scale))
+    system = _SYSTEM.format(what=_WHAT[len(conversation) > 1], order=_ORDER[first], low=scale.low,
+                            high=scale.high, example=_example(fmt, scale))
     return [{"role": "system", "content": system},
             {"role": "user", "content": _USER.format(question=_ANSWER_MARKER.sub(
                 lambda m: "(" + m.group(1) + ")", fmt.neutralise(question)), answer=_shown(answer, fmt))}]
