@@ -288,7 +288,8 @@ class Stub:
             found = comparison(messages)
             pair = None if found is None else found[1:]
             entry.update(number=number, model=request.get("model"), messages=len(messages),
-                         logprobs=bool(request.get("logprobs")), seed=request.get("seed"),
+                         logprobs=bool(request.get("logprobs")), top_logprobs=request.get("top_logprobs"),
+                         seed=request.get("seed"),
                          temperature=request.get("temperature"), max_tokens=request.get("max_tokens"),
                          # The comparison's identity whatever the order: the question and both answers, sorted.
                          pair=_digest([found[0].partition("[The Start")[0], sorted(pair)]) if found and pair else None,

@@ -675,6 +675,10 @@ def test_rating_by_logits_is_the_expected_rating_of_one_unpadded_pass_per_step(t
     described = rater.describe()
     assert (described["mode"], described["rate_by"], described["scale"], described["score"]) == (
         "rating", "logits", "1-10", "expected rating")
+    # --rmb-show-input shows the spellings read: "10" as its two tokens.
+    reads = rater.explain(ANSWERS[0])["reads"]
+    assert reads[10] == reference.tokenizer.convert_ids_to_tokens(ten[len(opening):])
+    assert reads[1] == reference.tokenizer.convert_ids_to_tokens(one[len(opening):])
     assert rater.render(ANSWERS[0]).endswith("[The End of Assistant's Answer]" + reference.tokenizer.eos_token
                                              + "<|assistant|>[[")
 

@@ -323,7 +323,8 @@ def test_a_length_bucket_rater_gives_exactly_the_counts_of_its_rule(pytester, ra
     asked = answered(stub)
     assert len(asked) == len(unique_answers(SAMPLE_DATA)) + 16
     assert json.loads((pytester.path / "s.json").read_text())["self_check"]["ok"] is True
-    assert all(entry["logprobs"] for entry in asked)  # logprobs=auto asks; this server gives none
+    # logprobs=auto asks, for 20 alternatives (room for every number); this server gives none.
+    assert all(entry["logprobs"] and entry["top_logprobs"] == 20 for entry in asked)
     for answer, scores in scores_by_answer(pytester.path / "s.jsonl").items():
         assert scores == {float(bucket(answer))}, answer
     summary = json.loads((pytester.path / "s.json").read_text())
@@ -337,6 +338,39 @@ def test_a_length_bucket_rater_gives_exactly_the_counts_of_its_rule(pytester, ra
     assert again.ret == 0
     assert len(answered(stub)) == len(asked)
     assert sections(pytester.path / "again.json") == expected
+
+
+def test_show_input_prints_the_rating_prompt(pytester, raters):
+    stub = raters()
+    result = rate(pytester, stub, "--rmb-show-input", "chat/casual_conversation/5", "-k", "casual_conversation")
+    assert result.ret == 0, output(result)
+    text = output(result)
+    assert "mode: rating" in text and "scale: 1-10" in text
+    assert "in exactly this form: [[5]]" in text and "[The Start of Assistant's Answer]" in text
+
+
+def test_a_rating_given_at_the_reply_limit_is_a_rating_and_empty_replies_are_asked_again(pytester, raters):
+    stub = raters("--length-after-verdict")
+    result = rate(pytester, stub, "--rmb-self-check", "0")
+    assert result.ret == 0, output(result)
+    assert "cut_off_replies" not in json.loads((pytester.path / "s.json").read_text())["engine"]
+    assert sections(pytester.path / "s.json") == rule_sections(SAMPLE_DATA, bucket)
+    # Empty replies: asked again (retries), and an answer whose replies stay empty is not rated at all.
+    empty = raters("--empty-first", "1")
+    again = rate(pytester, empty, "--rmb-json", "e.json", "--rmb-self-check", "0", "--rmb-cache-dir", "c2",
+                 "-k", "casual_conversation")
+    assert again.ret == 0, output(again)
+    asked = Counter(entry["rated_sha256"] for entry in empty.requests())
+    assert len(asked) > 3 and set(asked.values()) == {2}  # each answer: an empty reply, then its rating
+    assert json.loads((pytester.path / "e.json").read_text())["engine"]["no_rating"] == 0
+    never = raters("--empty-first", "99")
+    stays = rate(pytester, never, "--rmb-model-arg", "retries=1", "--rmb-json", "n.json", "--rmb-self-check", "0",
+                 "--rmb-cache-dir", "c3", "-k", "casual_conversation")
+    assert stays.ret != 0
+    assert "could not be rated, the first: RatingFailed: empty reply" in output(stays)
+    # Nothing was rated, and no made-up score stands in for the ratings never given.
+    assert json.loads((pytester.path / "n.json").read_text())["engine"].get("no_rating", 0) == 0
+    assert "could not be rated" in output(stays) and "3 failed" in output(stays)
 
 
 def test_with_logprobs_the_score_is_the_expected_rating(pytester, raters):

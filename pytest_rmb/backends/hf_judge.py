@@ -593,6 +593,16 @@ class HFRater(PointwiseModel):
         """The exact text the judge reads for ``request``."""
         return self._text(request)
 
+    def explain(self, request: ScoreRequest) -> dict[str, Any]:
+        """What ``--rmb-show-input`` prints: the rendered prompt and how the rating is read."""
+        described: dict[str, Any] = {"judge": f"hf-judge:{self.judge.name}", "mode": "rating", "rate_by": self.rate_by,
+                     "scale": str(self.scale), "verdict": self.format.name, "rendered": self.render(request)}
+        if self.first:
+            tokenizer = self.judge.tokenizer
+            described["reads"] = {number: tokenizer.convert_ids_to_tokens(list(spelling))
+                                  for number, spelling in self._spellings.items()}
+        return described
+
     def _number_tokens(self) -> dict[int, tuple[int, ...]]:
         """Each number's spelling in tokens right after the forced opening, checked on a rendered
         prompt: the opening's own tokens must stay as they are when the number follows."""

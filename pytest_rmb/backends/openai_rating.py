@@ -109,6 +109,13 @@ class OpenAIRater(PointwiseModel):
         """Whether the judge gave this answer no rating, and whether a cut-off reply was why."""
         return self._facts.pop(request, {})
 
+    def explain(self, request: ScoreRequest) -> dict[str, Any]:
+        """What ``--rmb-show-input`` prints: the messages that ask for this answer's rating."""
+        system, user = rating_messages(request.conversation, request.response, self.scale, self.format)
+        return {"judge": f"openai:{self.model_name}", "mode": "rating", "scale": str(self.scale),
+                "verdict": self.format.name, "system": system["content"], "user": user["content"],
+                "score": "expected rating" if self.transport.logprobs_mode != "false" else "rating"}
+
     def cost(self, batch: Sequence[ScoreRequest]) -> list[int]:
         return [len(r.response) + sum(len(m.content) for m in r.conversation) for r in batch]
 
