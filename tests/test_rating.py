@@ -337,7 +337,17 @@ def test_a_length_bucket_rater_gives_exactly_the_counts_of_its_rule(pytester, ra
     again = rate(pytester, stub, "--rmb-json", "again.json")
     assert again.ret == 0
     assert len(answered(stub)) == len(asked)
+    assert len(stub.requests("/models")) == 1  # not even the server's models: it may be gone
     assert sections(pytester.path / "again.json") == expected
+
+
+def test_a_model_the_server_does_not_serve_stops_the_run_before_any_rating(pytester, raters):
+    stub = raters()
+    result = pytester.runpytest("-p", "no:cacheprovider", "--rmb-model", "openai:stub-jugde", "--rmb-model-arg",
+                                f"base_url={stub.base_url}", "--rmb-model-arg", "mode=rating", "--rmb-data", "sample")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, output(result)  # as the pairwise judge's check
+    assert "does not serve model 'stub-jugde' (did you mean 'stub-judge'?)" in output(result)
+    assert not stub.requests() and len(stub.requests("/models")) == 1
 
 
 def test_show_input_prints_the_rating_prompt(pytester, raters):

@@ -102,6 +102,15 @@ class OpenAIRater(PointwiseModel):
                          score="expected rating" if self.transport.logprobs_mode != "false" else "rating")
         return described
 
+    @property
+    def loaded(self) -> bool:
+        return self.transport._server_checked
+
+    def load(self) -> None:
+        """Check the server before the first batch (as the pairwise judge's preview does): a dead
+        server or a wrong model name stops the run at once. A rerun the cache answers asks nothing."""
+        self.transport.check_server()
+
     def take_counters(self) -> dict[str, float]:
         return self.transport.take_counters()
 
@@ -115,9 +124,6 @@ class OpenAIRater(PointwiseModel):
         return {"judge": f"openai:{self.model_name}", "mode": "rating", "scale": str(self.scale),
                 "verdict": self.format.name, "system": system["content"], "user": user["content"],
                 "score": "expected rating" if self.transport.logprobs_mode != "false" else "rating"}
-
-    def cost(self, batch: Sequence[ScoreRequest]) -> list[int]:
-        return [len(r.response) + sum(len(m.content) for m in r.conversation) for r in batch]
 
     def close(self) -> None:
         self.transport.close()
