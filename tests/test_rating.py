@@ -204,6 +204,12 @@ def test_the_prompt_shows_the_question_and_the_one_answer_between_the_markers():
     assert 'from 0 (worst) to 4 (best), in exactly this form: {"rating": 2}' in other_system["content"]
 
 
+def test_a_conversation_of_two_turns_is_a_conversation_too():
+    greeted = [Message("assistant", "Hello! Ask me anything.", "English"), user("Name a prime.")]
+    system, asked = rating_messages(greeted, "Seven.", SCALE, rating_format("tags"))
+    assert "the user's final turn" in system["content"] and "### Assistant:\nHello!" in asked["content"]
+
+
 def test_a_conversation_is_shown_whole_and_the_final_turn_is_rated():
     conversation = [user("Name a prime."), Message("assistant", "Seven.", "English"), user("And an even one?")]
     system, asked = rating_messages(conversation, "Two.", SCALE, rating_format("tags"))

@@ -272,8 +272,6 @@ def expected_rating_from_logprobs(tokens: Sequence[Mapping[str, Any]], reply: st
     it), anything else ends the number where it is. An alternative whose continuation the server
     does not show counts for the digits it writes.
     """
-    if position < 0 or not tokens:
-        return None
     offset = 0
     for index, token in enumerate(tokens):
         piece = token.get("token")
