@@ -730,7 +730,7 @@ def scripted(rater, replies: dict[str, list[str]], limit: int = 50):
 
 
 def test_rating_by_generation_follows_up_and_tells_cut_offs_from_misses(tiny):
-    rater = load(tiny, "mode=rating", "rate_by=generate", "parse_retries=1", "stop_on_cut_offs=false")
+    rater = load(tiny, "mode=rating", "rate_by=generate", "parse_retries=1")
     requests = [ScoreRequest((Message("user", word),), "answer") for word in ("alpha", "bravo", "charlie", "delta")]
     asked = scripted(rater, {
         "alpha": ["Good. [[7]]"],  # rated at once
@@ -747,6 +747,9 @@ def test_rating_by_generation_follows_up_and_tells_cut_offs_from_misses(tiny):
     counters = rater.take_counters()
     assert (counters["parse_retries"], counters["cut_off_replies"], counters["cut_offs_rescued"]) == (3, 2, 1)
     assert counters["requests"] == 7
+    # The early stop counts every reply, and as cut off only those cut off before a rating.
+    watch = rater.judge._cut_off_watch
+    assert (watch.replies, watch.cut_offs) == (7, 2)
     # Without follow-ups: one attempt each, the first reply decides.
     once = load(tiny, "mode=rating", "rate_by=generate", "parse_retries=0", "stop_on_cut_offs=false")
     scripted(once, {"bravo": ["No number here.", "Fine: [[3]]"]})
@@ -785,6 +788,10 @@ def test_a_prompt_longer_than_the_context_gets_no_rating(tiny):
     assert rater.score([request]) == [0.0]
     assert rater.facts(request) == {"no_rating": True}
     assert rater.take_counters()["too_long"] == 1
+    # At the edge: the prompt and the longest start of a number's spelling ("1" of "10") must fit.
+    tokens = len(Reference(tiny).tokenizer(rater.render(ANSWERS[1]), add_special_tokens=False)["input_ids"])
+    assert load(tiny, "mode=rating", max_length=tokens + 1).score(ANSWERS[1:2])[0] > 0
+    assert load(tiny, "mode=rating", max_length=tokens).score(ANSWERS[1:2]) == [0.0]
 
 
 def test_a_run_with_the_tiny_rater_counts_what_its_ratings_say(pytester, tiny):
