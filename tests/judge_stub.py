@@ -11,6 +11,10 @@ and dying mid-run. It can reason before it answers (``--reason field``: in a sep
 the other answer, and be cut off at the reply limit on a seeded share of the comparisons
 (``--cut-off-share``: ``finish_reason: "length"`` with the answer empty, or only an unfinished
 ``<think>``).
+It can rate one answer instead (``--rate length-buckets``: a prompt with ``[The Start of Assistant's
+Answer]``, as the rating mode asks, gets a rating by the answer's length, written in the
+``--verdict`` format's rating form; with logprobs, the rating's alternatives as
+:func:`rating_logprobs` says; ``--no-rating-share``: a seeded share of the answers get no rating).
 It speaks just enough HTTP/1.1 (keep-alive, Content-Length bodies) on asyncio to serve hundreds of
 concurrent requests on one core, and logs every request as a JSON line (the Authorization header
 only as a SHA-256, so the log never holds a key).
@@ -48,6 +52,20 @@ VERDICTS = {"tags": "[[@]]", "answer-tags": "<answer>[[@]]</answer>", "result": 
 # which a harness that read the reasoning would take.
 REASONING = "Let me weigh both answers. At first sight I would say @ is better, but let me check the lengths."
 REASON_MODES = ("none", "field", "inline")
+# How a rating is written in each format, "@" for the number.
+RATINGS = {"tags": "[[@]]", "answer-tags": "<answer>[[@]]</answer>", "result": "[RESULT] @",
+           "bold-result": "**Result:** @", "boxed": "\\boxed{@}", "json": '{"rating": @}'}
+RATE_MODES = ("none", "length-buckets")
+# --rate length-buckets: 1 for answers under RATE_BUCKET characters, one more per RATE_BUCKET more, at most 10.
+RATE_BUCKET = 30
+RATING_START = "[The Start of Assistant's Answer]\n"
+RATING_END = "\n[The End of Assistant's Answer]"
+# What the rating stand-in's top_logprobs give: the rating written RATING_PROBABILITY, the rating below
+# it (above it, for 1) the rest. "10" is written as two tokens, "1" then "0", as many tokenizers do:
+# "1" TEN_FIRST (else "9"), then "0" TEN_SECOND (else the number ends: 1).
+RATING_PROBABILITY = 0.8
+TEN_FIRST = 0.95
+TEN_SECOND = 0.95
 START = "[The Start of Assistant {}'s Answer]\n"
 END = "\n[The End of Assistant {}'s Answer]"
 
@@ -93,6 +111,57 @@ def reply_for(behaviour: str, messages: list[dict], verdict: str = "tags") -> tu
     if behaviour == "think-only":
         return "<think>Assistant A is better. [[A]]</think>", None
     raise ValueError(behaviour)
+
+
+def rated_answer(messages: list[dict]) -> str | None:
+    """The one answer of a rating prompt, cut out between its markers; None when there is none."""
+    for message in messages:
+        text = message.get("content") or ""
+        start = text.find(RATING_START)
+        end = text.find(RATING_END, start + 1)
+        if start >= 0 and end >= 0:
+            return text[start + len(RATING_START):end]
+    return None
+
+
+def length_bucket(answer: str) -> int:
+    return min(10, 1 + len(answer) // RATE_BUCKET)
+
+
+def misses_rating(answer: str, share: float) -> bool:
+    """Whether ``--no-rating-share`` picks this answer (by its digest): it never gets a rating."""
+    return int(hashlib.sha256(answer.encode()).hexdigest()[:8], 16) / 16**8 < share
+
+
+def rating_reply(answer: str, verdict: str, no_rating_share: float) -> tuple[str, int | None]:
+    """(reply, the rating it writes or None)."""
+    if misses_rating(answer, no_rating_share):
+        return "This answer is hard to rate; I will not give it a number.", None
+    rating = length_bucket(answer)
+    return f"The answer has {len(answer)} characters.\n\nRating: {RATINGS[verdict].replace('@', str(rating))}", rating
+
+
+def rating_logprobs(reply: str, rating: int, verdict: str) -> dict:
+    """OpenAI-style logprobs of a rating reply: the number's digits tokens of their own ("10": two)."""
+    written = RATINGS[verdict]
+    start = reply.rfind(written.replace("@", str(rating))) + written.index("@")
+    end = start + len(str(rating))
+
+    def alternatives(pairs: list[tuple[str, float]]) -> dict:
+        return {"token": pairs[0][0], "logprob": math.log(pairs[0][1]),
+                "top_logprobs": [{"token": t, "logprob": math.log(p)} for t, p in pairs]}
+
+    if rating == 10:
+        after = reply[end:end + 1] or "\n"
+        number = [alternatives([("1", TEN_FIRST), ("9", 1 - TEN_FIRST)]),
+                  alternatives([("0", TEN_SECOND), (after, 1 - TEN_SECOND)])]
+    else:
+        other = rating - 1 if rating > 1 else rating + 1
+        number = [alternatives([(str(rating), RATING_PROBABILITY), (str(other), 1 - RATING_PROBABILITY)])]
+    tokens = [{"token": reply[:start], "logprob": -0.01, "top_logprobs": []}, *number]
+    if reply[end:]:
+        tokens.append({"token": reply[end:], "logprob": -0.01, "top_logprobs": []})
+    return {"content": tokens}
 
 
 def other_letter(letter: str) -> str:
@@ -219,7 +288,8 @@ class Stub:
             found = comparison(messages)
             pair = None if found is None else found[1:]
             entry.update(number=number, model=request.get("model"), messages=len(messages),
-                         logprobs=bool(request.get("logprobs")), seed=request.get("seed"),
+                         logprobs=bool(request.get("logprobs")), top_logprobs=request.get("top_logprobs"),
+                         seed=request.get("seed"),
                          temperature=request.get("temperature"), max_tokens=request.get("max_tokens"),
                          # The comparison's identity whatever the order: the question and both answers, sorted.
                          pair=_digest([found[0].partition("[The Start")[0], sorted(pair)]) if found and pair else None,
@@ -229,7 +299,13 @@ class Stub:
                                           for m in messages))
         # The latency counts from the moment the request was read, and the reply is worked out
         # while it runs: the stub's own CPU is not added to the fixed latency it stands for.
-        reply, letter = reply_for(options.behaviour, messages, options.verdict)
+        rated = rated_answer(messages) if options.rate != "none" else None
+        rating = None
+        if rated is not None:
+            reply, rating = rating_reply(rated, options.verdict, options.no_rating_share)
+            letter = None
+        else:
+            reply, letter = reply_for(options.behaviour, messages, options.verdict)
         content: str | None = reply
         message: dict = {"role": "assistant"}
         finish_reason = "stop"
@@ -238,11 +314,12 @@ class Stub:
             reply = content = f"<think>{reasoning}</think>\n\n{reply}"
             reasoning = ""
         if options.empty_first and self.empty_now(messages):
-            content, letter = EMPTY_CONTENT[options.empty_as], None
+            content, letter, rating = EMPTY_CONTENT[options.empty_as], None, None
             entry["empty"] = True
         if options.cut_off_share and self.cut_off_now(messages):
             # Stopped mid-thought: the answer never came (an inline thought is left open).
             content, letter, finish_reason = "Assistant A's answer is", None, options.cut_off_finish
+            rating = None
             if options.reason == "inline":
                 content = "<think>" + reasoning_for(None, options.verdict)
             elif options.reason == "field":
@@ -258,7 +335,8 @@ class Stub:
             usage.pop(field, None)
         choice: dict = {"index": 0, "message": message, "finish_reason": finish_reason}
         if request.get("logprobs") and options.logprobs and content and not entry.get("cut_off"):
-            choice["logprobs"] = logprobs_for(reply, letter, options.verdict)
+            choice["logprobs"] = (rating_logprobs(content, rating, options.verdict) if rating is not None
+                                  else logprobs_for(reply, letter, options.verdict))
         if options.latency:
             await asyncio.sleep(max(0.0, arrived + options.latency - asyncio.get_running_loop().time()))
         if number <= options.rate_limit:
@@ -276,7 +354,11 @@ class Stub:
             return 404, {"error": {"message": f"model {request.get('model')!r} not found"}}, {}
         if options.delay:
             await asyncio.sleep(options.delay)
-        entry.update(status=200, usage=usage, verdict=letter)
+        entry.update(status=200, usage=usage, verdict=letter, rating=rating,
+                     # Whether a rating request asked for this stand-in's rating form (its example: 5).
+                     asked_rating_form=any(RATINGS[options.verdict].replace("@", "5") in (m.get("content") or "")
+                                           for m in messages),
+                     rated_sha256=hashlib.sha256(rated.encode()).hexdigest() if rated is not None else None)
         self.record(entry)
         return 200, {"id": f"stub-{number}", "object": "chat.completion", "model": request.get("model"),
                      "choices": [choice], "usage": usage}, {}
@@ -334,6 +416,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="leave this field out of every reply's usage (servers that do)")
     parser.add_argument("--verdict", choices=sorted(VERDICTS), default="tags",
                         help="the format the longer-answer judge writes its verdict in")
+    parser.add_argument("--rate", choices=RATE_MODES, default="none",
+                        help="rate the one answer of a rating prompt (length-buckets: by its length)")
+    parser.add_argument("--no-rating-share", type=float, default=0.0,
+                        help="the share of answers (picked by their digest) the rating stand-in gives no rating")
     parser.add_argument("--reason", choices=REASON_MODES, default="none",
                         help="reason before answering: in a separate field, or inline in <think>")
     parser.add_argument("--reasoning-field", choices=("reasoning_content", "reasoning"), default="reasoning_content",

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -19,12 +20,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pytest_rmb.backends import BackendError, ModelLoadError, ModelSettings, load_spec
-from pytest_rmb.backends.hf_judge import BACKEND
+from pytest_rmb.backends.hf_judge import BACKEND, thinking_text
 from pytest_rmb.data import Message
+from pytest_rmb.judging.cutoffs import EARLY_CUT_OFFS, JudgeCutOff
 from pytest_rmb.judging.orders import chosen_slots
 from pytest_rmb.judging.parsing import FOLLOW_UP, parse_verdict
 from pytest_rmb.judging.prompts import judge_messages, load_prompt
-from pytest_rmb.models import PairRequest
+from pytest_rmb.judging.rating import find_rating, parse_scale, rating_format, rating_messages
+from pytest_rmb.models import PairRequest, PartialBatchError, ScoreRequest
 from pytest_rmb.scenarios import registry
 from tests import smollm
 from tests.helpers import SAMPLE_DATA
@@ -609,3 +612,227 @@ def test_show_input_of_a_generating_judge_shows_the_reply_format_it_parses(pytes
     assert ("  verdict: parsed from the reply (greedy, at most 4 new tokens): its last [[A]] or [[B]] (verdict format "
             "tags; both, or a tie, on the final verdict line is no verdict); a reply without one gets up to 1 "
             f"follow-up turn(s): {FOLLOW_UP!r}") in result.outlines
+
+
+# -- mode=rating -----------------------------------------------------------------------------------
+
+RATING_SCALE = parse_scale("1-10")
+ANSWERS = [ScoreRequest(request.conversation, text) for request in REQUESTS for text in (request.first, request.second)]
+
+
+def reference_rating(reference: Reference, request: ScoreRequest, opening: str = "[[",
+                     whole_spelling: bool = True) -> float:
+    """The expected rating computed without the backend: each number's spelling after the opening
+    read one unbatched, unpadded forward pass per step; a number that a longer one's spelling starts
+    with counts only where the next token starts no further digit. Without ``whole_spelling``: the
+    first token's probability alone, as a reader that ignores numbers of several tokens would."""
+    tokenizer, model = reference.tokenizer, reference.model
+    messages = rating_messages(request.conversation, request.response, RATING_SCALE, rating_format("tags"), first=True)
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + opening
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    digits = [t for t in range(len(tokenizer)) if tokenizer.decode([t])[:1].isdigit()]
+
+    def after(tokens: list[int]) -> torch.Tensor:
+        with torch.inference_mode():
+            return torch.softmax(model(torch.tensor([ids + tokens])).logits[0, -1].float(), dim=-1)
+
+    spellings = {n: tokenizer(text + str(n), add_special_tokens=False)["input_ids"][len(ids):] for n in range(1, 11)}
+    mass = {}
+    for number, spelling in spellings.items():
+        if not whole_spelling:
+            spelling = spelling[:1]
+        p = math.prod(float(after(spelling[:j])[token]) for j, token in enumerate(spelling))
+        if whole_spelling and any(other != spelling and other[:len(spelling)] == spelling
+                                  for other in spellings.values()):
+            p *= 1 - float(after(spelling)[digits].sum())
+        mass[number] = p
+    return sum(n * p for n, p in mass.items()) / sum(mass.values())
+
+
+def test_rating_by_logits_is_the_expected_rating_of_one_unpadded_pass_per_step(tiny):
+    reference = Reference(tiny)
+    opening = reference.tokenizer("[[", add_special_tokens=False)["input_ids"]
+    one = reference.tokenizer("[[1", add_special_tokens=False)["input_ids"]
+    ten = reference.tokenizer("[[10", add_special_tokens=False)["input_ids"]
+    # This tokenizer writes "10" as two tokens, the first of them the spelling of 1: the case to get right.
+    assert one[:len(opening)] == ten[:len(opening)] == opening and len(ten) == len(opening) + 2
+    assert ten[:len(one)] == one
+    rater = load(tiny, "mode=rating")
+    scores = rater.score(ANSWERS)  # one batch: padded rows, one forward pass
+    expected = [reference_rating(reference, request) for request in ANSWERS]
+    # Padding moves float32 sums in the last digits, as for P(chosen) in the logits mode.
+    assert scores == pytest.approx(expected, abs=5e-5)
+    # Reading the first token alone would be wrong by far more than that: "1" is also the start of 10.
+    first_only = [reference_rating(reference, request, whole_spelling=False) for request in ANSWERS]
+    assert max(abs(a - b) for a, b in zip(first_only, expected)) > 10 * 5e-5
+    assert len(set(round(s, 6) for s in scores)) > len(scores) // 2  # the expected rating breaks ties
+    assert all(1 <= s <= 10 for s in scores)
+    assert [rater.facts(request) for request in ANSWERS] == [{"no_rating": False}] * len(ANSWERS)
+    counters = rater.take_counters()
+    assert counters["requests"] == len(ANSWERS)
+    assert counters["prompt_tokens"] == sum(
+        len(reference.tokenizer(rater.render(r), add_special_tokens=False)["input_ids"]) for r in ANSWERS)
+    described = rater.describe()
+    assert (described["mode"], described["rate_by"], described["scale"], described["score"]) == (
+        "rating", "logits", "1-10", "expected rating")
+    # --rmb-show-input shows the spellings read: "10" as its two tokens.
+    reads = rater.explain(ANSWERS[0])["reads"]
+    assert reads[10] == reference.tokenizer.convert_ids_to_tokens(ten[len(opening):])
+    assert reads[1] == reference.tokenizer.convert_ids_to_tokens(one[len(opening):])
+    assert rater.render(ANSWERS[0]).endswith("[The End of Assistant's Answer]" + reference.tokenizer.eos_token
+                                             + "<|assistant|>[[")
+
+
+def test_rating_fingerprint_follows_what_a_rating_depends_on(tiny):
+    base = load(tiny, "mode=rating").fingerprint()
+    assert load(tiny, "mode=rating").fingerprint() == base
+    assert load(tiny, "mode=rating", "scale=1-5").fingerprint() != base
+    assert load(tiny, "mode=rating", "verdict=boxed").fingerprint() != base
+    assert load(tiny, "mode=rating", "rate_by=generate").fingerprint() != base
+    assert load(tiny, "mode=rating", "rate_by=generate", "max_new_tokens=9").fingerprint() != load(
+        tiny, "mode=rating", "rate_by=generate", "max_new_tokens=8").fingerprint()
+    assert load(tiny).fingerprint() != base
+
+
+def test_rating_by_generation_parses_greedy_replies_like_the_served_rater(tiny):
+    max_new = 8
+    rater = load(tiny, "mode=rating", "rate_by=generate", f"max_new_tokens={max_new}", "parse_retries=0")
+    reference = Reference(tiny)
+    scores = rater.score(ANSWERS[:4])
+    generated = 0
+    for request, score in zip(ANSWERS[:4], scores):
+        messages = rating_messages(request.conversation, request.response, RATING_SCALE, rating_format("tags"))
+        reply, _, tokens = reference.reply(messages, max_new)
+        generated += tokens
+        rating = find_rating(reply, RATING_SCALE, rating_format("tags")).rating
+        assert score == (0.0 if rating is None else rating)
+        assert rater.facts(request)["no_rating"] is (rating is None)
+    assert rater.take_counters()["completion_tokens"] == generated
+
+
+def scripted(rater, replies: dict[str, list[str]], limit: int = 50):
+    """Stand in for greedy generation: each answer's replies in turn, by a word of its prompt; a
+    reply of ``limit`` characters or more is cut off at the limit."""
+    asked: Counter = Counter()
+
+    def generate(prompts):
+        out = []
+        for ids in prompts:
+            text = rater.judge.tokenizer.decode(ids)
+            key = next(word for word in replies if word in text)
+            reply = replies[key][min(asked[key], len(replies[key]) - 1)]
+            asked[key] += 1
+            out.append((reply, 3, len(reply) >= limit))
+        return out
+
+    rater.judge._generate = generate
+    return asked
+
+
+def test_rating_by_generation_follows_up_and_tells_cut_offs_from_misses(tiny):
+    rater = load(tiny, "mode=rating", "rate_by=generate", "parse_retries=1")
+    requests = [ScoreRequest((Message("user", word),), "answer") for word in ("alpha", "bravo", "charlie", "delta")]
+    asked = scripted(rater, {
+        "alpha": ["Good. [[7]]"],  # rated at once
+        "bravo": ["No number here.", "Fine: [[3]]"],  # rated by the follow-up
+        "charlie": ["x" * 60, "[[10]]"],  # cut off, rescued by the follow-up
+        "delta": ["[[12]]", "y" * 60],  # out of the scale, then cut off: no rating
+    })
+    scores = rater.score(requests)
+    assert scores == [7.0, 3.0, 10.0, 0.0]
+    assert [rater.facts(r) for r in requests] == [
+        {"no_rating": False}, {"no_rating": False}, {"no_rating": False},
+        {"no_rating": True, "no_rating_cut_off": True}]
+    assert dict(asked) == {"alpha": 1, "bravo": 2, "charlie": 2, "delta": 2}
+    counters = rater.take_counters()
+    assert (counters["parse_retries"], counters["cut_off_replies"], counters["cut_offs_rescued"]) == (3, 2, 1)
+    assert counters["requests"] == 7
+    # The early stop counts every reply, and as cut off only those cut off before a rating.
+    watch = rater.judge._cut_off_watch
+    assert (watch.replies, watch.cut_offs) == (7, 2)
+    # Without follow-ups: one attempt each, the first reply decides.
+    once = load(tiny, "mode=rating", "rate_by=generate", "parse_retries=0", "stop_on_cut_offs=false")
+    scripted(once, {"bravo": ["No number here.", "Fine: [[3]]"]})
+    assert once.score(requests[1:2]) == [0.0]
+    assert once.facts(requests[1]) == {"no_rating": True, "no_rating_cut_off": False}
+
+
+def test_a_rater_cut_off_again_and_again_stops_keeping_its_batch(tiny):
+    rater = load(tiny, "mode=rating", "rate_by=generate", "parse_retries=0", "max_new_tokens=16")
+    requests = [ScoreRequest((Message("user", f"q{i} zulu"),), "answer") for i in range(EARLY_CUT_OFFS)]
+    scripted(rater, {"zulu": ["z" * 60]})
+    with pytest.raises(PartialBatchError) as stopped:
+        rater.score(requests)
+    assert stopped.value.done == {i: 0.0 for i in range(EARLY_CUT_OFFS)}
+    assert "were cut off at max_new_tokens=16" in str(stopped.value.cause)
+    with pytest.raises(JudgeCutOff):
+        rater.score(requests[:1])
+
+
+def test_rating_load_errors_name_the_setting(tiny, tmp_path):
+    merged = save_causal_lm(tmp_path / "merged", extra_tokens=("[[1",), max_length=4096)
+    with pytest.raises(ModelLoadError, match=r"merges the rating 1 with '\[\[' .*rate_by=generate"):
+        load(merged, "mode=rating")
+    load(merged, "mode=rating", "rate_by=generate")
+    for pair, says in [(("scale=9-3",), "low end must be below"), (("prompt=pair-v2",), "prompt= does not apply"),
+                       (("order=random",), "order= does not apply")]:
+        with pytest.raises(ModelLoadError, match=says):
+            load(tiny, "mode=rating", *pair)
+    with pytest.raises(BackendError, match="expected one of logits, generate"):
+        load(tiny, "mode=rating", "rate_by=sample")
+
+
+def test_a_prompt_longer_than_the_context_gets_no_rating(tiny):
+    rater = load(tiny, "mode=rating", max_length=200)
+    request = ScoreRequest((Message("user", "hi " * 300),), "hello")
+    assert rater.score([request]) == [0.0]
+    assert rater.facts(request) == {"no_rating": True}
+    assert rater.take_counters()["too_long"] == 1
+    # At the edge: the prompt and the longest start of a number's spelling ("1" of "10") must fit.
+    tokens = len(Reference(tiny).tokenizer(rater.render(ANSWERS[1]), add_special_tokens=False)["input_ids"])
+    assert load(tiny, "mode=rating", max_length=tokens + 1).score(ANSWERS[1:2])[0] > 0
+    assert load(tiny, "mode=rating", max_length=tokens).score(ANSWERS[1:2]) == [0.0]
+
+
+def test_a_run_with_the_tiny_rater_counts_what_its_ratings_say(pytester, tiny):
+    reference = Reference(tiny)
+    ratings: dict[tuple, float] = {}
+    expected = {}
+    for key, (_, conversation, best, others) in sample_records().items():
+        scores = []
+        for text in [best, *others]:
+            if (conversation, text) not in ratings:
+                ratings[conversation, text] = reference_rating(reference, ScoreRequest(conversation, text))
+            scores.append(ratings[conversation, text])
+        expected[key] = all(scores[0] > other for other in scores[1:])
+    result = run_pytest(pytester, f"hf-judge:{tiny}", "--rmb-model-arg", "mode=rating", "--rmb-jsonl", "out.jsonl",
+                        "--rmb-json", "out.json")
+    assert result.ret == 0, result.stdout.str()
+    records = read_jsonl(pytester.path / "out.jsonl")
+    assert {(r["kind"], r["uid"]): r["correct"] for r in records} == expected
+    engine = json.loads((pytester.path / "out.json").read_text())["engine"]
+    assert (engine["texts_scored"], engine["no_rating"]) == (len(ratings), 0)
+
+
+# -- reasoning tokens of a generating judge --------------------------------------------------------
+
+
+def test_thinking_text_is_what_the_parser_masks():
+    assert thinking_text("<think>weigh A</think>[[A]]") == "weigh A"
+    assert thinking_text("<THINK>one</think> mid <think>two</think>end") == "one\ntwo"
+    assert thinking_text("opened in the prompt</think>[[B]]") == "opened in the prompt"
+    assert thinking_text("[[A]] <think>unfinished") == "unfinished"
+    assert thinking_text("no reasoning [[A]]") == ""
+
+
+def test_a_generating_judge_counts_its_reasoning_tokens_with_its_tokenizer(tiny):
+    judge = load(tiny, "mode=generate", "order=fixed")
+    thought = "The first answer is longer and clearer."
+    judge._generate = lambda prompts: [(f"<think>{thought}</think>\n[[A]]", 20, False) for _ in prompts]
+    assert [v.won for v in judge.compare(REQUESTS[:2])] == [True, True]
+    tokens = len(Reference(tiny).tokenizer(thought, add_special_tokens=False)["input_ids"])
+    counters = judge.take_counters()
+    assert counters["reasoning_tokens"] == 2 * tokens and counters["completion_tokens"] == 40
+    judge._generate = lambda prompts: [("[[A]]", 2, False) for _ in prompts]
+    judge.compare(REQUESTS[:1])
+    assert "reasoning_tokens" not in judge.take_counters()

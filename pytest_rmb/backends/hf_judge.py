@@ -25,12 +25,23 @@ conversation): its order gets no verdict, with the reason, and the comparison co
 a folder or hub id with ``gguf_file=NAME.gguf``: transformers reads its tokenizer, chat template and
 config from the file and de-quantises the weights to ``--rmb-dtype`` (a 135M model: ~20 s on two
 CPU cores). ``--rmb-show-input`` prints what the judge reads (:meth:`HFJudge.explain`).
+
+``mode=rating`` makes the model a pointwise reward model (:class:`HFRater`): it rates each answer
+alone on ``scale=`` (:mod:`pytest_rmb.judging.rating`), and the rating is the answer's score.
+``rate_by=logits`` (default): the rating-first prompt, the reply forced to open the rating (``[[``),
+and the expected rating over the scale's numbers from the model's next-token distributions, exact
+and without sampling; a number written as several tokens ("10" as "1", "0") gets the probability of
+its whole spelling, all read in one forward pass per answer (a row that runs through the longest
+spellings reads every step on the way). ``rate_by=generate``: greedy replies parsed as a served
+rater's are, with the same follow-up turns.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -66,17 +77,31 @@ from pytest_rmb.backends._transformers import (
 from pytest_rmb.data import Message
 from pytest_rmb.judging.cutoffs import CUT_OFF, CutOffWatch, JudgeCutOff, is_cut_off
 from pytest_rmb.judging.orders import ORDERS, OrderResult, chosen_slots, combine
-from pytest_rmb.judging.parsing import follow_up, miss_note, parse_verdict
+from pytest_rmb.judging.parsing import follow_up, has_thinking, miss_note, parse_verdict
 from pytest_rmb.judging.prompts import (
     JudgePrompt,
     judge_messages,
     load_prompt,
     verdict_first_prefix,
 )
-from pytest_rmb.models import PairRequest, PairwiseModel, PartialBatchError, Verdict
-from pytest_rmb.parsers import boolean, choice, positive_int, text_value
+from pytest_rmb.judging.rating import (
+    DEFAULT_SCALE,
+    RatingFormat,
+    Scale,
+    ScaleError,
+    expected_rating,
+    find_rating,
+    parse_scale,
+    rating_follow_up,
+    rating_format,
+    rating_messages,
+    rating_prompt_sha256,
+)
+from pytest_rmb.models import PairRequest, PairwiseModel, PartialBatchError, PointwiseModel, ScoreRequest, Verdict
+from pytest_rmb.parsers import boolean, choice, positive_int, renamed, text_value
 
-MODES = ("logits", "generate")
+MODES = ("logits", "generate", "rating")
+RATE_BY = ("logits", "generate")
 DEFAULT_PROMPT = {"logits": "verdict-first", "generate": "pair-v2"}
 DEFAULT_MAX_NEW_TOKENS = 1024
 # Part of the cache fingerprint: bump it when rendering or decoding changes what a judge says.
@@ -332,9 +357,7 @@ class HFJudge(OneNetwork, PairwiseModel):
             for i, (reply, completion, cut) in zip(pending, replies):
                 usage[i]["prompt_tokens"] += len(prompts[i])
                 usage[i]["completion_tokens"] += completion
-                self._count("requests")
-                self._count("prompt_tokens", len(prompts[i]))
-                self._count("completion_tokens", completion)
+                self._count_reply(len(prompts[i]), completion, reply)
                 letter, reason = parse_verdict(reply, self.prompt.verdict)
                 # As the openai judge: a reply stopped at the limit after its verdict said it.
                 cut_before_verdict = cut and letter is None
@@ -366,6 +389,15 @@ class HFJudge(OneNetwork, PairwiseModel):
             results.append(OrderResult(row[1], (letter,), usage=usage[i], parse_retries=retries,
                                        notes=(note,) if note else (), rescued=int(letter is not None and i in was_cut)))
         return results
+
+    def _count_reply(self, prompt_tokens: int, completion_tokens: int, reply: str) -> None:
+        """One generated reply in the counters the openai judge keeps: requests, tokens, and the
+        tokens of its ``<think>`` reasoning, counted with the model's own tokenizer."""
+        self._count("requests")
+        self._count("prompt_tokens", prompt_tokens)
+        self._count("completion_tokens", completion_tokens)
+        if has_thinking(reply):
+            self._count("reasoning_tokens", len(self._encode(thinking_text(reply))))
 
     def _watch(self, cut_off: bool) -> None:
         """Count a reply for the early stop on cut-offs; the stop is raised once the batch is kept."""
@@ -459,12 +491,282 @@ class HFJudge(OneNetwork, PairwiseModel):
         self._ids.clear()
 
 
-def prepare_hf_judge(settings: ModelSettings) -> HFJudge:
+_THINK_CLOSED = re.compile(r"<think>(.*?)</think>", re.DOTALL | re.IGNORECASE)
+_THINK_CLOSE = re.compile(r"</think>", re.IGNORECASE)
+_THINK_OPEN = re.compile(r"<think>", re.IGNORECASE)
+
+
+def thinking_text(reply: str) -> str:
+    """The reasoning of a reply, without its tags: what the verdict parser masks (closed
+    ``<think>`` blocks, everything before a stray ``</think>``, an unclosed block to the end)."""
+    parts = [match.group(1) for match in _THINK_CLOSED.finditer(reply)]
+    rest = _THINK_CLOSED.sub("", reply)
+    stray = list(_THINK_CLOSE.finditer(rest))
+    if stray:
+        parts.insert(0, rest[:stray[-1].start()])
+        rest = rest[stray[-1].end():]
+    opened = _THINK_OPEN.search(rest)
+    if opened:
+        parts.append(rest[opened.end():])
+    return "\n".join(part for part in parts if part)
+
+
+class HFRater(PointwiseModel):
+    """A causal LM rating one answer at a time (``mode=rating``): a pointwise model whose score is
+    the rating. The network, its tokenizer, rendering, greedy generation and the counters are those
+    of an :class:`HFJudge` in generate mode (``self.judge``); what is asked and read is
+    :mod:`pytest_rmb.judging.rating`'s."""
+
+    def __init__(self, judge: HFJudge, scale: Scale, fmt: RatingFormat, rate_by: str = "logits"):
+        if rate_by not in RATE_BY:
+            raise ModelLoadError(f"rate_by must be one of {', '.join(RATE_BY)}, got {rate_by!r}")
+        self.judge = judge
+        self.scale = scale
+        self.format = fmt
+        self.rate_by = rate_by
+        self.first = rate_by == "logits"
+        self.prompt_sha256 = rating_prompt_sha256(scale, fmt, first=self.first)
+        self.batch_tokens = judge.batch_tokens
+        self._ids: dict[ScoreRequest, list[int]] = {}
+        self._facts: dict[ScoreRequest, dict[str, bool]] = {}
+        if rate_by == "logits":
+            self._spellings = self._number_tokens()
+            # Where a next-token distribution is read: after the opening and after each proper start of
+            # a number's spelling; one row per longest such start reads all of them on its way.
+            starts = {spelling[:j] for spelling in self._spellings.values() for j in range(len(spelling))}
+            self._chains = sorted(start for start in starts if not any(
+                other != start and other[:len(start)] == start for other in starts))
+            self._continued = {start for start in starts if start in self._spellings.values()}
+            self._digit_tokens: list[int] | None = None
+
+    # -- the model protocol -----------------------------------------------------------------
+
+    @property
+    def loaded(self) -> bool:
+        return self.judge.loaded
+
+    def load(self) -> None:
+        self.judge.load()
+
+    def take_counters(self) -> dict[str, float]:
+        return self.judge.take_counters()
+
+    def facts(self, request: ScoreRequest) -> dict[str, bool]:
+        """Whether the judge gave this answer no rating (and whether a cut-off reply was why)."""
+        return self._facts.pop(request, {})
+
+    def fingerprint(self) -> str:
+        judge = self.judge
+        parts = [f"rater hf {JUDGE_VERSION}", judge.name, judge._weights, str(judge._dtype), self.rate_by,
+                 self.prompt_sha256, str(judge.context), str(judge.tokenizer.chat_template)]
+        if self.rate_by == "generate":
+            parts += [str(judge.max_new_tokens), str(judge.parse_retries)]
+        return fingerprint(parts)
+
+    def describe(self) -> dict[str, Any]:
+        described = self.judge.describe()
+        for name in ("prompt", "order", "seed", "decoding"):
+            described.pop(name, None)
+        described.update(mode="rating", rate_by=self.rate_by, scale=str(self.scale), verdict=self.format.name,
+                         prompt="rating-first" if self.first else "rating", prompt_sha256=self.prompt_sha256,
+                         score="expected rating" if self.first else "rating")
+        if self.first:
+            described.pop("max_new_tokens", None)
+            described.pop("parse_retries", None)
+        return described
+
+    def close(self) -> None:
+        self._ids.clear()
+        self.judge.close()
+
+    # -- rendering --------------------------------------------------------------------------
+
+    def _messages(self, request: ScoreRequest) -> list[dict[str, str]]:
+        return rating_messages(request.conversation, request.response, self.scale, self.format, first=self.first)
+
+    def _text(self, request: ScoreRequest) -> str:
+        text = self.judge.tokenizer.apply_chat_template(self._messages(request), tokenize=False,
+                                                        add_generation_prompt=True)
+        return text + self.format.opening if self.first else text
+
+    def render(self, request: ScoreRequest) -> str:
+        """The exact text the judge reads for ``request``."""
+        return self._text(request)
+
+    def explain(self, request: ScoreRequest) -> dict[str, Any]:
+        """What ``--rmb-show-input`` prints: the rendered prompt and how the rating is read."""
+        described: dict[str, Any] = {"judge": f"hf-judge:{self.judge.name}", "mode": "rating", "rate_by": self.rate_by,
+                     "scale": str(self.scale), "verdict": self.format.name, "rendered": self.render(request)}
+        if self.first:
+            tokenizer = self.judge.tokenizer
+            described["reads"] = {number: tokenizer.convert_ids_to_tokens(list(spelling))
+                                  for number, spelling in self._spellings.items()}
+        return described
+
+    def _number_tokens(self) -> dict[int, tuple[int, ...]]:
+        """Each number's spelling in tokens right after the forced opening, checked on a rendered
+        prompt: the opening's own tokens must stay as they are when the number follows."""
+        probe = ScoreRequest(_PROBE.conversation, _PROBE.first)
+        base = self.judge._encode(self._text(probe))
+        lead = self.format.prefix[len(self.format.opening):]
+        spellings = {}
+        for number in self.scale.numbers:
+            ids = self.judge._encode(self._text(probe) + lead + str(number))
+            if ids[:len(base)] != base or len(ids) == len(base):
+                raise ModelLoadError(
+                    f"--rmb-model hf-judge:{self.judge.name} with mode=rating: the tokenizer merges the rating "
+                    f"{number} with {self.format.opening!r} before it, so its probability cannot be read after "
+                    "that opening; use --rmb-model-arg rate_by=generate, or another verdict= format")
+            spellings[number] = tuple(ids[len(base):])
+        return spellings
+
+    def cost(self, batch: Sequence[ScoreRequest]) -> list[int]:
+        """Tokens per answer (generated tokens included); keeps the ids."""
+        extra = self.judge.max_new_tokens if self.rate_by == "generate" else max(map(len, self._chains))
+        costs = []
+        for request in batch:
+            ids = self._ids.get(request)
+            if ids is None:
+                ids = self._ids[request] = self.judge._encode(self._text(request))
+            costs.append(min(len(ids), self.judge.context) + extra)
+        return costs
+
+    # -- rating -----------------------------------------------------------------------------
+
+    def score(self, batch: Sequence[ScoreRequest]) -> list[float]:
+        judge = self.judge
+        if judge._stop is not None:
+            raise JudgeCutOff(str(judge._stop))
+        self.load()
+        self.cost(batch)
+        room = judge.context - (max(map(len, self._chains)) if self.first else 1)
+        scores: dict[int, float] = {}
+        fits = []
+        for i, request in enumerate(batch):
+            if len(self._ids[request]) > room:
+                # Never cut: that would rate another conversation.
+                judge._count("too_long")
+                self._facts[request] = {"no_rating": True}
+                scores[i] = self.scale.no_rating
+            else:
+                fits.append(i)
+        if fits:
+            rated = self._rate_logits if self.first else self._rate_generate
+            scores.update(zip(fits, rated([batch[i] for i in fits])))
+        for request in batch:
+            self._ids.pop(request, None)
+        values = [scores[i] for i in range(len(batch))]
+        if judge._stop is not None:
+            raise PartialBatchError(dict(enumerate(values)), judge._stop)
+        return values
+
+    def _distributions(self, prompts: list[list[int]]) -> list[dict[tuple[int, ...], Any]]:
+        """Per prompt, the next-token probabilities after the opening and after each proper start of
+        a number's spelling: one right-padded forward pass, a row per prompt and chain."""
+        torch = self.judge._torch
+        rows = [(p, chain) for p in range(len(prompts)) for chain in self._chains]
+        ids = [prompts[p] + list(chain) for p, chain in rows]
+        input_ids, attention = right_padded(ids, self.judge._pad_id)
+        model = self.judge.model
+        # Where the token after the opening is predicted, then each next one along the chain.
+        read = [[len(prompts[p]) - 1 + j for j in range(len(chain) + 1)] for p, chain in rows]
+        wanted = sorted({position for positions in read for position in positions})
+        kwargs: dict[str, Any] = {}
+        keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        if keep:
+            # Only the positions read: a full (rows x width x vocabulary) logits tensor is gigabytes.
+            kwargs["logits_to_keep"] = torch.tensor(wanted, dtype=torch.long, device=self.judge._device)
+        with torch.inference_mode():
+            logits = model(input_ids=input_ids.to(self.judge._device),
+                           attention_mask=attention.to(self.judge._device), **kwargs).logits
+        column = {position: (wanted.index(position) if keep else position) for position in wanted}
+        self.judge._count("requests", len(prompts))
+        self.judge._count("prompt_tokens", sum(len(p) for p in prompts))
+        found: list[dict[tuple[int, ...], Any]] = [{} for _ in prompts]
+        for row, (p, chain) in enumerate(rows):
+            for j, position in enumerate(read[row]):
+                found[p][chain[:j]] = torch.softmax(logits[row, column[position]].float(), dim=-1)
+        return found
+
+    def _digits(self) -> list[int]:
+        """The tokens that start with a digit: after a number, one of them would make it longer."""
+        if self._digit_tokens is None:
+            # The vocabulary's own pieces: a leading space is a marker there ("Ġ5", "▁5"), not a digit.
+            pieces = self.judge.tokenizer.convert_ids_to_tokens(list(range(len(self.judge.tokenizer))))
+            self._digit_tokens = [token for token, piece in enumerate(pieces) if str(piece)[:1].isdigit()]
+        return self._digit_tokens
+
+    def _rate_logits(self, batch: list[ScoreRequest]) -> list[float]:
+        """The expected rating of each answer: P(n) for each number n of the scale is the product of
+        its spelling's next-token probabilities; a number that starts a longer one's spelling ("1"
+        of "10") ends only where no digit follows it."""
+        distributions = self._distributions([self._ids[request] for request in batch])
+        scores = []
+        for request, after in zip(batch, distributions):
+            mass: dict[int, float] = {}
+            for number, spelling in self._spellings.items():
+                p = 1.0
+                for j, token in enumerate(spelling):
+                    p *= float(after[spelling[:j]][token])
+                if spelling in self._continued:
+                    p *= 1.0 - float(after[spelling][self._digits()].sum())
+                mass[number] = p
+            expected = expected_rating(mass)
+            self._facts[request] = {"no_rating": expected is None}
+            scores.append(self.scale.no_rating if expected is None else expected)
+        return scores
+
+    def _rate_generate(self, batch: list[ScoreRequest]) -> list[float]:
+        """Greedy replies parsed as the served rater parses them, with its follow-up turns."""
+        judge = self.judge
+        asked = {i: self._messages(request) for i, request in enumerate(batch)}
+        prompts = {i: self._ids[request] for i, request in enumerate(batch)}
+        found: dict[int, float | None] = {}
+        was_cut: set[int] = set()
+        for attempt in range(judge.parse_retries + 1):
+            pending = sorted(i for i in asked if i not in found)
+            if not pending:
+                break
+            for i, (reply, completion, cut) in zip(pending, judge._generate([prompts[i] for i in pending])):
+                judge._count_reply(len(prompts[i]), completion, reply)
+                rating = find_rating(reply, self.scale, self.format).rating
+                judge._watch(cut and rating is None)
+                if rating is not None:
+                    found[i] = rating
+                    if i in was_cut:
+                        judge._count("cut_offs_rescued")
+                    continue
+                if cut:
+                    was_cut.add(i)
+                    judge._count("cut_off_replies")
+                if attempt == judge.parse_retries:
+                    found[i] = None
+                    continue
+                judge._count("parse_retries")
+                ids = judge._encode(judge.tokenizer.apply_chat_template(
+                    rating_follow_up(asked[i], reply, self.scale, self.format), tokenize=False,
+                    add_generation_prompt=True))
+                if len(ids) >= judge.context:
+                    found[i] = None  # the follow-up would not fit the judge's context
+                    continue
+                prompts[i] = ids
+        scores = []
+        for i, request in enumerate(batch):
+            rating = found[i]
+            self._facts[request] = ({"no_rating": False} if rating is not None
+                                    else {"no_rating": True, "no_rating_cut_off": i in was_cut})
+            scores.append(self.scale.no_rating if rating is None else rating)
+        return scores
+
+
+def prepare_hf_judge(settings: ModelSettings) -> HFJudge | HFRater:
     """``hf-judge:PATH_OR_ID``: a causal LM and its tokenizer; the tokenizer and the config now,
     the weights (in one dtype) on first need."""
     args = settings.args
     mode = args.get("mode") or "logits"
     label = f"--rmb-model {settings.model}"
+    if mode == "rating":
+        return _prepare_rater(settings, label)
     if mode == "logits" and (args.get("verdict") or "tags") != "tags":
         # The logits mode reads the letter right after a forced '[['; another format's prefix would
         # end in a space or a brace, where tokenizers split the letter unpredictably.
@@ -485,6 +787,25 @@ def prepare_hf_judge(settings: ModelSettings) -> HFJudge:
                    load=lambda: load_causal_lm(settings, label, dtype, target, "a judge must be a causal LM").eval())
 
 
+def _prepare_rater(settings: ModelSettings, label: str) -> HFRater:
+    """``mode=rating``: the judge in generate mode (its network, tokenizer and generation), rating."""
+    args = settings.args
+    for name in ("prompt", "prompt_file"):
+        if args.get(name) is not None:
+            raise ModelLoadError(f"{label}: {name}= does not apply to mode=rating (the rating prompt is built in)")
+    if (args.get("order") or "both") != "both":
+        raise ModelLoadError(f"{label}: order= does not apply to mode=rating (one answer is shown, there is no order)")
+    try:
+        scale = parse_scale(args.get("scale") or DEFAULT_SCALE)
+        fmt = rating_format(args.get("verdict"))
+    except (ScaleError, ValueError) as exc:
+        raise ModelLoadError(f"{label}: {exc}") from None
+    judge_settings = dataclasses.replace(settings, args={**args, "mode": "generate"})
+    judge = prepare_hf_judge(judge_settings)
+    assert isinstance(judge, HFJudge)
+    return HFRater(judge, scale, fmt, args.get("rate_by") or "logits")
+
+
 load_hf_judge = prepared_then_loaded(prepare_hf_judge)
 
 
@@ -493,7 +814,13 @@ BACKEND = Backend(
     args=(
         ModelArg("mode", choice(*MODES), "logits",
                  "logits: the verdict read from the next-token logits of A vs B after '[[' (verdict-first prompt; "
-                 "exact, one forward pass, gives P(chosen)); generate: greedy generation and parsing (pair-v2)"),
+                 "exact, one forward pass, gives P(chosen)); generate: greedy generation and parsing (pair-v2); "
+                 "rating: each answer rated alone on scale=, the rating its score (a pointwise model)"),
+        ModelArg("scale", renamed("LO-HI", text_value), None,
+                 f"mode=rating: the whole numbers the judge rates on, higher is better (default {DEFAULT_SCALE})"),
+        ModelArg("rate_by", choice(*RATE_BY), "logits",
+                 "mode=rating: logits: the expected rating over the scale's numbers, read after the forced opening "
+                 "of the rating (rating-first prompt; exact, one forward pass); generate: greedy reply, parsed"),
         ModelArg("max_new_tokens", positive_int, DEFAULT_MAX_NEW_TOKENS,
                  "mode=generate: tokens the reply may use, reasoning included; a reply that reaches it without "
                  "its end token and verdict is a 'cut off' miss"),

@@ -48,7 +48,7 @@ from pytest_rmb.judging.parsing import (
     verdict_probability,
 )
 from pytest_rmb.judging.prompts import JudgePrompt, judge_messages
-from pytest_rmb.models import PairRequest, PairwiseModel, PartialBatchError, RunStopped, Verdict
+from pytest_rmb.models import PairRequest, PairwiseModel, PartialBatchError, PointwiseModel, RunStopped, Verdict
 from pytest_rmb.parsers import (
     boolean,
     choice,
@@ -58,6 +58,7 @@ from pytest_rmb.parsers import (
     positive_float,
     positive_int,
     renamed,
+    text_value,
 )
 
 if TYPE_CHECKING:
@@ -85,6 +86,8 @@ ARGS = (
     ModelArg("mode", choice("pairwise", "rating", "listwise"), "pairwise",
              "pairwise: the judge compares two answers (pair-v2); rating: it rates one answer at a time, the rating "
              "is its score; listwise: it names the best answer of a whole list in one request"),
+    ModelArg("scale", renamed("LO-HI", text_value), None,
+             "mode=rating: the whole numbers the judge rates on, higher is better (default 1-10)"),
     ModelArg("base_url", renamed("url[,url...]", _base_urls), None,
              "server base URL(s), comma-separated replicas share the load (default: $OPENAI_BASE_URL, "
              f"then {DEFAULT_BASE_URL})"),
@@ -222,6 +225,8 @@ class OpenAIJudge(PairwiseModel):
         self._prompt_chars = 0
         self._prompt_tokens_seen = 0
         self._send_logprobs = self.logprobs_mode != "false"
+        # Alternatives asked for at each token (rating mode asks for more: every number of its scale).
+        self.top_logprobs = TOP_LOGPROBS
         self._max_tokens_key = "max_tokens"
         self._consecutive_failures = 0
         self._rotation = 0
@@ -361,16 +366,21 @@ class OpenAIJudge(PairwiseModel):
 
     # -- judging --------------------------------------------------------------------------
 
-    def compare(self, batch: Sequence[PairRequest]) -> list[Verdict]:
+    def _ready(self) -> None:
+        """Before a batch: raise again what stopped an earlier one, and check the server (done
+        already, unless preview was not asked: an xdist worker, a rating judge)."""
         if self._fatal is not None:
             if isinstance(self._fatal, KeyboardInterrupt):
                 raise KeyboardInterrupt
             raise type(self._fatal)(str(self._fatal))
         try:
-            self.check_server()  # done already, unless preview was not asked (an xdist worker)
+            self.check_server()
         except ModelLoadError as exc:
             self._fatal = JudgeUnavailable(str(exc))
             raise self._fatal from None
+
+    def compare(self, batch: Sequence[PairRequest]) -> list[Verdict]:
+        self._ready()
         from pytest_rmb.http import run_concurrently
 
         plans = [self._asks(i, request) for i, request in enumerate(batch)]
@@ -536,7 +546,7 @@ class OpenAIJudge(PairwiseModel):
                                                self._max_tokens_key: self.max_tokens}
                     if self._send_logprobs:
                         payload["logprobs"] = True
-                        payload["top_logprobs"] = TOP_LOGPROBS
+                        payload["top_logprobs"] = self.top_logprobs
                     if self.server_seed is not None:
                         payload["seed"] = self.server_seed + vote
                     state.in_flight += 1
@@ -705,10 +715,12 @@ def _read_completion(document: Any) -> _Reply:
                   choice0.get("finish_reason"), reasoning)
 
 
-def load(settings: ModelSettings) -> OpenAIJudge:
+def load(settings: ModelSettings) -> PairwiseModel | PointwiseModel:
     mode = settings.args.get("mode") or "pairwise"
     if mode == "rating":
-        raise ModelLoadError("openai judge: mode=rating is not available yet")
+        from pytest_rmb.backends.openai_rating import OpenAIRater
+
+        return OpenAIRater(settings)
     if mode == "listwise":
         raise ModelLoadError("openai judge: mode=listwise is not available yet")
     return OpenAIJudge(settings)
