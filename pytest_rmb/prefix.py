@@ -126,6 +126,17 @@ class CostModel:
         return self.per_token * rest + self.per_pair * rest * (prefix + rest) + once / answers
 
 
+def estimated_cost(rows: Sequence[Sequence[int]], lengths: dict[int, int], cost: CostModel) -> float:
+    """The cost model's work for ``rows``, those in ``lengths`` continuing their prefix (run once)."""
+    groups: dict[PrefixKey, list[int]] = {}
+    for index, length in lengths.items():
+        groups.setdefault(tuple(rows[index][:length]), []).append(index)
+    total = sum(cost.plain(len(row)) for i, row in enumerate(rows) if i not in lengths)
+    for key, indices in groups.items():
+        total += sum(cost.shared(len(key), len(rows[i]) - len(key), len(indices)) for i in indices)
+    return total
+
+
 def worth_sharing(rows: Sequence[Sequence[int]], lengths: dict[int, int], cost: CostModel) -> dict[int, int]:
     """The split points of the groups whose answers cost less as continuations than alone."""
     groups: dict[PrefixKey, list[int]] = {}
@@ -428,6 +439,13 @@ class PrefixSharing:
             if saved_fraction(rows, lengths) < MIN_SAVED_FRACTION:
                 return {}
         return lengths
+
+    def estimate(
+        self, rows: Sequence[Sequence[int]], groups: Sequence[Hashable], batch_tokens: int
+    ) -> tuple[float, float]:
+        """The cost model's work for one selection without sharing and as this mode scores it."""
+        self.cost = CostModel.of(self.runner.model, batch_tokens)
+        return estimated_cost(rows, {}, self.cost), estimated_cost(rows, self._split(rows, groups), self.cost)
 
     def plan(
         self,

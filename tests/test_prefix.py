@@ -154,6 +154,42 @@ def test_auto_declines_groups_whose_continuations_cost_more_than_the_texts_alone
     assert prefix.worth_sharing(rows, lengths, prefix.CostModel(0.0, 1.0, alone_over=1000)) == lengths
 
 
+def test_estimated_cost_counts_each_prefix_once_and_the_rest_of_every_text():
+    rows = [[1] * 10 + [2] * 90, [1] * 10 + [3] * 40, [4] * 30]
+    lengths = {0: 10, 1: 10}
+    linear = prefix.CostModel(1.0, 0.0, alone_over=1000)
+    # Linear layers only: every token once without sharing, the prefix's 10 tokens once with it.
+    assert prefix.estimated_cost(rows, {}, linear) == 100 + 50 + 30
+    assert prefix.estimated_cost(rows, lengths, linear) == pytest.approx(10 + 90 + 40 + 30)
+    attention = prefix.CostModel(0.0, 1.0, alone_over=60)
+    # Attention only: the 100-token text is alone (half its pairs), the others padded (all pairs);
+    # shared: each continuation attends to its prefix and itself, and the prefix's pass (10 x 10
+    # pairs) is paid once, not per answer.
+    assert prefix.estimated_cost(rows, {}, attention) == 100 * 100 / 2 + 50 * 50 + 30 * 30
+    assert prefix.estimated_cost(rows, lengths, attention) == pytest.approx(90 * 100 + 40 * 50 + 10 * 10 + 30 * 30)
+
+
+def test_estimate_says_what_each_mode_predicts_for_a_selection(models):
+    """The bench prints this beside the measured gain: off-work over the mode's work."""
+    requests = REQUESTS[:6]
+    rows = token_rows(models["right"], requests, 256)
+    groups = [r.conversation for r in requests]
+    budget = 4096
+    on = load(models["right"], prefix_sharing="on")._sharing
+    cost = prefix.CostModel.of(on.runner.model, budget)
+    split = {conversation: shared_prefix([row for row, g in zip(rows, groups) if g == conversation])
+             for conversation in (SORT, TURNS)}
+    plain = sum(cost.plain(len(row)) for row in rows)
+    shared = sum(cost.shared(split[g], len(row) - split[g], 4 if g == SORT else 2) for row, g in zip(rows, groups))
+    assert on.estimate(rows, groups, budget) == pytest.approx((plain, shared))
+    assert shared < plain
+    # auto shares nothing when every conversation has one answer: the same work both ways.
+    auto = load(models["right"], prefix_sharing="auto")._sharing
+    single = [rows[0], rows[4]]
+    alone_cost = sum(cost.plain(len(row)) for row in single)
+    assert auto.estimate(single, ["a", "b"], budget) == pytest.approx((alone_cost, alone_cost))
+
+
 @pytest.mark.parametrize("name", ["right", "left", "pad-is-eos"])
 def test_scores_with_sharing_equal_each_text_alone(models, name):
     model = load(models[name], max_length=LIMIT, prefix_sharing="on")
