@@ -148,7 +148,7 @@ def run_engine(model: HFRewardModel, samples: list, batch_size: int) -> tuple[fl
     return time.process_time() - started, engine.totals.as_dict(), scores
 
 
-def predicted_gain(model: HFRewardModel, samples: list) -> tuple[float, int, float]:
+def predicted_gain(model: HFRewardModel, samples: list, batch_size: int) -> tuple[float, int, float]:
     """The cost model's estimate of the work without sharing over its estimate of what the model's
     mode runs, summed over the scenarios as the engine plans them; the tokens without sharing; and
     the CPU seconds of tokenizing them (a part of every mode's time that sharing cannot change)."""
@@ -172,7 +172,7 @@ def predicted_gain(model: HFRewardModel, samples: list) -> tuple[float, int, flo
         tokens += sum(map(len, rows))
         if sharing is None:
             continue
-        without, used = sharing.estimate(rows, [r.conversation for r in requests], budget)
+        without, used = sharing.estimate(rows, [r.conversation for r in requests], batch_size, budget)
         plain, chosen = plain + without, chosen + used
     return (plain / chosen if chosen else 1.0), tokens, tokenizing
 
@@ -196,7 +196,7 @@ def run_cell(shape: Shape, tokenizer, samples: list, args) -> dict:
         for mode in order:
             seconds, stats[mode], scores[mode] = run_engine(models[mode], samples, args.batch_size)
             cpu[mode] = min(cpu.get(mode, seconds), seconds)
-    predicted = {mode: predicted_gain(models[mode], samples) for mode in ("on", "auto")}
+    predicted = {mode: predicted_gain(models[mode], samples, args.batch_size) for mode in ("on", "auto")}
     keys = list(scores["off"])
     return {
         "cpu": cpu,
