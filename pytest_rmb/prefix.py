@@ -584,4 +584,5 @@ class PrefixSharing:
             return "on"
         # Read at load, before any selection: what was used shows in the prefix_* counters.
         return (f"auto: supported (used where a selection's texts share at least {MIN_SAVED_FRACTION:.0%} "
-                "of their tokens)")
+                f"of their tokens and its batches are expected to cost at least {MIN_PLANNED_GAIN:.2f}x "
+                "less shared)")
