@@ -513,7 +513,8 @@ class PrefixSharing:
             return plain, plain
         shared = self._pack(rows, lengths, costs, max_batch_size, max_batch_cost)
         # auto: judged on the batches as they will run (padding included), with a margin for what
-        # the model leaves out (copying cached keys/values, masks): the plain plan when in doubt.
+        # the model leaves out (copying cached keys/values into each batch, the work outside
+        # attention and the linear layers): the plain plan when in doubt.
         if self.mode == "auto" and shared.work * MIN_PLANNED_GAIN > plain.work:
             return plain, plain
         return shared, plain
