@@ -36,6 +36,13 @@ from pytest_rmb.batching import pack_batches
 MIN_SAVED_FRACTION = 0.10
 # auto: a shorter shared prefix saves less than a continuation pass costs in overhead.
 MIN_PREFIX_TOKENS = 8
+# auto: a selection is shared only when the cost model expects its plain batches to cost at least
+# this much more than the shared ones (the model leaves out the copies of cached keys/values).
+MIN_PLANNED_GAIN = 1.10
+# A (query, key) pair under an explicit mask (padded batches, continuations) costs this much more
+# than one the causal kernel computes (a batch without padding): 5.2-5.5 ns against 4.2-4.3 ns per
+# pair for RMB's texts on a CPU, and on a GPU a mask also rules out the fastest kernels.
+MASKED_PAIR_COST = 1.25
 # Cached prefixes alive at once. A planned window holds at most this many (and at most one batch
 # budget of prefix tokens); the cap also bounds memory when batches come in another order.
 MAX_ALIVE_PREFIXES = 256
@@ -124,6 +131,54 @@ class CostModel:
     def shared(self, prefix: int, rest: int, answers: int) -> float:
         once = self.per_token * prefix + self.per_pair * prefix * prefix
         return self.per_token * rest + self.per_pair * rest * (prefix + rest) + once / answers
+
+    def padded_batch(self, widths: Sequence[int]) -> float:
+        """A right-padded batch (a plain one, or a pass of prefixes): every row runs the longest
+        width; only a batch without padding gets the causal kernel (half the pairs, no mask)."""
+        width = max(widths)
+        pairs = width * width / 2 if min(widths) == width else width * width * MASKED_PAIR_COST
+        return len(widths) * (self.per_token * width + self.per_pair * pairs)
+
+    def continuation_batch(self, prefixes: Sequence[int], rests: Sequence[int]) -> float:
+        """Every row runs the longest continuation against the longest (left-padded) prefix, masked."""
+        rest = max(rests)
+        pairs = rest * (max(prefixes) + rest) * MASKED_PAIR_COST
+        return len(rests) * (self.per_token * rest + self.per_pair * pairs)
+
+
+def prefix_chunks(lengths: Sequence[int], budget: int) -> list[int]:
+    """How many prefixes (longest first, ``lengths`` sorted so) each prefix pass runs: as many as
+    fit ``budget`` padded tokens, at least one."""
+    chunks: list[int] = []
+    start = 0
+    while start < len(lengths):
+        end = start + 1
+        while end < len(lengths) and lengths[start] * (end - start + 1) <= budget:
+            end += 1
+        chunks.append(end - start)
+        start = end
+    return chunks
+
+
+def planned_cost(
+    rows: Sequence[Sequence[int]],
+    lengths: dict[int, int],
+    shared: Sequence[tuple[int, list[int], list[PrefixKey]]],
+    plain: Sequence[list[int]],
+    cost: CostModel,
+    budget: int,
+) -> float:
+    """The cost model's work for a plan as it will run: padded plain batches, the passes of each
+    window's prefixes, and continuation batches padded to their longest prefix and continuation."""
+    total = sum(cost.padded_batch([len(rows[i]) for i in batch]) for batch in plain)
+    for _, batch, keys in shared:
+        total += cost.continuation_batch([lengths[i] for i in batch], [len(rows[i]) - lengths[i] for i in batch])
+        widths = sorted(map(len, keys), reverse=True)
+        start = 0
+        for count in prefix_chunks(widths, budget):
+            total += cost.padded_batch(widths[start:start + count])
+            start += count
+    return total
 
 
 def worth_sharing(rows: Sequence[Sequence[int]], lengths: dict[int, int], cost: CostModel) -> dict[int, int]:
@@ -338,13 +393,9 @@ class PrefixRunner:
         torch = self._torch
         ran = 0
         start = 0
-        while start < len(keys):
-            longest = len(keys[start])
-            end = start + 1
-            while end < len(keys) and max(longest, len(keys[end])) * (end - start + 1) <= self.batch_tokens:
-                longest = max(longest, len(keys[end]))
-                end += 1
-            chunk = keys[start:end]
+        for count in prefix_chunks([len(key) for key in keys], self.batch_tokens):
+            chunk = keys[start:start + count]
+            longest = len(chunk[0])
             ids = torch.full((len(chunk), longest), self.pad_id, dtype=torch.long)
             mask = torch.zeros((len(chunk), longest), dtype=torch.long)
             for i, key in enumerate(chunk):
@@ -361,7 +412,7 @@ class PrefixRunner:
                 # Own copies: a view would keep the whole padded batch alive as long as any prefix.
                 self._store[key] = [(k[i, :, : len(key)].clone(), v[i, :, : len(key)].clone()) for k, v in layers]
             ran += sum(len(key) for key in chunk)
-            start = end
+            start += count
         return ran
 
     def _run_continuations(
@@ -402,6 +453,14 @@ class PrefixRunner:
         return logits[:, self.reward_index].float().cpu().tolist()
 
 
+@dataclass(frozen=True)
+class _Plan:
+    lengths: dict[int, int]  # split point per shared row
+    shared: list[tuple[int, list[int], list[PrefixKey]]]  # as pack_shared gives them
+    plain: list[tuple[int, list[int]]]  # (padded width, indices)
+    work: float  # the cost model's estimate of all of it
+
+
 class PrefixSharing:
     """What ``--rmb-prefix-sharing`` decides for one model, and which request shares which prefix.
 
@@ -429,6 +488,45 @@ class PrefixSharing:
                 return {}
         return lengths
 
+    def _pack(
+        self, rows: Sequence[Sequence[int]], lengths: dict[int, int], costs: Sequence[int], max_batch_size: int,
+        max_batch_cost: int,
+    ) -> _Plan:
+        shared = pack_shared(rows, lengths, max_batch_size, max_batch_cost)
+        plain = [i for i in range(len(rows)) if i not in lengths]
+        plain_batches = [
+            (costs[plain[batch[0]]], [plain[j] for j in batch])
+            for batch in pack_batches([costs[i] for i in plain], max_batch_size, max_batch_cost)
+        ]
+        work = planned_cost(rows, lengths, shared, [batch for _, batch in plain_batches], self.cost, max_batch_cost)
+        return _Plan(lengths, shared, plain_batches, work)
+
+    def _choose(
+        self, rows: Sequence[Sequence[int]], groups: Sequence[Hashable], costs: Sequence[int], max_batch_size: int,
+        max_batch_cost: int,
+    ) -> tuple[_Plan, _Plan]:
+        """(the plan this mode runs, the plan without sharing)."""
+        self.cost = CostModel.of(self.runner.model, max_batch_cost)
+        plain = self._pack(rows, {}, costs, max_batch_size, max_batch_cost)
+        lengths = self._split(rows, groups)
+        if not lengths:
+            return plain, plain
+        shared = self._pack(rows, lengths, costs, max_batch_size, max_batch_cost)
+        # auto: judged on the batches as they will run (padding included), with a margin for what
+        # the model leaves out (copying cached keys/values into each batch, the work outside
+        # attention and the linear layers): the plain plan when in doubt.
+        if self.mode == "auto" and shared.work * MIN_PLANNED_GAIN > plain.work:
+            return plain, plain
+        return shared, plain
+
+    def estimate(
+        self, rows: Sequence[Sequence[int]], groups: Sequence[Hashable], max_batch_size: int, max_batch_cost: int
+    ) -> tuple[float, float]:
+        """The cost model's work for one selection, planned as the engine plans it: without sharing,
+        and as this mode scores it."""
+        chosen, plain = self._choose(rows, groups, [len(row) for row in rows], max_batch_size, max_batch_cost)
+        return plain.work, chosen.work
+
     def plan(
         self,
         requests: Sequence[Any],
@@ -439,19 +537,12 @@ class PrefixSharing:
     ) -> list[list[int]]:
         self.runner.reset()
         self.runner.batch_tokens = max_batch_cost
-        self.cost = CostModel.of(self.runner.model, max_batch_cost)
-        lengths = self._split(rows, [r.conversation for r in requests])
-        self._planned = {request: lengths.get(i, 0) for i, request in enumerate(requests)}
-        for index, length in lengths.items():
+        chosen, _ = self._choose(rows, [r.conversation for r in requests], costs, max_batch_size, max_batch_cost)
+        self._planned = {request: chosen.lengths.get(i, 0) for i, request in enumerate(requests)}
+        for index, length in chosen.lengths.items():
             self.runner.expect(tuple(rows[index][:length]), 1)
-        shared = pack_shared(rows, lengths, max_batch_size, max_batch_cost)
-        self._prefetch = {requests[batch[0]]: keys for _, batch, keys in shared if keys}
-        plain = [i for i in range(len(requests)) if i not in lengths]
-        plain_batches = [
-            (costs[plain[batch[0]]], [plain[j] for j in batch])
-            for batch in pack_batches([costs[i] for i in plain], max_batch_size, max_batch_cost)
-        ]
-        return merge_by_width([(width, batch) for width, batch, _ in shared], plain_batches)
+        self._prefetch = {requests[batch[0]]: keys for _, batch, keys in chosen.shared if keys}
+        return merge_by_width([(width, batch) for width, batch, _ in chosen.shared], chosen.plain)
 
     def score(
         self,
@@ -494,4 +585,5 @@ class PrefixSharing:
             return "on"
         # Read at load, before any selection: what was used shows in the prefix_* counters.
         return (f"auto: supported (used where a selection's texts share at least {MIN_SAVED_FRACTION:.0%} "
-                "of their tokens)")
+                f"of their tokens and its batches are expected to cost at least {MIN_PLANNED_GAIN:.2f}x "
+                "less shared)")

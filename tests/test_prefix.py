@@ -154,6 +154,90 @@ def test_auto_declines_groups_whose_continuations_cost_more_than_the_texts_alone
     assert prefix.worth_sharing(rows, lengths, prefix.CostModel(0.0, 1.0, alone_over=1000)) == lengths
 
 
+def test_planned_cost_counts_padding_the_prefix_passes_and_the_causal_kernel():
+    linear, attention = prefix.CostModel(1.0, 0.0, alone_over=0), prefix.CostModel(0.0, 1.0, alone_over=0)
+    masked = prefix.MASKED_PAIR_COST
+    # A padded batch runs every row at the longest width, every pair under a mask; a batch without
+    # padding gets the causal kernel (half the pairs, no mask).
+    assert linear.padded_batch([30, 10]) == 2 * 30 and attention.padded_batch([30, 10]) == 2 * 30 * 30 * masked
+    assert attention.padded_batch([30, 30]) == 2 * 30 * 30 / 2
+    # A continuation batch: the longest continuation against the longest prefix, in every row.
+    assert linear.continuation_batch([100, 5], [10, 40]) == 2 * 40
+    assert attention.continuation_batch([100, 5], [10, 40]) == 2 * 40 * (100 + 40) * masked
+    # Prefix passes: longest first, as many as fit the budget in padded tokens.
+    assert prefix.prefix_chunks([50, 40, 30, 30, 10], 100) == [2, 3]  # 2 x 50, then 3 x 40 > 100 > 3 x 30
+    assert prefix.prefix_chunks([300, 10], 100) == [1, 1]
+    rows = [[1] * 10 + [2] * 90, [1] * 10 + [3] * 40, [4] * 30, [5] * 30]
+    lengths = {0: 10, 1: 10}
+    shared = [(100, [0, 1], [tuple(rows[0][:10])])]
+    # Plain: rows 2 and 3 in one unpadded batch; shared: both continuations padded to 90 tokens
+    # after their 10-token prefix, and the prefix's own pass once (alone: unpadded).
+    assert prefix.planned_cost(rows, lengths, shared, [[2, 3]], linear, 4096) == 2 * 30 + 2 * 90 + 10
+    assert prefix.planned_cost(rows, lengths, shared, [[2, 3]], attention, 4096) == pytest.approx(
+        2 * 30 * 30 / 2 + 2 * 90 * 100 * masked + 10 * 10 / 2)
+
+
+def test_estimate_says_what_each_mode_predicts_for_a_selection(models):
+    """The bench prints this beside the measured gain: planned work without sharing over the mode's."""
+    requests = REQUESTS[:6]
+    rows = token_rows(models["right"], requests, 256)
+    groups = [r.conversation for r in requests]
+    size, budget, masked = 64, 4096, prefix.MASKED_PAIR_COST
+    on = load(models["right"], prefix_sharing="on")._sharing
+    cost = prefix.CostModel.of(on.runner.model, budget)
+    split = {conversation: shared_prefix([row for row, g in zip(rows, groups) if g == conversation])
+             for conversation in (SORT, TURNS)}
+    widths = sorted(map(len, rows), reverse=True)
+    assert widths[0] != widths[-1]  # padded: every pair, masked
+    # Plain: every text in one padded batch (6 texts, far under the budget).
+    plain = len(rows) * (cost.per_token * widths[0] + cost.per_pair * widths[0] ** 2 * masked)
+    # Shared: one window (both prefixes, one pass: they fit the budget together), one continuation
+    # batch of all six texts, padded to the longest prefix and the longest continuation.
+    prefixes = sorted(split.values(), reverse=True)
+    assert prefixes[0] != prefixes[1]  # the pass is padded too
+    rest = max(len(row) - split[g] for row, g in zip(rows, groups))
+    passes = 2 * (cost.per_token * prefixes[0] + cost.per_pair * prefixes[0] ** 2 * masked)
+    continuations = len(rows) * (cost.per_token * rest + cost.per_pair * rest * (prefixes[0] + rest) * masked)
+    assert on.estimate(rows, groups, size, budget) == pytest.approx((plain, passes + continuations))
+    # auto shares nothing when every conversation has one answer: the same work both ways.
+    auto = load(models["right"], prefix_sharing="auto")._sharing
+    single = [rows[0], rows[4]]
+    width = max(map(len, single))
+    alone_cost = 2 * (cost.per_token * width + cost.per_pair * width ** 2 * masked)
+    assert auto.estimate(single, ["a", "b"], size, budget) == pytest.approx((alone_cost, alone_cost))
+
+
+def test_auto_declines_a_selection_whose_batches_cost_more_shared(models):
+    """Two answers of one length: alone in their batch they need no padding (the causal kernel, half
+    the attention pairs); shared, they attend with a mask over the whole prefix. Each group looked
+    worth sharing and a tenth of the tokens is saved, but the planned batches cost more: auto runs
+    the texts plain; on shares them."""
+    question, rest = list(range(10, 30)), 60
+    rows = [question + [100 + answer] * rest for answer in range(2)]
+    groups = ["q", "q"]
+    requests = [ScoreRequest((Message("user", "q"),), f"answer {i}") for i in range(2)]
+    auto = load(models["right"], prefix_sharing="auto")._sharing
+    budget = 4096
+    cost = prefix.CostModel.of(auto.runner.model, budget)
+    lengths = {0: len(question), 1: len(question)}
+    assert prefix.split_points(rows, groups, auto.runner.pad_id, 256, prefix.MIN_PREFIX_TOKENS) == lengths
+    # What auto weighed before it looked at the batches: the group and the selection gain.
+    assert prefix.worth_sharing(rows, lengths, cost) == lengths
+    assert prefix.saved_fraction(rows, lengths) >= prefix.MIN_SAVED_FRACTION
+    width = len(question) + rest
+    plain = 2 * (cost.per_token * width + cost.per_pair * width * width / 2)
+    shared = (cost.per_token * len(question) + cost.per_pair * len(question) ** 2 / 2
+              + 2 * (cost.per_token * rest + cost.per_pair * rest * width * prefix.MASKED_PAIR_COST))
+    assert shared > plain
+    assert auto.plan(requests, rows, [width, width], 64, budget) == [[0, 1]]
+    assert [auto._planned[r] for r in requests] == [0, 0]
+    assert auto.estimate(rows, groups, 64, budget) == pytest.approx((plain, plain))
+    on = load(models["right"], prefix_sharing="on")._sharing
+    on.plan(requests, rows, [width, width], 64, budget)
+    assert [on._planned[r] for r in requests] == [len(question)] * 2
+    assert on.estimate(rows, groups, 64, budget) == pytest.approx((plain, shared))
+
+
 @pytest.mark.parametrize("name", ["right", "left", "pad-is-eos"])
 def test_scores_with_sharing_equal_each_text_alone(models, name):
     model = load(models[name], max_length=LIMIT, prefix_sharing="on")
