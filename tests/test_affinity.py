@@ -109,7 +109,8 @@ def _run(pytester, replicas, routing: str | None) -> tuple[dict[str, dict], list
     for replica in replicas:
         replica.reset()
     out = pytester.path / f"samples-{routing}.jsonl"
-    args = ["-p", "no:cacheprovider", "--rmb-model", f"vllm:{SERVED_NAME}", "--rmb-data", "sample", "--rmb-no-cache", "--rmb-self-check", "0",
+    args = ["-p", "no:cacheprovider", "--rmb-model", f"vllm:{SERVED_NAME}", "--rmb-data", "sample", "--rmb-no-cache",
+            "--rmb-self-check", "0",  # its re-scored texts would count twice at the replicas
             "--rmb-model-arg", "base_url=" + ",".join(r.url for r in replicas), "--rmb-jsonl", str(out)]
     if routing is not None:
         args += ["--rmb-model-arg", f"routing={routing}"]
@@ -187,3 +188,10 @@ def test_affinity_scores_as_round_robin_and_sends_each_conversation_to_one_repli
     robin_prefill = sum(s["prefill_tokens"] for s in robin_stats)
     assert affine_prefill == least_on_one_server  # no prefix block spans two conversations here
     assert robin_prefill > 1.05 * affine_prefill, (robin_prefill, affine_prefill)
+
+
+def test_an_unknown_routing_is_a_usage_error_naming_the_setting(pytester):
+    result = pytester.runpytest("-p", "no:cacheprovider", "--rmb-model", f"vllm:{SERVED_NAME}", "--rmb-data", "sample",
+                                "--rmb-model-arg", "routing=sideways")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--rmb-model-arg routing: expected one of affinity, round-robin, got 'sideways'*"])
