@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_rmb.backends.served import conversation_batches
+from pytest_rmb.backends.served import affinity_order, conversation_batches
 from pytest_rmb.data import Message, sample_dataset
 from pytest_rmb.http import replica_for
 from pytest_rmb.models import ScoreRequest
@@ -90,6 +90,34 @@ def test_conversation_batches_split_a_conversation_bigger_than_a_batch_and_honou
     # Padded cost: 2 texts of cost 5 fill a budget of 10.
     assert conversation_batches(requests, [5] * 7, max_batch_size=100, max_batch_cost=10) == [[0, 1], [2, 3], [4, 5],
                                                                                                [6]]
+
+
+def _hashes_to(replica: int, replicas: int, count: int) -> list[str]:
+    """Questions whose conversation key (the messages as JSON) hashes to ``replica``."""
+    found = []
+    for n in range(1000):
+        key = json.dumps([["user", f"question {n}"]])
+        if int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % replicas == replica:
+            found.append(f"question {n}")
+    return found[:count]
+
+
+def test_affinity_order_keeps_the_hash_replica_until_it_holds_its_share_then_balances():
+    questions = _hashes_to(0, 2, 4)  # all four would go to replica 0
+    batch = [ScoreRequest((Message("user", q),), f"answer {a}") for a in range(3) for q in questions]
+    order, chosen = affinity_order(batch, 2)
+    assert sorted(order) == list(range(len(batch)))
+    by_question: dict[str, set[int]] = {}
+    for request, replica in zip(batch, chosen):
+        by_question.setdefault(request.conversation[0].content, set()).add(replica)
+    assert all(len(replicas) == 1 for replicas in by_question.values())  # a conversation on one replica
+    assert chosen.count(0) == chosen.count(1) == 6  # equal conversations: two each
+    # The first (and so the biggest-first) conversation keeps its own replica.
+    assert by_question[questions[0]] == {0}
+    # A conversation's answers are sent back to back, and replicas take turns.
+    sent = [batch[i].conversation[0].content for i in order]
+    assert [sent[i] for i in range(0, 12, 3)] == [sent[i + 2] for i in range(0, 12, 3)]
+    assert [chosen[order[i]] for i in range(0, 12, 3)] == [0, 1, 0, 1]
 
 
 # -- end to end against two stand-in replicas ------------------------------------------------------

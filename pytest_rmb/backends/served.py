@@ -487,19 +487,48 @@ def conversation_batches(requests: Sequence[ScoreRequest], costs: Sequence[int],
     return batches
 
 
+# How far over its fair share of a batch a conversation's own replica may be loaded before the
+# conversation goes to the least loaded replica instead: the batch ends when its slowest replica does.
+FAIR_SHARE_SLACK = 1.05
+
+
 def affinity_order(batch: Sequence[ScoreRequest], replicas: int) -> tuple[list[int], list[int]]:
-    """The order to send a batch in (the answers to one conversation back to back, conversations
-    in order of first appearance) and each request's replica (by conversation, stable across runs;
-    :func:`pytest_rmb.http.replica_for`)."""
+    """The order to send a batch in and each request's replica: a conversation's answers go to one
+    replica, back to back. Its replica is the one its key hashes to
+    (:func:`pytest_rmb.http.replica_for`, the same in every run and process) unless that replica
+    already holds its fair share of the batch's work (the conversation once, plus each answer: what
+    a prefix-caching server computes), in which case it is the least loaded one; the biggest
+    conversations are placed first. Replicas take turns in the sending order, so that the requests
+    in flight are spread over them."""
     from pytest_rmb.http import replica_for
 
-    keys = [conversation_key(request.conversation) for request in batch]
-    first_seen: dict[str, int] = {}
-    for index, key in enumerate(keys):
-        first_seen.setdefault(key, index)
-    order = sorted(range(len(batch)), key=lambda i: first_seen[keys[i]])
-    chosen = {key: replica_for(key, replicas) for key in first_seen}
-    return order, [chosen[key] for key in keys]
+    groups: dict[str, list[int]] = {}
+    for index, request in enumerate(batch):
+        groups.setdefault(conversation_key(request.conversation), []).append(index)
+
+    def work(members: list[int]) -> int:
+        conversation = batch[members[0]].conversation
+        return sum(len(m.content) for m in conversation) + sum(len(batch[i].response) + 1 for i in members)
+
+    costs = {key: work(members) for key, members in groups.items()}
+    fair = sum(costs.values()) / replicas * FAIR_SHARE_SLACK
+    load = [0] * replicas
+    queues: list[list[list[int]]] = [[] for _ in range(replicas)]  # each replica's conversations
+    chosen = [0] * len(batch)
+    for key in sorted(groups, key=lambda k: -costs[k]):  # stable: ties keep the batch's order
+        replica = replica_for(key, replicas)
+        if load[replica] and load[replica] + costs[key] > fair:
+            replica = min(range(replicas), key=lambda r: (load[r], r))
+        load[replica] += costs[key]
+        queues[replica].append(groups[key])
+        for index in groups[key]:
+            chosen[index] = replica
+    order: list[int] = []
+    for turn in range(max(len(q) for q in queues)):
+        for queue in queues:
+            if turn < len(queue):
+                order.extend(queue[turn])
+    return order, chosen
 
 
 def _refused(error: BaseException) -> bool:
