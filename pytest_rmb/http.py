@@ -12,7 +12,8 @@ What it guarantees, so callers do not each reinvent it:
   honouring ``Retry-After`` (seconds or an HTTP date); no retry on any other 4xx;
 - a refused or unresolvable connection is retried only twice: nothing is listening, and waiting
   longer would only delay a clear error;
-- several base URLs share the load round-robin, and a retry moves on to the next one;
+- several base URLs share the load round-robin, or by a routing key (:func:`replica_for`) so that
+  requests sharing a prefix meet the same server's prefix cache; a retry moves on to the next one;
 - errors name the method, URL, status and a short body excerpt, never a header;
 - one source of credentials per client, never two silently: an API key (read from the
   environment only) is sent as a Bearer token, credentials in a base URL (``user:pw@host``) as
@@ -29,6 +30,7 @@ import asyncio
 import base64
 import email.utils
 import functools
+import hashlib
 import itertools
 import json
 import logging
@@ -239,6 +241,18 @@ def split_base_urls(text: str) -> list[str]:
     return urls
 
 
+def replica_for(key: str, replicas: int) -> int:
+    """The replica (an index into the base URLs) that serves requests with this routing key: the
+    same in every run and process (a SHA-256 of the key, not Python's salted ``hash``), and spread
+    evenly over the replicas when the keys are many. Requests that share a prompt prefix (the
+    answers to one conversation, both orders of one comparison) share a key, so one server's prefix
+    cache computes the prefix once."""
+    if replicas < 1:
+        raise ValueError(f"replicas must be >= 1, got {replicas}")
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % replicas
+
+
 def redact_url(url: str) -> str:
     """The URL without a password in its userinfo and without values of key-like query params."""
     try:
@@ -410,9 +424,11 @@ class JSONClient:
         """GET ``base_urls[0] + path`` and decode JSON (start-up checks such as ``/models``)."""
         return await self._json("GET", path, None, fixed=True)
 
-    async def post(self, path: str, payload: dict) -> Any:
-        """POST ``payload`` as JSON to the next base URL in turn; retried; JSON decoded."""
-        return await self._json("POST", path, payload, fixed=False)
+    async def post(self, path: str, payload: dict, *, replica: int | None = None) -> Any:
+        """POST ``payload`` as JSON; retried; JSON decoded. It goes to base URL number ``replica``
+        (see :func:`replica_for`) when given, else to the next base URL in turn; a retry moves on
+        to the next base URL either way."""
+        return await self._json("POST", path, payload, fixed=False, replica=replica)
 
     async def download(self, path: str, dest: str | os.PathLike[str]) -> int:
         """Stream GET ``base_url + path`` (or an absolute URL) into ``dest``; returns bytes written.
@@ -442,7 +458,8 @@ class JSONClient:
 
     # -- internals ---------------------------------------------------------------------------
 
-    async def _json(self, method: str, path: str, payload: dict | None, *, fixed: bool) -> Any:
+    async def _json(self, method: str, path: str, payload: dict | None, *, fixed: bool,
+                    replica: int | None = None) -> Any:
         async def attempt(url: str, clock: _AttemptClock) -> Any:
             async with self._client.stream(method, url, json=payload) as response:
                 clock.replied = True
@@ -457,7 +474,7 @@ class JSONClient:
                 ) from None
             return self._scrub_reply(document, response.content)
 
-        return await self._with_retries(method, path, attempt, fixed=fixed)
+        return await self._with_retries(method, path, attempt, fixed=fixed, replica=replica)
 
     def _raise_status(self, method: str, url: str, response: httpx.Response) -> Any:
         reason = response.reason_phrase or ""
@@ -515,9 +532,10 @@ class JSONClient:
         return self.base_urls[(start + attempt) % len(self.base_urls)]
 
     async def _with_retries(
-        self, method: str, path: str, attempt_fn: Callable[[str, _AttemptClock], Awaitable[T]], *, fixed: bool
+        self, method: str, path: str, attempt_fn: Callable[[str, _AttemptClock], Awaitable[T]], *, fixed: bool,
+        replica: int | None = None,
     ) -> T:
-        start = next(self._next)
+        start = next(self._next) if replica is None else replica
         attempt = 0
         while True:
             url = _join(self._base(fixed, attempt, start), path)

@@ -283,11 +283,15 @@ class StubServer(ThreadingHTTPServer):
         self.flavor = args.flavor
         self.model_path = args.model
         self.served_name = args.served_name or args.model
-        self.scorer = Scorer(args.model)
+        self.scorer = self.make_scorer(args)
         self.api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
         self.log_lock = threading.Lock()
         self.configure({"fail": args.fail, "die_after": args.die_after, "delay": args.delay,
                         "always_activate": args.always_activate, "token_level": args.token_level, "log": args.log})
+
+    def make_scorer(self, args: argparse.Namespace):
+        """What scores the texts (tests/prefix_cache_server.py puts a model-free one here)."""
+        return Scorer(args.model)
 
     def configure(self, settings: dict) -> None:
         self.faults = Faults(settings.get("fail"), settings.get("die_after"))
@@ -303,8 +307,8 @@ class StubServer(ThreadingHTTPServer):
             handle.write(json.dumps(entry) + "\n")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", required=True)
     parser.add_argument("--served-name")
     parser.add_argument("--flavor", choices=("vllm", "sglang"), default="vllm")
@@ -319,13 +323,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--token-level", action="store_true",
                         help="/pooling returns one row per token, like vLLM's reward (ALL) pooling")
     parser.add_argument("--log")
-    args = parser.parse_args(argv)
-    server = StubServer(args)
-    port_file = Path(args.port_file)
+    return parser
+
+
+def serve(server: StubServer, port_file_name: str) -> None:
+    """Write the bound port to the port file once the server accepts connections; serve for ever."""
+    port_file = Path(port_file_name)
     temporary = port_file.with_suffix(".tmp")
     temporary.write_text(str(server.server_address[1]), encoding="utf-8")
     temporary.replace(port_file)  # the reader never sees a half-written port
     server.serve_forever()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser(__doc__.splitlines()[0]).parse_args(argv)
+    serve(StubServer(args), args.port_file)
 
 
 if __name__ == "__main__":

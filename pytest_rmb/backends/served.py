@@ -40,6 +40,7 @@ once: it is probably post-activation, which squeezes the scale and turns near-ti
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 import warnings
 from collections.abc import Sequence
@@ -55,7 +56,8 @@ from pytest_rmb.backends import (
     ModelSettings,
     prepared_then_loaded,
 )
-from pytest_rmb.models import PartialBatchError, PointwiseModel, ScoreRequest, as_chat
+from pytest_rmb.batching import pack_batches
+from pytest_rmb.models import Conversation, PartialBatchError, PointwiseModel, ScoreRequest, as_chat
 from pytest_rmb.parsers import choice, env_var_name, non_negative_int, positive_int
 
 if TYPE_CHECKING:
@@ -70,6 +72,7 @@ BATCH_PER_SLOT = 4
 # Post-activation detection: this many scores, every one in [0, 1], is no coincidence for raw logits.
 ACTIVATION_SAMPLE = 20
 STARTUP_TIMEOUT = 10.0
+ROUTINGS = ("affinity", "round-robin")
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,10 @@ def _args(engine: ServerKind) -> tuple[ModelArg, ...]:
                  "and tokenize here like hf: and send token ids"),
         ModelArg("tokenizer", model_id, None, "tokenizer for template=client (default: the model name)"),
         ModelArg("concurrency", positive_int, DEFAULT_CONCURRENCY, "requests in flight per replica"),
+        ModelArg("routing", choice(*ROUTINGS), ROUTINGS[0],
+                 "with several base URLs: affinity sends the answers to one conversation to the same replica, "
+                 "one after another, so its prefix cache computes the conversation once; round-robin spreads "
+                 "requests in turn regardless of conversation (the behaviour before affinity routing)"),
         ModelArg("batch_size", positive_int, None,
                  f"texts handed over per engine batch (default {BATCH_PER_SLOT} x concurrency x replicas)"),
         ModelArg("timeout", positive_seconds, 120.0,
@@ -173,6 +180,7 @@ class ServedRewardModel(PointwiseModel):
         self.template: str = args["template"]
         self.tokenizer_name: str = args.get("tokenizer") or settings.target
         self.concurrency: int = args["concurrency"] * len(self.base_urls)
+        self.routing: str = args.get("routing") or ROUTINGS[0]
         self.batch_size = args.get("batch_size") or BATCH_PER_SLOT * self.concurrency
         self.reward_index = settings.reward_index
         self.max_length = settings.max_length
@@ -285,6 +293,15 @@ class ServedRewardModel(PointwiseModel):
                     body["encoding_format"] = "float"
         return bodies
 
+    def plan_batches(self, requests: Sequence[ScoreRequest], costs: Sequence[int], max_batch_size: int,
+                     max_batch_cost: int) -> list[list[int]]:
+        """The engine's batches. With affinity routing and several replicas, whole conversations
+        go together, so a conversation's answers reach its replica back to back while the prefix
+        is still in that server's cache; else the engine's own length-sorted batches."""
+        if self.routing == "affinity" and len(self.base_urls) > 1:
+            return conversation_batches(requests, costs, max_batch_size, max_batch_cost)
+        return pack_batches(costs, max_batch_size, max_batch_cost)
+
     def score(self, batch: Sequence[ScoreRequest]) -> list[float]:
         self.load()
         if self._unreachable is not None:
@@ -322,7 +339,14 @@ class ServedRewardModel(PointwiseModel):
         from pytest_rmb.http import JSONClient, run_concurrently
 
         path = self.engine.path(self.endpoint)
-        jobs = [partial(self._one, path, body) for body in self.payloads(batch)]
+        bodies = self.payloads(batch)
+        order: list[int] = list(range(len(batch)))
+        replicas: list[int | None] = [None] * len(batch)
+        if self.routing == "affinity" and len(self.base_urls) > 1:
+            order, chosen = affinity_order(batch, len(self.base_urls))
+            replicas = list(chosen)
+        # The jobs run in `order` (a conversation's answers back to back); results go back by index.
+        jobs = [partial(self._one, path, bodies[i], replica=replicas[i]) for i in order]
         clients: list[JSONClient] = []
 
         def client() -> JSONClient:
@@ -342,12 +366,16 @@ class ServedRewardModel(PointwiseModel):
 
         def on_done(index: int, value: float) -> None:
             # One request per text: the progress bar moves with each reward that arrives.
-            done[index] = value
+            done[order[index]] = value
             report()
 
         try:
             # The tick saves rewards that arrived together while the batch waits on a retried one.
-            return run_concurrently(client, jobs, on_done, on_tick=report)
+            ran = run_concurrently(client, jobs, on_done, on_tick=report)
+            results: list[float | BaseException] = [0.0] * len(batch)
+            for position, result in zip(order, ran):
+                results[position] = result
+            return results
         except KeyboardInterrupt:
             # Ctrl-C: the rewards received are kept (and cached by the engine); the run stops.
             if not done:
@@ -358,8 +386,8 @@ class ServedRewardModel(PointwiseModel):
                 for name, value in made.stats.items():
                     self._counters[f"http_{name}"] = self._counters.get(f"http_{name}", 0) + value
 
-    async def _one(self, path: str, body: dict[str, Any], client) -> float:
-        answer = await client.post(path, body)
+    async def _one(self, path: str, body: dict[str, Any], client, *, replica: int | None = None) -> float:
+        answer = await client.post(path, body, replica=replica)
         try:
             return self._parse(answer)
         except (KeyError, IndexError, TypeError, ValueError) as exc:
@@ -419,6 +447,88 @@ class ServedRewardModel(PointwiseModel):
                 RMBWarning,
                 stacklevel=2,
             )
+
+
+def conversation_key(conversation: Conversation) -> str:
+    """What the answers to one conversation share: the conversation itself, as the routing key."""
+    return json.dumps([[m.role, m.content] for m in conversation], ensure_ascii=False)
+
+
+def conversation_batches(requests: Sequence[ScoreRequest], costs: Sequence[int], max_batch_size: int,
+                         max_batch_cost: int) -> list[list[int]]:
+    """Indices in batches of whole conversations (the costliest conversation first, as the engine
+    orders texts), within the engine's limits: at most ``max_batch_size`` texts and
+    ``max_batch_cost`` padded units (texts times the longest); a conversation too big for one
+    batch fills several on its own."""
+    groups: dict[str, list[int]] = {}
+    for index, request in enumerate(requests):
+        groups.setdefault(conversation_key(request.conversation), []).append(index)
+    ordered = sorted(groups.values(), key=lambda members: (-sum(costs[i] for i in members), members[0]))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+
+    def fits(extra: Sequence[int]) -> bool:
+        widest = max([longest, 1, *(costs[i] for i in extra)])
+        return len(current) + len(extra) <= max_batch_size and widest * (len(current) + len(extra)) <= max_batch_cost
+
+    for members in ordered:
+        if current and not fits(members):
+            batches.append(current)
+            current, longest = [], 0
+        for index in members:  # alone in the batch: fill it, and more, text by text
+            if current and not fits([index]):
+                batches.append(current)
+                current, longest = [], 0
+            current.append(index)
+            longest = max(longest, costs[index], 1)
+    if current:
+        batches.append(current)
+    return batches
+
+
+# How far over its fair share of a batch a conversation's own replica may be loaded before the
+# conversation goes to the least loaded replica instead: the batch ends when its slowest replica does.
+FAIR_SHARE_SLACK = 1.05
+
+
+def affinity_order(batch: Sequence[ScoreRequest], replicas: int) -> tuple[list[int], list[int]]:
+    """The order to send a batch in and each request's replica: a conversation's answers go to one
+    replica, back to back. Its replica is the one its key hashes to
+    (:func:`pytest_rmb.http.replica_for`, the same in every run and process) unless that replica
+    already holds its fair share of the batch's work (the conversation once, plus each answer: what
+    a prefix-caching server computes), in which case it is the least loaded one; the biggest
+    conversations are placed first. Replicas take turns in the sending order, so that the requests
+    in flight are spread over them."""
+    from pytest_rmb.http import replica_for
+
+    groups: dict[str, list[int]] = {}
+    for index, request in enumerate(batch):
+        groups.setdefault(conversation_key(request.conversation), []).append(index)
+
+    def work(members: list[int]) -> int:
+        conversation = batch[members[0]].conversation
+        return sum(len(m.content) for m in conversation) + sum(len(batch[i].response) + 1 for i in members)
+
+    costs = {key: work(members) for key, members in groups.items()}
+    fair = sum(costs.values()) / replicas * FAIR_SHARE_SLACK
+    load = [0] * replicas
+    queues: list[list[list[int]]] = [[] for _ in range(replicas)]  # each replica's conversations
+    chosen = [0] * len(batch)
+    for key in sorted(groups, key=lambda k: -costs[k]):  # stable: ties keep the batch's order
+        replica = replica_for(key, replicas)
+        if load[replica] and load[replica] + costs[key] > fair:
+            replica = min(range(replicas), key=lambda r: (load[r], r))
+        load[replica] += costs[key]
+        queues[replica].append(groups[key])
+        for index in groups[key]:
+            chosen[index] = replica
+    order: list[int] = []
+    for turn in range(max(len(q) for q in queues)):
+        for queue in queues:
+            if turn < len(queue):
+                order.extend(queue[turn])
+    return order, chosen
 
 
 def _refused(error: BaseException) -> bool:
