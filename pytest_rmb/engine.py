@@ -513,7 +513,7 @@ class Engine(_ScenarioEngine):
             # Not part of the selection seen at collection time (a direct call, a late item).
             self._work([sample], "samples")
             scores = tuple(memo[conversation, r.text] for r in sample.responses)
-        return outcome_from_scores(sample, scores)
+        return outcome_from_scores(sample, scores, self._model.no_score)
 
     def _do_work(self, samples: Iterable[Sample], label: str, delta: EngineStats) -> None:
         pending: dict[TextKey, None] = {}

@@ -186,6 +186,10 @@ class PointwiseModel(RewardModel):
     """One score per (conversation, response); higher means better."""
 
     kind: ClassVar[str] = POINTWISE_MODEL
+    # The score a model gives an answer it could not score (a rater's "no rating"), or None. A
+    # sample with such a score is a miss whatever the others scored: an unrated rejected answer
+    # must not hand the chosen one a win it was never judged to have.
+    no_score: float | None = None
 
     def score(self, batch: Sequence[ScoreRequest]) -> Sequence[float]:
         raise NotImplementedError

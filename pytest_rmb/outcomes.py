@@ -4,7 +4,8 @@ Items, metrics and reports see only :class:`Outcome`: whether the sample is corr
 record, the one-line account of a miss, and an error when there is no outcome to give. Which kind
 of model produced it matters here and nowhere after.
 
-- Scores (pointwise): correct iff the chosen/best response scores strictly above every other.
+- Scores (pointwise): correct iff the chosen/best response scores strictly above every other, and
+  the model scored every answer (a rater's "no rating" is a miss, never a loss for the rival).
 - Verdicts (pairwise): correct iff the chosen/best answer won every comparison. A comparison with
   no usable verdict counts against it (with its reason); a failed request is an error, never a loss.
 """
@@ -40,13 +41,24 @@ def _base_record(sample: Sample, correct: bool) -> dict[str, Any]:
             "generators": tuple(response.model for response in sample.responses)}
 
 
-def outcome_from_scores(sample: Sample, scores: Sequence[float]) -> Outcome:
-    """Scores best/chosen first, then the others in upstream order."""
+def outcome_from_scores(sample: Sample, scores: Sequence[float], no_score: float | None = None) -> Outcome:
+    """Scores best/chosen first, then the others in upstream order. ``no_score``: the score the
+    model gives an answer it could not score; any such answer makes the sample a miss."""
     scores = list(scores)
-    correct = is_correct(scores)
+    unscored = [] if no_score is None else [i for i, s in enumerate(scores) if s == no_score]
+    correct = not unscored and is_correct(scores)
     record = _base_record(sample, correct)
     record["scores"] = scores
+    if unscored:
+        return Outcome(False, record, describe_unscored(sample.kind, unscored, len(scores)))
     return Outcome(correct, record, "" if correct else describe_score_miss(sample.kind, scores))
+
+
+def describe_unscored(kind: str, unscored: Sequence[int], count: int) -> str:
+    """One line: which answers the model gave no score (positions as :func:`describe_score_miss`)."""
+    names = [("chosen" if kind == PAIRWISE else "best") if i == 0
+             else ("rejected" if kind == PAIRWISE else f"loser {i} of {count - 1}") for i in unscored]
+    return f"no rating for {', '.join(names)}"
 
 
 def describe_score_miss(kind: str, scores: Sequence[float]) -> str:

@@ -418,7 +418,7 @@ def test_every_format_gives_the_same_counts(pytester, raters, fmt):
     assert asked and all(entry["asked_rating_form"] and entry["rating"] is not None for entry in asked)
 
 
-def test_an_answer_without_a_rating_is_followed_up_then_scored_below_the_scale(pytester, raters):
+def test_an_answer_without_a_rating_is_followed_up_then_scored_below_the_scale_and_its_sample_missed(pytester, raters):
     share = 0.25
     stub = raters("--no-rating-share", str(share))
     result = rate(pytester, stub, "--rmb-model-arg", "parse_retries=1", "--rmb-self-check", "0")
@@ -434,9 +434,14 @@ def test_an_answer_without_a_rating_is_followed_up_then_scored_below_the_scale(p
     # Every follow-up asked for the rating in the format.
     follow_ups = [entry for entry in answered(stub) if entry["messages"] == 4]
     assert len(follow_ups) == len(missed)
-    # Scored one below the scale: a chosen answer without a rating is never right.
+    # A sample with any answer unrated is a miss (NaN compares false both ways), even where only a
+    # rival went unrated and the chosen answer's rating would have beaten the score below the scale.
     assert sections(pytester.path / "s.json") == rule_sections(
-        SAMPLE_DATA, lambda a: 0 if misses_rating(a, share) else bucket(a))
+        SAMPLE_DATA, lambda a: math.nan if misses_rating(a, share) else bucket(a))
+    below_scale = rule_sections(SAMPLE_DATA, lambda a: 0 if misses_rating(a, share) else bucket(a))
+    assert sum(right for right, _ in below_scale.values()) > sum(
+        right for right, _ in sections(pytester.path / "s.json").values())
+    assert "no rating for rejected" in output(result) or "no rating for loser" in output(result)
     for answer, scores in scores_by_answer(pytester.path / "s.jsonl").items():
         assert scores == {0.0 if misses_rating(answer, share) else float(bucket(answer))}
 

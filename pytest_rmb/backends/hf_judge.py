@@ -522,6 +522,7 @@ class HFRater(PointwiseModel):
             raise ModelLoadError(f"rate_by must be one of {', '.join(RATE_BY)}, got {rate_by!r}")
         self.judge = judge
         self.scale = scale
+        self.no_score = self.scale.no_rating
         self.format = fmt
         self.rate_by = rate_by
         self.first = rate_by == "logits"

@@ -13,7 +13,7 @@ The score: with logprobs (``logprobs=auto`` when the server gives them, or ``tru
 rating over the scale's numbers at the rating; without, the rating as written. An answer the judge
 gives no rating (none in the format, one outside the scale, a reply cut off before it, after the
 follow-up turns) scores one below the scale, and is counted apart (``no_rating``,
-``no_rating_cut_off``): a chosen answer without a rating can never be right.
+``no_rating_cut_off``): a sample with an unrated answer is a miss (see ``PointwiseModel.no_score``).
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ class OpenAIRater(PointwiseModel):
                                  "with logprobs its score is the expected rating)")
         try:
             self.scale = parse_scale(args.get("scale") or DEFAULT_SCALE)
+            self.no_score = self.scale.no_rating
             self.format = rating_format(args.get("verdict"))
         except (ScaleError, ValueError) as exc:
             raise ModelLoadError(f"openai judge: {exc}") from None
