@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from pytest_rmb.data import PAIRWISE
 from pytest_rmb.judging.prompts import SLOTS
 
 SECTIONS = (
@@ -416,19 +417,57 @@ def judge_stats(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     verdicts cost when they were asked for. Records without ``verdicts`` (pointwise models) are
     ignored.
     """
+    records_seen: list[Mapping[str, Any]] = []
     overall = JudgeTally()
     sections: dict[str, JudgeTally] = {}
     scenarios: dict[str, dict[str, JudgeTally]] = {}
     for record in records:
         if "verdicts" not in record:
             continue
+        records_seen.append(record)
         kind = str(record.get("kind", ""))
         overall.add(record)
         sections.setdefault(f"{_judge_goal(record)}.{kind}", JudgeTally()).add(record)
         scenarios.setdefault(str(record.get("scenario", "")), {}).setdefault(kind, JudgeTally()).add(record)
-    return {
+    stats: dict[str, Any] = {
         "overall": overall.as_dict(),
         "sections": {name: tally.as_dict() for name, tally in sorted(sections.items())},
         "scenarios": {scenario: {kind: tally.as_dict() for kind, tally in sorted(kinds.items())}
                       for scenario, kinds in sorted(scenarios.items())},
     }
+    members = panel_agreement(records_seen)
+    if members:
+        stats["panel"] = members
+    return stats
+
+
+def panel_agreement(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each judge of a panel (verdicts whose ``detail`` has ``members``), in the panel's order.
+
+    ``agreement``: of the comparisons where both the judge and the panel gave a verdict, the share
+    where they agree. ``accuracy``: the judge alone on the pairwise samples where it gave a verdict
+    (its verdict on the one comparison; a Best-of-N list's comparisons stop at the panel's first
+    loss, so the judge's own list outcome is not known). Empty when no verdict came from a panel."""
+    judges: dict[str, dict[str, int]] = {}
+    for record in records:
+        pairwise = record.get("kind") == PAIRWISE
+        for verdict in record.get("verdicts") or []:
+            if not verdict:
+                continue
+            for member in (verdict.get("detail") or {}).get("members") or []:
+                tally = judges.setdefault(str(member.get("judge")), dict.fromkeys(
+                    ("comparisons", "decided", "agree", "pairwise_judged", "pairwise_correct"), 0))
+                tally["comparisons"] += 1
+                won = member.get("won")
+                if won is None:
+                    continue
+                if verdict.get("won") is not None:
+                    tally["decided"] += 1
+                    tally["agree"] += won == verdict.get("won")
+                if pairwise:
+                    tally["pairwise_judged"] += 1
+                    tally["pairwise_correct"] += won is True
+    return [{"judge": judge, **tally,
+             "agreement": tally["agree"] / tally["decided"] if tally["decided"] else None,
+             "accuracy": tally["pairwise_correct"] / tally["pairwise_judged"] if tally["pairwise_judged"] else None}
+            for judge, tally in judges.items()]

@@ -112,6 +112,11 @@ def conversation_json(conversation: Conversation) -> list[list[str]]:
     return [[m.role, m.content] for m in conversation]
 
 
+def conversation_key(conversation: Conversation) -> str:
+    """What the answers to one conversation share: the conversation itself, as a routing key."""
+    return json.dumps(conversation_json(conversation), ensure_ascii=False)
+
+
 # Where report_progress goes while the engine scores one batch. A context variable, not an
 # attribute set on the model: a user's model may be frozen or slotted, and asyncio.run copies the
 # caller's context into the tasks a backend starts.

@@ -372,6 +372,18 @@ def inexact_line(judge: Mapping[str, Any]) -> str:
             "comparisons as won (an upper bound for those lists)")
 
 
+def panel_lines(judge: Mapping[str, Any]) -> list[str]:
+    """A panel's judges, one line each: agreement with the majority, and the judge alone."""
+    lines = []
+    for member in judge.get("panel") or []:
+        agreement = ("no comparison decided by both" if member["agreement"] is None else
+                     f"agrees with the panel on {member['agreement']:.1%} ({member['agree']}/{member['decided']})")
+        alone = ("" if member["accuracy"] is None else
+                 f"; alone {member['accuracy']:.4f} on the {member['pairwise_judged']} pairwise samples it judged")
+        lines.append(f"panel judge {member['judge']}: {agreement}{alone}")
+    return lines
+
+
 def token_line(engine: dict) -> str:
     """Tokens the run's requests used, and those its cached verdicts had cost, apart."""
     if not any(engine.get(key) for key in ("prompt_tokens", "completion_tokens", "cached_prompt_tokens")):
@@ -422,8 +434,13 @@ def engine_line(engine: dict) -> str:
     if engine.get("empty_replies"):
         line += f"; {engine['empty_replies']} comparisons got only empty replies (a rerun asks them again)"
     if engine.get("cut_off_replies"):
-        line += (f"; {engine['cut_off_replies']:.0f} replies cut off at the reply limit before their verdict, "
+        # A rater's replies are cut off before their rating, a judge's before their verdict.
+        said = "rating" if "no_rating" in engine else "verdict"
+        line += (f"; {engine['cut_off_replies']:.0f} replies cut off at the reply limit before their {said}, "
                  f"{engine.get('cut_offs_rescued', 0):.0f} rescued by a follow-up turn")
+    if engine.get("no_rating"):
+        cut = f", {engine['no_rating_cut_off']:.0f} of them cut off" if engine.get("no_rating_cut_off") else ""
+        line += f"; {engine['no_rating']:.0f} answers got no rating (their samples are misses{cut})"
     if engine.get("cache_write_failures"):
         line += f"; {engine['cache_write_failures']} results not saved in the cache (a rerun asks them again)"
     return line
@@ -602,7 +619,7 @@ class TableRenderer:
         self._tr.write_line(engine_line(summary["engine"]))
         if summary.get("judge"):
             self._table(judge_table(summary["judge"], show_scenarios=show_scenarios))
-            for line in (inexact_line(summary["judge"]), token_line(summary["engine"])):
+            for line in (inexact_line(summary["judge"]), *panel_lines(summary["judge"]), token_line(summary["engine"])):
                 if line:
                     self._tr.write_line(line)
         meaning = meaning_lines(summary)

@@ -171,13 +171,30 @@ class Provenance(TypedDict):
     data_files: Annotated[dict[str, str], "sha256 of every data file read, by its path in the scenario"]
 
 
-class JudgeStats(TypedDict):
-    """A pairwise model's (judge's) protocol figures: flips, first-position share, failures, replies cut off at
-    the reply limit (cut_off, cut_offs_rescued), reasoning tokens."""
+class PanelJudge(TypedDict):
+    """One judge of a panel: how often it agrees with the panel's majority, and how it does alone."""
 
+    judge: Annotated[str, "the judge's spec, with its place where two share one"]
+    comparisons: int
+    decided: Annotated[int, "comparisons where both this judge and the panel gave a verdict"]
+    agree: int
+    agreement: Annotated[float | None, "agree / decided"]
+    pairwise_judged: int
+    pairwise_correct: int
+    accuracy: Annotated[float | None, "the judge alone on the pairwise samples it gave a verdict on"]
+
+
+class _JudgeStatsRequired(TypedDict):
     overall: dict[str, Any]
     sections: dict[str, dict[str, Any]]
     scenarios: dict[str, dict[str, dict[str, Any]]]
+
+
+class JudgeStats(_JudgeStatsRequired, total=False):
+    """A pairwise model's (judge's) protocol figures: flips, first-position share, failures, replies cut off at
+    the reply limit (cut_off, cut_offs_rescued), reasoning tokens; for a panel, each judge's agreement."""
+
+    panel: Annotated[list[PanelJudge], "only for panel: models"]
 
 
 class KindAccuracy(TypedDict):

@@ -294,6 +294,8 @@ class Stub:
                          # The comparison's identity whatever the order: the question and both answers, sorted.
                          pair=_digest([found[0].partition("[The Start")[0], sorted(pair)]) if found and pair else None,
                          a_sha256=hashlib.sha256(pair[0].encode()).hexdigest() if pair else None,
+                         # What every request about one conversation shares: the prompt before answer A.
+                         question=_digest(found[0]) if found else None,
                          # Whether the request asked for the verdict in the stand-in's format.
                          asked_format=any(VERDICTS[options.verdict].replace("@", "A") in (m.get("content") or "")
                                           for m in messages))

@@ -313,7 +313,7 @@ def test_order_random_asks_once_with_positions_fixed_by_seed_and_comparison(pyte
     assert other != slots[0]
 
 
-def test_replicas_share_the_load(pytester, stubs):
+def test_replicas_share_the_load_one_conversation_to_one_replica(pytester, stubs):
     first, second = stubs("longer"), stubs("longer")
     result = pytester.runpytest("-p", "no:cacheprovider", "--rmb-model", "openai:stub-judge", "--rmb-model-arg",
                                 f"base_url={first.base_url},{second.base_url}", "--rmb-data", "sample",
@@ -321,6 +321,26 @@ def test_replicas_share_the_load(pytester, stubs):
     assert result.ret == 0, output(result)
     assert answered(first) and answered(second)
     assert sections(pytester.path / "s.json") == length_sections(SAMPLE_DATA, goals=("Harmlessness",))
+    # Affinity routing (the default): every request about one conversation (both orders, every
+    # comparison of a list) reached one replica, so its prefix cache reads the question once.
+    where: dict[str, set[int]] = {}
+    for replica, stub in enumerate((first, second)):
+        for entry in answered(stub):
+            where.setdefault(entry["question"], set()).add(replica)
+    assert where and all(len(replicas) == 1 for replicas in where.values())
+    assert {r for replicas in where.values() for r in replicas} == {0, 1}
+    # Round-robin spreads them, and gives the same numbers.
+    third, fourth = stubs("longer"), stubs("longer")
+    result = pytester.runpytest("-p", "no:cacheprovider", "--rmb-model", "openai:stub-judge", "--rmb-model-arg",
+                                f"base_url={third.base_url},{fourth.base_url}", "--rmb-model-arg", "routing=round-robin",
+                                "--rmb-data", "sample", "-m", "harmlessness", "--rmb-json", "r.json", "--rmb-no-cache")
+    assert result.ret == 0, output(result)
+    assert sections(pytester.path / "r.json") == sections(pytester.path / "s.json")
+    spread: dict[str, set[int]] = {}
+    for replica, stub in enumerate((third, fourth)):
+        for entry in answered(stub):
+            spread.setdefault(entry["question"], set()).add(replica)
+    assert any(len(replicas) == 2 for replicas in spread.values())
 
 
 # -- cache, resume, cost ----------------------------------------------------------------------

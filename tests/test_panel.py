@@ -150,6 +150,39 @@ def test_two_longer_judges_outvote_a_shorter_one_and_each_verdict_is_recorded(py
     assert [j["judge"] for j in info["judges"]] == ["openai:long-1", "openai:short", "openai:long-2"]
     assert summary["engine"]["requests"] == sum(counts)
     assert [summary["engine"][f"judge_{n}_requests"] for n in (1, 2, 3)] == counts
+    # Each judge's agreement with the panel and its accuracy alone, from the raw files: the panel
+    # says what the longer judges say; a list stops at its first lost comparison.
+    comparisons = agree_short = 0
+    for relative, raw in all_files(SAMPLE_DATA).items():
+        for record in raw:
+            _, (first, *others) = expected_correct(record)
+            for other in others:
+                comparisons += 1
+                agree_short += expected_member(first, other, True) == expected_member(first, other, False)
+                if not first > other:
+                    break
+    pairs = list(lengths.values())
+    expected_panel = [
+        {"judge": judge, "comparisons": comparisons, "decided": comparisons, "agree": agree,
+         "agreement": agree / comparisons, "pairwise_judged": len(pairs), "pairwise_correct": right,
+         "accuracy": right / len(pairs)}
+        for judge, agree, right in [("openai:long-1", comparisons, sum(c > r for c, r in pairs)),
+                                    ("openai:short", agree_short, sum(c < r for c, r in pairs)),
+                                    ("openai:long-2", comparisons, sum(c > r for c, r in pairs))]]
+    assert summary["judge"]["panel"] == expected_panel
+    assert 0 < agree_short < comparisons
+    assert (f"panel judge openai:short: agrees with the panel on {agree_short / comparisons:.1%} "
+            f"({agree_short}/{comparisons}); alone {expected_panel[1]['accuracy']:.4f} on the {len(pairs)} "
+            "pairwise samples it judged") in output(result)
+
+
+def test_a_panel_needs_no_name(pytester, trio):
+    _, judges = trio
+    result = pytester.runpytest("-p", "no:cacheprovider", "--rmb-model", "panel:", "--rmb-model-arg",
+                                f"judges={judges}", "--rmb-data", "sample", "--rmb-json", "bare.json")
+    assert result.ret == 0, output(result)
+    assert "rmb: panel of 3 judges; judge 1 (openai:long-1): " in output(result)
+    assert sections(pytester.path / "bare.json") == length_sections()
 
 
 def test_an_even_split_is_no_verdict(pytester, stubs, swapped_prompt):

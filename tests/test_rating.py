@@ -442,6 +442,7 @@ def test_an_answer_without_a_rating_is_followed_up_then_scored_below_the_scale_a
     assert sum(right for right, _ in below_scale.values()) > sum(
         right for right, _ in sections(pytester.path / "s.json").values())
     assert "no rating for rejected" in output(result) or "no rating for loser" in output(result)
+    assert f"; {len(missed)} answers got no rating (their samples are misses)" in output(result)
     for answer, scores in scores_by_answer(pytester.path / "s.jsonl").items():
         assert scores == {0.0 if misses_rating(answer, share) else float(bucket(answer))}
 
@@ -455,7 +456,7 @@ def test_a_cut_off_reply_is_rescued_by_the_follow_up_and_counted(pytester, rater
     engine = json.loads((pytester.path / "s.json").read_text())["engine"]
     assert (engine["cut_off_replies"], engine["cut_offs_rescued"], engine["no_rating"]) == (len(cut), len(cut), 0)
     assert sections(pytester.path / "s.json") == rule_sections(SAMPLE_DATA, bucket)
-    assert f"{len(cut)} replies cut off at the reply limit" in output(result)
+    assert f"{len(cut)} replies cut off at the reply limit before their rating, {len(cut)} rescued" in output(result)
 
 
 def test_a_rater_cut_off_every_time_stops_early_naming_max_tokens(pytester, raters):

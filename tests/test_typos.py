@@ -154,7 +154,7 @@ def test_a_misspelt_setting_gets_the_closest_and_the_accepted_ones(pytester):
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     message = output(result)
     assert ("--rmb-model-arg concurency: the openai backend has no setting 'concurency' (did you mean "
-            "'concurrency'?); accepted: mode, base_url, api_key_env, concurrency, ") in message
+            "'concurrency'?); accepted: mode, scale, base_url, api_key_env, concurrency, routing, ") in message
 
 
 def test_a_refused_value_is_shown_as_typed_unless_it_is_a_credential(pytester, monkeypatch):

@@ -55,6 +55,9 @@ BUILTIN = {
 # The last word of a setting's or an environment variable's name that says it holds a credential
 # (api_key, HF_TOKEN, OPENAI_API_KEY; not max_tokens or api_key_env, which hold a number or a name).
 CREDENTIAL_WORDS = ("key", "token", "secret", "password", "credentials")
+# How a backend behind a server spreads requests over several base URLs (``routing=``): by the
+# conversation (pytest_rmb.http.replica_for), so a replica's prefix cache serves it, or in turn.
+ROUTINGS = ("affinity", "round-robin")
 # Bare names that are not Hugging Face ids: the baselines.
 BASELINE_NAMES = ("length", "random")
 
@@ -132,6 +135,8 @@ class Backend:
     # first need: what a run uses, so that a rerun the score cache answers in full loads nothing.
     # None: ``load`` is all the backend has.
     prepare: Callable[[ModelSettings], PointwiseModel | PairwiseModel] | None = None
+    # The spec may end at the scheme (``panel:``): the model is named by its settings instead.
+    name_optional: bool = False
 
     def parse_args(self, given: Sequence[tuple[str, str]]) -> dict[str, Any]:
         """Validate ``KEY=VALUE`` pairs against the declared args; defaults fill the rest."""
@@ -261,7 +266,7 @@ def backend_for(spec: str, backends: BackendRegistry) -> Backend:
     if backend is None:
         raise BackendError(f"--rmb-model {spec}: unknown backend scheme {scheme!r}; installed: "
                            f"{', '.join(backends.schemes())} (and the baselines {', '.join(BASELINE_NAMES)})")
-    if not rest:
+    if not rest and not backend.name_optional:
         raise BackendError(f"--rmb-model {spec}: nothing after '{scheme}:'; expected {scheme}:NAME")
     return backend
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pytest_rmb.backends import (
+    ROUTINGS,
     Backend,
     ModelArg,
     ModelLoadError,
@@ -48,7 +49,16 @@ from pytest_rmb.judging.parsing import (
     verdict_probability,
 )
 from pytest_rmb.judging.prompts import JudgePrompt, judge_messages
-from pytest_rmb.models import PairRequest, PairwiseModel, PartialBatchError, PointwiseModel, RunStopped, Verdict
+from pytest_rmb.models import (
+    Conversation,
+    PairRequest,
+    PairwiseModel,
+    PartialBatchError,
+    PointwiseModel,
+    RunStopped,
+    Verdict,
+    conversation_key,
+)
 from pytest_rmb.parsers import (
     boolean,
     choice,
@@ -95,6 +105,10 @@ ARGS = (
              "environment variable holding the API key (default OPENAI_API_KEY); the key is read "
              "from the environment only"),
     ModelArg("concurrency", positive_int, 16, "requests in flight at once"),
+    ModelArg("routing", choice(*ROUTINGS), ROUTINGS[0],
+             "with several base URLs: affinity sends every request about one conversation (both orders of a "
+             "comparison, the comparisons of a list, the follow-up turns) to the same replica, so its prefix "
+             "cache reads the question once; round-robin spreads requests in turn"),
     ModelArg("timeout", renamed("seconds", positive_float), 120.0, "seconds per request"),
     ModelArg("retries", renamed("int", non_negative_int), 4,
              "retries of a failed request (408, 429, 5xx, timeouts; Retry-After honoured) and of an "
@@ -143,6 +157,8 @@ class _Ask:
     slot: str
     messages: list[dict[str, str]]
     chars: int
+    # The base URL it goes to (an index into base_urls); None: the next in turn.
+    replica: int | None = None
 
 
 class _Aborted(Exception):
@@ -196,6 +212,7 @@ class OpenAIJudge(PairwiseModel):
         protocol = resolve_protocol(settings, default_prompt="pair-v2", label="openai judge")
         self.prompt: JudgePrompt = protocol.prompt
         self.concurrency: int = args.get("concurrency", 16)
+        self.routing: str = args.get("routing") or ROUTINGS[0]
         self.order: str = protocol.order
         self.votes: int = args.get("votes", 1)
         self.temperature: float = args.get("temperature", 0.0)
@@ -321,9 +338,10 @@ class OpenAIJudge(PairwiseModel):
         from pytest_rmb.http import JSONClient
 
         # Each batch's client starts its round-robin over the replicas one further along, so
-        # that small batches do not all begin with the first replica.
+        # that small batches do not all begin with the first replica. Affinity routing names
+        # replicas by their place in base_urls, so their order stays.
         self._rotation += 1
-        by = self._rotation % len(self.base_urls)
+        by = 0 if self._affinity() else self._rotation % len(self.base_urls)
         client = JSONClient(self.base_urls[by:] + self.base_urls[:by], api_key=self._api_key,
                             concurrency=self.concurrency, policy=self.policy)
         self._clients.append(client)
@@ -331,12 +349,22 @@ class OpenAIJudge(PairwiseModel):
 
     # -- cost -----------------------------------------------------------------------------
 
+    def _affinity(self) -> bool:
+        return self.routing == "affinity" and len(self.base_urls) > 1
+
+    def replica_of(self, conversation: Conversation) -> int | None:
+        """The replica every request about ``conversation`` goes to; None: round-robin."""
+        from pytest_rmb.http import replica_for
+
+        return replica_for(conversation_key(conversation), len(self.base_urls)) if self._affinity() else None
+
     def _asks(self, index: int, request: PairRequest) -> list[_Ask]:
         asks = []
+        replica = self.replica_of(request.conversation)
         for slot in chosen_slots(self.order, self.seed, self.cache_key(request)):
             a, b = (request.first, request.second) if slot == "A" else (request.second, request.first)
             messages = judge_messages(self.prompt, request.conversation, a, b, request.goal)
-            asks.append(_Ask(index, slot, messages, sum(len(m["content"]) for m in messages)))
+            asks.append(_Ask(index, slot, messages, sum(len(m["content"]) for m in messages), replica))
         return asks
 
     def _chars_per_token(self) -> float:
@@ -444,7 +472,7 @@ class OpenAIJudge(PairwiseModel):
         note = ""
         was_cut = False
         for attempt in range(self.parse_retries + 1):
-            reply, used = await self._chat(client, messages, vote, state)
+            reply, used = await self._chat(client, messages, vote, state, replica=ask.replica)
             for name in list(usage):
                 if name in used:
                     usage[name] += used[name]
@@ -486,7 +514,7 @@ class OpenAIJudge(PairwiseModel):
             self._stop(stop, state)
 
     async def _chat(self, client: Any, messages: list[dict[str, str]], vote: int,
-                    state: _RunState) -> tuple[_Reply, dict[str, int]]:
+                    state: _RunState, *, replica: int | None = None) -> tuple[_Reply, dict[str, int]]:
         """One chat completion: (the reply, usage summed over the attempts; reasoning_tokens only
         when every attempt's server said them).
 
@@ -497,7 +525,7 @@ class OpenAIJudge(PairwiseModel):
         usage = {"prompt_tokens": 0, "completion_tokens": 0, "reasoning_tokens": 0}
         attempt = 0
         while True:
-            reply = await self._ask(client, messages, vote, state)
+            reply = await self._ask(client, messages, vote, state, replica=replica)
             assert reply.usage is not None  # _ask fills it in
             for name in list(usage):
                 if name in reply.usage:
@@ -519,7 +547,7 @@ class OpenAIJudge(PairwiseModel):
         return reply, usage
 
     async def _ask(self, client: Any, messages: list[dict[str, str]], vote: int,
-                   state: _RunState) -> _Reply:
+                   state: _RunState, *, replica: int | None = None) -> _Reply:
         """One request (the client retries transport failures), within the token budget; its
         usage estimated when the server gave none."""
         from pytest_rmb.http import HTTPFailure
@@ -551,7 +579,7 @@ class OpenAIJudge(PairwiseModel):
                         payload["seed"] = self.server_seed + vote
                     state.in_flight += 1
                     try:
-                        document = await client.post("/chat/completions", payload)
+                        document = await client.post("/chat/completions", payload, replica=replica)
                     except HTTPFailure as failure:
                         if self._adapt(failure):
                             continue

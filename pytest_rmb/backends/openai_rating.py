@@ -174,7 +174,7 @@ class OpenAIRater(PointwiseModel):
         messages = asked
         was_cut = False
         for attempt in range(t.parse_retries + 1):
-            reply, _ = await t._chat(client, messages, 0, state)
+            reply, _ = await t._chat(client, messages, 0, state, replica=t.replica_of(request.conversation))
             cut = reply.cut_off
             if is_empty(reply.content) and not cut:
                 # Empty after its retries: not a rating, and not a judgement the cache should keep.

@@ -248,7 +248,8 @@ class JudgePanel(PairwiseModel):
                 raise ModelLoadError(f"panel judge {number} ({member.label}): {exc}") from None
             if line:
                 lines.append(f"judge {number} ({member.label}): {line}")
-        head = f"panel {self.name} of {len(self.members)} judges"
+        named = f"panel {self.name}" if self.name else "panel"
+        head = f"{named} of {len(self.members)} judges"
         if len(self.members) % 2 == 0:
             # Said before the run, not found in its numbers afterwards.
             head += (f" (an even split, {len(self.members) // 2}-{len(self.members) // 2}, is no verdict, so ties "
@@ -416,7 +417,8 @@ def _without_option_names(message: str, spec: str) -> str:
 BACKEND = Backend(
     "panel", lambda settings: _loaded(load_panel(settings, lazy=False)), ARGS,
     prepare=load_panel,
-    summary="a panel of LLM judges deciding each comparison by strict majority: --rmb-model panel:NAME "
+    name_optional=True,
+    summary="a panel of LLM judges deciding each comparison by strict majority: --rmb-model panel:[NAME] "
             "--rmb-model-arg 'judges=SPEC KEY=VALUE ...;SPEC ...'",
 )
 

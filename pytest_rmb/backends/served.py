@@ -40,7 +40,6 @@ once: it is probably post-activation, which squeezes the scale and turns near-ti
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 import warnings
 from collections.abc import Sequence
@@ -50,6 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_rmb.backends import (
+    ROUTINGS,
     Backend,
     ModelArg,
     ModelLoadError,
@@ -57,7 +57,7 @@ from pytest_rmb.backends import (
     prepared_then_loaded,
 )
 from pytest_rmb.batching import pack_batches
-from pytest_rmb.models import Conversation, PartialBatchError, PointwiseModel, ScoreRequest, as_chat
+from pytest_rmb.models import PartialBatchError, PointwiseModel, ScoreRequest, as_chat, conversation_key
 from pytest_rmb.parsers import choice, env_var_name, non_negative_int, positive_int
 
 if TYPE_CHECKING:
@@ -72,7 +72,6 @@ BATCH_PER_SLOT = 4
 # Post-activation detection: this many scores, every one in [0, 1], is no coincidence for raw logits.
 ACTIVATION_SAMPLE = 20
 STARTUP_TIMEOUT = 10.0
-ROUTINGS = ("affinity", "round-robin")
 
 
 @dataclass(frozen=True)
@@ -447,11 +446,6 @@ class ServedRewardModel(PointwiseModel):
                 RMBWarning,
                 stacklevel=2,
             )
-
-
-def conversation_key(conversation: Conversation) -> str:
-    """What the answers to one conversation share: the conversation itself, as the routing key."""
-    return json.dumps([[m.role, m.content] for m in conversation], ensure_ascii=False)
 
 
 def conversation_batches(requests: Sequence[ScoreRequest], costs: Sequence[int], max_batch_size: int,
