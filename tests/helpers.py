@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+from collections import Counter
 from pathlib import Path
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "RMB_dataset"
@@ -61,6 +62,37 @@ def expected_correct(record: dict) -> tuple[bool, list[float]]:
     else:
         scores = [len(record["bon_best"]["answer"])] + [len(x["answer"]) for x in record["loser_list"]]
     return all(scores[0] > s for s in scores[1:]), [float(s) for s in scores]
+
+
+# The summary's section of each folder of the data: (kind folder, goal folder) -> section.
+SECTION_OF = {
+    ("Pairwise_set", "Helpfulness"): "helpfulness.pairwise",
+    ("Pairwise_set", "Harmlessness"): "harmlessness.pairwise",
+    ("BoN_set", "Helpfulness"): "helpfulness.bon",
+    ("BoN_set", "Harmlessness"): "harmlessness.bon",
+}
+
+
+def length_sections(root: Path, goals=("Helpfulness", "Harmlessness"), kinds=("Pairwise_set", "BoN_set"),
+                    files: tuple[str, ...] | None = None, only: tuple[str, ...] | None = None,
+                    ) -> dict[str, tuple[int, int]]:
+    """The length baseline's (correct, total) per section, from the raw files; ``files``: only
+    files whose path ends so, ``only``: only files whose path holds one of these."""
+    correct: Counter = Counter()
+    total: Counter = Counter()
+    for relative, records in all_files(root).items():
+        kind_dir, goal_dir = relative.split("/")[:2]
+        if kind_dir not in kinds or goal_dir not in goals:
+            continue
+        if files is not None and not any(relative.endswith(f) for f in files):
+            continue
+        if only is not None and not any(part in relative for part in only):
+            continue
+        for record in records:
+            section = SECTION_OF[kind_dir, goal_dir]
+            total[section] += 1
+            correct[section] += expected_correct(record)[0]
+    return {section: (correct[section], total[section]) for section in total}
 
 
 def ctrl_c_reaches_it() -> None:

@@ -25,15 +25,14 @@ import pytest
 
 from pytest_rmb.cache import default_cache_dir
 from pytest_rmb.judging.prompts import PROMPT_NAMES, load_prompt
-from tests.helpers import SAMPLE_DATA, SHARED_DATA, all_files, ctrl_c_reaches_it, expected_correct
+from tests.helpers import (
+    SAMPLE_DATA,
+    SHARED_DATA,
+    all_files,
+    ctrl_c_reaches_it,
+    length_sections,
+)
 from tests.judge_stub import VERDICT_PROBABILITY, StubServer
-
-SECTION_OF = {
-    ("Pairwise_set", "Helpfulness"): "helpfulness.pairwise",
-    ("Pairwise_set", "Harmlessness"): "harmlessness.pairwise",
-    ("BoN_set", "Helpfulness"): "helpfulness.bon",
-    ("BoN_set", "Harmlessness"): "harmlessness.bon",
-}
 
 
 @pytest.fixture
@@ -66,24 +65,6 @@ def sections(path: Path) -> dict[str, tuple[int, int]]:
     summary = json.loads(path.read_text())
     return {name: (entry["correct"], entry["total"]) for name, entry in summary["sections"].items()
             if entry["total"]}
-
-
-def length_sections(root: Path, goals=("Helpfulness", "Harmlessness"), kinds=("Pairwise_set", "BoN_set"),
-                    files: tuple[str, ...] | None = None) -> dict[str, tuple[int, int]]:
-    """The length baseline's (correct, total) per section, from the raw files."""
-    correct: Counter = Counter()
-    total: Counter = Counter()
-    for relative, records in all_files(root).items():
-        kind_dir, goal_dir = relative.split("/")[:2]
-        if kind_dir not in kinds or goal_dir not in goals:
-            continue
-        if files is not None and not any(relative.endswith(f) for f in files):
-            continue
-        for record in records:
-            section = SECTION_OF[kind_dir, goal_dir]
-            total[section] += 1
-            correct[section] += expected_correct(record)[0]
-    return {section: (correct[section], total[section]) for section in total}
 
 
 def unique_comparisons(root: Path, goals=("Helpfulness", "Harmlessness"), kinds=("Pairwise_set", "BoN_set"),

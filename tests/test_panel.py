@@ -18,14 +18,8 @@ import pytest
 
 from pytest_rmb.backends.panel import decide
 from pytest_rmb.models import Verdict
-from tests.helpers import SAMPLE_DATA, all_files, expected_correct
+from tests.helpers import SAMPLE_DATA, all_files, expected_correct, length_sections
 
-SECTION_OF = {
-    ("Pairwise_set", "Helpfulness"): "helpfulness.pairwise",
-    ("Pairwise_set", "Harmlessness"): "harmlessness.pairwise",
-    ("BoN_set", "Helpfulness"): "helpfulness.bon",
-    ("BoN_set", "Harmlessness"): "harmlessness.bon",
-}
 # Answer B shown as Assistant A and answer A as Assistant B: a judge that prefers the longer of what
 # it sees as A and B then prefers the shorter of the harness's answers.
 SWAPPED_TEMPLATE = (
@@ -34,21 +28,6 @@ SWAPPED_TEMPLATE = (
     "[The Start of Assistant B's Answer]\n{answer_a}\n[The End of Assistant B's Answer]\n\n"
     "Which is better? End with {verdict_a} or {verdict_b}."
 )
-
-
-def length_sections(kinds=("Pairwise_set", "BoN_set")) -> dict[str, tuple[int, int]]:
-    """The length baseline's (correct, total) per section of the sample, from the raw files."""
-    correct: Counter = Counter()
-    total: Counter = Counter()
-    for relative, records in all_files(SAMPLE_DATA).items():
-        kind_dir, goal_dir = relative.split("/")[:2]
-        if kind_dir not in kinds:
-            continue
-        for record in records:
-            section = SECTION_OF[kind_dir, goal_dir]
-            total[section] += 1
-            correct[section] += expected_correct(record)[0]
-    return {section: (correct[section], total[section]) for section in total}
 
 
 def pair_lengths() -> dict[str, tuple[int, int]]:
@@ -121,7 +100,7 @@ def test_two_longer_judges_outvote_a_shorter_one_and_each_verdict_is_recorded(py
     assert result.ret == 0, output(result)
     assert "rmb: panel trio of 3 judges; judge 1 (openai:long-1): " in output(result)
     assert "an even split" not in output(result)
-    expected = length_sections()
+    expected = length_sections(SAMPLE_DATA)
     assert len(expected) == 4
     assert sections(pytester.path / "panel.json") == expected
     lengths = pair_lengths()
@@ -182,7 +161,7 @@ def test_a_panel_needs_no_name(pytester, trio):
                                 f"judges={judges}", "--rmb-data", "sample", "--rmb-json", "bare.json")
     assert result.ret == 0, output(result)
     assert "rmb: panel of 3 judges; judge 1 (openai:long-1): " in output(result)
-    assert sections(pytester.path / "bare.json") == length_sections()
+    assert sections(pytester.path / "bare.json") == length_sections(SAMPLE_DATA)
 
 
 def test_an_even_split_is_no_verdict(pytester, stubs, swapped_prompt):
@@ -264,7 +243,7 @@ def test_a_judge_out_of_memory_halves_the_batch_and_the_others_are_not_asked_twi
               f"openai:long-2 base_url={long2.base_url}")
     result = panel(pytester, judges, "-m", "pairwise", "--rmb-json", "oom.json", "--rmb-jsonl", "oom.jsonl")
     assert result.ret == 0, output(result)
-    assert sections(pytester.path / "oom.json") == length_sections(kinds=("Pairwise_set",))
+    assert sections(pytester.path / "oom.json") == length_sections(SAMPLE_DATA, kinds=("Pairwise_set",))
     assert json.loads((pytester.path / "oom.json").read_text())["engine"]["oom_retries"] >= 1
     # Each HTTP judge answered each comparison once in each order: nothing asked twice.
     pairs = len(pair_lengths())
@@ -340,7 +319,7 @@ def test_a_dead_judge_server_stops_the_run_and_what_the_others_decide_is_kept(py
     assert rerun.ret == 0, output(rerun)
     left = 2 * (len(pair_lengths()) - len(decided))
     assert [chat_requests(alive) - asked[0], chat_requests(other) - asked[1], chat_requests(back)] == [left] * 3
-    assert sections(pytester.path / "rerun.json") == length_sections(kinds=("Pairwise_set",))
+    assert sections(pytester.path / "rerun.json") == length_sections(SAMPLE_DATA, kinds=("Pairwise_set",))
 
 
 # -- the cache and workers ------------------------------------------------------------------------
@@ -357,7 +336,7 @@ def test_a_rerun_asks_no_judge_anything(pytester, trio, tmp_path):
     assert second.ret == 0, output(second)
     assert [chat_requests(server) for server in servers] == asked
     assert sections(pytester.path / "second.json") == sections(pytester.path / "first.json") == length_sections(
-        kinds=("Pairwise_set",))
+        SAMPLE_DATA, kinds=("Pairwise_set",))
     # Another panel (one judge asked differently) keeps verdicts of its own: it asks again.
     changed = judges.replace("openai:long-2 ", "openai:long-2 verdict=json ")
     third = panel(pytester, changed, "-m", "pairwise", "--rmb-cache-dir", cache)
@@ -372,7 +351,7 @@ def test_two_workers_give_the_same_numbers(pytester, trio, tmp_path):
          "--rmb-model-arg", f"judges={judges}", "--rmb-data", "sample", "--rmb-json", str(tmp_path / "n2.json")],
         cwd=pytester.path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert sections(tmp_path / "n2.json") == length_sections()
+    assert sections(tmp_path / "n2.json") == length_sections(SAMPLE_DATA)
 
 
 # -- the rule -------------------------------------------------------------------------------------

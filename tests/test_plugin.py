@@ -9,14 +9,7 @@ from collections import Counter
 
 import pytest
 
-from tests.helpers import SAMPLE_DATA, all_files, bon, expected_correct, pair, run_rmb, write_dataset
-
-SECTION_OF = {
-    ("Pairwise_set", "Helpfulness"): "helpfulness.pairwise",
-    ("Pairwise_set", "Harmlessness"): "harmlessness.pairwise",
-    ("BoN_set", "Helpfulness"): "helpfulness.bon",
-    ("BoN_set", "Harmlessness"): "harmlessness.bon",
-}
+from tests.helpers import SAMPLE_DATA, SECTION_OF, all_files, bon, expected_correct, pair, run_rmb, write_dataset
 
 
 def length_expectation(root):

@@ -27,7 +27,7 @@ from pytest_rmb.judging.rating import (
     rating_format,
     rating_messages,
 )
-from tests.helpers import SAMPLE_DATA, all_files
+from tests.helpers import SAMPLE_DATA, SECTION_OF, all_files
 from tests.judge_stub import (
     RATE_BUCKET,
     RATING_PROBABILITY,
@@ -37,7 +37,7 @@ from tests.judge_stub import (
     StubServer,
     misses_rating,
 )
-from tests.test_openai_judge import SECTION_OF, answered, output, records
+from tests.test_openai_judge import answered, output, records
 
 FORMATS = sorted(RATINGS)
 SCALE = parse_scale("1-10")

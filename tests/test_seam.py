@@ -11,32 +11,20 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections import Counter
 
 import pytest
 
 from pytest_rmb.cache import default_cache_dir
-from tests.helpers import SAMPLE_DATA, SHARED_DATA, all_files, bon, expected_correct, pair, write_dataset
-
-SECTION_OF = {
-    ("Pairwise_set", "Helpfulness"): "helpfulness.pairwise",
-    ("Pairwise_set", "Harmlessness"): "harmlessness.pairwise",
-    ("BoN_set", "Helpfulness"): "helpfulness.bon",
-    ("BoN_set", "Harmlessness"): "harmlessness.bon",
-}
-
-
-def length_sections(root, only=None):
-    """(correct, total) per section of the length baseline, counted from the raw files."""
-    correct, total = Counter(), Counter()
-    for relative, records in all_files(root).items():
-        if only is not None and not any(part in relative for part in only):
-            continue
-        section = SECTION_OF[tuple(relative.split("/")[:2])]
-        for record in records:
-            total[section] += 1
-            correct[section] += expected_correct(record)[0]
-    return {s: (correct[s], total[s]) for s in total}
+from tests.helpers import (
+    SAMPLE_DATA,
+    SHARED_DATA,
+    all_files,
+    bon,
+    expected_correct,
+    length_sections,
+    pair,
+    write_dataset,
+)
 
 
 def sections_of(summary):
