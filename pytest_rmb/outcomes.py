@@ -38,7 +38,7 @@ def _base_record(sample: Sample, correct: bool) -> dict[str, Any]:
     return {"scenario": sample.scenario, "kind": sample.kind, "uid": sample.uid, "correct": correct,
             "null_correct": is_correct([c[0] for c in counts]), "style": counts,
             "markdown_correct": markdown_correct(counts),
-            "generators": tuple(response.model for response in sample.responses)}
+            "generators": tuple([response.model for response in sample.responses])}
 
 
 def outcome_from_scores(sample: Sample, scores: Sequence[float], no_score: float | None = None) -> Outcome:

