@@ -332,13 +332,13 @@ _WANTED: dict[type, str] = {str: "a string", list: "an array", dict: "an object"
 
 
 def _field(record: dict, name: str, expected: type, where: str = ""):
-    label = f"{where}{name}"
+    # Labels are built only for an error: this runs for every field of every record read.
     if name not in record:
-        raise InvalidRecord(f"field '{label}': missing")
+        raise InvalidRecord(f"field '{where}{name}': missing")
     value = record[name]
     if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
         wanted = _WANTED[expected]
-        raise InvalidRecord(f"field '{label}': expected {wanted}, got {json_type(value)}")
+        raise InvalidRecord(f"field '{where}{name}': expected {wanted}, got {json_type(value)}")
     return value
 
 
@@ -348,15 +348,16 @@ def _conversation(record: dict) -> Conversation:
         raise InvalidRecord("field 'conversation_input': empty")
     messages = []
     for i, turn in enumerate(turns):
-        where = f"conversation_input[{i}]."
         if not isinstance(turn, dict):
             raise InvalidRecord(f"field 'conversation_input[{i}]': expected an object, got {json_type(turn)}")
-        language = turn.get("language")
-        if language is not None and not isinstance(language, str):
-            raise InvalidRecord(f"field '{where}language': expected a string, got {json_type(language)}")
-        messages.append(
-            Message(_field(turn, "role", str, where), _field(turn, "content", str, where), language)
-        )
+        role, content, language = turn.get("role"), turn.get("content"), turn.get("language")
+        if type(role) is not str or type(content) is not str or (language is not None and type(language) is not str):
+            where = f"conversation_input[{i}]."
+            if language is not None and type(language) is not str:
+                raise InvalidRecord(f"field '{where}language': expected a string, got {json_type(language)}")
+            _field(turn, "role", str, where)
+            _field(turn, "content", str, where)
+        messages.append(Message(role, content, language))
     if messages[-1].role != "user":
         raise InvalidRecord(
             f"field 'conversation_input[{len(messages) - 1}].role': the last message must come "
@@ -368,12 +369,13 @@ def _conversation(record: dict) -> Conversation:
 def _response(value: object, label: str) -> Response:
     if not isinstance(value, dict):
         raise InvalidRecord(f"field '{label}': expected an object, got {json_type(value)}")
-    where = f"{label}."
     # An empty answer is real RMB data (Harmlessness S5 pairs 13586, 13587): valid, scored as is.
-    text = _field(value, "answer", str, where)
+    text = value.get("answer")
+    if type(text) is not str:
+        text = _field(value, "answer", str, f"{label}.")
     model = value.get("llm_name", "")
     if not isinstance(model, str):
-        raise InvalidRecord(f"field '{where}llm_name': expected a string, got {json_type(model)}")
+        raise InvalidRecord(f"field '{label}.llm_name': expected a string, got {json_type(model)}")
     return Response(model, text)
 
 
