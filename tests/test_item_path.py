@@ -129,3 +129,32 @@ def test_each_item_reports_its_test_functions_file_and_line(pytester):
         test = nodeid.split("::")[1]
         assert Path(path).name == "benchmark.py"
         assert (line, name) == (line_of[test.split("[")[0]], test)
+
+
+GC_PROBE = """
+import gc
+import json
+from pathlib import Path
+
+
+def test_probe():
+    Path("gc.json").write_text(json.dumps(gc.get_threshold()))
+"""
+
+
+def test_an_rmb_run_raises_the_young_gc_threshold_and_restores_it(pytester):
+    import gc
+
+    from pytest_rmb.plugin import RUN_GC_THRESHOLD
+
+    pytester.makepyfile(test_probe=GC_PROBE)
+    before = gc.get_threshold()
+    result = pytester.runpytest("-p", "no:cacheprovider", "--rmb-model", "length", "--rmb-data", "sample",
+                                "test_probe.py", "rmb/chat/casual_conversation")
+    assert result.ret in (0, 1), result.stdout.str()
+    assert json.loads((pytester.path / "gc.json").read_text()) == [RUN_GC_THRESHOLD, *before[1:]]
+    assert gc.get_threshold() == before
+    # A run without --rmb-model leaves the collector alone.
+    result = pytester.runpytest("-p", "no:cacheprovider", "test_probe.py")
+    assert result.ret == 0
+    assert json.loads((pytester.path / "gc.json").read_text()) == list(before)
