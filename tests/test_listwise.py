@@ -343,3 +343,18 @@ def test_combine_list():
     assert again.ask_again and again.won is None
     settled = combine_list([order([0, 1, 2], "A", "A", None, notes=["empty reply"])], "fixed")
     assert settled.won is True and not settled.ask_again and settled.detail["empty_replies"] == 1
+
+
+def test_the_judge_explains_a_list_as_it_will_ask_it():
+    from pytest_rmb.backends import ModelSettings
+    from pytest_rmb.backends.openai import BACKEND
+    from pytest_rmb.models import ListRequest
+
+    args = BACKEND.parse_args([("base_url", "http://127.0.0.1:9/v1"), ("mode", "listwise"), ("order", "both")])
+    model = BACKEND.load(ModelSettings("openai:judge", args=args))
+    request = ListRequest((user("Which?"),), ("best answer", "loser one", "loser two"))
+    explained = model.explain_list(request)
+    assert [p["chosen"] for p in explained["prompts"]] == ["A", "C"]
+    second = explained["prompts"][1]["messages"][-1]["content"]
+    assert [text for _, text in shown_answers([{"content": second}])] == ["loser two", "loser one", "best answer"]
+    assert explained["prompt"] == "listwise" and explained["verdict"]["format"] == "tags"

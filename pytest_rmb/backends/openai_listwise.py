@@ -26,6 +26,7 @@ from pytest_rmb.backends import ModelLoadError, ModelSettings
 from pytest_rmb.backends.openai import OpenAIJudge, _all_or_nothing, _RunState
 from pytest_rmb.judging.cutoffs import CUT_OFF
 from pytest_rmb.judging.listwise import (
+    LETTERS,
     ListOrder,
     ListTooLong,
     combine_list,
@@ -115,6 +116,16 @@ class OpenAIListJudge(OpenAIJudge):
         return (f"{calls} requests (listwise: {saved} fewer than comparing pairs), ~{tokens} prompt tokens to "
                 f"{self.model_name}; replies at most {calls * self.max_tokens} tokens (max_tokens={self.max_tokens} "
                 "each, reasoning included)" + (f"; budget {self.budget_tokens} tokens" if self.budget_tokens else ""))
+
+    def explain_list(self, request: ListRequest) -> dict[str, Any]:
+        """What ``--rmb-show-input`` can print for a list: the messages of each order asked, in
+        the shape of the pairwise judge's explanation (``chosen``: the best answer's letter)."""
+        prompts = [{"chosen": LETTERS[ask.shown.index(0)], "shown": list(ask.shown), "messages": ask.messages}
+                   for ask in self._list_asks(0, request)]
+        return {"judge": f"openai:{self.model_name}", "prompt": "listwise", "order": self.order, "prompts": prompts,
+                "verdict": {"read": "reply", "format": self.format.name, "max_tokens": self.max_tokens,
+                            "parse_retries": self.parse_retries, "temperature": self.temperature,
+                            "logprobs": self.logprobs_mode}}
 
     # -- judging --------------------------------------------------------------------------
 
