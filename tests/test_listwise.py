@@ -358,3 +358,22 @@ def test_the_judge_explains_a_list_as_it_will_ask_it():
     second = explained["prompts"][1]["messages"][-1]["content"]
     assert [text for _, text in shown_answers([{"content": second}])] == ["loser two", "loser one", "best answer"]
     assert explained["prompt"] == "listwise" and explained["verdict"]["format"] == "tags"
+
+
+def test_combine_list_counts_and_majorities_at_their_edges():
+    # Half the votes is no majority: two votes split one each.
+    half = combine_list([order([0, 1], "A", "B")], "fixed")
+    assert (half.won, half.reason) == (False, "no majority of the votes for any answer (best as A)")
+    # An order without a majority is no flip, even when the other order picked another answer.
+    mixed = combine_list([order([0, 1, 2], "B"), order([2, 1, 0], "A", "B")], "both")
+    assert mixed.detail["flip"] is False and mixed.won is False
+    assert [o["picked"] for o in mixed.detail["orders"]] == [1, None]
+    # Parse failures leave out the votes that were cut off or stayed empty.
+    counted = combine_list([order([0, 1, 2], None, None, None, "A",
+                                  notes=["empty reply", "cut off at the reply limit", "no [[A]] to [[C]]"])], "fixed")
+    assert (counted.detail["parse_failures"], counted.detail["empty_replies"], counted.detail["cut_offs"]) == (1, 1, 1)
+    # Reasoning tokens are summed only when every order's server said them.
+    said = ListOrder((0, 1), ("A",), {"prompt_tokens": 1, "completion_tokens": 5, "reasoning_tokens": 3})
+    unsaid = ListOrder((1, 0), ("B",), {"prompt_tokens": 1, "completion_tokens": 5})
+    assert combine_list([said, said], "both").detail["usage"]["reasoning_tokens"] == 6
+    assert "reasoning_tokens" not in combine_list([said, unsaid], "both").detail["usage"]
