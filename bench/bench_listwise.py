@@ -1,15 +1,17 @@
 """Listwise against pairwise judging: requests and wall time on the same data, side by side in one run.
 
     python bench/bench_listwise.py [--data ../shared/data/RMB_dataset] [--latency 0.02]
-                                   [--concurrency 64] [--order both] [-m MARKEXPR]
+                                   [--concurrency 64] [--order both] [--goal GOAL] [--kind KIND]
 
 Two stand-in judges that answer every request after ``--latency`` seconds (tests/list_stub.py and
 tests/judge_stub.py, both naming the longer/longest answer): ``pytest --rmb-model openai:stub-judge``
 over the selection with ``mode=listwise``, then the pairwise judge as it runs by default (Best-of-N
 early stop) and with ``bon_early_stop=false`` (every comparison asked), each in its own process
 with a fresh cache. Printed per run: requests the stand-in answered (counted from its own log),
-wall time, the ideal (requests x latency / concurrency), and the four sections; then the
-request ratio against the expected ``sum(N-1) / lists`` computed from the raw files.
+wall time, the ideal (requests x latency / concurrency), and the sections; then the requests
+expected from the raw files (distinct lists, distinct comparisons: a pairwise judge asks a
+comparison shared by a pair and a Best-of-N list once, a listwise judge asks the pair and the
+list apart).
 """
 
 from __future__ import annotations
@@ -31,11 +33,16 @@ from tests.list_stub import ListStubServer  # noqa: E402
 SHARED = ROOT.parent / "shared" / "data" / "RMB_dataset"
 
 
-def expected_requests(data: Path) -> tuple[int, int]:
-    """(distinct lists, distinct best-vs-loser comparisons) in the raw files, per order asked."""
+FOLDERS = {"pairwise": "Pairwise_set", "bon": "BoN_set", "helpfulness": "Helpfulness", "harmlessness": "Harmlessness"}
+
+
+def expected_requests(data: Path, goal_of: str, kind: str) -> tuple[int, int]:
+    """(distinct lists, distinct best-vs-loser comparisons) in the selected raw files, per order asked."""
     lists, comparisons = set(), set()
     for path in sorted(data.glob("*_set/**/*.json")):
-        goal = path.relative_to(data).parts[1]
+        kind_dir, goal = path.relative_to(data).parts[:2]
+        if kind_dir != FOLDERS.get(kind, kind_dir) or goal != FOLDERS.get(goal_of, goal):
+            continue
         for record in json.loads(path.read_text(encoding="utf-8")):
             conversation = json.dumps([[m["role"], m["content"]] for m in record["conversation_input"]])
             if "pair_uid" in record:
@@ -71,15 +78,17 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.02)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--order", default="both", choices=("both", "fixed", "random"))
-    parser.add_argument("-m", dest="markexpr", default=None)
+    parser.add_argument("--goal", default="all", choices=("all", "helpfulness", "harmlessness"))
+    parser.add_argument("--kind", default="all", choices=("all", "pairwise", "bon"))
     options = parser.parse_args()
     data = Path(options.data)
     if not data.is_dir():
         raise SystemExit(f"no data at {data}")
-    selection = ["--rmb-data", str(data.resolve())] + (["-m", options.markexpr] if options.markexpr else [])
+    markers = [marker for marker in (options.goal, options.kind) if marker != "all"]
+    selection = ["--rmb-data", str(data.resolve())] + (["-m", " and ".join(markers)] if markers else [])
     common = [f"order={options.order}", f"concurrency={options.concurrency}", "logprobs=false"]
     orders = 2 if options.order == "both" else 1
-    lists, comparisons = expected_requests(data)
+    lists, comparisons = expected_requests(data, options.goal, options.kind)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         flags = ["--latency", str(options.latency)]
@@ -89,7 +98,7 @@ def main() -> None:
                 run(pair_stub, folder, "pairwise", selection, common),
                 run(pair_stub, folder, "pairwise-all", selection, [*common, "bon_early_stop=false"]),
             ]
-    print(f"data {data}{' -m ' + options.markexpr if options.markexpr else ''}: {lists} distinct lists "
+    print(f"data {data} {' and '.join(markers) or 'all'}: {lists} distinct lists "
           f"(pairs included), {comparisons} distinct comparisons; order={options.order}, "
           f"latency {options.latency * 1000:.0f} ms, concurrency {options.concurrency}")
     print(f"{'run':<14}{'requests':>10}{'wall s':>9}{'ideal s':>9}  sections (correct/total)")
