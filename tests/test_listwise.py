@@ -185,9 +185,13 @@ def test_a_judge_that_always_says_a_flips_every_list(pytester, list_stubs):
 def test_listwise_asks_n_minus_1_times_fewer_requests_than_pairwise(pytester, list_stubs):
     lists = list_stubs("longer")
     pairs = list_stubs("longer", pairwise=True)
-    assert judge(pytester, lists, *listwise("order=both"), name="lists").ret == 0
+    listed = judge(pytester, lists, *listwise("order=both"), name="lists")
+    assert listed.ret == 0, output(listed)
     assert judge(pytester, pairs, "--rmb-model-arg", "bon_early_stop=false", name="pairs").ret == 0
     sizes = unique_list_sizes(SAMPLE_DATA)
+    # Said before the first request: one per list and order, and what comparing each list would take.
+    assert (f"rmb: {2 * len(sizes)} requests (one per list and order; these lists' comparisons would be "
+            f"{2 * sum(n - 1 for n in sizes)}), ~") in output(listed)
     # Pairwise: every comparison of the best with a loser, in both orders; listwise: each list twice.
     comparisons = {(key[0], key[1][0], loser, key[2]) for _, _, key in raw_lists(SAMPLE_DATA) for loser in key[1][1:]}
     assert len(pairs.requests()) == 2 * len(comparisons)

@@ -113,7 +113,10 @@ class OpenAIListJudge(OpenAIJudge):
                 chars += ask.chars * self.votes
                 saved += (len(ask.shown) - 2) * self.votes
         tokens = int(chars / self._chars_per_token())
-        return (f"{calls} requests (listwise: {saved} fewer than comparing pairs), ~{tokens} prompt tokens to "
+        # Per list: a comparison shared with another sample (RMB's pairs come from its lists) is
+        # asked once by a pairwise judge, so over a whole run the difference can be smaller.
+        return (f"{calls} requests (one per list and order; these lists' comparisons would be {calls + saved}), "
+                f"~{tokens} prompt tokens to "
                 f"{self.model_name}; replies at most {calls * self.max_tokens} tokens (max_tokens={self.max_tokens} "
                 "each, reasoning included)" + (f"; budget {self.budget_tokens} tokens" if self.budget_tokens else ""))
 
