@@ -381,3 +381,28 @@ def test_combine_list_counts_and_majorities_at_their_edges():
     unsaid = ListOrder((1, 0), ("B",), {"prompt_tokens": 1, "completion_tokens": 5})
     assert combine_list([said, said], "both").detail["usage"]["reasoning_tokens"] == 6
     assert "reasoning_tokens" not in combine_list([said, unsaid], "both").detail["usage"]
+
+
+def test_cut_off_replies_are_rescued_by_the_follow_up_turn_and_counted(pytester, list_stubs):
+    stub = list_stubs("longer", "--cut-off-share", "1")  # every first reply cut off; follow-ups answer
+    result = judge(pytester, stub, *listwise("order=both", "stop_on_cut_offs=false"))
+    assert result.ret == 0, output(result)
+    assert sections(pytester.path / "run.json") == length_sections(SAMPLE_DATA)
+    asked = 2 * len(unique_list_sizes(SAMPLE_DATA))  # lists x orders
+    assert len(stub.requests()) == 2 * asked and sum(bool(e.get("cut_off")) for e in stub.requests()) == asked
+    engine = summary(pytester.path / "run.json")["engine"]
+    assert (engine["cut_off_replies"], engine["cut_offs_rescued"]) == (asked, asked)
+
+
+def test_lists_cut_off_in_every_turn_are_cut_off_misses_and_stop_the_run_early(pytester, list_stubs):
+    stub = list_stubs("longer", "--cut-off-share", "1", "--cut-off-follow-ups")
+    result = judge(pytester, stub, *listwise("order=fixed", "parse_retries=0", "stop_on_cut_offs=false"))
+    assert result.ret == 0, output(result)
+    total = len(unique_list_sizes(SAMPLE_DATA))
+    stats = summary(pytester.path / "run.json")["judge"]["overall"]
+    assert (stats["correct"], stats["cut_off"], stats["no_verdict"], stats["parse_failures"]) == (0, total, 0, 0)
+    assert "not picked of 3 answers (cut off at the reply limit (best as A))" in output(result)
+    # With the early stop on, the twentieth cut-off reply stops the run, naming the limit.
+    stopped = judge(pytester, stub, *listwise("order=fixed", "parse_retries=0"), name="stopped")
+    assert stopped.ret == 2, output(stopped)
+    assert "replies were cut off at max_tokens=1024 before their verdict" in output(stopped)
