@@ -8,7 +8,9 @@ item, and later items only look their results up.
 - A pairwise model's unit is a unique (conversation, chosen-or-best, other) comparison:
   :class:`PairwiseEngine`. Best-of-N lists are judged in rounds (best against the first loser of
   every list, then the second loser of the lists still standing, ...) so that a model that stops
-  at the first lost comparison (``bon_early_stop``) skips the rest of that list only.
+  at the first lost comparison (``bon_early_stop``) skips the rest of that list only. A model that
+  judges whole lists (``judges_lists``: a listwise judge) is asked once per unique list instead, a
+  pair being a list of two.
 
 Both cache each result as its batch finishes and report their stats in one shape. A pointwise model's
 per-text facts (token count, truncated or not) are cached beside the score and counted for every
@@ -38,6 +40,7 @@ from pytest_rmb.cache import ScoreCache
 from pytest_rmb.data import Conversation, Sample
 from pytest_rmb.models import (
     BatchReport,
+    ListRequest,
     PairRequest,
     PairwiseModel,
     PartialBatchError,
@@ -116,8 +119,15 @@ class _BatchRunner:
                  encode: Callable[[Any], Any], decode: Callable[[Any], Any],
                  cacheable: Callable[[Any], bool] = lambda result: True,
                  facts: Callable[[Any], Mapping[str, Any]] | None = None,
-                 warn: Callable[[str], None] | None = None):
+                 warn: Callable[[str], None] | None = None,
+                 cache_key: Callable[[Any], str] | None = None,
+                 cost: Callable[[list], list[int]] | None = None):
         self._model = model
+        # Requests of another shape than the model's own (a listwise judge's lists) bring their
+        # own key and cost; the model's batch planner knows only its own requests.
+        self._cache_key = cache_key or model.cache_key
+        self._cost = cost or model.cost
+        self._own_requests = cost is None
         # --rmb-batch-size when given, else what the model asks for (HTTP backends want batches large
         # enough for their concurrency), else 64.
         self._max_batch_size = max_batch_size or model.batch_size or DEFAULT_BATCH_SIZE
@@ -156,7 +166,7 @@ class _BatchRunner:
     def _key(self, request: Any) -> str:
         key = self._keys.get(request)
         if key is None:
-            key = self._keys[request] = self._model.cache_key(request)
+            key = self._keys[request] = self._cache_key(request)
         return key
 
     def run(self, requests: list, delta: EngineStats, label: str, store: Callable[[int, Any, bool], None]) -> list[int]:
@@ -166,7 +176,7 @@ class _BatchRunner:
         if self._cache is not None:
             if self._cached is None:
                 self._cached, self._cached_facts = self._cache.load_with_facts()
-            cache_keys = [self._keys.pop(r, "") or self._model.cache_key(r) for r in requests]
+            cache_keys = [self._keys.pop(r, "") or self._cache_key(r) for r in requests]
             todo = []
             completed: list[tuple[str, Any, dict[str, Any]]] = []
             for i, key in enumerate(cache_keys):
@@ -191,8 +201,8 @@ class _BatchRunner:
         if not todo:
             return todo
         pending = [requests[i] for i in todo]
-        costs = self._model.cost(pending)
-        plan = getattr(self._model, "plan_batches", None)
+        costs = self._cost(pending)
+        plan = getattr(self._model, "plan_batches", None) if self._own_requests else None
         batches = (plan(pending, costs, self._max_batch_size, self._max_batch_cost) if callable(plan)
                    else pack_batches(costs, self._max_batch_size, self._max_batch_cost))
         try:
@@ -558,14 +568,32 @@ class PairwiseEngine(_ScenarioEngine):
                                     encode=Verdict.as_json, decode=Verdict.from_json,
                                     cacheable=lambda verdict: verdict.cacheable, warn=warn)
         self._verdicts: dict[PairRequest, Verdict] = {}
+        # A listwise judge: one verdict per unique list, through a runner of its own (its cache keys
+        # and costs are the lists', in the same cache file).
+        self._lists = bool(getattr(model, "judges_lists", False))
+        self._list_runner = None if not self._lists else _BatchRunner(
+            model, max_batch_size=max_batch_size, max_batch_cost=max_batch_cost, progress=self._progress,
+            cache=cache, call=model.compare_lists, check=_verdict, encode=Verdict.as_json,
+            decode=Verdict.from_json, cacheable=lambda verdict: verdict.cacheable, warn=warn,
+            cache_key=model.list_cache_key, cost=model.list_cost)
+        self._list_verdicts: dict[ListRequest, Verdict] = {}
 
     def has_work(self) -> bool:
         return bool(self.planned_requests())
 
-    def planned_requests(self) -> list[PairRequest]:
+    def planned_requests(self) -> list[PairRequest] | list[ListRequest]:
         """Every comparison the selection may need that the cache does not hold: what the run will
         ask the model for, at most (Best-of-N early stop can skip some). A list that lost a cached
-        comparison under early stop needs nothing after it: a rerun of a finished run plans none."""
+        comparison under early stop needs nothing after it: a rerun of a finished run plans none.
+        For a listwise judge: every list the cache does not hold."""
+        if self._lists:
+            lists: dict[ListRequest, None] = {}
+            for samples in self._plan.values():
+                for sample in samples:
+                    listed = self.list_request_of(sample)
+                    if self._runner_of_lists().cached(listed) is None:
+                        lists[listed] = None
+            return list(lists)
         unique: dict[PairRequest, None] = {}
         for samples in self._plan.values():
             for sample in samples:
@@ -583,7 +611,17 @@ class PairwiseEngine(_ScenarioEngine):
         first = sample.responses[0].text
         return [PairRequest(sample.conversation, first, other.text, goal) for other in sample.responses[1:]]
 
+    def list_request_of(self, sample: Sample) -> ListRequest:
+        """The sample as one list: chosen (or best) first, then the others in upstream order."""
+        return ListRequest(sample.conversation, tuple(r.text for r in sample.responses),
+                           self._goal_of.get(sample.scenario, ""))
+
     def _outcome(self, sample: Sample) -> Outcome:
+        if self._lists:
+            listed = self.list_request_of(sample)
+            if listed not in self._list_verdicts:
+                self._work([sample], "samples")
+            return outcome_from_verdicts(sample, [self._list_verdicts[listed]])
         requests = self.requests_of(sample)
         if any(r not in self._verdicts for r in requests) and not self._lost_early(requests):
             self._work([sample], "samples")
@@ -603,6 +641,9 @@ class PairwiseEngine(_ScenarioEngine):
         return False
 
     def _do_work(self, samples: Iterable[Sample], label: str, delta: EngineStats) -> None:
+        if self._lists:
+            self._judge_lists(samples, label, delta)
+            return
         # Round r judges the r-th comparison of every sample still standing.
         standing = [self.requests_of(sample) for sample in samples]
         delta.comparison_slots += sum(len(r) for r in standing)
@@ -618,11 +659,8 @@ class PairwiseEngine(_ScenarioEngine):
             if keys:
                 def store(i: int, verdict: Verdict, from_cache: bool, keys: list[PairRequest] = keys) -> None:
                     memo[keys[i]] = verdict
-                    usage = verdict.detail.get("usage")
-                    if from_cache and isinstance(usage, Mapping):
-                        # What these verdicts cost when they were first asked for, counted apart.
-                        delta.add({f"cached_{name}": value for name, value in usage.items()
-                                   if isinstance(value, (int, float))})
+                    if from_cache:
+                        _count_cached_usage(verdict, delta)
 
                 delta.comparisons_made += len(self._runner.run(keys, delta, label, store))
             round_index += 1
@@ -636,6 +674,37 @@ class PairwiseEngine(_ScenarioEngine):
                     continue
                 next_standing.append(requests)
             standing = next_standing
+
+    def _judge_lists(self, samples: Iterable[Sample], label: str, delta: EngineStats) -> None:
+        """A listwise judge's work: each unique list once. A list is one comparison slot."""
+        memo = self._list_verdicts
+        pending: dict[ListRequest, None] = {}
+        for sample in samples:
+            delta.comparison_slots += 1
+            request = self.list_request_of(sample)
+            if request not in memo:
+                pending[request] = None
+        keys = list(pending)
+        if not keys:
+            return
+
+        def store(i: int, verdict: Verdict, from_cache: bool) -> None:
+            memo[keys[i]] = verdict
+            if from_cache:
+                _count_cached_usage(verdict, delta)
+
+        delta.comparisons_made += len(self._runner_of_lists().run(keys, delta, label, store))
+
+    def _runner_of_lists(self) -> _BatchRunner:
+        assert self._list_runner is not None, "only a model that judges lists has a runner for them"
+        return self._list_runner
+
+
+def _count_cached_usage(verdict: Verdict, delta: EngineStats) -> None:
+    """What a verdict read from the cache cost when it was first asked for, counted apart."""
+    usage = verdict.detail.get("usage")
+    if isinstance(usage, Mapping):
+        delta.add({f"cached_{name}": value for name, value in usage.items() if isinstance(value, (int, float))})
 
 
 # Largest difference allowed between a score in its batch and the same text scored alone: float32

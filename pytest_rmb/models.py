@@ -46,6 +46,15 @@ class PairRequest(NamedTuple):
     goal: str = ""
 
 
+class ListRequest(NamedTuple):
+    """One list to judge at once (listwise): which of ``answers`` is the best answer to the
+    conversation? The first is the chosen (pairwise) or best (Best-of-N) one; a pair is a list of two."""
+
+    conversation: Conversation
+    answers: tuple[str, ...]
+    goal: str = ""
+
+
 @dataclass(frozen=True)
 class Verdict:
     """A pairwise model's decision on one :class:`PairRequest`.
@@ -224,9 +233,10 @@ class PairwiseModel(RewardModel):
     def compare(self, batch: Sequence[PairRequest]) -> Sequence[Verdict]:
         raise NotImplementedError
 
-    def preview(self, requests: Sequence[PairRequest]) -> str:
+    def preview(self, requests: Sequence[Any]) -> str:
         """One line printed before the first request: what the run will ask for (and cost), given
-        the comparisons the cache does not hold. Empty: nothing to say."""
+        the comparisons (PairRequests; a listwise judge: ListRequests) the cache does not hold. Empty:
+        nothing to say."""
         return ""
 
     def cost(self, batch: Sequence[PairRequest]) -> list[int]:
@@ -234,6 +244,22 @@ class PairwiseModel(RewardModel):
 
     def cache_key(self, request: PairRequest) -> str:
         return request_key(json.dumps([conversation_json(request.conversation), request.first, request.second,
+                                       request.goal]))
+
+    # A judge that names the best of a whole list in one request (listwise): the engine then asks
+    # it once per sample, a pair as a list of two, through compare_lists instead of compare, and the
+    # Verdict's ``won`` says whether the first answer was picked.
+    judges_lists: bool = False
+
+    def compare_lists(self, batch: Sequence[ListRequest]) -> Sequence[Verdict]:
+        raise NotImplementedError
+
+    def list_cost(self, batch: Sequence[ListRequest]) -> list[int]:
+        return [sum(map(len, r.answers)) + sum(len(m.content) for m in r.conversation) for r in batch]
+
+    def list_cache_key(self, request: ListRequest) -> str:
+        # "list" first: a list's verdict never answers a comparison of the same texts, nor the reverse.
+        return request_key(json.dumps(["list", conversation_json(request.conversation), list(request.answers),
                                        request.goal]))
 
 

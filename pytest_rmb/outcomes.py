@@ -8,6 +8,7 @@ of model produced it matters here and nowhere after.
   the model scored every answer (a rater's "no rating" is a miss, never a loss for the rival).
 - Verdicts (pairwise): correct iff the chosen/best answer won every comparison. A comparison with
   no usable verdict counts against it (with its reason); a failed request is an error, never a loss.
+  A listwise judge gives one verdict per sample, on the whole list: won iff the best was picked.
 """
 
 from __future__ import annotations
@@ -99,6 +100,10 @@ def describe_verdict_miss(kind: str, verdicts: Sequence[Verdict | None]) -> str:
         why = "no verdict" if verdict.won is None else "judged worse"
         if verdict.reason:
             why = f"{why}: {verdict.reason}" if verdict.won is not None else verdict.reason
+        if verdict.detail.get("listwise"):
+            # One verdict on the whole list (a listwise judge): the best was not picked.
+            chosen = "chosen" if kind == PAIRWISE else "best"
+            return f"{chosen} not picked of {verdict.detail.get('answers')} answers ({why})"
         if kind == PAIRWISE:
             return f"chosen lost against rejected ({why})"
         return f"best lost against loser {position + 1} of {len(verdicts)} ({why})"

@@ -6,7 +6,7 @@ import pytest
 from pytest_rmb.batching import pack_batches
 from pytest_rmb.data import BonSample, Message, PairSample, Response
 from pytest_rmb.engine import Engine, ScoringError
-from pytest_rmb.models import PointwiseModel
+from pytest_rmb.models import ListRequest, PairwiseModel, PointwiseModel, Verdict
 
 
 def conv(text):
@@ -282,3 +282,62 @@ def test_a_partial_failure_after_out_of_memory_halving_keeps_both_halves_under_t
     again = Engine(CachedLengths("halved-v1"), {"s/a": samples}, max_batch_size=100,
                    cache=ScoreCache(tmp_path, "halved-v1"))
     assert [again.scores(s) for s in samples] == [(i + 1.25, 0.0) for i in range(5)]
+
+
+# -- a listwise pairwise model: one verdict per list ------------------------------------------
+
+
+class LongestOfList(PairwiseModel):
+    """Picks the longest answer of each list (the first of equals), remembering what it was sent;
+    compare() must never be called: a listwise model is asked for lists only."""
+
+    judges_lists = True
+
+    def __init__(self):
+        self.lists = []
+
+    def fingerprint(self):
+        return "longest-of-list-v1"
+
+    def compare(self, batch):
+        raise AssertionError("a listwise model is asked for lists, never for comparisons")
+
+    def compare_lists(self, batch):
+        self.lists.extend(r.answers for r in batch)
+        verdicts = []
+        for request in batch:
+            lengths = [len(a) for a in request.answers]
+            picked = lengths.index(max(lengths))
+            verdicts.append(Verdict(picked == 0, reason="" if picked == 0 else f"picked {picked}",
+                                    detail={"listwise": True, "answers": len(lengths)}))
+        return verdicts
+
+
+def test_a_listwise_model_is_asked_once_per_unique_list_and_read_from_the_cache_after(tmp_path):
+    from pytest_rmb.cache import ScoreCache
+    from pytest_rmb.engine import PairwiseEngine
+
+    samples = [
+        bon_sample("1", "q", "longest answer", ["short", "mid answer"]),
+        bon_sample("2", "q", "tiny", ["a longer loser", "x"]),
+        bon_sample("3", "q", "longest answer", ["short", "mid answer"]),  # the same list as 1
+        pair_sample("4", "q", "chosen answer", "no"),
+    ]
+    model = LongestOfList()
+    engine = PairwiseEngine(model, {"s/a": samples}, cache=ScoreCache(tmp_path, model.fingerprint()))
+    assert engine.planned_requests() == [ListRequest(conv("q"), ("longest answer", "short", "mid answer")),
+                                         ListRequest(conv("q"), ("tiny", "a longer loser", "x")),
+                                         ListRequest(conv("q"), ("chosen answer", "no"))]
+    outcomes = [engine.outcome(s) for s in samples]
+    assert [o.correct for o in outcomes] == [True, False, True, True]
+    assert outcomes[1].miss == "best not picked of 3 answers (judged worse: picked 1)"
+    assert model.lists == [("longest answer", "short", "mid answer"), ("tiny", "a longer loser", "x"),
+                           ("chosen answer", "no")]
+    assert (engine.totals.comparisons_made, engine.totals.comparison_slots) == (3, 4)
+
+    # A rerun reads every list from the cache and asks nothing.
+    again = LongestOfList()
+    rerun = PairwiseEngine(again, {"s/a": samples}, cache=ScoreCache(tmp_path, again.fingerprint()))
+    assert rerun.planned_requests() == []
+    assert [rerun.outcome(s).correct for s in samples] == [True, False, True, True]
+    assert again.lists == [] and rerun.totals.cache_hits == 3

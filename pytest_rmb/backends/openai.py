@@ -750,7 +750,9 @@ def load(settings: ModelSettings) -> PairwiseModel | PointwiseModel:
 
         return OpenAIRater(settings)
     if mode == "listwise":
-        raise ModelLoadError("openai judge: mode=listwise is not available yet")
+        from pytest_rmb.backends.openai_listwise import OpenAIListJudge
+
+        return OpenAIListJudge(settings)
     return OpenAIJudge(settings)
 
 

@@ -19,7 +19,7 @@ verdict must name one answer only.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 SLOTS = ("A", "B")
@@ -36,16 +36,28 @@ _WORDS = (r"(?:(?:Response|Assistant|Answer)\s+)?[\"'(*]*"
           r"([A-Za-z]+(?:\s*(?:/|,|&|=|>|<|\bor\b|\band\b|\bvs\b\.?)\s*[A-Za-z]\b)?)")
 
 
-def classify(inner: str) -> str | None:
-    """What the inside of a verdict says: "A", "B", "?" (both answers, or a tie: no verdict), or
-    None when it is no verdict at all (``[[citation needed]]``) and the parser looks further back."""
+def classify(inner: str, slots: Sequence[str] = SLOTS) -> str | None:
+    """What the inside of a verdict says: one of ``slots`` (the answers' letters: "A", "B" for a
+    pair, "A".."E" for a list of five), "?" (two answers, or a tie: no verdict), or None when it is
+    no verdict at all (``[[citation needed]]``) and the parser looks further back."""
     inner = inner.strip().upper()
-    if inner in SLOTS:
+    if inner in slots:
         return inner
-    letters = set(re.findall(r"\b[AB]\b", inner))
-    if inner in TIE_WORDS or len(letters) == 2 or "A" in inner and "B" in inner and len(inner) <= 5:
+    letters = set(re.findall(r"\b[A-Z]\b", inner)) & set(slots)
+    # A letter that names an answer is never a tie word ("C" is a tie to a pair, an answer to a list).
+    tie = inner in TIE_WORDS and inner not in slots
+    # A list's judge that names a letter past its answers said something, just nothing usable: no
+    # verdict, not a cue to look further back. (A pair keeps its rule: only "C" is its tie.)
+    outside = len(slots) > 2 and len(inner) == 1 and inner.isalpha()
+    if tie or outside or len(letters) >= 2 or sum(s in inner for s in slots) >= 2 and len(inner) <= 5:
         return "?"
     return None
+
+
+def letters_named(fmt: VerdictFormat, slots: Sequence[str] = SLOTS) -> str:
+    """The verdicts a reply may give, for messages: "[[A]] or [[B]]", "[[A]] to [[E]]" for a list."""
+    joiner = " or " if len(slots) == 2 else " to "
+    return fmt.of(slots[0]) + joiner + fmt.of(slots[-1])
 
 
 def _swap(opening: str, closing: str) -> Callable[[re.Match[str]], str]:

@@ -17,6 +17,7 @@ verdict; a comparison that misses for it is "cut off", not "no verdict", and say
 from __future__ import annotations
 
 import hashlib
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -186,3 +187,22 @@ def combine(order_results: Sequence[OrderResult], order: str) -> Verdict:
         where = " and ".join(f"chosen as {slot}" for slot in split)
         return Verdict(False, p_first, f"no majority of the votes for either answer ({where})", detail=detail)
     return Verdict(False, p_first, "the judge preferred the other answer", detail=detail)
+
+
+def list_orders(order: str, seed: int, key: str, count: int) -> tuple[tuple[int, ...], ...]:
+    """The orders a listwise judge is shown a list of ``count`` answers in: each order is the
+    answers' indices (0 the best) in the order shown, one per letter. ``fixed`` -> the list as it
+    is, the best first; ``both`` -> that and its reverse (the best first, then last: for a pair,
+    exactly the two orders of a comparison); ``random`` -> one permutation shuffled by a generator
+    seeded from the seed and ``key`` (the list's identity), so reruns and other processes agree."""
+    identity = tuple(range(count))
+    if order == "fixed":
+        return (identity,)
+    if order == "both":
+        return (identity, identity[::-1])
+    if order == "random":
+        digest = hashlib.sha256(f"{seed}\x00{key}".encode()).digest()
+        shown = list(identity)
+        random.Random(int.from_bytes(digest[:8], "big")).shuffle(shown)
+        return (tuple(shown),)
+    raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_rmb.judging.formats import TAGS, VerdictFormat, classify, verdict_format
+from pytest_rmb.judging.formats import SLOTS, TAGS, VerdictFormat, classify, letters_named, verdict_format
 
 _THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 _THINK_OPEN = re.compile(r"<think>", re.IGNORECASE)
@@ -59,8 +59,10 @@ def is_empty(reply: str | None) -> bool:
     return not reply or not reply.strip()
 
 
-def find_verdict(text: str, verdict: str | VerdictFormat = TAGS) -> ParsedVerdict:
-    """:func:`parse_verdict` with the verdict letter's offset in ``text``."""
+def find_verdict(text: str, verdict: str | VerdictFormat = TAGS, slots: Sequence[str] = SLOTS) -> ParsedVerdict:
+    """:func:`parse_verdict` with the verdict letter's offset in ``text``. ``slots``: the letters
+    the answers were shown under (a listwise judge's list of N: the first N letters); a letter
+    outside them is no verdict."""
     fmt = verdict_format(verdict)
     if is_empty(text):
         return ParsedVerdict(None, EMPTY_REPLY)
@@ -70,11 +72,11 @@ def find_verdict(text: str, verdict: str | VerdictFormat = TAGS) -> ParsedVerdic
         return ParsedVerdict(None, "verdict only inside <think>" if inside else "reply is all <think>")
     found = []
     for match in fmt.pattern.finditer(visible):
-        said = classify(match.group(1))
+        said = classify(match.group(1), slots)
         if said is not None:
             found.append((match, said))
     if not found:
-        return ParsedVerdict(None, f"no {fmt.of('A')} or {fmt.of('B')} in the reply")
+        return ParsedVerdict(None, f"no {letters_named(fmt, slots)} in the reply")
     last_match, last = found[-1]
     if last == "?":
         return ParsedVerdict(None, f"final verdict {last_match.group(0)!r} names no single answer")
@@ -82,6 +84,9 @@ def find_verdict(text: str, verdict: str | VerdictFormat = TAGS) -> ParsedVerdic
     line_start = visible.rfind("\n", 0, last_match.start()) + 1
     on_line = {said for match, said in found if match.start() >= line_start}
     if on_line != {last}:
+        if len(slots) > 2:
+            return ParsedVerdict(None, "final verdict line names more than one answer: "
+                                 + ", ".join(fmt.of(s) for s in sorted(on_line)))
         return ParsedVerdict(None, f"final verdict names both {fmt.of('A')} and {fmt.of('B')}")
     # The verdict may be written [[a]] or [[ b ]]: find the letter in it as written.
     letter = last_match.start(1) + last_match.group(1).upper().index(last)
