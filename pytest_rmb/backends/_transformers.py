@@ -518,3 +518,92 @@ class OneNetwork:
 
     def _loaded(self, model) -> None:
         raise NotImplementedError
+
+
+# -- padding-free (packed) batches -----------------------------------------------------------------
+
+PACKING_MODES = ("auto", "on", "off")
+PACKING_HELP = (
+    "padding-free batches for decoder reward models: a batch's texts run as one row, each with its own "
+    "positions and attending only to itself, and the reward is read at each text's last token. auto (the "
+    "default): used where a probe at load gives the padded path's scores and the batch costs less packed "
+    "(with FlashAttention's variable-length kernel, every batch of two or more texts; with SDPA or eager "
+    "attention, whose mask spans the whole row, only batches whose padding costs more than that mask); on: "
+    "every batch, and an error at load for a model it does not fit; off: right-padded batches only"
+)
+
+
+def packing_unsupported(model: Any) -> str | None:
+    """Why a model's batches cannot be packed; None when they might (a probe then decides).
+
+    Packing runs the base model over one row and applies the head to each text's last token,
+    which only a decoder's last-token ``score`` head allows.
+    """
+    import inspect
+
+    config = model.config
+    if getattr(config, "is_encoder_decoder", False):
+        return "an encoder-decoder model"
+    if not hasattr(model, "score") or not hasattr(model.score, "weight"):
+        return "its head is not a last-token score layer (an encoder such as BERT pools its first token)"
+    base = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    if base is None:
+        return "its base model is not where its config says"
+    try:
+        if "position_ids" not in inspect.signature(base.forward).parameters:
+            return "its base model takes no position ids"
+    except (TypeError, ValueError):
+        return "its base model's forward has no readable signature"
+    return None
+
+
+def varlen_attention(model: Any) -> bool:
+    """FlashAttention runs each packed text alone (cu_seqlens from the position ids); SDPA and
+    eager attention mask a whole row's (query, key) pairs instead."""
+    return "flash" in str(getattr(model.config, "_attn_implementation", "") or "")
+
+
+def packed_pays(cost: Any, widths: Sequence[int], varlen: bool) -> bool:
+    """Whether a batch of texts of ``widths`` tokens costs less as one packed row than right-padded
+    (``cost``: prefix sharing's :class:`~pytest_rmb.prefix.CostModel`)."""
+    if len(widths) < 2:
+        return False
+    total = sum(widths)
+    if varlen:
+        pairs = sum(width * width / 2 for width in widths)
+    else:
+        from pytest_rmb.prefix import MASKED_PAIR_COST
+
+        pairs = total * total * MASKED_PAIR_COST
+    return cost.per_token * total + cost.per_pair * pairs < cost.padded_batch(widths)
+
+
+def packed_forward(model: Any, rows: Sequence[Sequence[int]], pad_id: int,
+                   reward_index: int) -> tuple[list[float], int]:
+    """Scores of ``rows`` run as one row without padding, and the tokens that spared.
+
+    Each text restarts its position ids at 0: transformers then masks attention to blocks of one
+    text each (SDPA, eager) or hands the text boundaries to FlashAttention's varlen kernel. The
+    reward is read where the padded path's head reads it (the last token that is not the pad
+    token), so the tokens after it are left out: causal attention makes them irrelevant to it.
+    """
+    import torch
+
+    from pytest_rmb.prefix import pooled_index
+
+    ids: list[int] = []
+    positions: list[int] = []
+    reads: list[int] = []
+    for row in rows:
+        keep = pooled_index(row, pad_id) + 1
+        ids.extend(row[:keep])
+        positions.extend(range(keep))
+        reads.append(len(ids) - 1)
+    device = input_device(model)
+    base = getattr(model, model.base_model_prefix)
+    # No cache: transformers recognises packed position ids only without one.
+    hidden = base(input_ids=torch.tensor([ids], device=device), position_ids=torch.tensor([positions], device=device),
+                  use_cache=False).last_hidden_state
+    logits = model.score(hidden[0, torch.tensor(reads, device=hidden.device)])
+    saved = len(rows) * max(len(row) for row in rows) - len(ids)
+    return logits[:, reward_index].float().cpu().tolist(), saved
