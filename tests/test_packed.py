@@ -250,3 +250,27 @@ def test_plugin_self_check_passes_with_packing_and_bad_values_are_named(pytester
     result = run(pytester, "--rmb-model", str(models["llama"]), "--rmb-model-arg", "packing=sometimes")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--rmb-model-arg packing: expected one of auto, on, off, got 'sometimes'*"])
+
+
+def test_flash_attention_gets_the_text_boundaries_once(models, monkeypatch):
+    """With FlashAttention, each packed text's start and the longest text go to the base model as
+    transformers' varlen arguments (computed here from the token rows); other kernels ignore them."""
+    from pytest_rmb.backends import _transformers
+
+    model = load(models["llama"], "on")
+    base = model.model.model
+    seen = []
+    forward = base.forward
+
+    def watching(**kwargs):
+        seen.append({k: kwargs.get(k) for k in ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")})
+        return forward(**kwargs)
+
+    monkeypatch.setattr(base, "forward", watching)
+    monkeypatch.setattr(_transformers, "varlen_attention", lambda model: True)
+    expected, pad = alone(models["llama"], REQUESTS)
+    assert model.score(REQUESTS) == pytest.approx(expected, abs=1e-4)
+    lengths = [len(row) for row in token_rows(models["llama"], REQUESTS)]  # this tokenizer's pad is not EOS
+    starts = [sum(lengths[:i]) for i in range(len(lengths) + 1)]
+    assert seen[-1]["cu_seq_lens_q"].tolist() == seen[-1]["cu_seq_lens_k"].tolist() == starts
+    assert seen[-1]["max_length_q"] == seen[-1]["max_length_k"] == max(lengths)

@@ -601,9 +601,18 @@ def packed_forward(model: Any, rows: Sequence[Sequence[int]], pad_id: int,
         reads.append(len(ids) - 1)
     device = input_device(model)
     base = getattr(model, model.base_model_prefix)
+    boundaries: dict[str, Any] = {}
+    if varlen_attention(model):
+        # The text boundaries given once: otherwise FlashAttention's path derives them from the
+        # position ids again in every layer, a device sync each time.
+        starts = [0] + [read + 1 for read in reads]
+        bounds = torch.tensor(starts, dtype=torch.int32, device=device)
+        longest = max(b - a for a, b in zip(starts, starts[1:]))
+        boundaries = {"cu_seq_lens_q": bounds, "cu_seq_lens_k": bounds, "max_length_q": longest,
+                      "max_length_k": longest}
     # No cache: transformers recognises packed position ids only without one.
     hidden = base(input_ids=torch.tensor([ids], device=device), position_ids=torch.tensor([positions], device=device),
-                  use_cache=False).last_hidden_state
+                  use_cache=False, **boundaries).last_hidden_state
     logits = model.score(hidden[0, torch.tensor(reads, device=hidden.device)])
     saved = len(rows) * max(len(row) for row in rows) - len(ids)
     return logits[:, reward_index].float().cpu().tolist(), saved
