@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import importlib.metadata
 import importlib.util
 import platform
 import sys
@@ -121,8 +122,11 @@ def main() -> None:
     import transformers
 
     name = torch.cuda.get_device_name(0) if device == "cuda" else f"CPU ({platform.processor() or 'unknown'})"
+    extra = f", CUDA {torch.version.cuda}" if device == "cuda" else ""
+    if importlib.util.find_spec("flash_attn"):
+        extra += f", flash_attn {importlib.metadata.version('flash_attn')}"
     print(f"python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}, "
-          f"tokenizers {tokenizers.__version__}; device {name}, {torch.get_num_threads()} CPU threads; "
+          f"tokenizers {tokenizers.__version__}{extra}; device {name}, {torch.get_num_threads()} CPU threads; "
           f"attention {attn}, dtype {str(dtype).removeprefix('torch.')}")
 
     samples = select(load_scenarios(args.data, registry()), limit)
@@ -135,7 +139,19 @@ def main() -> None:
     print(f"tokenizer: byte-level BPE, {len(tokenizer)} tokens, trained in {time.perf_counter() - started:.1f} s")
 
     started = time.perf_counter()
-    model = build_model(TINY if args.tiny else LLAMA3_8B, tokenizer, device, dtype, attn)
+    shape = TINY if args.tiny else LLAMA3_8B
+    try:
+        model = build_model(shape, tokenizer, device, dtype, attn)
+    except (ImportError, ValueError, RuntimeError) as exc:
+        if attn == "sdpa":
+            raise
+        # flash_attn present but not usable with this torch or GPU: time SDPA rather than nothing.
+        print(f"attention {attn} unavailable ({type(exc).__name__}: {exc}); using sdpa")
+        attn = "sdpa"
+        model = build_model(shape, tokenizer, device, dtype, attn)
+    with torch.inference_mode():
+        # One small forward first: the first mode must not pay for the device's start-up alone.
+        model(input_ids=torch.full((2, 16), tokenizer.bos_token_id, device=device))
     parameters = sum(p.numel() for p in model.parameters())
     embeddings = model.get_input_embeddings().weight.numel()
     print(f"model: Llama-shaped, {model.config.num_hidden_layers} layers, hidden {model.config.hidden_size}, "
@@ -195,7 +211,8 @@ def build_model(shape: dict, tokenizer, device: str, dtype, attn: str):
             model = AutoModelForSequenceClassification.from_config(config, attn_implementation=attn)
     finally:
         torch.set_default_dtype(default)
-    return model.to(dtype).eval()
+    # Not model.to(dtype): the rotary inverse frequencies stay float32, as from_pretrained leaves them.
+    return model.eval()
 
 
 def run_mode(mode: str, model, tokenizer, samples: list[Sample], requests: list[ScoreRequest], args,

@@ -96,6 +96,7 @@ class HFRewardModel(OneNetwork, PointwiseModel):
                              else "undecided (the model was not loaded: every score came from the cache)")
         # The cost model that picks packed or padded per batch; None: batches are padded.
         self._packing: CostModel | None = None
+        self._varlen = False  # FlashAttention's varlen kernel: no mask across a packed row
         self._packing_mode = settings.args.get("packing") or "auto"
         self._packing_off = ("off (--rmb-model-arg packing=off)" if self._packing_mode == "off"
                              else "undecided (the model was not loaded: every score came from the cache)")
@@ -155,7 +156,7 @@ class HFRewardModel(OneNetwork, PointwiseModel):
             return self._packing_off
         if self._packing_mode == "on":
             return "on (every batch of two or more texts)"
-        if varlen_attention(self.model):
+        if self._varlen:
             kernel = "FlashAttention's variable-length kernel: every batch of two or more texts"
         else:
             kernel = "a block mask over the row: batches whose padding costs more than the mask"
@@ -203,6 +204,7 @@ class HFRewardModel(OneNetwork, PointwiseModel):
         reason = packing_unsupported(self.model) or self._probe_packing()
         if reason is None:
             self._packing = CostModel.of(self.model, self.batch_tokens or CPU_BATCH_TOKENS)
+            self._varlen = varlen_attention(self.model)
         elif mode == "on":
             raise ModelLoadError(f"--rmb-model-arg packing=on: {self.name} cannot score padding-free batches: "
                                  f"{reason}; use packing=auto or packing=off")
@@ -279,7 +281,7 @@ class HFRewardModel(OneNetwork, PointwiseModel):
         """Scores of a plain batch: packed where packing is on and pays for this batch, else padded."""
         if self._packing is not None and len(rows) > 1 and all(rows) and (
                 self._packing_mode == "on"
-                or packed_pays(self._packing, [len(row) for row in rows], varlen_attention(self.model))):
+                or packed_pays(self._packing, [len(row) for row in rows], self._varlen)):
             values, saved = packed_forward(self.model, rows, self._pad_id, self._reward_index)
             self._counters["packed_batches"] = self._counters.get("packed_batches", 0) + 1
             self._counters["packed_pad_tokens_saved"] = self._counters.get("packed_pad_tokens_saved", 0) + saved
