@@ -200,16 +200,24 @@ def test_a_model_whose_packed_rows_leak_across_texts_falls_back(models, monkeypa
 
 
 def test_packing_with_prefix_sharing_packs_the_unshared_batches(models):
-    expected, _ = alone(models["llama"], REQUESTS)
+    # Two answers to conversations of their own: no prefix to share, so they go in a plain batch.
+    alone_in_conversation = [ScoreRequest((Message("user", "Hi"),), "Hello!"),
+                             ScoreRequest((Message("user", "Translate to French: where is the train station?"),),
+                                          "Where is the train station? " * 4)]
+    requests = REQUESTS + alone_in_conversation
+    expected, _ = alone(models["llama"], requests)
     model = load(models["llama"], "on", prefix_sharing="on")
-    costs = model.cost(REQUESTS)
-    scores = [0.0] * len(REQUESTS)
-    for batch in model.plan_batches(REQUESTS, costs, 64, 4096):
-        for index, value in zip(batch, model.score([REQUESTS[i] for i in batch])):
+    costs = model.cost(requests)
+    scores = [0.0] * len(requests)
+    for batch in model.plan_batches(requests, costs, 64, 4096):
+        for index, value in zip(batch, model.score([requests[i] for i in batch])):
             scores[index] = value
     assert scores == pytest.approx(expected, abs=1e-4)
     counters = model.take_counters()
-    assert counters["prefix_shared_texts"] > 0
+    assert counters["prefix_shared_texts"] == len(REQUESTS)
+    lengths = [len(row) for row in token_rows(models["llama"], alone_in_conversation)]
+    assert counters["packed_batches"] == 1
+    assert counters["packed_pad_tokens_saved"] == 2 * max(lengths) - sum(lengths)
 
 
 run = partial(run_rmb, options=("--rmb-data", "sample", "--rmb-device", "cpu", "--rmb-no-cache"))

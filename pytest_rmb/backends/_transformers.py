@@ -578,41 +578,62 @@ def packed_pays(cost: Any, widths: Sequence[int], varlen: bool) -> bool:
     return cost.per_token * total + cost.per_pair * pairs < cost.padded_batch(widths)
 
 
+@dataclass(frozen=True)
+class PackedRow:
+    """Texts laid end to end in one row, each with its own position ids from 0."""
+
+    ids: list[int]
+    positions: list[int]
+    starts: list[int]  # where each text starts, then the row's length
+
+    @classmethod
+    def of(cls, rows: Sequence[Sequence[int]], keep: Sequence[int]) -> PackedRow:
+        """The first ``keep[i]`` tokens of each row."""
+        ids: list[int] = []
+        positions: list[int] = []
+        starts = [0]
+        for row, count in zip(rows, keep):
+            ids.extend(row[:count])
+            positions.extend(range(count))
+            starts.append(len(ids))
+        return cls(ids, positions, starts)
+
+    def inputs(self, model: Any) -> dict[str, Any]:
+        """The keyword arguments of a forward over the row, for ``model`` or its base model.
+
+        No cache: transformers recognises packed position ids only without one, and then masks
+        attention to blocks of one text each (SDPA, eager) or hands the text boundaries to
+        FlashAttention's varlen kernel, here given once: otherwise that path derives them from the
+        position ids again in every layer, a device sync each time.
+        """
+        import torch
+
+        device = input_device(model)
+        inputs: dict[str, Any] = {"input_ids": torch.tensor([self.ids], device=device),
+                                  "position_ids": torch.tensor([self.positions], device=device), "use_cache": False}
+        if varlen_attention(model):
+            bounds = torch.tensor(self.starts, dtype=torch.int32, device=device)
+            longest = max(b - a for a, b in zip(self.starts, self.starts[1:]))
+            inputs.update(cu_seq_lens_q=bounds, cu_seq_lens_k=bounds, max_length_q=longest, max_length_k=longest)
+        return inputs
+
+
 def packed_forward(model: Any, rows: Sequence[Sequence[int]], pad_id: int,
                    reward_index: int) -> tuple[list[float], int]:
-    """Scores of ``rows`` run as one row without padding, and the tokens that spared.
+    """A sequence classifier's scores of ``rows`` run as one row without padding, and the tokens
+    that spared.
 
-    Each text restarts its position ids at 0: transformers then masks attention to blocks of one
-    text each (SDPA, eager) or hands the text boundaries to FlashAttention's varlen kernel. The
-    reward is read where the padded path's head reads it (the last token that is not the pad
-    token), so the tokens after it are left out: causal attention makes them irrelevant to it.
+    The head reads each text where the padded path's head reads it (the last token that is not
+    the pad token), so the tokens after it are left out: causal attention makes them irrelevant.
     """
     import torch
 
     from pytest_rmb.prefix import pooled_index
 
-    ids: list[int] = []
-    positions: list[int] = []
-    reads: list[int] = []
-    for row in rows:
-        keep = pooled_index(row, pad_id) + 1
-        ids.extend(row[:keep])
-        positions.extend(range(keep))
-        reads.append(len(ids) - 1)
-    device = input_device(model)
+    packed = PackedRow.of(rows, [pooled_index(row, pad_id) + 1 for row in rows])
     base = getattr(model, model.base_model_prefix)
-    boundaries: dict[str, Any] = {}
-    if varlen_attention(model):
-        # The text boundaries given once: otherwise FlashAttention's path derives them from the
-        # position ids again in every layer, a device sync each time.
-        starts = [0] + [read + 1 for read in reads]
-        bounds = torch.tensor(starts, dtype=torch.int32, device=device)
-        longest = max(b - a for a, b in zip(starts, starts[1:]))
-        boundaries = {"cu_seq_lens_q": bounds, "cu_seq_lens_k": bounds, "max_length_q": longest,
-                      "max_length_k": longest}
-    # No cache: transformers recognises packed position ids only without one.
-    hidden = base(input_ids=torch.tensor([ids], device=device), position_ids=torch.tensor([positions], device=device),
-                  use_cache=False, **boundaries).last_hidden_state
-    logits = model.score(hidden[0, torch.tensor(reads, device=hidden.device)])
-    saved = len(rows) * max(len(row) for row in rows) - len(ids)
+    hidden = base(**packed.inputs(model)).last_hidden_state
+    reads = torch.tensor([end - 1 for end in packed.starts[1:]], device=hidden.device)
+    logits = model.score(hidden[0, reads])
+    saved = len(rows) * max(len(row) for row in rows) - len(packed.ids)
     return logits[:, reward_index].float().cpu().tolist(), saved
