@@ -282,3 +282,70 @@ def test_flash_attention_gets_the_text_boundaries_once(models, monkeypatch):
     starts = [sum(lengths[:i]) for i in range(len(lengths) + 1)]
     assert seen[-1]["cu_seq_lens_q"].tolist() == seen[-1]["cu_seq_lens_k"].tolist() == starts
     assert seen[-1]["max_length_q"] == seen[-1]["max_length_k"] == max(lengths)
+
+
+# -- dpo: a causal LM's token log-probabilities from a packed row ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def causal(tmp_path_factory):
+    from tests.tiny_models import save_causal_lm
+
+    root = tmp_path_factory.mktemp("packed-causal")
+    return {"policy": save_causal_lm(root / "policy", seed=0), "reference": save_causal_lm(root / "reference", seed=1)}
+
+
+def load_dpo(causal, packing: str, reference: bool = True):
+    from pytest_rmb.backends.dpo import BACKEND
+
+    given = [("packing", packing)] + ([("ref", str(causal["reference"]))] if reference else [("ref_free", "avg")])
+    return BACKEND.load(ModelSettings(f"dpo:{causal['policy']}", device="cpu", dtype="float32",
+                                      args=BACKEND.parse_args(given)))
+
+
+def dpo_lengths(path, requests):
+    """Tokens of each text as the DPO scorer reads it: the tokenizer's BOS, then the templated chat."""
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    lengths = []
+    for request in requests:
+        messages = [{"role": m.role, "content": m.content} for m in request.conversation]
+        messages.append({"role": "assistant", "content": request.response})
+        full = tokenizer.apply_chat_template(messages, tokenize=False)
+        lengths.append(1 + len(tokenizer(full, add_special_tokens=False)["input_ids"]))
+    return lengths
+
+
+def test_dpo_packed_rewards_are_each_text_alone(causal):
+    from tests.test_dpo import expected_rewards
+
+    expected = expected_rewards(causal["policy"], causal["reference"], SKEWED)
+    model = load_dpo(causal, "on")
+    assert model.describe()["packing"] == "on (every batch of two or more texts)"
+    assert model.score(SKEWED) == pytest.approx(expected, abs=1e-4)
+    lengths = dpo_lengths(causal["policy"], SKEWED)
+    assert model.take_counters() == {"truncated": 0, "packed_batches": 1,
+                                     "packed_pad_tokens_saved": len(lengths) * max(lengths) - sum(lengths)}
+    off = load_dpo(causal, "off")
+    assert off.score(SKEWED) == pytest.approx(expected, abs=1e-4)
+    assert off.take_counters() == {"truncated": 0}
+    assert off.describe()["packing"] == "off (--rmb-model-arg packing=off)"
+
+
+def test_dpo_reference_free_packed_and_a_leaking_model_refused(causal, monkeypatch):
+    from tests.test_dpo import expected_rewards
+
+    expected = expected_rewards(causal["policy"], None, SKEWED, "avg")
+    model = load_dpo(causal, "auto", reference=False)
+    model.load()  # the weights load on first need; packing is decided with them
+    assert model.describe()["packing"].startswith("auto: supported (a block mask")
+    assert model.score(SKEWED) == pytest.approx(expected, abs=1e-4)
+    assert model.take_counters()["packed_batches"] == 1
+
+    # Position ids dropped on the way to the model: texts of one row see each other.
+    from pytest_rmb.backends import _transformers
+
+    inputs = _transformers.PackedRow.inputs
+    monkeypatch.setattr(_transformers.PackedRow, "inputs",
+                        lambda self, model: {**inputs(self, model), "position_ids": None})
+    with pytest.raises(ModelLoadError, match=r"packing=on: .*log-probabilities of a packed row differ from padded"):
+        load_dpo(causal, "on", reference=False).score(SKEWED[:2])

@@ -524,8 +524,9 @@ class OneNetwork:
 
 PACKING_MODES = ("auto", "on", "off")
 PACKING_HELP = (
-    "padding-free batches for decoder reward models: a batch's texts run as one row, each with its own "
-    "positions and attending only to itself, and the reward is read at each text's last token. auto (the "
+    "padding-free batches for decoder models: a batch's texts run as one row, each with its own positions "
+    "and attending only to itself (hf: the reward read at each text's last token; dpo: each response's "
+    "token log-probabilities). auto (the "
     "default): used where a probe at load gives the padded path's scores and the batch costs less packed "
     "(with FlashAttention's variable-length kernel, every batch of two or more texts; with SDPA or eager "
     "attention, whose mask spans the whole row, only batches whose padding costs more than that mask); on: "
@@ -533,28 +534,40 @@ PACKING_HELP = (
 )
 
 
-def packing_unsupported(model: Any) -> str | None:
+def packing_unsupported(model: Any, *, score_head: bool = True) -> str | None:
     """Why a model's batches cannot be packed; None when they might (a probe then decides).
 
-    Packing runs the base model over one row and applies the head to each text's last token,
-    which only a decoder's last-token ``score`` head allows.
+    A sequence classifier (``score_head``) is packed by running its base model over one row and
+    applying the head to each text's last token, which only a decoder's last-token ``score`` head
+    allows; a causal LM runs whole, its logits read per text.
     """
     import inspect
 
     config = model.config
     if getattr(config, "is_encoder_decoder", False):
         return "an encoder-decoder model"
-    if not hasattr(model, "score") or not hasattr(model.score, "weight"):
+    if score_head and (not hasattr(model, "score") or not hasattr(model.score, "weight")):
         return "its head is not a last-token score layer (an encoder such as BERT pools its first token)"
-    base = getattr(model, getattr(model, "base_model_prefix", ""), None)
-    if base is None:
+    runs = getattr(model, getattr(model, "base_model_prefix", ""), None) if score_head else model
+    if runs is None:
         return "its base model is not where its config says"
     try:
-        if "position_ids" not in inspect.signature(base.forward).parameters:
-            return "its base model takes no position ids"
+        if "position_ids" not in inspect.signature(runs.forward).parameters:
+            return "its forward takes no position ids"
     except (TypeError, ValueError):
-        return "its base model's forward has no readable signature"
+        return "its forward has no readable signature"
     return None
+
+
+def packing_description(mode: str, supported: bool, varlen: bool, off: str) -> str:
+    """What provenance says about packing: ``off`` (why not) unless the model is ``supported``."""
+    if not supported:
+        return off
+    if mode == "on":
+        return "on (every batch of two or more texts)"
+    if varlen:
+        return "auto: supported (FlashAttention's variable-length kernel: every batch of two or more texts)"
+    return "auto: supported (a block mask over the row: batches whose padding costs more than the mask)"
 
 
 def varlen_attention(model: Any) -> bool:

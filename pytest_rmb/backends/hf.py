@@ -34,6 +34,7 @@ from pytest_rmb.backends._transformers import (
     load_tokenizer,
     packed_forward,
     packed_pays,
+    packing_description,
     packing_unsupported,
     resolve_device,
     resolve_dtype,
@@ -152,15 +153,7 @@ class HFRewardModel(OneNetwork, PointwiseModel):
         }
 
     def _describe_packing(self) -> str:
-        if self._packing is None:
-            return self._packing_off
-        if self._packing_mode == "on":
-            return "on (every batch of two or more texts)"
-        if self._varlen:
-            kernel = "FlashAttention's variable-length kernel: every batch of two or more texts"
-        else:
-            kernel = "a block mask over the row: batches whose padding costs more than the mask"
-        return f"auto: supported ({kernel}; the packed_* counters say how many)"
+        return packing_description(self._packing_mode, self._packing is not None, self._varlen, self._packing_off)
 
     def cache_key(self, request: ScoreRequest) -> str:
         """The cache key of a request: a hash of the exact text the tokenizer sees."""
