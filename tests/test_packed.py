@@ -349,3 +349,22 @@ def test_dpo_reference_free_packed_and_a_leaking_model_refused(causal, monkeypat
                         lambda self, model: {**inputs(self, model), "position_ids": None})
     with pytest.raises(ModelLoadError, match=r"packing=on: .*log-probabilities of a packed row differ from padded"):
         load_dpo(causal, "on", reference=False).score(SKEWED[:2])
+
+
+def test_plugin_dpo_runs_with_packing_on_and_off_give_the_same_outcomes(pytester, causal):
+    runs = {}
+    for mode in ("on", "off"):
+        result = run(pytester, "--rmb-model", f"dpo:{causal['policy']}", "--rmb-model-arg",
+                     f"ref={causal['reference']}", "--rmb-model-arg", f"packing={mode}", "--rmb-prefix-sharing", "off",
+                     "--rmb-jsonl", f"{mode}.jsonl", "--rmb-json", f"{mode}.json")
+        assert result.ret == 0
+        summary = json.loads((pytester.path / f"{mode}.json").read_text())
+        records = [json.loads(line) for line in (pytester.path / f"{mode}.jsonl").read_text().splitlines()]
+        runs[mode] = summary, {(r["kind"], r["uid"], r["scenario"]): r for r in records}
+    (on, on_records), (off, off_records) = runs["on"], runs["off"]
+    assert on["engine"]["packed_batches"] > 0 and "packed_batches" not in off["engine"]
+    assert on["provenance"]["model_info"]["packing"] == "on (every batch of two or more texts)"
+    assert on["sections"] == off["sections"]
+    for key, record in off_records.items():
+        assert on_records[key]["scores"] == pytest.approx(record["scores"], abs=1e-4)
+        assert on_records[key]["correct"] == record["correct"]
