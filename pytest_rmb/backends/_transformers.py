@@ -528,7 +528,7 @@ PACKING_HELP = (
     "and attending only to itself (hf: the reward read at each text's last token; dpo: each response's "
     "token log-probabilities). auto (the "
     "default): used where a probe at load gives the padded path's scores and the batch costs less packed "
-    "(with FlashAttention's variable-length kernel, every batch of two or more texts; with SDPA or eager "
+    "(with FlashAttention's variable-length kernel, every batch with any padding; with SDPA or eager "
     "attention, whose mask spans the whole row, only batches whose padding costs more than that mask); on: "
     "every batch, and an error at load for a model it does not fit; off: right-padded batches only"
 )
@@ -566,7 +566,7 @@ def packing_description(mode: str, supported: bool, varlen: bool, off: str) -> s
     if mode == "on":
         return "on (every batch of two or more texts)"
     if varlen:
-        return "auto: supported (FlashAttention's variable-length kernel: every batch of two or more texts)"
+        return "auto: supported (FlashAttention's variable-length kernel: every batch with any padding)"
     return "auto: supported (a block mask over the row: batches whose padding costs more than the mask)"
 
 
