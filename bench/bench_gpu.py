@@ -6,7 +6,7 @@ One command on an H100/H200 (no download: random weights, a tokenizer trained he
 
 On a CPU, a tiny model of the same shape's kind over a subset, in a minute or two:
 
-    python bench/bench_gpu.py --tiny [--limit 200]
+    python bench/bench_gpu.py --tiny [--limit 60]
 
 - model: Llama-3-8B's shape (32 layers, hidden 4096, MLP 14336, 32 query and 8 key/value heads,
   rope theta 500000, 128,256-token vocabulary, 8,192-token context) with one reward label,
@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--tiny", action="store_true", help="a tiny model on the CPU (fp32), for CI")
     parser.add_argument("--limit", type=int, default=None,
-                        help="score about this many samples, spread over the scenarios (default: all; 120 with --tiny)")
+                        help="score about this many samples, spread over the scenarios (default: all; 60 with --tiny)")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
     parser.add_argument("--max-length", type=int, default=8192, help="context limit (default 8192: nothing cut)")
     parser.add_argument("--batch-tokens", type=int, default=None, help="default: the engine's own for the device")
@@ -111,7 +111,7 @@ def main() -> None:
     unknown = [m for m in modes if m not in MODES]
     if unknown or not modes:
         sys.exit(f"--modes: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(MODES)}")
-    limit = args.limit if args.limit is not None else (120 if args.tiny else None)
+    limit = args.limit if args.limit is not None else (60 if args.tiny else None)
 
     device = "cpu" if args.tiny or not torch.cuda.is_available() else "cuda"
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
@@ -155,7 +155,7 @@ def main() -> None:
     parameters = sum(p.numel() for p in model.parameters())
     embeddings = model.get_input_embeddings().weight.numel()
     print(f"model: Llama-shaped, {model.config.num_hidden_layers} layers, hidden {model.config.hidden_size}, "
-          f"{parameters / 1e9:.2f} B parameters ({(parameters - embeddings) / 1e9:.2f} B without the embeddings), "
+          f"{parameters / 1e6:,.1f} M parameters ({(parameters - embeddings) / 1e6:,.1f} M without the embeddings), "
           f"built in {time.perf_counter() - started:.1f} s")
 
     peak = args.peak_tflops * 1e12 if args.peak_tflops else peak_flops(name) if device == "cuda" else None
