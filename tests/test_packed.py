@@ -255,6 +255,12 @@ def test_plugin_self_check_passes_with_packing_and_bad_values_are_named(pytester
     check = summary["self_check"]
     assert check["checked"] == 8 and check["ok"] and check["max_abs_diff"] <= 1e-4
 
+    result = run(pytester, "--rmb-model", str(models["encoder"]), "--rmb-model-arg", "packing=on")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stdout.fnmatch_lines(["*--rmb-model-arg packing=on: *cannot score padding-free batches: its head is not "
+                                 "a last-token score layer (an encoder such as BERT pools its first token); use "
+                                 "packing=auto or packing=off*"])
+
     result = run(pytester, "--rmb-model", str(models["llama"]), "--rmb-model-arg", "packing=sometimes")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--rmb-model-arg packing: expected one of auto, on, off, got 'sometimes'*"])
