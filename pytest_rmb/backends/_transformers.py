@@ -518,3 +518,135 @@ class OneNetwork:
 
     def _loaded(self, model) -> None:
         raise NotImplementedError
+
+
+# -- padding-free (packed) batches -----------------------------------------------------------------
+
+PACKING_MODES = ("auto", "on", "off")
+PACKING_HELP = (
+    "padding-free batches for decoder models: a batch's texts run as one row, each with its own positions "
+    "and attending only to itself (hf: the reward read at each text's last token; dpo: each response's "
+    "token log-probabilities). auto (the "
+    "default): used where a probe at load gives the padded path's scores and the batch costs less packed "
+    "(with FlashAttention's variable-length kernel, every batch with any padding; with SDPA or eager "
+    "attention, whose mask spans the whole row, only batches whose padding costs more than that mask); on: "
+    "every batch, and an error at load for a model it does not fit; off: right-padded batches only"
+)
+
+
+def packing_unsupported(model: Any, *, score_head: bool = True) -> str | None:
+    """Why a model's batches cannot be packed; None when they might (a probe then decides).
+
+    A sequence classifier (``score_head``) is packed by running its base model over one row and
+    applying the head to each text's last token, which only a decoder's last-token ``score`` head
+    allows; a causal LM runs whole, its logits read per text.
+    """
+    import inspect
+
+    config = model.config
+    if getattr(config, "is_encoder_decoder", False):
+        return "an encoder-decoder model"
+    if score_head and (not hasattr(model, "score") or not hasattr(model.score, "weight")):
+        return "its head is not a last-token score layer (an encoder such as BERT pools its first token)"
+    runs = getattr(model, getattr(model, "base_model_prefix", ""), None) if score_head else model
+    if runs is None:
+        return "its base model is not where its config says"
+    try:
+        if "position_ids" not in inspect.signature(runs.forward).parameters:
+            return "its forward takes no position ids"
+    except (TypeError, ValueError):
+        return "its forward has no readable signature"
+    return None
+
+
+def packing_description(mode: str, supported: bool, varlen: bool, off: str) -> str:
+    """What provenance says about packing: ``off`` (why not) unless the model is ``supported``."""
+    if not supported:
+        return off
+    if mode == "on":
+        return "on (every batch of two or more texts)"
+    if varlen:
+        return "auto: supported (FlashAttention's variable-length kernel: every batch with any padding)"
+    return "auto: supported (a block mask over the row: batches whose padding costs more than the mask)"
+
+
+def varlen_attention(model: Any) -> bool:
+    """FlashAttention runs each packed text alone (cu_seqlens from the position ids); SDPA and
+    eager attention mask a whole row's (query, key) pairs instead."""
+    return "flash" in str(getattr(model.config, "_attn_implementation", "") or "")
+
+
+def packed_pays(cost: Any, widths: Sequence[int], varlen: bool) -> bool:
+    """Whether a batch of texts of ``widths`` tokens costs less as one packed row than right-padded
+    (``cost``: prefix sharing's :class:`~pytest_rmb.prefix.CostModel`)."""
+    if len(widths) < 2:
+        return False
+    total = sum(widths)
+    if varlen:
+        pairs = sum(width * width / 2 for width in widths)
+    else:
+        from pytest_rmb.prefix import MASKED_PAIR_COST
+
+        pairs = total * total * MASKED_PAIR_COST
+    return cost.per_token * total + cost.per_pair * pairs < cost.padded_batch(widths)
+
+
+@dataclass(frozen=True)
+class PackedRow:
+    """Texts laid end to end in one row, each with its own position ids from 0."""
+
+    ids: list[int]
+    positions: list[int]
+    starts: list[int]  # where each text starts, then the row's length
+
+    @classmethod
+    def of(cls, rows: Sequence[Sequence[int]], keep: Sequence[int]) -> PackedRow:
+        """The first ``keep[i]`` tokens of each row."""
+        ids: list[int] = []
+        positions: list[int] = []
+        starts = [0]
+        for row, count in zip(rows, keep):
+            ids.extend(row[:count])
+            positions.extend(range(count))
+            starts.append(len(ids))
+        return cls(ids, positions, starts)
+
+    def inputs(self, model: Any) -> dict[str, Any]:
+        """The keyword arguments of a forward over the row, for ``model`` or its base model.
+
+        No cache: transformers recognises packed position ids only without one, and then masks
+        attention to blocks of one text each (SDPA, eager) or hands the text boundaries to
+        FlashAttention's varlen kernel, here given once: otherwise that path derives them from the
+        position ids again in every layer, a device sync each time.
+        """
+        import torch
+
+        device = input_device(model)
+        inputs: dict[str, Any] = {"input_ids": torch.tensor([self.ids], device=device),
+                                  "position_ids": torch.tensor([self.positions], device=device), "use_cache": False}
+        if varlen_attention(model):
+            bounds = torch.tensor(self.starts, dtype=torch.int32, device=device)
+            longest = max(b - a for a, b in zip(self.starts, self.starts[1:]))
+            inputs.update(cu_seq_lens_q=bounds, cu_seq_lens_k=bounds, max_length_q=longest, max_length_k=longest)
+        return inputs
+
+
+def packed_forward(model: Any, rows: Sequence[Sequence[int]], pad_id: int,
+                   reward_index: int) -> tuple[list[float], int]:
+    """A sequence classifier's scores of ``rows`` run as one row without padding, and the tokens
+    that spared.
+
+    The head reads each text where the padded path's head reads it (the last token that is not
+    the pad token), so the tokens after it are left out: causal attention makes them irrelevant.
+    """
+    import torch
+
+    from pytest_rmb.prefix import pooled_index
+
+    packed = PackedRow.of(rows, [pooled_index(row, pad_id) + 1 for row in rows])
+    base = getattr(model, model.base_model_prefix)
+    hidden = base(**packed.inputs(model)).last_hidden_state
+    reads = torch.tensor([end - 1 for end in packed.starts[1:]], device=hidden.device)
+    logits = model.score(hidden[0, reads])
+    saved = len(rows) * max(len(row) for row in rows) - len(packed.ids)
+    return logits[:, reward_index].float().cpu().tolist(), saved

@@ -32,7 +32,11 @@ from pytest_rmb.backends import (
     prepared_then_loaded,
 )
 from pytest_rmb.backends._transformers import (
+    CPU_BATCH_TOKENS,
+    PACKING_HELP,
+    PACKING_MODES,
     LazyWeights,
+    PackedRow,
     batch_tokens_for,
     check_spec_before_loading,
     context_limit,
@@ -43,6 +47,9 @@ from pytest_rmb.backends._transformers import (
     load_config,
     load_tokenizer,
     override_chat_template,
+    packed_pays,
+    packing_description,
+    packing_unsupported,
     pad_id,
     plain_render,
     resolve_device,
@@ -52,11 +59,13 @@ from pytest_rmb.backends._transformers import (
     template_digest,
     template_identity,
     truncate_left,
+    varlen_attention,
     weights_identity,
 )
 from pytest_rmb.data import Message
 from pytest_rmb.models import PointwiseModel, ScoreRequest, as_chat, request_key
 from pytest_rmb.parsers import choice, renamed, text_value
+from pytest_rmb.prefix import CostModel
 
 # Part of the cache fingerprint: bump it when rendering or scoring changes what a text scores.
 SCORER_VERSION = "1"
@@ -138,6 +147,15 @@ class DPORewardModel(PointwiseModel):
                                         [c for c in configs if c is not None])
         self._tokens: dict[ScoreRequest, tuple[list[int], int]] = {}
         self._counters: dict[str, float] = {"truncated": 0}
+        # Packed or padded per batch, decided once the weights are there (--rmb-model-arg packing).
+        self._packing_mode = settings.args.get("packing") or "auto"
+        self._packing: CostModel | None = None
+        self._varlen = False
+        self._packing_decided = False
+        self._packing_off = ("off (--rmb-model-arg packing=off)" if self._packing_mode == "off"
+                             else "undecided (the models were not loaded: every score came from the cache)")
+        if policy is not None:
+            self._decide_packing()
 
     @property
     def loaded(self) -> bool:
@@ -149,6 +167,45 @@ class DPORewardModel(PointwiseModel):
             self._device = input_device(policy)
             if reference is not None:
                 self._reference_device = input_device(reference)
+            self._decide_packing()
+
+    def _decide_packing(self) -> None:
+        """Whether batches may run packed: both models must take packed rows and give, for probe
+        texts of different lengths, the padded path's log-probabilities."""
+        if self._packing_decided or self._packing_mode == "off":
+            return
+        self._packing_decided = True
+        models = [model for model in self._nets.get() if model is not None]
+        reason = next((r for r in (packing_unsupported(m, score_head=False) for m in models) if r), None)
+        reason = reason or self._probe_packing(models)
+        if reason is None:
+            self._packing = CostModel.of(models[0], self.batch_tokens or CPU_BATCH_TOKENS)
+            self._varlen = all(varlen_attention(model) for model in models)
+        elif self._packing_mode == "on":
+            raise ModelLoadError(f"--rmb-model-arg packing=on: {self.name} cannot score padding-free batches: "
+                                 f"{reason}; use packing=auto or packing=off")
+        else:
+            self._packing_off = f"off ({reason})"
+
+    def _probe_packing(self, models: list[Any]) -> str | None:
+        question = (Message("user", "How do I sort a list of strings in Python by their length?"),)
+        probe = [ScoreRequest(question, "Use sorted(items, key=len), which sorts by length and keeps ties in order."),
+                 ScoreRequest(question, "I can't help."), ScoreRequest((Message("user", "Hi"),), "Hello!")]
+        # Untruncated: the probe asks what the models can do, whatever --rmb-max-length is, and
+        # counts nothing as truncated.
+        rows = self.encode(probe)
+        # float32 agrees to ~1e-6; half precision rounds differently along the two paths.
+        tolerance = 1e-4 if self._dtype == self._torch.float32 else 5e-2
+        for model in models:
+            try:
+                packed = [t.sum().item() for t in self._response_logprobs(model, rows, packed=True)]
+            except Exception as exc:  # noqa: BLE001 - any failure means it cannot run packed rows
+                return f"a packed row failed ({type(exc).__name__}: {exc})"
+            padded = [t.sum().item() for t in self._response_logprobs(model, rows, packed=False)]
+            if any(abs(a - b) > tolerance * max(1.0, abs(b)) for a, b in zip(packed, padded)):
+                return (f"log-probabilities of a packed row differ from padded ones ({packed} vs {padded}): the "
+                        "attention implementation does not keep packed texts apart")
+        return None
 
     @property
     def policy(self):
@@ -216,16 +273,19 @@ class DPORewardModel(PointwiseModel):
 
     def take_counters(self) -> dict[str, float]:
         counters, self._counters = self._counters, {"truncated": 0}
-        return counters
+        # Nothing packed, nothing said: the stats of a run without packing stay as they were.
+        return {name: value for name, value in counters.items() if value or name == "truncated"}
 
     # -- scoring ----------------------------------------------------------------------------------
 
     def score(self, batch: Sequence[ScoreRequest]) -> list[float]:
         self.cost(batch)
         rows = [self._tokens[r] for r in batch]
-        policy = self._response_logprobs(self.policy, rows)
+        policy_model = self.policy
+        packed = self._packs([len(ids) for ids, _ in rows])
+        policy = self._response_logprobs(policy_model, rows, packed=packed)
         if self._has_reference:
-            reference = self._response_logprobs(self.reference, rows)
+            reference = self._response_logprobs(self.reference, rows, packed=packed)
             values = [self.beta * (p.sum().item() - r.sum().item()) for p, r in zip(policy, reference)]
         else:
             values = [self.beta * self._reference_free(p) for p in policy]
@@ -242,13 +302,29 @@ class DPORewardModel(PointwiseModel):
             return logps.sum().item()
         return -logps.norm(p=2).item()
 
-    def _response_logprobs(self, model, rows: Sequence[tuple[list[int], int]]) -> list[Any]:
-        """Per row, the float64 log-probabilities of its response tokens under ``model``."""
+    def _packs(self, widths: list[int]) -> bool:
+        """Whether this batch runs as one packed row (counted when it does)."""
+        packed = self._packing is not None and len(widths) > 1 and all(widths) and (
+            self._packing_mode == "on" or packed_pays(self._packing, widths, self._varlen))
+        if packed:
+            self._counters["packed_batches"] = self._counters.get("packed_batches", 0) + 1
+            saved = len(widths) * max(widths) - sum(widths)
+            self._counters["packed_pad_tokens_saved"] = self._counters.get("packed_pad_tokens_saved", 0) + saved
+        return packed
+
+    def _response_logprobs(self, model, rows: Sequence[tuple[list[int], int]], *, packed: bool) -> list[Any]:
+        """Per row, the float64 log-probabilities of its response tokens under ``model``, from a
+        right-padded batch or one packed row."""
         torch = self._torch
-        input_ids, attention = right_padded([ids for ids, _ in rows], self._pad_id)
         device = input_device(model)
         with torch.inference_mode():
-            logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
+            if packed:
+                row = PackedRow.of([ids for ids, _ in rows], [len(ids) for ids, _ in rows])
+                logits = model(**row.inputs(model)).logits[0]
+                offsets = row.starts
+            else:
+                input_ids, attention = right_padded([ids for ids, _ in rows], self._pad_id)
+                logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
             result = []
             for i, (ids, start) in enumerate(rows):
                 first, end = max(start, 1), len(ids)
@@ -257,9 +333,10 @@ class DPORewardModel(PointwiseModel):
                     continue
                 # One row at a time, in at least float32: the whole batch's log-softmax would
                 # hold tokens x vocabulary floats at once.
-                row = logits[i, first - 1:end - 1]
-                logps = row.to(torch.promote_types(row.dtype, torch.float32)).log_softmax(-1)
-                targets = input_ids[i, first:end].to(logps.device)
+                part = (logits[offsets[i] + first - 1:offsets[i] + end - 1] if packed
+                        else logits[i, first - 1:end - 1])
+                logps = part.to(torch.promote_types(part.dtype, torch.float32)).log_softmax(-1)
+                targets = torch.tensor(ids[first:end], device=logps.device)
                 result.append(logps.gather(-1, targets[:, None]).squeeze(-1).double().cpu())
             del logits
         return result
@@ -303,7 +380,11 @@ class DPORewardModel(PointwiseModel):
             "max_length": self.max_length,
             "truncation_side": "left (the start of the conversation is dropped)",
             "chat_template_sha256": template_digest(template_identity(self.tokenizer, self._templated)),
+            "packing": self._describe_packing(),
         }
+
+    def _describe_packing(self) -> str:
+        return packing_description(self._packing_mode, self._packing is not None, self._varlen, self._packing_off)
 
     def close(self) -> None:
         self._tokens.clear()
@@ -449,6 +530,7 @@ BACKEND = Backend(
                  "device for the reference model (default: the policy's)"),
         ModelArg("ref_revision", renamed("revision", text_value), None,
                  "revision of a hub reference model (default: main)"),
+        ModelArg("packing", choice(*PACKING_MODES), "auto", PACKING_HELP),
     ),
     summary="a DPO-trained causal LM as an implicit reward model: dpo:POLICY with ref=REFERENCE, or "
     "reference-free (settings through --rmb-dtype, --rmb-max-length, --rmb-chat-template, ...)",

@@ -5,6 +5,11 @@ prompt), tokenized without special tokens so that the template's BOS is not doub
 right-padded whatever the tokenizer's ``padding_side``: real tokens then keep positions 0..n-1,
 first-token (encoder) and last-token (decoder) pooling both see exactly what they see for the text
 alone, and a score does not depend on the batch it was in.
+
+Padding-free batches (``--rmb-model-arg packing=auto|on|off``): a decoder's batch can instead run
+as one row, each text with its own position ids and attending only to itself, the head applied at
+each text's pooled token. A probe at load checks that this gives the padded path's scores; the
+padded path stays the reference (probes, ``explain``, a text alone).
 """
 
 from __future__ import annotations
@@ -12,9 +17,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from pytest_rmb.backends import Backend, ModelLoadError, ModelSettings, prepared_then_loaded
+from pytest_rmb.backends import Backend, ModelArg, ModelLoadError, ModelSettings, prepared_then_loaded
 from pytest_rmb.backends._transformers import (
     CPU_BATCH_TOKENS,
+    PACKING_HELP,
+    PACKING_MODES,
     ChatRenderer,
     LazyWeights,
     OneNetwork,
@@ -25,17 +32,23 @@ from pytest_rmb.backends._transformers import (
     load_config,
     load_sequence_classifier,
     load_tokenizer,
+    packed_forward,
+    packed_pays,
+    packing_description,
+    packing_unsupported,
     resolve_device,
     resolve_dtype,
     resolved_revision,
     right_padded,
     template_digest,
+    varlen_attention,
     weights_identity,
 )
 from pytest_rmb.batching import pack_batches
 from pytest_rmb.data import Message
 from pytest_rmb.models import PointwiseModel, ScoreRequest, request_key
-from pytest_rmb.prefix import PrefixRunner, PrefixSharing, split_points, unsupported_reason
+from pytest_rmb.parsers import choice
+from pytest_rmb.prefix import CostModel, PrefixRunner, PrefixSharing, split_points, unsupported_reason
 
 # Part of the cache fingerprint: bump it when rendering or scoring changes what a text scores.
 SCORER_VERSION = "1"
@@ -82,6 +95,12 @@ class HFRewardModel(OneNetwork, PointwiseModel):
         self._sharing_mode = settings.prefix_sharing
         self._sharing_off = ("off (--rmb-prefix-sharing off)" if self._sharing_mode == "off"
                              else "undecided (the model was not loaded: every score came from the cache)")
+        # The cost model that picks packed or padded per batch; None: batches are padded.
+        self._packing: CostModel | None = None
+        self._varlen = False  # FlashAttention's varlen kernel: no mask across a packed row
+        self._packing_mode = settings.args.get("packing") or "auto"
+        self._packing_off = ("off (--rmb-model-arg packing=off)" if self._packing_mode == "off"
+                             else "undecided (the model was not loaded: every score came from the cache)")
         if model is not None:
             self._loaded(self._net.get())
 
@@ -91,6 +110,8 @@ class HFRewardModel(OneNetwork, PointwiseModel):
         if model.config.pad_token_id is None:
             model.config.pad_token_id = self._pad_id
         self._device = next(model.parameters()).device
+        if self._packing_mode != "off":
+            self._setup_packing(self._packing_mode)
         if self._sharing_mode != "off":
             self._setup_sharing(self._sharing_mode)
 
@@ -128,7 +149,11 @@ class HFRewardModel(OneNetwork, PointwiseModel):
             "reward_index": self._reward_index,
             "chat_template_sha256": template_digest(self._renderer.template_identity()),
             "prefix_sharing": self._sharing.describe() if self._sharing else self._sharing_off,
+            "packing": self._describe_packing(),
         }
+
+    def _describe_packing(self) -> str:
+        return packing_description(self._packing_mode, self._packing is not None, self._varlen, self._packing_off)
 
     def cache_key(self, request: ScoreRequest) -> str:
         """The cache key of a request: a hash of the exact text the tokenizer sees."""
@@ -151,6 +176,8 @@ class HFRewardModel(OneNetwork, PointwiseModel):
 
     def take_counters(self) -> dict[str, float]:
         counters, self._counters = self._counters, {"truncated": 0}
+        # Nothing packed, nothing said: the stats of a run without packing stay as they were.
+        counters = {name: value for name, value in counters.items() if value or name == "truncated"}
         if self._sharing is not None:
             counters.update(self._sharing.take_counters())
         return counters
@@ -166,6 +193,35 @@ class HFRewardModel(OneNetwork, PointwiseModel):
         else:
             self._sharing_off = f"off ({reason})"
 
+    def _setup_packing(self, mode: str) -> None:
+        reason = packing_unsupported(self.model) or self._probe_packing()
+        if reason is None:
+            self._packing = CostModel.of(self.model, self.batch_tokens or CPU_BATCH_TOKENS)
+            self._varlen = varlen_attention(self.model)
+        elif mode == "on":
+            raise ModelLoadError(f"--rmb-model-arg packing=on: {self.name} cannot score padding-free batches: "
+                                 f"{reason}; use packing=auto or packing=off")
+        else:
+            self._packing_off = f"off ({reason})"
+
+    def _probe_packing(self) -> str | None:
+        """Score texts of different lengths packed and padded; None when they agree."""
+        question = (Message("user", "How do I sort a list of strings in Python by their length?"),)
+        probe = [ScoreRequest(question, "Use sorted(items, key=len), which sorts by length and keeps ties in order."),
+                 ScoreRequest(question, "I can't help."), ScoreRequest((Message("user", "Hi"),), "Hello!")]
+        rows = [ids[: self.max_length] for ids in self._encode([self.render(r) for r in probe])]
+        try:
+            packed, _ = packed_forward(self.model, rows, self._pad_id, self._reward_index)
+        except Exception as exc:  # noqa: BLE001 - any failure means it cannot run packed rows
+            return f"a packed row failed ({type(exc).__name__}: {exc})"
+        padded = self._padded_forward(rows)
+        # float32 agrees to ~1e-6; half precision rounds differently along the two paths.
+        tolerance = 1e-4 if self._dtype == self._torch.float32 else 5e-2
+        if any(abs(a - b) > tolerance * max(1.0, abs(b)) for a, b in zip(packed, padded)):
+            return (f"scores of a packed row differ from padded ones ({packed} vs {padded}): the attention "
+                    "implementation does not keep packed texts apart")
+        return None
+
     def _probe_sharing(self) -> str | None:
         """Score two answers of one conversation with and without sharing; None when they agree."""
         question = (Message("user", "How do I sort a list of strings in Python by their length?"),)
@@ -180,7 +236,7 @@ class HFRewardModel(OneNetwork, PointwiseModel):
             shared = runner.score(rows, [lengths[0], lengths[1]])
         except Exception as exc:  # noqa: BLE001 - any failure means it cannot continue from a cache
             return f"continuing from cached keys/values failed ({type(exc).__name__}: {exc})"
-        plain = self._forward(rows)
+        plain = self._padded_forward(rows)
         # float32 agrees to ~1e-6; half precision rounds differently along the two paths.
         tolerance = 1e-4 if self._dtype == self._torch.float32 else 5e-2
         if any(abs(a - b) > tolerance * max(1.0, abs(b)) for a, b in zip(shared, plain)):
@@ -215,6 +271,18 @@ class HFRewardModel(OneNetwork, PointwiseModel):
         return values
 
     def _forward(self, rows: Sequence[Sequence[int]]) -> list[float]:
+        """Scores of a plain batch: packed where packing is on and pays for this batch, else padded."""
+        if self._packing is not None and len(rows) > 1 and all(rows) and (
+                self._packing_mode == "on"
+                or packed_pays(self._packing, [len(row) for row in rows], self._varlen)):
+            values, saved = packed_forward(self.model, rows, self._pad_id, self._reward_index)
+            self._counters["packed_batches"] = self._counters.get("packed_batches", 0) + 1
+            self._counters["packed_pad_tokens_saved"] = self._counters.get("packed_pad_tokens_saved", 0) + saved
+            return values
+        return self._padded_forward(rows)
+
+    def _padded_forward(self, rows: Sequence[Sequence[int]]) -> list[float]:
+        """The reference path: right-padded rows through the model's own forward and pooling."""
         torch = self._torch
         input_ids, attention = right_padded(rows, self._pad_id)
         with torch.inference_mode():
@@ -258,7 +326,7 @@ class HFRewardModel(OneNetwork, PointwiseModel):
             "reward_position": position,
             "pooling": pooling,
             "reward_index": self._reward_index,
-            "score": self._forward([kept])[0],
+            "score": self._padded_forward([kept])[0],
             "notes": notes,
         }
 
@@ -297,6 +365,7 @@ load_hf = prepared_then_loaded(prepare_hf)
 
 BACKEND = Backend(
     "hf", load_hf, prepare=prepare_hf,
+    args=(ModelArg("packing", choice(*PACKING_MODES), "auto", PACKING_HELP),),
     summary="a Hugging Face sequence-classification reward model: hub id or local checkpoint "
     "(a bare id means hf:; settings through --rmb-dtype, --rmb-revision, --rmb-max-length, ...)",
 )
