@@ -56,6 +56,8 @@ def models(tmp_path_factory):
 
 def load(path, **settings):
     settings.setdefault("device", "cpu")
+    # Prefix sharing alone: packed batches (with counters of their own) are tested in test_packed.py.
+    settings.setdefault("args", {"packing": "off"})
     return load_hf(ModelSettings(str(path), **settings))
 
 
