@@ -79,6 +79,12 @@ def response_labels(sample: Sample) -> list[str]:
 def explain_sample(model: Any, sample: Sample, engine: Any = None) -> list[str]:
     explain = getattr(model, "explain", None)
     lines: list[str] = []
+    explain_list = getattr(model, "explain_list", None)
+    list_request_of = getattr(engine, "list_request_of", None)
+    if getattr(model, "judges_lists", False) and callable(explain_list) and callable(list_request_of):
+        labels = response_labels(sample)
+        lines.append(f"the list of {len(labels)} answers ({', '.join(labels)}) in one request per order:")
+        return lines + format_judge_explanation(explain_list(list_request_of(sample)))
     if isinstance(model, PairwiseModel):
         requests_of = getattr(engine, "requests_of", None)
         requests = requests_of(sample) if callable(requests_of) else [

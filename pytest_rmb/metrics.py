@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from pytest_rmb.data import PAIRWISE
-from pytest_rmb.judging.prompts import SLOTS
+from pytest_rmb.judging.listwise import LETTERS
 
 SECTIONS = (
     ("helpfulness", "pairwise"),
@@ -303,6 +303,8 @@ class JudgeTally:
         self.skipped = 0
         self.letters = 0
         self.a_letters = 0
+        # The A votes a judge blind to positions would give: 1/N for each vote on N answers.
+        self.a_expected = 0.0
         self.parse_failures = 0
         self.parse_retries = 0
         self.prompt_tokens = 0
@@ -339,14 +341,19 @@ class JudgeTally:
             self.parse_retries += int(detail.get("parse_retries", 0) or 0)
             self.comparisons += 1
             orders = detail.get("orders") or []
+            # A listwise verdict's votes name any of its answers' letters; a position-blind judge
+            # names the first of N answers 1/N of the time, a pair's 1/2.
+            answers = int(detail.get("answers") or 2) if detail.get("listwise") else 2
+            letters = LETTERS[:answers]
             for entry in orders:
                 votes = entry.get("votes") or []
                 for vote in votes:
-                    if vote in SLOTS:
+                    if vote in letters:
                         self.letters += 1
                         self.a_letters += vote == "A"
-                # Votes were given, but neither letter has a strict majority (a split, or failed votes).
-                self.no_majority += entry.get("verdict") is None and any(vote in SLOTS for vote in votes)
+                        self.a_expected += 1 / answers
+                # Votes were given, but no letter has a strict majority (a split, or failed votes).
+                self.no_majority += entry.get("verdict") is None and any(vote in letters for vote in votes)
             if len(orders) > 1 and verdict.get("won") is not None:
                 self.both_orders += 1
             if verdict.get("won") is None:
@@ -389,6 +396,7 @@ class JudgeTally:
             "flips": self.flips,
             "flip_rate": ratio(self.flips, self.both_orders),
             "a_share": ratio(self.a_letters, self.letters),
+            "a_share_expected": ratio(self.a_expected, self.letters),
             "no_verdict": self.no_verdict,
             "empty_replies": self.empty_replies,
             "cut_off": self.cut_off,

@@ -95,7 +95,7 @@ LEGEND = {
     "BoN": "accuracy on Best-of-N lists (right/total)",
     "Tie-adj.": "accuracy with each flip counted as half right",
     "Flips": "comparisons whose verdict changed with the order of the answers (each one a loss)",
-    "A share": "verdicts for the answer shown first; far from 50% is a position bias",
+    "A share": "verdicts for the answer shown first; far from 50% (1/N of N answers, listwise) is a position bias",
     "No verdict": "comparisons left without a verdict",
     "Empty": "comparisons that got only empty replies (a rerun asks them again)",
     "API fail": "comparisons lost to failed requests",
@@ -372,6 +372,16 @@ def inexact_line(judge: Mapping[str, Any]) -> str:
             "comparisons as won (an upper bound for those lists)")
 
 
+def position_line(judge: Mapping[str, Any]) -> str:
+    """Listwise votes: the A share a judge blind to positions would give is 1/N, not one half."""
+    expected = judge["overall"].get("a_share_expected")
+    share = judge["overall"].get("a_share")
+    if expected is None or share is None or abs(expected - 0.5) < 1e-9:
+        return ""
+    return (f"A share: {share:.1%} of the votes named the answer shown first; a judge blind to positions "
+            f"would give {expected:.1%} (1/N over lists of N answers)")
+
+
 def panel_lines(judge: Mapping[str, Any]) -> list[str]:
     """A panel's judges, one line each: agreement with the majority, and the judge alone."""
     lines = []
@@ -431,6 +441,9 @@ def engine_line(engine: dict) -> str:
             line += f"; {engine['truncated']} of {scored + cached} truncated"
     if engine.get("oom_retries"):
         line += f", {engine['oom_retries']} out-of-memory retries"
+    if engine.get("listwise_requests_saved"):
+        line += (f"; listwise: {engine['listwise_requests_saved']:.0f} requests fewer than comparing each "
+                 "list's best with every other answer")
     if engine.get("empty_replies"):
         line += f"; {engine['empty_replies']} comparisons got only empty replies (a rerun asks them again)"
     if engine.get("cut_off_replies"):
@@ -619,7 +632,8 @@ class TableRenderer:
         self._tr.write_line(engine_line(summary["engine"]))
         if summary.get("judge"):
             self._table(judge_table(summary["judge"], show_scenarios=show_scenarios))
-            for line in (inexact_line(summary["judge"]), *panel_lines(summary["judge"]), token_line(summary["engine"])):
+            judge = summary["judge"]
+            for line in (inexact_line(judge), position_line(judge), *panel_lines(judge), token_line(summary["engine"])):
                 if line:
                     self._tr.write_line(line)
         meaning = meaning_lines(summary)

@@ -180,6 +180,12 @@ def test_a_judge_that_always_says_a_flips_every_list(pytester, list_stubs):
         count = len(record["style"])
         assert [o["picked"] for o in verdict["detail"]["orders"]] == [0, count - 1]
         assert verdict["reason"].startswith("flip: the pick follows the answer order")
+    # Every vote names A; a judge blind to positions would name it 1/N of the time on N answers.
+    blind = [1 / len(record["style"]) for record in records(pytester.path / "run.jsonl") for _ in range(2)]
+    assert stats["a_share"] == 1.0
+    assert stats["a_share_expected"] == pytest.approx(sum(blind) / len(blind))
+    assert (f"A share: 100.0% of the votes named the answer shown first; a judge blind to positions would give "
+            f"{sum(blind) / len(blind):.1%} (1/N over lists of N answers)") in output(result)
 
 
 def test_listwise_asks_n_minus_1_times_fewer_requests_than_pairwise(pytester, list_stubs):
@@ -198,8 +204,26 @@ def test_listwise_asks_n_minus_1_times_fewer_requests_than_pairwise(pytester, li
     assert len(lists.requests()) == 2 * len(sizes)
     saved = summary(pytester.path / "lists.json")["engine"]["listwise_requests_saved"]
     assert saved == 2 * sum(n - 2 for n in sizes) == 2 * sum(n - 1 for n in sizes) - len(lists.requests())
+    assert (f"; listwise: {saved} requests fewer than comparing each list's best with every other answer"
+            in output(listed))
     # Both judges agree with the length baseline, so the savings cost nothing here.
     assert sections(pytester.path / "lists.json") == sections(pytester.path / "pairs.json")
+
+
+def test_show_input_prints_the_list_prompt_of_each_order(pytester, list_stubs):
+    stub = list_stubs("longer")
+    result = judge(pytester, stub, *listwise("order=both"), "--rmb-show-input", "chat/casual_conversation/3",
+                   "-k", "casual_conversation")
+    assert result.ret == 0, output(result)
+    text = output(result)
+    [raw] = [r for r in all_files(SAMPLE_DATA)["BoN_set/Helpfulness/Chat/Casual Conversation.json"]
+             if r["bon_uid"] == "3"]
+    count = 1 + len(raw["loser_list"])
+    assert count > 2
+    labels = ["best", *(f"loser {i} of {count - 1}" for i in range(1, count))]
+    assert f"the list of {count} answers ({', '.join(labels)}) in one request per order:" in text
+    assert f"[The Start of Assistant {chr(ord('A') + count - 1)}'s Answer]" in text
+    assert "prompt 2 of 2" in text
 
 
 def test_a_rerun_reads_every_list_from_the_cache(pytester, list_stubs):

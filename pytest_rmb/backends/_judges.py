@@ -36,7 +36,8 @@ def protocol_args(*, prompt_default: str, parse_retries_help: str, seed_help: st
                  "(placeholders: docs/how-to/llm-judges.md)"),
         ModelArg("order", choice(*ORDERS), "both",
                  "both: ask each comparison in both answer orders, won only if both agree; random: one "
-                 "order from a hash of seed and comparison; fixed: chosen answer always shown as A"),
+                 "order from a hash of seed and comparison; fixed: chosen answer always shown as A "
+                 "(mode=listwise: a list as given and reversed, a seeded shuffle, or as given)"),
         ModelArg("parse_retries", renamed("int", non_negative_int), DEFAULT_PARSE_RETRIES, parse_retries_help),
         ModelArg("seed", renamed("int", integer), None, seed_help),
     )
