@@ -351,13 +351,14 @@ def _conversation(record: dict) -> Conversation:
         if not isinstance(turn, dict):
             raise InvalidRecord(f"field 'conversation_input[{i}]': expected an object, got {json_type(turn)}")
         role, content, language = turn.get("role"), turn.get("content"), turn.get("language")
-        if type(role) is not str or type(content) is not str or (language is not None and type(language) is not str):
-            where = f"conversation_input[{i}]."
-            if language is not None and type(language) is not str:
-                raise InvalidRecord(f"field '{where}language': expected a string, got {json_type(language)}")
-            _field(turn, "role", str, where)
-            _field(turn, "content", str, where)
-        messages.append(Message(role, content, language))
+        if type(role) is str and type(content) is str and (language is None or type(language) is str):
+            messages.append(Message(role, content, language))
+            continue
+        where = f"conversation_input[{i}]."
+        if language is not None and type(language) is not str:
+            raise InvalidRecord(f"field '{where}language': expected a string, got {json_type(language)}")
+        _field(turn, "role", str, where)
+        _field(turn, "content", str, where)
     if messages[-1].role != "user":
         raise InvalidRecord(
             f"field 'conversation_input[{len(messages) - 1}].role': the last message must come "
