@@ -409,18 +409,25 @@ class OpenAIJudge(PairwiseModel):
 
     def compare(self, batch: Sequence[PairRequest]) -> list[Verdict]:
         self._ready()
+        plans = [self._asks(i, request) for i, request in enumerate(batch)]
+        return self._verdicts(sum(len(asks) for asks in plans) * self.votes,
+                              lambda state: [self._job(asks, state) for asks in plans])
+
+    def _verdicts(self, requests: int,
+                  jobs_for: Callable[[_RunState], list[Callable[[Any], Awaitable[Verdict]]]]) -> list[Verdict]:
+        """Run a batch's jobs (one per verdict, ``requests`` requests in all) concurrently: the
+        verdicts in order, a failed job's as an error verdict; what arrived is kept on Ctrl-C or
+        when the run must stop."""
         from pytest_rmb.http import run_concurrently
 
-        plans = [self._asks(i, request) for i, request in enumerate(batch)]
-        total = sum(len(asks) for asks in plans) * self.votes
         done: dict[int, Verdict] = {}
-        state = _RunState(total, time.perf_counter(), self.concurrency)
+        state = _RunState(requests, time.perf_counter(), self.concurrency)
 
         def on_done(index: int, verdict: Verdict) -> None:
             done[index] = verdict
             self.report_progress(len(done), state.describe(), done)
 
-        jobs = [self._job(asks, state) for asks in plans]
+        jobs = jobs_for(state)
         try:
             # The tick saves verdicts that arrived together while the batch waits on a retried one.
             results = run_concurrently(self._client, jobs, on_done,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +36,7 @@ from pytest_rmb.judging.listwise import (
 )
 from pytest_rmb.judging.orders import list_orders
 from pytest_rmb.judging.parsing import EMPTY_REPLY, find_verdict, is_empty, miss_note
-from pytest_rmb.models import ListRequest, PairRequest, PartialBatchError, Verdict
+from pytest_rmb.models import ListRequest, PairRequest, Verdict
 
 # Settings of the pairwise judge (with their defaults) that a listwise judge cannot follow, refused
 # rather than silently ignored.
@@ -138,38 +137,12 @@ class OpenAIListJudge(OpenAIJudge):
 
     def compare_lists(self, batch: Sequence[ListRequest]) -> list[Verdict]:
         self._ready()
-        from pytest_rmb.http import run_concurrently
-
         try:
             plans = [self._list_asks(i, request) for i, request in enumerate(batch)]
         except ListTooLong as exc:
             raise ModelLoadError(f"openai judge: mode=listwise: {exc}") from None
-        state = _RunState(sum(len(asks) for asks in plans) * self.votes, time.perf_counter(), self.concurrency)
-        done: dict[int, Verdict] = {}
-
-        def on_done(index: int, verdict: Verdict) -> None:
-            done[index] = verdict
-            self.report_progress(len(done), state.describe(), done)
-
-        jobs = [self._list_job(asks, state) for asks in plans]
-        try:
-            results = run_concurrently(self._client, jobs, on_done,
-                                       on_tick=lambda: self.report_progress(len(done), state.describe(), done))
-        except KeyboardInterrupt:
-            self._fatal = KeyboardInterrupt()
-            raise PartialBatchError(done, KeyboardInterrupt("interrupted")) from None
-        if self._fatal is not None:
-            raise PartialBatchError(done, self._fatal)
-        verdicts: list[Verdict] = []
-        for result in results:
-            if isinstance(result, Verdict):
-                verdicts.append(result)
-                if result.ask_again:
-                    self._count("empty_replies")
-            else:
-                verdicts.append(Verdict(None, error=self._describe_failure(result)))
-                self._count("api_failures")
-        return verdicts
+        return self._verdicts(sum(len(asks) for asks in plans) * self.votes,
+                              lambda state: [self._list_job(asks, state) for asks in plans])
 
     def _list_job(self, asks: list[_ListAsk], state: _RunState) -> Callable[[Any], Awaitable[Verdict]]:
         async def job(client: Any) -> Verdict:

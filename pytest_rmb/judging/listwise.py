@@ -28,6 +28,7 @@ from typing import Any
 
 from pytest_rmb.judging.cutoffs import CUT_OFF
 from pytest_rmb.judging.formats import VerdictFormat
+from pytest_rmb.judging.orders import summed_usage
 from pytest_rmb.judging.parsing import EMPTY_REPLY
 from pytest_rmb.judging.prompts import _FACTORS, _FAIRNESS, _VERDICT_AFTER, neutralise, render_question
 from pytest_rmb.models import Verdict
@@ -170,15 +171,11 @@ def combine_list(orders: Sequence[ListOrder], order: str) -> Verdict:
     """One list's :class:`Verdict` (``won``: the best answer was picked in every order)."""
     if not orders:
         raise ValueError("combine_list needs at least one order's result")
-    usage = {"prompt_tokens": 0, "completion_tokens": 0}
-    if all("reasoning_tokens" in r.usage for r in orders):
-        usage["reasoning_tokens"] = 0
+    usage = summed_usage([r.usage for r in orders])
     entries = []
     picks = []
     parsed = []
     for result in orders:
-        for name in usage:
-            usage[name] += int(result.usage.get(name, 0) or 0)
         any_vote, letter = result.majority()
         pick = result.picked()
         parsed.append(any_vote)

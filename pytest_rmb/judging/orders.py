@@ -114,21 +114,25 @@ class OrderResult:
         return False, None
 
 
+def summed_usage(usages: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """The tokens of several orders' replies summed; reasoning tokens only when every order's
+    server said them: a partial sum would pass for the whole."""
+    names = ["prompt_tokens", "completion_tokens"]
+    if all("reasoning_tokens" in usage for usage in usages):
+        names.append("reasoning_tokens")
+    return {name: sum(int(usage.get(name, 0) or 0) for usage in usages) for name in names}
+
+
 def combine(order_results: Sequence[OrderResult], order: str) -> Verdict:
     """One comparison's :class:`Verdict` (``first`` = the chosen answer) from its orders."""
     if not order_results:
         raise ValueError("combine needs at least one order's result")
-    usage = {"prompt_tokens": 0, "completion_tokens": 0}
-    # Reasoning tokens only when every order's server said them: a partial sum would pass for the whole.
-    if all("reasoning_tokens" in r.usage for r in order_results):
-        usage["reasoning_tokens"] = 0
+    usage = summed_usage([r.usage for r in order_results])
     orders = []
     outcomes = []
     letters = []
     p_chosen = []
     for result in order_results:
-        for name in usage:
-            usage[name] += int(result.usage.get(name, 0) or 0)
         won, letter = result.outcome()
         outcomes.append(won)
         letters.append(letter)
