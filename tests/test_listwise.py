@@ -19,7 +19,7 @@ from pytest_rmb.judging.formats import FORMATS, classify
 from pytest_rmb.judging.listwise import ListOrder, combine_list, list_follow_up, list_messages
 from pytest_rmb.judging.orders import list_orders
 from pytest_rmb.judging.parsing import find_verdict
-from tests.helpers import SAMPLE_DATA, SECTION_OF, all_files, length_sections
+from tests.helpers import SAMPLE_DATA, SECTION_OF, all_files, bon, length_sections, write_dataset
 from tests.judge_stub import VERDICTS, StubServer
 from tests.list_stub import ListStubServer, shown_answers
 
@@ -430,3 +430,18 @@ def test_lists_cut_off_in_every_turn_are_cut_off_misses_and_stop_the_run_early(p
     stopped = judge(pytester, stub, *listwise("order=fixed", "parse_retries=0"), name="stopped")
     assert stopped.ret == 2, output(stopped)
     assert "replies were cut off at max_tokens=1024 before their verdict" in output(stopped)
+
+
+def test_a_list_longer_than_the_alphabet_is_refused_before_any_request(pytester, list_stubs):
+    stub = list_stubs("longer")
+    losers = [f"answer number {i}" for i in range(26)]  # 27 answers with the best: one past Z
+    data = write_dataset(pytester.path / "data", {
+        "BoN_set/Helpfulness/Chat/Casual Conversation.json": [bon("1", "q", "the longest answer of them all", losers)]})
+    result = pytester.runpytest("-p", "no:cacheprovider", "--rmb-model", "openai:stub-judge", "--rmb-model-arg",
+                                f"base_url={stub.base_url}", *listwise("order=both"), "--rmb-data", str(data),
+                                "-k", "casual_conversation")
+    text = output(result)
+    assert result.ret not in (0, 1), text
+    assert "mode=listwise: a listwise judge shows 2 to 26 answers, this list has 27" in text
+    assert "Traceback" not in text
+    assert not stub.requests()

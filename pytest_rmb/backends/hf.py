@@ -207,8 +207,13 @@ class HFRewardModel(OneNetwork, PointwiseModel):
     def _probe_packing(self) -> str | None:
         """Score texts of different lengths packed and padded; None when they agree."""
         question = (Message("user", "How do I sort a list of strings in Python by their length?"),)
+        # Two turns too: a template may end a turn with the pad token (pad = eos), so a model that
+        # pools before the first pad rather than the last reads another token packed than padded.
+        turns = (Message("user", "Hi"), Message("assistant", "Hello! How can I help?"),
+                 Message("user", "Sort strings by length?"))
         probe = [ScoreRequest(question, "Use sorted(items, key=len), which sorts by length and keeps ties in order."),
-                 ScoreRequest(question, "I can't help."), ScoreRequest((Message("user", "Hi"),), "Hello!")]
+                 ScoreRequest(question, "I can't help."), ScoreRequest((Message("user", "Hi"),), "Hello!"),
+                 ScoreRequest(turns, "Use sorted(key=len).")]
         rows = [ids[: self.max_length] for ids in self._encode([self.render(r) for r in probe])]
         try:
             packed, _ = packed_forward(self.model, rows, self._pad_id, self._reward_index)

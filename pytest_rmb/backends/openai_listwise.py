@@ -107,7 +107,11 @@ class OpenAIListJudge(OpenAIJudge):
         self.check_server()
         calls = chars = saved = 0
         for index, request in enumerate(requests):
-            for ask in self._list_asks(index, _as_list(request)):
+            try:
+                asks = self._list_asks(index, _as_list(request))
+            except ListTooLong as exc:
+                raise ModelLoadError(f"openai judge: mode=listwise: {exc}") from None
+            for ask in asks:
                 calls += self.votes
                 chars += ask.chars * self.votes
                 saved += (len(ask.shown) - 2) * self.votes
