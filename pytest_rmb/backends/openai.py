@@ -38,7 +38,7 @@ from pytest_rmb.backends import (
 )
 from pytest_rmb.backends._judges import VERDICT_ARG, protocol_args, resolve_protocol
 from pytest_rmb.judging.cutoffs import CUT_OFF, CutOffWatch, is_cut_off
-from pytest_rmb.judging.orders import OrderResult, chosen_slots, combine
+from pytest_rmb.judging.orders import OrderResult, chosen_slots, combine, summed_usage
 from pytest_rmb.judging.parsing import (
     EMPTY_REPLY,
     find_verdict,
@@ -459,9 +459,7 @@ class OpenAIJudge(PairwiseModel):
 
     async def _order(self, client: Any, ask: _Ask, state: _RunState) -> OrderResult:
         samples = await _all_or_nothing(self._sample(client, ask, vote, state) for vote in range(self.votes))
-        usage = {name: sum(s[2][name] for s in samples) for name in ("prompt_tokens", "completion_tokens")}
-        if all("reasoning_tokens" in s[2] for s in samples):
-            usage["reasoning_tokens"] = sum(s[2]["reasoning_tokens"] for s in samples)
+        usage = summed_usage([s[2] for s in samples])
         probabilities = [s[1] for s in samples if s[1] is not None]
         return OrderResult(
             ask.slot, tuple(s[0] for s in samples),

@@ -34,7 +34,7 @@ from pytest_rmb.judging.listwise import (
     list_prompt_sha256,
     list_slots,
 )
-from pytest_rmb.judging.orders import list_orders
+from pytest_rmb.judging.orders import list_orders, summed_usage
 from pytest_rmb.judging.parsing import EMPTY_REPLY, find_verdict, is_empty, miss_note
 from pytest_rmb.models import ListRequest, PairRequest, Verdict
 
@@ -158,9 +158,7 @@ class OpenAIListJudge(OpenAIJudge):
 
     async def _list_order(self, client: Any, ask: _ListAsk, state: _RunState) -> ListOrder:
         samples = await _all_or_nothing(self._list_vote(client, ask, vote, state) for vote in range(self.votes))
-        usage = {name: sum(s[1][name] for s in samples) for name in ("prompt_tokens", "completion_tokens")}
-        if all("reasoning_tokens" in s[1] for s in samples):
-            usage["reasoning_tokens"] = sum(s[1]["reasoning_tokens"] for s in samples)
+        usage = summed_usage([s[1] for s in samples])
         return ListOrder(ask.shown, tuple(s[0] for s in samples), usage, sum(s[2] for s in samples),
                          tuple(s[3] for s in samples if s[3]), rescued=sum(s[4] for s in samples))
 
