@@ -204,6 +204,12 @@ class HFRewardModel(OneNetwork, PointwiseModel):
         else:
             self._packing_off = f"off ({reason})"
 
+    def _probe_agrees(self, scores: Sequence[float], padded: Sequence[float]) -> bool:
+        """Whether a probe's scores along another path match the padded path's."""
+        # float32 agrees to ~1e-6; half precision rounds differently along the two paths.
+        tolerance = 1e-4 if self._dtype == self._torch.float32 else 5e-2
+        return not any(abs(a - b) > tolerance * max(1.0, abs(b)) for a, b in zip(scores, padded))
+
     def _probe_packing(self) -> str | None:
         """Score texts of different lengths packed and padded; None when they agree."""
         question = (Message("user", "How do I sort a list of strings in Python by their length?"),)
@@ -220,9 +226,7 @@ class HFRewardModel(OneNetwork, PointwiseModel):
         except Exception as exc:  # noqa: BLE001 - any failure means it cannot run packed rows
             return f"a packed row failed ({type(exc).__name__}: {exc})"
         padded = self._padded_forward(rows)
-        # float32 agrees to ~1e-6; half precision rounds differently along the two paths.
-        tolerance = 1e-4 if self._dtype == self._torch.float32 else 5e-2
-        if any(abs(a - b) > tolerance * max(1.0, abs(b)) for a, b in zip(packed, padded)):
+        if not self._probe_agrees(packed, padded):
             return (f"scores of a packed row differ from padded ones ({packed} vs {padded}): the attention "
                     "implementation does not keep packed texts apart")
         return None
@@ -242,9 +246,7 @@ class HFRewardModel(OneNetwork, PointwiseModel):
         except Exception as exc:  # noqa: BLE001 - any failure means it cannot continue from a cache
             return f"continuing from cached keys/values failed ({type(exc).__name__}: {exc})"
         plain = self._padded_forward(rows)
-        # float32 agrees to ~1e-6; half precision rounds differently along the two paths.
-        tolerance = 1e-4 if self._dtype == self._torch.float32 else 5e-2
-        if any(abs(a - b) > tolerance * max(1.0, abs(b)) for a, b in zip(shared, plain)):
+        if not self._probe_agrees(shared, plain):
             return (f"scores with a shared prefix differ from scores without it ({shared} vs {plain}): "
                     "the head does not pool the last token")
         return None

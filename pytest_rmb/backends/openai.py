@@ -473,21 +473,18 @@ class OpenAIJudge(PairwiseModel):
         """(letter, P(A), usage, parse retries, note, rescued) for one vote, follow-ups included;
         rescued: a reply was cut off before its verdict and a follow-up turn then gave one."""
         messages = ask.messages
-        usage: dict[str, int] = {"prompt_tokens": 0, "completion_tokens": 0, "reasoning_tokens": 0}
+        # Each turn's tokens; a turn whose reasoning tokens are unknown makes the vote's sum unknown.
+        turns: list[dict[str, int]] = []
         note = ""
         was_cut = False
         for attempt in range(self.parse_retries + 1):
             reply, used = await self._chat(client, messages, vote, state, replica=ask.replica)
-            for name in list(usage):
-                if name in used:
-                    usage[name] += used[name]
-                else:  # a reply whose reasoning tokens are unknown makes the vote's sum unknown
-                    del usage[name]
+            turns.append(used)
             cut = reply.cut_off
             if is_empty(reply.content) and not cut:
                 # Empty after its retries (_chat): a follow-up would quote nothing back. The vote is
                 # unknown; combine() decides whether the comparison must be asked again.
-                return None, None, usage, attempt, EMPTY_REPLY, False
+                return None, None, summed_usage(turns), attempt, EMPTY_REPLY, False
             parsed = find_verdict(reply.content, self.prompt.verdict)
             # A reply cut off after its verdict (a verdict-first prompt, a small max_tokens) said it.
             cut_before_verdict = cut and parsed.verdict is None
@@ -496,7 +493,7 @@ class OpenAIJudge(PairwiseModel):
                 p_a = verdict_probability(reply.tokens, reply.content, parsed.position) if reply.tokens else None
                 if was_cut:
                     self._count("cut_offs_rescued")
-                return parsed.verdict, p_a, usage, attempt, "", was_cut
+                return parsed.verdict, p_a, summed_usage(turns), attempt, "", was_cut
             if cut_before_verdict:
                 was_cut = True
                 self._count("cut_off_replies")
@@ -508,7 +505,7 @@ class OpenAIJudge(PairwiseModel):
             if attempt < self.parse_retries:
                 self._count("parse_retries")
                 messages = follow_up(ask.messages, reply.content, self.prompt.verdict)
-        return None, None, usage, self.parse_retries, note, False
+        return None, None, summed_usage(turns), self.parse_retries, note, False
 
     def _watch(self, cut_off: bool, state: _RunState) -> None:
         """Count a reply for the early stop on cut-offs (:class:`CutOffWatch`)."""

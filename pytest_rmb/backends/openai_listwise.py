@@ -168,26 +168,23 @@ class OpenAIListJudge(OpenAIJudge):
         the pairwise judge's rules (an empty reply is unknown, a cut-off is told apart)."""
         slots = list_slots(len(ask.shown))
         messages = ask.messages
-        usage: dict[str, int] = {"prompt_tokens": 0, "completion_tokens": 0, "reasoning_tokens": 0}
+        # Each turn's tokens; a turn whose reasoning tokens are unknown makes the vote's sum unknown.
+        turns: list[dict[str, int]] = []
         note = ""
         was_cut = False
         for attempt in range(self.parse_retries + 1):
             reply, used = await self._chat(client, messages, vote, state, replica=ask.replica)
-            for name in list(usage):
-                if name in used:
-                    usage[name] += used[name]
-                else:
-                    del usage[name]
+            turns.append(used)
             cut = reply.cut_off
             if is_empty(reply.content) and not cut:
-                return None, usage, attempt, EMPTY_REPLY, False
+                return None, summed_usage(turns), attempt, EMPTY_REPLY, False
             parsed = find_verdict(reply.content, self.format, slots)
             cut_before_verdict = cut and parsed.verdict is None
             self._watch(cut_before_verdict, state)
             if parsed.verdict is not None:
                 if was_cut:
                     self._count("cut_offs_rescued")
-                return parsed.verdict, usage, attempt, "", was_cut
+                return parsed.verdict, summed_usage(turns), attempt, "", was_cut
             if cut_before_verdict:
                 was_cut = True
                 self._count("cut_off_replies")
@@ -198,7 +195,7 @@ class OpenAIListJudge(OpenAIJudge):
             if attempt < self.parse_retries:
                 self._count("parse_retries")
                 messages = list_follow_up(ask.messages, reply.content, self.format, len(ask.shown))
-        return None, usage, self.parse_retries, note, False
+        return None, summed_usage(turns), self.parse_retries, note, False
 
 
 def _as_list(request: PairRequest | ListRequest) -> ListRequest:
