@@ -7,6 +7,8 @@ import signal
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "RMB_dataset"
 SAMPLE_DATA = Path(__file__).resolve().parents[1] / "scenarios" / "sample"
 
@@ -136,3 +138,22 @@ class Slow:
 def make():
     return Slow()
 """
+
+
+def run_files(folder: Path, name: str) -> tuple[dict, dict[tuple, dict]]:
+    """A run's ``NAME.json`` summary and its ``NAME.jsonl`` records by (kind, uid, scenario)."""
+    summary = json.loads((folder / f"{name}.json").read_text())
+    records = [json.loads(line) for line in (folder / f"{name}.jsonl").read_text().splitlines()]
+    return summary, {(r["kind"], r["uid"], r["scenario"]): r for r in records}
+
+
+def assert_same_outcomes(one: tuple[dict, dict], other: tuple[dict, dict], tolerance: float = 1e-4) -> None:
+    """Two runs (as :func:`run_files` reads them) with the same sections, samples and outcomes, and
+    scores within ``tolerance``."""
+    (summary, records), (other_summary, other_records) = one, other
+    assert summary["sections"] == other_summary["sections"]
+    assert records.keys() == other_records.keys()
+    for key, record in other_records.items():
+        assert records[key]["scores"] == pytest.approx(record["scores"], abs=tolerance)
+        assert records[key]["correct"] == record["correct"]
+

@@ -25,7 +25,7 @@ from pytest_rmb.backends.hf import load_hf
 from pytest_rmb.data import Message
 from pytest_rmb.models import ScoreRequest
 from pytest_rmb.prefix import MASKED_PAIR_COST, CostModel
-from tests.helpers import run_rmb
+from tests.helpers import assert_same_outcomes, run_files, run_rmb
 from tests.tiny_models import decoder_tokenizer, save_decoder, save_encoder
 
 SORT = (Message("user", "How do I sort a list of strings in Python?"),)
@@ -229,19 +229,13 @@ def test_plugin_runs_with_packing_on_and_off_give_the_same_outcomes(pytester, mo
         result = run(pytester, "--rmb-model", str(models["llama"]), "--rmb-model-arg", f"packing={mode}",
                      "--rmb-prefix-sharing", "off", "--rmb-jsonl", f"{mode}.jsonl", "--rmb-json", f"{mode}.json")
         assert result.ret == 0
-        summary = json.loads((pytester.path / f"{mode}.json").read_text())
-        records = [json.loads(line) for line in (pytester.path / f"{mode}.jsonl").read_text().splitlines()]
-        runs[mode] = summary, {(r["kind"], r["uid"], r["scenario"]): r for r in records}
-    (on, on_records), (off, off_records) = runs["on"], runs["off"]
+        runs[mode] = run_files(pytester.path, mode)
+    (on, _), (off, _) = runs["on"], runs["off"]
     assert on["engine"]["packed_batches"] > 0 and on["engine"]["packed_pad_tokens_saved"] > 0
     assert "packed_batches" not in off["engine"]
     assert on["provenance"]["model_info"]["packing"] == "on (every batch of two or more texts)"
     assert off["provenance"]["model_info"]["packing"] == "off (--rmb-model-arg packing=off)"
-    assert on["sections"] == off["sections"]
-    assert on_records.keys() == off_records.keys()
-    for key, record in off_records.items():
-        assert on_records[key]["scores"] == pytest.approx(record["scores"], abs=1e-4)
-        assert on_records[key]["correct"] == record["correct"]
+    assert_same_outcomes(runs["on"], runs["off"])
 
 
 def test_plugin_self_check_passes_with_packing_and_bad_values_are_named(pytester, models):
@@ -364,13 +358,8 @@ def test_plugin_dpo_runs_with_packing_on_and_off_give_the_same_outcomes(pytester
                      f"ref={causal['reference']}", "--rmb-model-arg", f"packing={mode}", "--rmb-prefix-sharing", "off",
                      "--rmb-jsonl", f"{mode}.jsonl", "--rmb-json", f"{mode}.json")
         assert result.ret == 0
-        summary = json.loads((pytester.path / f"{mode}.json").read_text())
-        records = [json.loads(line) for line in (pytester.path / f"{mode}.jsonl").read_text().splitlines()]
-        runs[mode] = summary, {(r["kind"], r["uid"], r["scenario"]): r for r in records}
-    (on, on_records), (off, off_records) = runs["on"], runs["off"]
+        runs[mode] = run_files(pytester.path, mode)
+    (on, _), (off, _) = runs["on"], runs["off"]
     assert on["engine"]["packed_batches"] > 0 and "packed_batches" not in off["engine"]
     assert on["provenance"]["model_info"]["packing"] == "on (every batch of two or more texts)"
-    assert on["sections"] == off["sections"]
-    for key, record in off_records.items():
-        assert on_records[key]["scores"] == pytest.approx(record["scores"], abs=1e-4)
-        assert on_records[key]["correct"] == record["correct"]
+    assert_same_outcomes(runs["on"], runs["off"])

@@ -20,7 +20,7 @@ from pytest_rmb.data import Message, load_scenarios, sample_dataset
 from pytest_rmb.engine import Engine
 from pytest_rmb.models import ScoreRequest
 from pytest_rmb.scenarios import registry
-from tests.helpers import SHARED_DATA, run_rmb
+from tests.helpers import SHARED_DATA, assert_same_outcomes, run_files, run_rmb
 from tests.tiny_models import decoder_tokenizer, save_decoder, save_encoder, save_long_decoder
 
 SORT = (Message("user", "How do I sort a list of strings in Python?"),)
@@ -510,19 +510,13 @@ def test_plugin_option_and_ini_mirror(pytester, models):
         result = run(pytester, "--rmb-model", str(models["left"]), "--rmb-prefix-sharing", mode,
                      "--rmb-jsonl", f"{mode}.jsonl", "--rmb-json", f"{mode}.json")
         assert result.ret == 0
-        summary = json.loads((pytester.path / f"{mode}.json").read_text())
-        records = [json.loads(line) for line in (pytester.path / f"{mode}.jsonl").read_text().splitlines()]
-        runs[mode] = summary, {(r["kind"], r["uid"], r["scenario"]): r for r in records}
-    (on, on_records), (off, off_records) = runs["on"], runs["off"]
+        runs[mode] = run_files(pytester.path, mode)
+    (on, _), (off, _) = runs["on"], runs["off"]
     assert on["engine"]["prefix_tokens_saved"] > 0 and on["engine"]["prefix_shared_texts"] > 0
     assert "prefix_tokens_saved" not in off["engine"]
     assert on["provenance"]["model_info"]["prefix_sharing"] == "on"
     assert off["provenance"]["model_info"]["prefix_sharing"] == "off (--rmb-prefix-sharing off)"
-    assert on["sections"] == off["sections"]
-    assert on_records.keys() == off_records.keys()
-    for key, record in off_records.items():
-        assert on_records[key]["scores"] == pytest.approx(record["scores"], abs=1e-4)
-        assert on_records[key]["correct"] == record["correct"]
+    assert_same_outcomes(runs["on"], runs["off"])
 
     # One argument: pytest takes a separate path argument into account when it looks for the ini.
     pytester.makeini("[pytest]\nrmb_prefix_sharing = off\n")
